@@ -1,0 +1,94 @@
+//! `longlink`: the one binary. Parses the command line, sets up logging and dispatches to one
+//! module per subcommand. Errors print as one line on stderr with a non-zero exit code
+//! (64 for bad configuration or usage).
+
+mod bench_cmd;
+mod client;
+mod serve;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// longlink: a real-time messaging platform (gate, logic, store, SDK) in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "longlink", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a single node: gate, logic and API on the embedded store.
+    Serve(serve::ServeArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(serve::ConfigCommand),
+    /// Mints a login token the server with the same config accepts.
+    Token(token::TokenArgs),
+    /// A terminal client: send, pull, listen, history, chat.
+    #[command(subcommand)]
+    Client(client::ClientCommand),
+    /// Load generators and measurements (not tests).
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+}
+
+/// Exit code for bad configuration or usage (sysexits EX_USAGE), as linkerd does.
+pub(crate) const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LONGLINK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("longlink: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Config(command) => serve::config(command),
+            Command::Token(args) => token::token(args),
+            Command::Client(command) => client::run(command).await,
+            Command::Bench(command) => bench_cmd::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err.downcast_ref::<CliExit>().map_or(1, |exit| exit.0);
+            eprintln!("longlink: {}", one_line(&err));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// An error carrying a specific exit code.
+#[derive(Debug)]
+pub(crate) struct CliExit(pub(crate) u8, pub(crate) String);
+
+impl std::fmt::Display for CliExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for CliExit {}
+
+fn one_line(err: &anyhow::Error) -> String {
+    format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,133 @@
+//! C2C (seed 001): store durably (idempotent by client_msg_id), push to every online session
+//! of the receiver and to the sender's other sessions, then ACK the sender with the msgid.
+//! TYPING content is ephemeral: pushed to online sessions, never stored.
+
+use bytes::Bytes;
+use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, wire};
+use longlink_rpc::{PushError, Refusal, SessionInfo};
+use longlink_store::{NewMessage, StoredMessage, UserKey};
+
+use crate::convert::{user_key, wire_msg};
+use crate::handlers::{check_id, store_unavailable};
+use crate::{Logic, bad_body};
+
+pub(crate) async fn c2c(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<Frame, Refusal> {
+    let log_id = frame.header.log_id;
+    let request: wire::C2cRequest = frame.decode_body().map_err(bad_body)?;
+    let to = request
+        .to
+        .as_ref()
+        .ok_or_else(|| Refusal::new(ErrorCode::InvalidArgument, "to is required"))?;
+    check_id("to.uid", &to.uid)?;
+    if !request.client_msg_id.is_empty() {
+        check_id("client_msg_id", &request.client_msg_id)?;
+    }
+    if !logic.apps.contains(to.appcode) {
+        return Err(Refusal::new(
+            ErrorCode::UnknownReceiverAppcode,
+            format!("unknown receiver appcode {}", to.appcode),
+        ));
+    }
+    if request.content.len() > logic.config.max_content_bytes {
+        return Err(Refusal::new(ErrorCode::InvalidArgument, "content too large"));
+    }
+    let from = UserKey {
+        appcode: session.appcode,
+        uid: session.uid.clone(),
+    };
+    let to = user_key(to);
+
+    if request.content_type == ContentType::Typing as i32 {
+        let msg = wire::Msg {
+            msgid: 0,
+            from: Some(crate::convert::user_ref(&from)),
+            to: Some(crate::convert::user_ref(&to)),
+            msgtype: request.msgtype,
+            content_type: request.content_type,
+            content: request.content,
+            senddate_ms: longlink_proto::unix_ms(),
+            client_msg_id: request.client_msg_id,
+            from_device: session.device_id.clone(),
+            log_id,
+            kind: wire::MsgKind::C2c as i32,
+        };
+        let push = Frame::push(Cmd::Msg, log_id, &msg).to_bytes();
+        deliver(logic, &to, None, &push, log_id).await;
+        return Ok(Frame::response(&frame.header, &wire::C2cResponse::default()));
+    }
+
+    let outcome = logic
+        .store
+        .append(NewMessage {
+            from: from.clone(),
+            from_device: session.device_id.clone(),
+            client_msg_id: request.client_msg_id.clone(),
+            to: to.clone(),
+            msgtype: request.msgtype,
+            content_type: request.content_type,
+            content: request.content.clone(),
+            log_id,
+        })
+        .await
+        .map_err(store_unavailable)?;
+    tracing::debug!(log_id, msgid = outcome.msgid, duplicate = outcome.duplicate, "c2c stored");
+
+    // A duplicate is pushed again as well: the first attempt may have died between commit and
+    // push. Receivers drop repeats by msgid, so at-least-once push is safe.
+    let stored = StoredMessage {
+        msgid: outcome.msgid,
+        from: from.clone(),
+        from_device: session.device_id.clone(),
+        client_msg_id: request.client_msg_id,
+        to: to.clone(),
+        msgtype: request.msgtype,
+        content_type: request.content_type,
+        content: request.content,
+        senddate_ms: outcome.senddate_ms,
+        log_id,
+    };
+    let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
+    deliver(logic, &to, None, &push, log_id).await;
+    if from != to {
+        // Multi-device: the sender's other sessions show what this device sent.
+        deliver(logic, &from, Some(session.session_id), &push, log_id).await;
+    }
+    Ok(Frame::response(
+        &frame.header,
+        &wire::C2cResponse {
+            msgid: outcome.msgid,
+            senddate_ms: outcome.senddate_ms,
+            duplicate: outcome.duplicate,
+        },
+    ))
+}
+
+/// Pushes an encoded MSG to every online session of `user` except `skip_session`.
+/// Failures are not errors: the message is in the store and arrives by pull or redelivery.
+async fn deliver(logic: &Logic, user: &UserKey, skip_session: Option<u64>, push: &Bytes, log_id: u64) {
+    let sessions = match logic.presence.sessions(user.appcode, &user.uid).await {
+        Ok(sessions) => sessions,
+        Err(err) => {
+            tracing::warn!(log_id, error = %err, "presence lookup failed; receiver will pull");
+            return;
+        }
+    };
+    for entry in sessions {
+        if Some(entry.session_id) == skip_session {
+            continue;
+        }
+        match logic.gate.push(entry.session_id, push.clone()).await {
+            Ok(()) => {}
+            Err(PushError::NoSession) => {
+                // Stale presence (the "unreachable" path of seed 004): clear it.
+                let _ = logic
+                    .presence
+                    .unregister(entry.appcode, &entry.uid, entry.session_id)
+                    .await;
+            }
+            Err(PushError::SlowConsumer) => {
+                tracing::info!(log_id, session.id = entry.session_id, "slow consumer; message stays in the inbox");
+            }
+        }
+    }
+}

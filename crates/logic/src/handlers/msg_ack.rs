@@ -1,0 +1,50 @@
+//! MSG_ACK: this device has these messages. Only msgids in the session user's own inbox count;
+//! any other msgid is refused with NOT_FOUND (the same answer for "absent" and "not yours")
+//! and changes nothing.
+
+use longlink_proto::{ErrorCode, Frame, FrameType, wire};
+use longlink_rpc::{Refusal, Reply, SessionInfo};
+use longlink_store::UserKey;
+
+use crate::handlers::store_unavailable;
+use crate::{Logic, bad_body, refusal_frame};
+
+/// Most msgids one MSG_ACK may carry.
+const MAX_ACK_BATCH: usize = 1000;
+
+pub(crate) async fn msg_ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Reply {
+    match ack(logic, session, frame).await {
+        Ok(acked) if frame.header.frame_type == FrameType::Ack => {
+            tracing::trace!(acked, "msg_ack");
+            Reply::Nothing
+        }
+        Ok(acked) => Reply::Frame(Frame::response(&frame.header, &wire::MsgAckResponse { acked })),
+        Err(refusal) => Reply::Frame(refusal_frame(frame, &refusal)),
+    }
+}
+
+async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32, Refusal> {
+    let request: wire::MsgAck = frame.decode_body().map_err(bad_body)?;
+    if request.msgids.is_empty() || request.msgids.len() > MAX_ACK_BATCH {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("msgids must hold 1..={MAX_ACK_BATCH} ids"),
+        ));
+    }
+    let owner = UserKey {
+        appcode: session.appcode,
+        uid: session.uid.clone(),
+    };
+    let outcome = logic
+        .store
+        .ack(&owner, &session.device_id, &request.msgids)
+        .await
+        .map_err(store_unavailable)?;
+    if !outcome.not_found.is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("no such message for you: {:?}", outcome.not_found),
+        ));
+    }
+    Ok(outcome.acked)
+}

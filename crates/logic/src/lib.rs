@@ -1,0 +1,162 @@
+//! Logic: longlink's stateless rules. It owns no connections and no durable state of its own;
+//! everything it knows lives in presence, the store and the bus, so any number of logic
+//! instances can serve any gate.
+//!
+//! [`Logic`] implements [`longlink_rpc::LogicService`]: the gate hands it LOGIN and every
+//! request of a logged-in session, and it reaches sessions through [`longlink_rpc::GatePush`].
+//! c2c is store-then-deliver (seed 001): the message is committed durably, then pushed to every
+//! online session of the receiver and the sender's other sessions, then the sender is ACKed
+//! with the server msgid; a receiver MSG_ACK marks it delivered for that device.
+//!
+//! Modules: [`auth`] (JWT per appcode), `handlers/` (one file per command: login, logout, c2s,
+//! c2c, msg_ack, offline_pull, history_pull), `convert` (store rows ↔ wire messages).
+
+pub mod auth;
+mod convert;
+mod handlers;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use longlink_bus::Bus;
+use longlink_presence::Presence;
+use longlink_proto::{Cmd, ErrorCode, Frame, FrameType};
+use longlink_rpc::{GatePush, LoginAccepted, LogicService, Refusal, Reply, SessionInfo};
+use longlink_store::MessageStore;
+
+pub use auth::{App, Apps, Claims, TokenError};
+
+/// Tunables of logic.
+#[derive(Debug, Clone)]
+pub struct LogicConfig {
+    /// KEEPALIVE interval advertised in the LOGIN response.
+    pub keepalive_interval_secs: u32,
+    /// Largest c2c content / c2s payload accepted, in bytes.
+    pub max_content_bytes: usize,
+}
+
+impl Default for LogicConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_interval_secs: 30,
+            max_content_bytes: 60 * 1024,
+        }
+    }
+}
+
+/// The stateless logic role. Cheap to share (`Arc` inside each backend).
+pub struct Logic {
+    config: LogicConfig,
+    apps: Arc<Apps>,
+    presence: Arc<dyn Presence>,
+    store: Arc<dyn MessageStore>,
+    bus: Arc<dyn Bus>,
+    gate: Arc<dyn GatePush>,
+}
+
+impl std::fmt::Debug for Logic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logic")
+            .field("config", &self.config)
+            .field("apps", &self.apps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Logic {
+    /// Assembles logic over its backends and the gate(s) it pushes through.
+    pub fn new(
+        config: LogicConfig,
+        apps: Arc<Apps>,
+        presence: Arc<dyn Presence>,
+        store: Arc<dyn MessageStore>,
+        bus: Arc<dyn Bus>,
+        gate: Arc<dyn GatePush>,
+    ) -> Self {
+        Self {
+            config,
+            apps,
+            presence,
+            store,
+            bus,
+            gate,
+        }
+    }
+}
+
+/// Turns a handler result into the frame the client gets.
+fn reply(request: &Frame, result: Result<Frame, Refusal>) -> Reply {
+    match result {
+        Ok(frame) => Reply::Frame(frame),
+        Err(refusal) => Reply::Frame(refusal_frame(request, &refusal)),
+    }
+}
+
+fn refusal_frame(request: &Frame, refusal: &Refusal) -> Frame {
+    Frame::error(
+        Some(request.header.seq_id),
+        request.header.log_id,
+        refusal.code,
+        refusal.message.clone(),
+    )
+}
+
+fn bad_body(err: longlink_proto::BodyError) -> Refusal {
+    Refusal::new(ErrorCode::BadBody, err.to_string())
+}
+
+#[async_trait]
+impl LogicService for Logic {
+    async fn login(
+        &self,
+        gate_id: &str,
+        session_id: u64,
+        request: longlink_proto::wire::LoginRequest,
+        log_id: u64,
+    ) -> Result<LoginAccepted, Refusal> {
+        handlers::login::login(self, gate_id, session_id, request, log_id).await
+    }
+
+    async fn session_ready(&self, session: &SessionInfo) {
+        tracing::debug!(session.id = session.session_id, uid = %session.uid, "session ready");
+    }
+
+    async fn handle(&self, session: &SessionInfo, frame: Frame) -> Reply {
+        let Some(cmd) = frame.cmd() else {
+            return Reply::Frame(refusal_frame(
+                &frame,
+                &Refusal::new(ErrorCode::UnknownCmd, format!("unknown cmd {}", frame.header.cmd)),
+            ));
+        };
+        let result = match cmd {
+            Cmd::Logout => return handlers::logout::logout(self, session, &frame).await,
+            Cmd::MsgAck => return handlers::msg_ack::msg_ack(self, session, &frame).await,
+            Cmd::C2s => handlers::c2s::c2s(self, session, &frame).await,
+            Cmd::C2c => handlers::c2c::c2c(self, session, &frame).await,
+            Cmd::OfflinePull => handlers::offline_pull::offline_pull(self, session, &frame).await,
+            Cmd::HistoryPull => handlers::history_pull::history_pull(self, session, &frame).await,
+            Cmd::Login => Err(Refusal::new(ErrorCode::AlreadyLoggedIn, "this connection is already logged in")),
+            Cmd::Resume => Err(Refusal::new(ErrorCode::UnknownCmd, "resume is not supported by this server")),
+            Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Error => Err(Refusal::new(
+                ErrorCode::UnknownCmd,
+                format!("{cmd} is not a request a client may send"),
+            )),
+        };
+        if frame.header.frame_type != FrameType::Request {
+            // Only MSG_ACK may come as type 3; a stray type is answered but not fatal here
+            // (the gate already refused types the protocol forbids outright).
+            tracing::debug!(%cmd, frame_type = ?frame.header.frame_type, "non-request frame handled as request");
+        }
+        reply(&frame, result)
+    }
+
+    async fn session_closed(&self, session: &SessionInfo) {
+        if let Err(err) = self
+            .presence
+            .unregister(session.appcode, &session.uid, session.session_id)
+            .await
+        {
+            tracing::warn!(session.id = session.session_id, error = %err, "presence unregister failed");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Contracts between longlink's roles: what the gate asks of logic, and what logic asks of a gate.
+//!
+//! The gate owns connections and nothing else; it sees logic only through [`LogicService`].
+//! Logic is stateless; it reaches the connections it must push to only through [`GatePush`].
+//! On a single node both are plain in-process calls (the gate's `SessionTable` implements
+//! `GatePush`, `longlink_logic::Logic` implements `LogicService`); in a cluster the same traits
+//! get remote implementations, chosen by `longlink-server` alone. This crate depends only on
+//! `longlink-proto`, so neither side depends on the other.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use longlink_proto::{ErrorCode, Frame, KickReason, wire};
+
+/// Identifies a logged-in session on a gate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionInfo {
+    /// The gate holding the connection.
+    pub gate_id: String,
+    /// Unique per gate (and across gate restarts).
+    pub session_id: u64,
+    /// The user's account system / client kind.
+    pub appcode: u32,
+    /// The user id within the appcode.
+    pub uid: String,
+    /// The device the session belongs to.
+    pub device_id: String,
+}
+
+/// A refused request: the code and message of the ERROR frame the client gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct Refusal {
+    /// The wire error code.
+    pub code: ErrorCode,
+    /// Human-readable detail (lowercase, no trailing period).
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the gate must close the connection after sending this refusal.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::BadMagic
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::BodyTooLarge
+                | ErrorCode::BadBody
+                | ErrorCode::BadFrameType
+                | ErrorCode::BadFlags
+                | ErrorCode::NotLoggedIn
+                | ErrorCode::BadToken
+                | ErrorCode::UnknownAppcode
+                | ErrorCode::AppcodeMismatch
+                | ErrorCode::LoginTimeout
+                | ErrorCode::IdleTimeout
+        )
+    }
+}
+
+/// What logic answers to an accepted LOGIN.
+#[derive(Debug, Clone)]
+pub struct LoginAccepted {
+    /// The session as registered in presence.
+    pub session: SessionInfo,
+    /// The LOGIN response body for the client.
+    pub response: wire::LoginResponse,
+}
+
+/// What a handled request produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Send this frame to the client (a response or an ERROR).
+    Frame(Frame),
+    /// Nothing to send (e.g. MSG_ACK of type 3).
+    Nothing,
+    /// Send this frame, then close the connection (LOGOUT).
+    FrameThenClose(Frame),
+}
+
+/// The gate's view of logic: every request of a logged-in session goes through here.
+#[async_trait]
+pub trait LogicService: Send + Sync + 'static {
+    /// Verifies a LOGIN for the new session `session_id` on gate `gate_id`, registers the
+    /// session in presence and kicks an older session of the same (appcode, uid, device).
+    ///
+    /// # Errors
+    /// A [`Refusal`] with BAD_TOKEN, UNKNOWN_APPCODE, APPCODE_MISMATCH or INVALID_ARGUMENT.
+    async fn login(
+        &self,
+        gate_id: &str,
+        session_id: u64,
+        request: wire::LoginRequest,
+        log_id: u64,
+    ) -> Result<LoginAccepted, Refusal>;
+
+    /// Called once the LOGIN response is queued: the session can receive pushes now
+    /// (e.g. redelivery of what this device has not acknowledged).
+    async fn session_ready(&self, session: &SessionInfo);
+
+    /// Handles one request frame of a logged-in session (any cmd but LOGIN).
+    async fn handle(&self, session: &SessionInfo, frame: Frame) -> Reply;
+
+    /// The session's connection is gone: unregister it from presence.
+    async fn session_closed(&self, session: &SessionInfo);
+}
+
+/// Why a push could not be queued for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The gate has no such session (it closed meanwhile).
+    #[error("no such session")]
+    NoSession,
+    /// The session's write queue is full; the gate closes it as a slow consumer.
+    #[error("slow consumer")]
+    SlowConsumer,
+}
+
+/// Logic's view of a gate: queue frames for sessions, or kick them.
+#[async_trait]
+pub trait GatePush: Send + Sync + 'static {
+    /// Queues an encoded frame (header + body) for `session_id`, without waiting.
+    ///
+    /// # Errors
+    /// [`PushError::NoSession`] or [`PushError::SlowConsumer`] (the session is then closed).
+    async fn push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError>;
+
+    /// Sends KICK to `session_id` and closes it. Unknown sessions are ignored.
+    async fn kick(&self, session_id: u64, reason: KickReason, message: &str);
+}

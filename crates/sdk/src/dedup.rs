@@ -1,0 +1,65 @@
+//! [`Dedup`]: the bounded set of msgids already handed to the application.
+
+use std::collections::{HashSet, VecDeque};
+
+/// Remembers the last `capacity` msgids delivered to the application (FIFO eviction).
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    capacity: usize,
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Dedup {
+    /// How many msgids a client remembers.
+    pub(crate) const DEFAULT_CAPACITY: usize = 4096;
+
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            capacity,
+            seen: HashSet::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    pub(crate) fn contains(&self, msgid: u64) -> bool {
+        self.seen.contains(&msgid)
+    }
+
+    /// Records `msgid`; returns `false` when it was already known. msgid 0 (ephemeral) is
+    /// never recorded.
+    pub(crate) fn insert(&mut self, msgid: u64) -> bool {
+        if msgid == 0 {
+            return true;
+        }
+        if !self.seen.insert(msgid) {
+            return false;
+        }
+        self.order.push_back(msgid);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_fifo() {
+        let mut dedup = Dedup::new(3);
+        assert!(dedup.insert(1));
+        assert!(!dedup.insert(1));
+        assert!(dedup.insert(2));
+        assert!(dedup.insert(3));
+        assert!(dedup.insert(4));
+        assert!(!dedup.contains(1), "oldest evicted");
+        assert!(dedup.contains(2) && dedup.contains(4));
+        assert!(dedup.insert(0) && dedup.insert(0) && !dedup.contains(0));
+    }
+}

@@ -1,0 +1,287 @@
+//! [`Config`]: the one configuration of a longlink node, from TOML plus `LONGLINK_*`
+//! environment overrides. The commented default file is embedded ([`DEFAULT_CONFIG`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The commented default configuration (`longlink config default`).
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+const SECTIONS: [&str; 5] = ["gate", "api", "store", "logic", "bus"];
+
+/// A configuration problem, naming the field. The CLI exits with code 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a field is wrong.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// `[gate]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct GateSection {
+    pub listen: SocketAddr,
+    pub gate_id: String,
+    pub login_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub keepalive_interval_secs: u32,
+    pub max_body_bytes: u32,
+    pub write_queue_frames: usize,
+    pub write_timeout_secs: u64,
+    pub max_connections: usize,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct ApiSection {
+    pub listen: SocketAddr,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct StoreSection {
+    pub data_dir: PathBuf,
+    pub write_queue: usize,
+    pub max_batch: usize,
+    pub read_connections: usize,
+}
+
+/// `[logic]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct LogicSection {
+    pub max_content_bytes: usize,
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct BusSection {
+    pub subscriber_queue: usize,
+}
+
+/// One `[[apps]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct AppSection {
+    pub appcode: u32,
+    pub name: String,
+    pub secret: String,
+}
+
+/// A whole node configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each section is documented in default.toml
+pub struct Config {
+    pub gate: GateSection,
+    pub api: ApiSection,
+    pub store: StoreSection,
+    pub logic: LogicSection,
+    pub bus: BusSection,
+    pub apps: Vec<AppSection>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded file is tested to parse (tests below); an unparsable build cannot ship.
+        Config::from_toml(DEFAULT_CONFIG, &BTreeMap::new()).unwrap_or_else(|err| {
+            unreachable!("embedded default config is invalid: {err}")
+        })
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the embedded defaults when `None`), then applies `LONGLINK_*`
+    /// overrides from `env` (passed in, so tests never touch the process environment).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the field.
+    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => DEFAULT_CONFIG.to_owned(),
+        };
+        Config::from_toml(&text, env)
+    }
+
+    /// Parses `text`, overlays a default for every missing field, then applies `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the field.
+    pub fn from_toml(text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| ConfigError::Invalid(one_line(&err.to_string())))?;
+        if text != DEFAULT_CONFIG {
+            let defaults: toml::Table = DEFAULT_CONFIG
+                .parse()
+                .map_err(|err: toml::de::Error| ConfigError::Invalid(err.to_string()))?;
+            merge_missing(&mut table, &defaults);
+        }
+        apply_env(&mut table, env)?;
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|err: toml::de::Error| ConfigError::Invalid(one_line(&err.to_string())))
+            .and_then(Config::validated)
+    }
+
+    fn validated(self) -> Result<Config, ConfigError> {
+        let bad = |field: &str, why: &str| Err(ConfigError::Invalid(format!("{field}: {why}")));
+        if self.gate.login_timeout_secs == 0 {
+            return bad("gate.login_timeout_secs", "must be at least 1");
+        }
+        if self.gate.idle_timeout_secs <= u64::from(self.gate.keepalive_interval_secs) {
+            return bad("gate.idle_timeout_secs", "must be greater than gate.keepalive_interval_secs");
+        }
+        if self.gate.write_queue_frames == 0 || self.store.write_queue == 0 || self.store.max_batch == 0 {
+            return bad("gate.write_queue_frames / store.write_queue / store.max_batch", "must be at least 1");
+        }
+        if self.apps.is_empty() {
+            return bad("apps", "at least one [[apps]] entry is needed");
+        }
+        if let Some(app) = self.apps.iter().find(|a| a.secret.len() < 8) {
+            return bad(&format!("apps[appcode={}].secret", app.appcode), "must be at least 8 bytes");
+        }
+        Ok(self)
+    }
+
+    /// The gate's settings.
+    pub fn gate_config(&self) -> longlink_gate::GateConfig {
+        longlink_gate::GateConfig {
+            gate_id: self.gate.gate_id.clone(),
+            login_timeout: Duration::from_secs(self.gate.login_timeout_secs),
+            idle_timeout: Duration::from_secs(self.gate.idle_timeout_secs),
+            max_body_bytes: self.gate.max_body_bytes,
+            write_queue_frames: self.gate.write_queue_frames,
+            write_timeout: Duration::from_secs(self.gate.write_timeout_secs),
+            max_connections: self.gate.max_connections,
+        }
+    }
+
+    /// The token keys of every configured appcode.
+    pub fn apps(&self) -> longlink_logic::Apps {
+        let apps: Vec<longlink_logic::App> = self
+            .apps
+            .iter()
+            .map(|a| longlink_logic::App {
+                appcode: a.appcode,
+                name: a.name.clone(),
+                secret: a.secret.clone(),
+            })
+            .collect();
+        longlink_logic::Apps::new(&apps)
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn merge_missing(table: &mut toml::Table, defaults: &toml::Table) {
+    for (key, default) in defaults {
+        match (table.get_mut(key), default) {
+            (None, _) => {
+                table.insert(key.clone(), default.clone());
+            }
+            (Some(toml::Value::Table(section)), toml::Value::Table(default_section)) => {
+                merge_missing(section, default_section);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("LONGLINK_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, field)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) {
+            continue;
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let Some(toml::Value::Table(section_table)) = table.get_mut(section) else {
+            return Err(ConfigError::Invalid(format!("{key}: no [{section}] section")));
+        };
+        if !section_table.contains_key(field) {
+            return Err(ConfigError::Invalid(format!("{key}: unknown field {section}.{field}")));
+        }
+        section_table.insert(field.to_owned(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let config = Config::default();
+        assert_eq!(config.gate.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(config.api.listen.to_string(), "127.0.0.1:7780");
+        assert_eq!(config.gate.login_timeout_secs, 10);
+        assert!(config.apps.iter().any(|a| a.appcode == 129));
+    }
+
+    #[test]
+    fn env_overrides_fields_and_names_unknown_ones() {
+        let env = BTreeMap::from([
+            ("LONGLINK_GATE_LISTEN".to_owned(), "127.0.0.1:9000".to_owned()),
+            ("LONGLINK_GATE_LOGIN_TIMEOUT_SECS".to_owned(), "3".to_owned()),
+            ("LONGLINK_STORE_DATA_DIR".to_owned(), "/tmp/x".to_owned()),
+            ("LONGLINK_LOG".to_owned(), "debug".to_owned()),
+        ]);
+        let config = Config::from_toml(DEFAULT_CONFIG, &env).unwrap();
+        assert_eq!(config.gate.listen.port(), 9000);
+        assert_eq!(config.gate.login_timeout_secs, 3);
+        assert_eq!(config.store.data_dir, PathBuf::from("/tmp/x"));
+        let env = BTreeMap::from([("LONGLINK_GATE_LISTN".to_owned(), "x".to_owned())]);
+        let err = Config::from_toml(DEFAULT_CONFIG, &env).unwrap_err().to_string();
+        assert!(err.contains("gate.listn"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_file_gets_defaults_and_bad_fields_are_named() {
+        let config = Config::from_toml("[gate]\nlisten = \"127.0.0.1:1\"\n", &BTreeMap::new()).unwrap();
+        assert_eq!(config.gate.listen.port(), 1);
+        assert_eq!(config.gate.idle_timeout_secs, 90);
+        let err = Config::from_toml("[gate]\nlisen = 1\n", &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::from_toml("[gate]\nlogin_timeout_secs = \"x\"\n", &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("login_timeout_secs"), "{err}");
+    }
+}

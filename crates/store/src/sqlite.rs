@@ -1,0 +1,974 @@
+//! [`SqliteStore`]: the embedded, single-node [`MessageStore`].
+//!
+//! One SQLite file (`messages.sqlite3`) in WAL mode with `synchronous=FULL`, so a commit has
+//! reached the disk (fsync of the WAL) when it returns. Writes (appends and acks) go through a
+//! bounded queue to ONE writer thread that owns the only write connection and does group
+//! commit: it blocks for a first request, drains what else is queued (up to `max_batch`),
+//! applies all of it in one transaction, commits, and only then answers each request. Reads run
+//! on a small pool of read-only connections through `spawn_blocking`; WAL lets them read a
+//! consistent snapshot while the writer commits.
+
+use std::collections::HashSet;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::{
+    AckOutcome, AppendOutcome, Direction, MAX_ACK_IDS, MessageStore, NewMessage, Page, StoreError,
+    StoredMessage, UserKey, effective_limit, validate_id, validate_user,
+};
+
+/// File name of the database inside the store directory.
+const DB_FILE: &str = "messages.sqlite3";
+/// Lock file that keeps a second process (or a second `SqliteStore`) off the same directory:
+/// two writers would each assign msgids from their own `last_msgid`.
+const LOCK_FILE: &str = "messages.lock";
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_SQL: &str = include_str!("sqlite/schema.sql");
+
+/// How long a write waits for room in a full write queue before `Unavailable`.
+const WRITE_QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long a write waits for its commit. After that the outcome is unknown to the caller,
+/// who retries with the same client message id.
+const WRITE_REPLY_WAIT: Duration = Duration::from_secs(30);
+/// How long a read waits for a pooled connection plus its query.
+const READ_WAIT: Duration = Duration::from_secs(10);
+/// How long `close` waits for the writer to drain.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// SQLite busy handler timeout (another process holding the write lock, checkpoints).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// msgid = max(last + 1, unix_ms << MSGID_TIME_SHIFT): about a million ids per millisecond.
+const MSGID_TIME_SHIFT: u32 = 20;
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Capacity of the write queue in requests (appends and acks); default 4096.
+    pub write_queue: usize,
+    /// Most requests committed in one transaction; default 512.
+    pub max_batch: usize,
+    /// Read-only connections in the read pool; default 4.
+    pub read_connections: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            write_queue: 4096,
+            max_batch: 512,
+            read_connections: 4,
+        }
+    }
+}
+
+/// Counters of the writer thread, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions attempted (committed or failed).
+    pub batches: u64,
+    /// Write requests (appends and acks) in those transactions.
+    pub requests: u64,
+    /// Transactions that failed and were rolled back; their requests got `Unavailable`.
+    pub failed_batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct WriterCounters {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+/// The embedded, single-node [`MessageStore`]: SQLite, one writer thread with group commit,
+/// a pool of read-only connections.
+///
+/// Dropping the store stops the writer after it has drained its queue, and blocks until it
+/// has; [`SqliteStore::close`] does the same without blocking an async worker.
+pub struct SqliteStore {
+    /// `None` only while dropping: dropping the sender lets the writer drain and stop.
+    write_tx: Option<mpsc::Sender<Command>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    readers: Arc<ReadPool>,
+    counters: Arc<WriterCounters>,
+    /// Held (locked) for the store's whole life.
+    _dir_lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating) `dir/messages.sqlite3`; starts the writer thread.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidArgument`] if an option is 0; [`StoreError::Unavailable`] if the
+    /// directory cannot be created, is used by another open store, or the database cannot be
+    /// opened, has a newer schema, or cannot be put in WAL mode.
+    pub fn open(dir: &Path, opts: SqliteOptions) -> Result<Self, StoreError> {
+        for (name, value) in [
+            ("write_queue", opts.write_queue),
+            ("max_batch", opts.max_batch),
+            ("read_connections", opts.read_connections),
+        ] {
+            if value == 0 {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{name} must be at least 1"
+                )));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let dir_lock = lock_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        let conn = open_writer_connection(&path).map_err(|e| sqlite_unavailable("open", &e))?;
+        let last_msgid: i64 = conn
+            .query_row("SELECT COALESCE(MAX(msgid), 0) FROM messages", [], |row| {
+                row.get(0)
+            })
+            .map_err(|e| sqlite_unavailable("read last msgid", &e))?;
+
+        let readers = Arc::new(ReadPool::open(path, opts.read_connections)?);
+        let counters = Arc::new(WriterCounters::default());
+        let (write_tx, write_rx) = mpsc::channel(opts.write_queue);
+        let writer = Writer {
+            conn,
+            last_msgid,
+            counters: Arc::clone(&counters),
+        };
+        let max_batch = opts.max_batch;
+        let writer_thread = std::thread::Builder::new()
+            .name("longlink-store-writer".to_owned())
+            .spawn(move || writer.run(write_rx, max_batch))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+
+        Ok(Self {
+            write_tx: Some(write_tx),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            closed: AtomicBool::new(false),
+            readers,
+            counters,
+            _dir_lock: dir_lock,
+        })
+    }
+
+    /// Stops accepting requests, lets the writer commit everything queued before this call,
+    /// and returns when the writer thread has closed its connection. Later calls return
+    /// `Ok(())` at once; every other method then returns [`StoreError::Closed`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the writer did not finish within 30 s.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let Some(write_tx) = &self.write_tx else {
+            return Ok(());
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        match write_tx
+            .send_timeout(Command::Close(done_tx), CLOSE_WAIT)
+            .await
+        {
+            Ok(()) => {}
+            // The writer is gone already: nothing left to drain.
+            Err(SendTimeoutError::Closed(_)) => return Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                return Err(StoreError::Unavailable(
+                    "close: write queue stayed full".to_owned(),
+                ));
+            }
+        }
+        match tokio::time::timeout(CLOSE_WAIT, done_rx).await {
+            // A dropped `done` means the writer thread ended anyway.
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::Unavailable(
+                "close: writer did not drain in time".to_owned(),
+            )),
+        }
+    }
+
+    /// Counters of the writer thread since open.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            failed_batches: self.counters.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues a write op, waiting at most [`WRITE_QUEUE_WAIT`] for room.
+    async fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.check_open()?;
+        let write_tx = self.write_tx.as_ref().ok_or(StoreError::Closed)?;
+        match write_tx
+            .send_timeout(Command::Write(op), WRITE_QUEUE_WAIT)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                Err(StoreError::Unavailable("write queue full".to_owned()))
+            }
+            Err(SendTimeoutError::Closed(_)) => Err(self.stopped_error()),
+        }
+    }
+
+    /// Waits for the writer's answer, at most [`WRITE_REPLY_WAIT`].
+    async fn await_reply<T>(
+        &self,
+        reply_rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(WRITE_REPLY_WAIT, reply_rx).await {
+            Ok(Ok(result)) => result,
+            // Dropped unanswered: the writer stopped before it took the request.
+            Ok(Err(_)) => Err(self.stopped_error()),
+            Err(_) => Err(StoreError::Unavailable(
+                "commit did not complete in time, outcome unknown".to_owned(),
+            )),
+        }
+    }
+
+    fn stopped_error(&self) -> StoreError {
+        if self.closed.load(Ordering::Acquire) {
+            StoreError::Closed
+        } else {
+            StoreError::Unavailable("writer stopped".to_owned())
+        }
+    }
+
+    /// Runs `query` on a pooled read-only connection in the blocking pool.
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.check_open()?;
+        let pool = Arc::clone(&self.readers);
+        let run = async move {
+            let permit = Arc::clone(&pool.permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                pool.run(query)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        };
+        tokio::time::timeout(READ_WAIT, run)
+            .await
+            .map_err(|_| StoreError::Unavailable("read timed out".to_owned()))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the only sender ends the writer's loop once the queue is drained.
+        drop(self.write_tx.take());
+        let handle = self
+            .writer_thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            error!("store writer thread panicked");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageStore for SqliteStore {
+    async fn append(&self, msg: NewMessage) -> Result<AppendOutcome, StoreError> {
+        validate_user(&msg.from, "from")?;
+        validate_user(&msg.to, "to")?;
+        validate_id(&msg.from_device, "from_device")?;
+        validate_id(&msg.client_msg_id, "client_msg_id")?;
+        let (reply, reply_rx) = oneshot::channel();
+        self.submit(WriteOp::Append {
+            msg,
+            reply,
+            outcome: None,
+        })
+        .await?;
+        self.await_reply(reply_rx).await
+    }
+
+    async fn pull_offline(
+        &self,
+        owner: &UserKey,
+        device: &str,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        validate_user(owner, "owner")?;
+        validate_id(device, "device")?;
+        let limit = effective_limit(limit);
+        let owner = owner.clone();
+        let device = device.to_owned();
+        let messages = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(PULL_OFFLINE_SQL)?;
+                let rows = stmt.query_map(
+                    params![
+                        owner.appcode,
+                        owner.uid,
+                        lower_bound(cursor),
+                        device,
+                        i64::from(limit) + 1
+                    ],
+                    read_message,
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Page::from_overfetched(messages, limit, cursor))
+    }
+
+    async fn ack(
+        &self,
+        owner: &UserKey,
+        device: &str,
+        msgids: &[u64],
+    ) -> Result<AckOutcome, StoreError> {
+        validate_user(owner, "owner")?;
+        validate_id(device, "device")?;
+        if msgids.len() > MAX_ACK_IDS {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} msgids in one ack, more than {MAX_ACK_IDS}",
+                msgids.len()
+            )));
+        }
+        if msgids.is_empty() {
+            self.check_open()?;
+            return Ok(AckOutcome::default());
+        }
+        let (reply, reply_rx) = oneshot::channel();
+        self.submit(WriteOp::Ack {
+            owner: owner.clone(),
+            device: device.to_owned(),
+            msgids: msgids.to_vec(),
+            reply,
+            outcome: None,
+        })
+        .await?;
+        self.await_reply(reply_rx).await
+    }
+
+    async fn history(
+        &self,
+        owner: &UserKey,
+        peer: &UserKey,
+        cursor: u64,
+        direction: Direction,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        validate_user(owner, "owner")?;
+        validate_user(peer, "peer")?;
+        let limit = effective_limit(limit);
+        let owner = owner.clone();
+        let peer = peer.clone();
+        let messages = self
+            .read(move |conn| {
+                let (sql, bound) = match direction {
+                    Direction::Older => (HISTORY_OLDER_SQL, upper_bound_inclusive(cursor)),
+                    Direction::Newer => (HISTORY_NEWER_SQL, lower_bound(cursor)),
+                };
+                let mut stmt = conn.prepare_cached(sql)?;
+                let rows = stmt.query_map(
+                    params![
+                        owner.appcode,
+                        owner.uid,
+                        peer.appcode,
+                        peer.uid,
+                        bound,
+                        i64::from(limit) + 1
+                    ],
+                    read_message,
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Page::from_overfetched(messages, limit, cursor))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries. Each is one range scan of a primary key plus one rowid lookup per row in
+// `messages` (CROSS JOIN fixes the join order); `explain_query_plans_are_range_scans` checks it.
+
+/// Columns read by [`read_message`], in this order.
+macro_rules! message_columns {
+    () => {
+        "m.msgid, m.from_appcode, m.from_uid, m.from_device, m.client_msg_id, m.to_appcode, \
+         m.to_uid, m.msgtype, m.content_type, m.msgcontent, m.senddate, m.log_id"
+    };
+}
+
+/// ?1 owner appcode, ?2 owner uid, ?3 exclusive lower msgid, ?4 device, ?5 row limit.
+const PULL_OFFLINE_SQL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM inbox AS i CROSS JOIN messages AS m ON m.msgid = i.msgid \
+     WHERE i.owner_appcode = ?1 AND i.owner_uid = ?2 AND i.msgid > ?3 \
+       AND NOT EXISTS (SELECT 1 FROM acks AS a WHERE a.owner_appcode = ?1 \
+           AND a.owner_uid = ?2 AND a.device = ?4 AND a.msgid = i.msgid) \
+     ORDER BY i.msgid ASC LIMIT ?5"
+);
+
+/// ?1/?2 owner, ?3/?4 peer, ?5 inclusive upper msgid, ?6 row limit.
+const HISTORY_OLDER_SQL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM history AS h CROSS JOIN messages AS m ON m.msgid = h.msgid \
+     WHERE h.owner_appcode = ?1 AND h.owner_uid = ?2 AND h.peer_appcode = ?3 \
+       AND h.peer_uid = ?4 AND h.msgid <= ?5 \
+     ORDER BY h.msgid DESC LIMIT ?6"
+);
+
+/// ?1/?2 owner, ?3/?4 peer, ?5 exclusive lower msgid, ?6 row limit.
+const HISTORY_NEWER_SQL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM history AS h CROSS JOIN messages AS m ON m.msgid = h.msgid \
+     WHERE h.owner_appcode = ?1 AND h.owner_uid = ?2 AND h.peer_appcode = ?3 \
+       AND h.peer_uid = ?4 AND h.msgid > ?5 \
+     ORDER BY h.msgid ASC LIMIT ?6"
+);
+
+/// `msgid > cursor` as an i64 bound: a cursor past i64::MAX matches nothing, like i64::MAX.
+fn lower_bound(cursor: u64) -> i64 {
+    i64::try_from(cursor).unwrap_or(i64::MAX)
+}
+
+/// `msgid < cursor` (0 = no bound) as an inclusive i64 bound.
+fn upper_bound_inclusive(cursor: u64) -> i64 {
+    match i64::try_from(cursor) {
+        Ok(0) | Err(_) => i64::MAX,
+        Ok(c) => c - 1,
+    }
+}
+
+/// Maps a row of [`message_columns!`] to a message. Out-of-range values (a corrupt or foreign
+/// database) become errors, never panics.
+fn read_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        msgid: non_negative(row, 0)?,
+        from: UserKey {
+            appcode: row.get(1)?,
+            uid: row.get(2)?,
+        },
+        from_device: row.get(3)?,
+        client_msg_id: row.get(4)?,
+        to: UserKey {
+            appcode: row.get(5)?,
+            uid: row.get(6)?,
+        },
+        msgtype: row.get(7)?,
+        content_type: row.get(8)?,
+        content: bytes::Bytes::from(row.get::<_, Vec<u8>>(9)?),
+        senddate_ms: non_negative(row, 10)?,
+        log_id: u64_from_bits(row.get(11)?),
+    })
+}
+
+fn non_negative(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+/// log_id is an opaque u64 kept as its i64 bit pattern (SQLite integers are signed).
+fn bits_from_u64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn u64_from_bits(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn sqlite_unavailable(what: &str, e: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite {what}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections.
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "{} is in use by another open store",
+            dir.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Opens the write connection: WAL, `synchronous=FULL`, schema created or checked.
+fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    // FULL: the WAL is fsync'd at every commit, so a returned commit survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+    if synchronous != 2 {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "synchronous is {synchronous}, FULL (2) is required"
+        )));
+    }
+    // Keep the WAL file from staying large after a burst.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    if let Ok(extra) = std::env::var("LL_PRAGMAS") { conn.execute_batch(&extra)?; }
+
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    match version {
+        0 => {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA_SQL)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        }
+        SCHEMA_VERSION => {}
+        newer => {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {newer} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    Ok(conn)
+}
+
+fn open_reader_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(8);
+    Ok(conn)
+}
+
+/// Read-only connections, at most `permits` in use at once.
+struct ReadPool {
+    path: PathBuf,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn open(path: PathBuf, size: usize) -> Result<Self, StoreError> {
+        let idle = (0..size)
+            .map(|_| open_reader_connection(&path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlite_unavailable("open reader", &e))?;
+        Ok(Self {
+            path,
+            permits: Arc::new(Semaphore::new(size)),
+            idle: Mutex::new(idle),
+        })
+    }
+
+    /// Runs `query` on an idle connection (blocking). The caller holds a permit, so one is
+    /// normally idle; if a query panicked earlier and lost its connection, a new one is opened.
+    fn run<T>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader_connection(&self.path)
+                .map_err(|e| sqlite_unavailable("open reader", &e))?,
+        };
+        let result = query(&conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        result.map_err(|e| sqlite_unavailable("read", &e))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer thread.
+
+enum Command {
+    Write(WriteOp),
+    /// Commit what came before, refuse what comes after, close the connection, then signal.
+    Close(oneshot::Sender<()>),
+}
+
+/// A queued write. `outcome` is filled inside the transaction and sent only after the commit.
+enum WriteOp {
+    Append {
+        msg: NewMessage,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        outcome: Option<AppendOutcome>,
+    },
+    Ack {
+        owner: UserKey,
+        device: String,
+        msgids: Vec<u64>,
+        reply: oneshot::Sender<Result<AckOutcome, StoreError>>,
+        outcome: Option<AckOutcome>,
+    },
+}
+
+impl WriteOp {
+    /// Sends the committed outcome. A caller that gave up waiting is not an error: its write
+    /// is durable and a retry finds it by idempotency key.
+    fn reply_committed(self) {
+        let missing = || StoreError::Unavailable("internal: no outcome recorded".to_owned());
+        match self {
+            Self::Append {
+                msg,
+                reply,
+                outcome,
+            } => {
+                if let Some(o) = &outcome {
+                    debug!(
+                        log_id = msg.log_id,
+                        msgid = o.msgid,
+                        duplicate = o.duplicate,
+                        "message stored"
+                    );
+                }
+                let _ = reply.send(outcome.ok_or_else(missing));
+            }
+            Self::Ack { reply, outcome, .. } => {
+                let _ = reply.send(outcome.ok_or_else(missing));
+            }
+        }
+    }
+
+    fn reply_error(self, err: StoreError) {
+        match self {
+            Self::Append { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Self::Ack { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("msgid space exhausted")]
+    MsgidExhausted,
+    #[error("stored msgid or senddate is negative")]
+    Corrupt,
+}
+
+struct Writer {
+    conn: Connection,
+    /// Highest msgid ever handed out (or found on disk at open).
+    last_msgid: i64,
+    counters: Arc<WriterCounters>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+        let mut close_done = None;
+        let mut batch = Vec::with_capacity(max_batch);
+        // `None` once every sender is dropped and the queue is empty (store dropped).
+        while let Some(first) = rx.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write(op) => batch.push(op),
+                    Command::Close(done) => {
+                        close_done = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(std::mem::take(&mut batch));
+            }
+            if close_done.is_some() {
+                break;
+            }
+        }
+        // Anything queued after a close is refused; nothing of it was written.
+        rx.close();
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command::Write(op) => op.reply_error(StoreError::Closed),
+                Command::Close(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
+            warn!(error = %e, "store optimize on close failed");
+        }
+        if let Err((_, e)) = self.conn.close() {
+            warn!(error = %e, "store close failed");
+        }
+        if let Some(done) = close_done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Applies `batch` in one transaction; answers every op after the commit, or every op with
+    /// `Unavailable` if anything failed (the transaction is then rolled back as a whole).
+    fn commit_batch(&mut self, mut batch: Vec<WriteOp>) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match self.apply_batch(&mut batch) {
+            Ok(()) => batch.into_iter().for_each(WriteOp::reply_committed),
+            Err(e) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, requests = batch.len(), "store batch rolled back");
+                for op in batch {
+                    op.reply_error(StoreError::Unavailable(format!("write failed: {e}")));
+                }
+            }
+        }
+    }
+
+    fn apply_batch(&mut self, batch: &mut [WriteOp]) -> Result<(), WriteError> {
+        let now_ms = unix_ms_now();
+        // `last_msgid` advances even if the batch then fails: ids are never handed out twice,
+        // even when a failed commit turns out to have reached the disk.
+        let last_msgid = &mut self.last_msgid;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for op in batch.iter_mut() {
+            match op {
+                WriteOp::Append { msg, outcome, .. } => {
+                    *outcome = Some(append_in_tx(&tx, msg, last_msgid, now_ms)?);
+                }
+                WriteOp::Ack {
+                    owner,
+                    device,
+                    msgids,
+                    outcome,
+                    ..
+                } => {
+                    *outcome = Some(ack_in_tx(&tx, owner, device, msgids)?);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `max(last + 1, unix_ms << 20)`: unique and trend-increasing, and still increasing when the
+/// clock steps back (then it counts up from `last`).
+fn next_msgid(last: i64, now_ms: u64) -> Result<i64, WriteError> {
+    let after_last = last.checked_add(1).ok_or(WriteError::MsgidExhausted)?;
+    let from_clock = now_ms
+        .checked_mul(1 << MSGID_TIME_SHIFT)
+        .and_then(|v| i64::try_from(v).ok())
+        .unwrap_or(0);
+    Ok(after_last.max(from_clock))
+}
+
+fn append_in_tx(
+    tx: &Transaction<'_>,
+    msg: &NewMessage,
+    last_msgid: &mut i64,
+    now_ms: u64,
+) -> Result<AppendOutcome, WriteError> {
+    let keyed = !msg.client_msg_id.is_empty();
+    if keyed {
+        // Sees keys written earlier in this same transaction too, so two copies in one batch
+        // store one message.
+        let existing: Option<(i64, i64)> = tx
+            .prepare_cached(
+                "SELECT msgid, senddate FROM idempotency_keys \
+                 WHERE from_appcode = ?1 AND from_uid = ?2 AND from_device = ?3 \
+                   AND client_msg_id = ?4",
+            )?
+            .query_row(
+                params![
+                    msg.from.appcode,
+                    msg.from.uid,
+                    msg.from_device,
+                    msg.client_msg_id
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        if let Some((msgid, senddate)) = existing {
+            return Ok(AppendOutcome {
+                msgid: u64::try_from(msgid).map_err(|_| WriteError::Corrupt)?,
+                senddate_ms: u64::try_from(senddate).map_err(|_| WriteError::Corrupt)?,
+                duplicate: true,
+            });
+        }
+    }
+
+    let msgid = next_msgid(*last_msgid, now_ms)?;
+    *last_msgid = msgid;
+    let senddate = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "INSERT INTO messages (msgid, to_appcode, to_uid, from_appcode, from_uid, from_device, \
+         client_msg_id, msgtype, content_type, senddate, state, msgcontent, log_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12)",
+    )?
+    .execute(params![
+        msgid,
+        msg.to.appcode,
+        msg.to.uid,
+        msg.from.appcode,
+        msg.from.uid,
+        msg.from_device,
+        msg.client_msg_id,
+        msg.msgtype,
+        msg.content_type,
+        senddate,
+        &msg.content[..],
+        bits_from_u64(msg.log_id),
+    ])?;
+    tx.prepare_cached("INSERT INTO inbox (owner_appcode, owner_uid, msgid) VALUES (?1, ?2, ?3)")?
+        .execute(params![msg.to.appcode, msg.to.uid, msgid])?;
+    // Both users' history; OR IGNORE makes a message to oneself one row.
+    let mut history = tx.prepare_cached(
+        "INSERT OR IGNORE INTO history (owner_appcode, owner_uid, peer_appcode, peer_uid, msgid) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    history.execute(params![
+        msg.from.appcode,
+        msg.from.uid,
+        msg.to.appcode,
+        msg.to.uid,
+        msgid
+    ])?;
+    history.execute(params![
+        msg.to.appcode,
+        msg.to.uid,
+        msg.from.appcode,
+        msg.from.uid,
+        msgid
+    ])?;
+    if keyed {
+        tx.prepare_cached(
+            "INSERT INTO idempotency_keys \
+             (from_appcode, from_uid, from_device, client_msg_id, msgid, senddate) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            msg.from.appcode,
+            msg.from.uid,
+            msg.from_device,
+            msg.client_msg_id,
+            msgid,
+            senddate
+        ])?;
+    }
+    Ok(AppendOutcome {
+        msgid: u64::try_from(msgid).map_err(|_| WriteError::Corrupt)?,
+        senddate_ms: now_ms,
+        duplicate: false,
+    })
+}
+
+fn ack_in_tx(
+    tx: &Transaction<'_>,
+    owner: &UserKey,
+    device: &str,
+    msgids: &[u64],
+) -> Result<AckOutcome, WriteError> {
+    let mut in_inbox = tx.prepare_cached(
+        "SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?3",
+    )?;
+    let mut insert_ack = tx.prepare_cached(
+        "INSERT OR IGNORE INTO acks (owner_appcode, owner_uid, device, msgid) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut mark_acked =
+        tx.prepare_cached("UPDATE messages SET state = 1 WHERE msgid = ?1 AND state = 0")?;
+    let mut seen = HashSet::with_capacity(msgids.len());
+    let mut outcome = AckOutcome::default();
+    for &msgid in msgids {
+        if !seen.insert(msgid) {
+            continue;
+        }
+        // A msgid past i64::MAX cannot exist.
+        let Ok(id) = i64::try_from(msgid) else {
+            outcome.not_found.push(msgid);
+            continue;
+        };
+        if in_inbox.exists(params![owner.appcode, owner.uid, id])? {
+            insert_ack.execute(params![owner.appcode, owner.uid, device, id])?;
+            mark_acked.execute(params![id])?;
+            outcome.acked = outcome.acked.saturating_add(1);
+        } else {
+            outcome.not_found.push(msgid);
+        }
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,61 @@
+-- longlink embedded store, schema version 1 (PRAGMA user_version).
+-- Every key starts with the appcode (tenant), then the uid. Ids are INTEGER (i64); msgids are
+-- assigned by the store and never negative, log_id is the u64 bit pattern stored as i64.
+
+-- One row per message (seed 001 "离线消息存储"). msgid is the rowid, so the table is a B-tree
+-- keyed by msgid; rows carry the content blob (up to the frame limit), which is why it is not
+-- a WITHOUT ROWID table (SQLite recommends those only for small rows).
+CREATE TABLE IF NOT EXISTS messages (
+    msgid         INTEGER PRIMARY KEY,
+    to_appcode    INTEGER NOT NULL,
+    to_uid        TEXT    NOT NULL,
+    from_appcode  INTEGER NOT NULL,
+    from_uid      TEXT    NOT NULL,
+    from_device   TEXT    NOT NULL,
+    client_msg_id TEXT    NOT NULL,
+    msgtype       INTEGER NOT NULL,
+    content_type  INTEGER NOT NULL,
+    senddate      INTEGER NOT NULL,  -- Unix ms, server clock
+    state         INTEGER NOT NULL DEFAULT 0,  -- 0 stored, 1 acked by at least one receiver device
+    msgcontent    BLOB    NOT NULL,
+    log_id        INTEGER NOT NULL
+) STRICT;
+
+-- The receiver's offline inbox: pull_offline is one range scan of (owner, msgid > cursor).
+CREATE TABLE IF NOT EXISTS inbox (
+    owner_appcode INTEGER NOT NULL,
+    owner_uid     TEXT    NOT NULL,
+    msgid         INTEGER NOT NULL,
+    PRIMARY KEY (owner_appcode, owner_uid, msgid)
+) WITHOUT ROWID, STRICT;
+
+-- Each user's own copy of a conversation (seed 003 "在线消息"): one row per owner, so both
+-- users' lists stand alone; a message to oneself has one row.
+CREATE TABLE IF NOT EXISTS history (
+    owner_appcode INTEGER NOT NULL,
+    owner_uid     TEXT    NOT NULL,
+    peer_appcode  INTEGER NOT NULL,
+    peer_uid      TEXT    NOT NULL,
+    msgid         INTEGER NOT NULL,
+    PRIMARY KEY (owner_appcode, owner_uid, peer_appcode, peer_uid, msgid)
+) WITHOUT ROWID, STRICT;
+
+-- Delivery acks per receiver device (MSG_ACK): pull_offline skips rows found here.
+CREATE TABLE IF NOT EXISTS acks (
+    owner_appcode INTEGER NOT NULL,
+    owner_uid     TEXT    NOT NULL,
+    device        TEXT    NOT NULL,
+    msgid         INTEGER NOT NULL,
+    PRIMARY KEY (owner_appcode, owner_uid, device, msgid)
+) WITHOUT ROWID, STRICT;
+
+-- Idempotency keys, written in the same transaction as the message they name.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    from_appcode  INTEGER NOT NULL,
+    from_uid      TEXT    NOT NULL,
+    from_device   TEXT    NOT NULL,
+    client_msg_id TEXT    NOT NULL,
+    msgid         INTEGER NOT NULL,
+    senddate      INTEGER NOT NULL,
+    PRIMARY KEY (from_appcode, from_uid, from_device, client_msg_id)
+) WITHOUT ROWID, STRICT;

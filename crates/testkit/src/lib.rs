@@ -1,0 +1,257 @@
+//! Test helpers for longlink (not published): a real server on free loopback ports with a
+//! throwaway data directory ([`TestServer`]), a raw protocol client for sending malformed or
+//! hand-made frames ([`RawClient`]), and [`wait_until`] for waiting on a condition with a
+//! deadline instead of sleeping.
+//!
+//! Listeners are bound before the server's tasks are spawned (`longlink_server::start`
+//! returns only once bound), so a test may connect as soon as it has the address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use longlink_proto::{Cmd, ErrorCode, Frame, FrameCodec, FrameType, wire};
+use longlink_sdk::{Client, ClientConfig, Incoming};
+use longlink_server::{Config, RunningServer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// How long helpers wait for anything before failing the test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running single-node server with its own data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    server: Option<RunningServer>,
+    config: Config,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server with the default config on free ports and a fresh data dir.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestServer::start`], after `adjust` has changed the config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data = tempfile::tempdir().expect("temp data dir");
+        let mut config = Config::default();
+        config.gate.listen = "127.0.0.1:0".parse().expect("addr");
+        config.api.listen = "127.0.0.1:0".parse().expect("addr");
+        config.store.data_dir = data.path().to_owned();
+        adjust(&mut config);
+        let server = longlink_server::start(&config).await.expect("server starts");
+        TestServer {
+            server: Some(server),
+            config,
+            _data: Some(data),
+        }
+    }
+
+    fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server is running")
+    }
+
+    /// The gate's address.
+    pub fn gate_addr(&self) -> SocketAddr {
+        self.running().gate_addr()
+    }
+
+    /// The HTTP API's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.running().api_addr()
+    }
+
+    /// The config the server runs with (ports as configured, maybe 0).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.store.data_dir
+    }
+
+    /// The running server (e.g. to subscribe to its local bus).
+    pub fn server(&self) -> &RunningServer {
+        self.running()
+    }
+
+    /// A valid token for `(appcode, uid)`.
+    pub fn token(&self, appcode: u32, uid: &str) -> String {
+        self.config
+            .apps()
+            .mint(appcode, uid, 3600)
+            .expect("appcode is configured")
+    }
+
+    /// An SDK client config for `(appcode, uid, device)` with a valid token.
+    pub fn client_config(&self, appcode: u32, uid: &str, device: &str) -> ClientConfig {
+        let mut config = ClientConfig::new(
+            self.gate_addr().to_string(),
+            appcode,
+            self.token(appcode, uid),
+            device,
+        );
+        config.request_timeout = WAIT;
+        config
+    }
+
+    /// A logged-in SDK client.
+    pub async fn client(&self, appcode: u32, uid: &str, device: &str) -> (Client, Incoming) {
+        Client::connect(self.client_config(appcode, uid, device))
+            .await
+            .expect("client logs in")
+    }
+
+    /// Stops the server (in order, as on SIGTERM) and starts it again on the same data
+    /// directory and the same ports.
+    pub async fn restart(&mut self) {
+        let server = self.server.take().expect("server is running");
+        self.config.gate.listen = server.gate_addr();
+        self.config.api.listen = server.api_addr();
+        server.stop().await;
+        self.server = Some(
+            longlink_server::start(&self.config)
+                .await
+                .expect("server restarts"),
+        );
+    }
+
+    /// Stops the server in order.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+}
+
+/// A client that speaks raw frames, for protocol tests.
+#[derive(Debug)]
+pub struct RawClient {
+    framed: Framed<TcpStream, FrameCodec>,
+}
+
+impl RawClient {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<RawClient> {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .context("connect timed out")??;
+        Ok(RawClient {
+            framed: Framed::new(stream, FrameCodec::new(u32::MAX)),
+        })
+    }
+
+    /// Sends `frame`.
+    pub async fn send(&mut self, frame: Frame) -> anyhow::Result<()> {
+        self.framed.send(frame).await?;
+        Ok(())
+    }
+
+    /// Writes raw bytes (possibly not a valid frame).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.framed.get_mut().write_all(bytes).await?;
+        self.framed.get_mut().flush().await?;
+        Ok(())
+    }
+
+    /// Sends LOGIN with `token` for `appcode` and `device`; returns the answer frame.
+    pub async fn login(&mut self, appcode: u32, token: &str, device: &str) -> anyhow::Result<Frame> {
+        let request = wire::LoginRequest {
+            token: token.to_owned(),
+            appcode,
+            device_id: device.to_owned(),
+            ..Default::default()
+        };
+        self.send(Frame::request(Cmd::Login, 1, 0, &request)).await?;
+        self.recv().await
+    }
+
+    /// The next frame, waiting at most [`WAIT`].
+    pub async fn recv(&mut self) -> anyhow::Result<Frame> {
+        match tokio::time::timeout(WAIT, self.framed.next()).await {
+            Err(_) => bail!("no frame within {WAIT:?}"),
+            Ok(None) => bail!("connection closed"),
+            Ok(Some(frame)) => Ok(frame?),
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) until the server closes the connection; frames that arrive
+    /// first are returned.
+    pub async fn until_closed(&mut self) -> anyhow::Result<Vec<Frame>> {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.framed.next()).await {
+                Err(_) => bail!("connection still open after {WAIT:?}"),
+                Ok(None) => return Ok(frames),
+                Ok(Some(Ok(frame))) => frames.push(frame),
+                Ok(Some(Err(_))) => return Ok(frames),
+            }
+        }
+    }
+}
+
+/// The code and seq_id of an ERROR frame, or an error if `frame` is not one.
+pub fn error_of(frame: &Frame) -> anyhow::Result<(ErrorCode, u32)> {
+    if frame.cmd() != Some(Cmd::Error) {
+        bail!("expected an ERROR frame, got cmd {}", frame.header.cmd);
+    }
+    let body: wire::Error = frame.decode_body()?;
+    let code = ErrorCode::try_from(body.code).context("unknown error code")?;
+    Ok((code, frame.header.seq_id))
+}
+
+/// Whether `frame` is a response (type 1) of `cmd`.
+pub fn is_response(frame: &Frame, cmd: Cmd) -> bool {
+    frame.header.frame_type == FrameType::Response && frame.cmd() == Some(cmd)
+}
+
+/// Polls `check` until it returns true, at most `deadline`; never a fixed sleep.
+///
+/// # Errors
+/// The condition did not hold in time.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("condition not met within {deadline:?}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Raw bytes of a frame whose header announces `body_len` but carries no body.
+pub fn header_only(cmd: u16, seq_id: u32, body_len: u32) -> Bytes {
+    let header = longlink_proto::Header {
+        flags: 0,
+        log_id: 0,
+        seq_id,
+        cmd,
+        frame_type: FrameType::Request,
+        body_len,
+    };
+    Bytes::copy_from_slice(&header.encode())
+}
+
+/// A path for a file inside a fresh temp dir that lives as long as the returned guard.
+pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    (dir, path)
+}
