@@ -27,7 +27,8 @@ pub struct ClientConfig {
     /// [`crate::Client::ack`] itself.
     pub auto_ack: bool,
     /// Capacity of the queue of incoming events. When it is full the client stops reading
-    /// the socket until the application drains [`crate::Incoming`] (backpressure). Default 1024.
+    /// the socket until the application drains [`crate::Incoming`] (backpressure). Default 1024
+    /// (0 counts as 1).
     pub incoming_capacity: usize,
     /// Largest frame body accepted from the server. Default
     /// [`longlink_proto::DEFAULT_MAX_BODY_BYTES`] (64 KiB).

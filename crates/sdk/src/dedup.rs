@@ -16,10 +16,11 @@ impl Dedup {
 
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
+        // Grown on demand: an idle connection should not pay for 4096 slots up front.
         Self {
             capacity,
-            seen: HashSet::with_capacity(capacity),
-            order: VecDeque::with_capacity(capacity),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
         }
     }
 

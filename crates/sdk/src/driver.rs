@@ -142,8 +142,9 @@ impl Driver {
         });
         loop {
             let next_deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+            // Not biased: a flood of pushes must not starve the application's requests
+            // (nor the reverse).
             tokio::select! {
-                biased;
                 () = shutdown.cancelled() => return self.shutdown_reason(),
                 item = stream.next() => {
                     let Some(item) = item else { return self.eof_reason() };
@@ -444,6 +445,15 @@ impl Driver {
         );
         self.deadlines
             .push(Reverse((deadline, self.generation, seq_id)));
+        // Answered requests leave their deadline behind until it passes; keep that bounded.
+        if self.deadlines.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.deadlines.retain(|Reverse((_, generation, seq_id))| {
+                pending
+                    .get(seq_id)
+                    .is_some_and(|p| p.generation == *generation)
+            });
+        }
         frame
     }
 
