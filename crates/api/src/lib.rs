@@ -46,7 +46,9 @@ async fn healthz(State(source): State<Arc<dyn StatsSource>>) -> Json<Health> {
 
 /// The API's routes.
 pub fn router(source: Arc<dyn StatsSource>) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(source)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(source)
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.

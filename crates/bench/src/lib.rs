@@ -1,6 +1,30 @@
-//! longlink's load generators (scenarios as a library; `longlink bench` calls them).
+//! longlink's load generators: scenarios as a library; `longlink bench` calls them.
+//!
+//! Benchmarks measure speed and memory, they never assert (DESIGN.md "Testing rules"). Each
+//! scenario is bounded in time and stops by itself. The figures that matter are the *server's*:
+//! read from `/proc/<server pid>` (RSS, CPU ticks), so the load generator's own cost does not
+//! blur them, and reported per server CPU-second where a rate is concerned.
+//!
+//! A scenario runs inside the `longlink` binary: it starts its own server as
+//! `<current exe> serve` and spreads client connections over worker processes started as
+//! `<current exe> bench <scenario>-worker`, because one process here may open at most 20,000
+//! files.
+//!
+//! Modules: [`idle`] (N idle logged-in connections, the server's RSS per connection),
+//! `client` (a lean wire-protocol client), `server` (a spawned or external server under
+//! test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`), `report` (dates).
 
-/// Placeholder until the first scenario lands.
-pub fn scenarios() -> &'static [&'static str] {
-    &[]
+mod client;
+mod http;
+pub mod idle;
+mod procfs;
+mod report;
+mod server;
+
+/// The scenarios `longlink bench` knows, with a one-line description each.
+pub fn scenarios() -> &'static [(&'static str, &'static str)] {
+    &[(
+        "idle",
+        "N idle logged-in connections; the server's RSS per connection and CPU per login",
+    )]
 }

@@ -38,9 +38,11 @@ pub(crate) struct Identity {
     /// This user's uid.
     #[arg(long)]
     uid: String,
-    /// Device id (one session per appcode, uid and device).
-    #[arg(long, default_value = "cli")]
-    device: String,
+    /// Device id: one session per (appcode, uid, device), and offline messages are
+    /// acknowledged per device. Default: `cli-<subcommand>` (cli-send, cli-pull, cli-listen,
+    /// cli-history, cli-chat), so a one-shot `send` never kicks your `listen` or `chat`.
+    #[arg(long)]
+    device: Option<String>,
     /// Login token; without it a development token is minted from the config.
     #[arg(long, env = "LONGLINK_TOKEN")]
     token: Option<String>,
@@ -128,12 +130,21 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(identity: &Identity) -> anyhow::Result<(Client, Incoming)> {
+async fn connect(identity: &Identity, subcommand: &str) -> anyhow::Result<(Client, Incoming)> {
     let token = match &identity.token {
         Some(token) => token.clone(),
-        None => mint(identity.config.as_deref(), identity.appcode, &identity.uid, 3600)?,
+        None => mint(
+            identity.config.as_deref(),
+            identity.appcode,
+            &identity.uid,
+            3600,
+        )?,
     };
-    let mut config = ClientConfig::new(&identity.server, identity.appcode, token, &identity.device);
+    let device = identity
+        .device
+        .clone()
+        .unwrap_or_else(|| format!("cli-{subcommand}"));
+    let mut config = ClientConfig::new(&identity.server, identity.appcode, token, device);
     config.request_timeout = Duration::from_secs(identity.request_timeout_secs.max(1));
     Client::connect(config)
         .await
@@ -141,7 +152,7 @@ async fn connect(identity: &Identity) -> anyhow::Result<(Client, Incoming)> {
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let (client, _incoming) = connect(&args.identity).await?;
+    let (client, _incoming) = connect(&args.identity, "send").await?;
     for i in 1..=args.count.max(1) {
         let text = if args.count > 1 {
             format!("{} {i}", args.text)
@@ -154,7 +165,11 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
                     .c2c_with_id(args.to.clone(), &format!("{id}-{i}"), Content::Text(text))
                     .await
             }
-            Some(id) => client.c2c_with_id(args.to.clone(), id, Content::Text(text)).await,
+            Some(id) => {
+                client
+                    .c2c_with_id(args.to.clone(), id, Content::Text(text))
+                    .await
+            }
             None => client.c2c(args.to.clone(), Content::Text(text)).await,
         }
         .with_context(|| format!("send {i} to {} failed", args.to))?;
@@ -173,7 +188,11 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
                 "sent msgid={} client_msg_id={}{}",
                 receipt.msgid,
                 receipt.client_msg_id,
-                if receipt.duplicate { " (duplicate: already stored)" } else { "" }
+                if receipt.duplicate {
+                    " (duplicate: already stored)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -182,7 +201,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
 }
 
 async fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let (client, _incoming) = connect(&args.identity).await?;
+    let (client, _incoming) = connect(&args.identity, "pull").await?;
     let messages = client.pull_all_offline().await.context("pull failed")?;
     for message in &messages {
         print_message(message, args.json);
@@ -192,9 +211,13 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
 }
 
 async fn listen(args: ListenArgs) -> anyhow::Result<()> {
-    let (client, mut incoming) = connect(&args.identity).await?;
+    let (client, mut incoming) = connect(&args.identity, "listen").await?;
     if !args.json {
-        eprintln!("listening as {}:{} (Ctrl-C to stop)", args.identity.appcode, client.uid());
+        eprintln!(
+            "listening as {}:{} (Ctrl-C to stop)",
+            args.identity.appcode,
+            client.uid()
+        );
     }
     let deadline = args
         .timeout_secs
@@ -205,15 +228,17 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             break;
         }
         let event = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, incoming.next_event()).await {
-                Ok(event) => event,
-                Err(_) => {
-                    if let Some(count) = args.count {
-                        bail!("timed out after {received} of {count} messages");
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, incoming.next_event()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        if let Some(count) = args.count {
+                            bail!("timed out after {received} of {count} messages");
+                        }
+                        break;
                     }
-                    break;
                 }
-            },
+            }
             None => incoming.next_event().await,
         };
         match event {
@@ -232,7 +257,7 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
 }
 
 async fn history(args: HistoryArgs) -> anyhow::Result<()> {
-    let (client, _incoming) = connect(&args.identity).await?;
+    let (client, _incoming) = connect(&args.identity, "history").await?;
     let mut cursor = 0;
     loop {
         let page = client
@@ -252,9 +277,12 @@ async fn history(args: HistoryArgs) -> anyhow::Result<()> {
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let (client, mut incoming) = connect(&args.identity).await?;
+    let (client, mut incoming) = connect(&args.identity, "chat").await?;
     let me = format!("{}:{}", args.identity.appcode, client.uid());
-    println!("chatting as {me} with {}; type a line and press Enter, Ctrl-D to quit", args.to);
+    println!(
+        "chatting as {me} with {}; type a line and press Enter, Ctrl-D to quit",
+        args.to
+    );
     for message in client.pull_all_offline().await.context("pull failed")? {
         print_chat_line(&message);
     }
@@ -285,15 +313,29 @@ fn content_text(content: &Content) -> String {
     match content {
         Content::Text(text) | Content::Rich(text) => text.clone(),
         Content::Typing => "(typing…)".to_owned(),
-        Content::Business { msgtype, bytes } => format!("(business msgtype={msgtype}, {} bytes)", bytes.len()),
-        Content::Unknown { content_type, bytes, .. } => {
-            format!("(unsupported content type {content_type}, {} bytes)", bytes.len())
+        Content::Business { msgtype, bytes } => {
+            format!("(business msgtype={msgtype}, {} bytes)", bytes.len())
+        }
+        Content::Unknown {
+            content_type,
+            bytes,
+            ..
+        } => {
+            format!(
+                "(unsupported content type {content_type}, {} bytes)",
+                bytes.len()
+            )
         }
     }
 }
 
 fn print_chat_line(message: &Message) {
-    println!("[{}] {}: {}", message.msgid, message.from, content_text(&message.content));
+    println!(
+        "[{}] {}: {}",
+        message.msgid,
+        message.from,
+        content_text(&message.content)
+    );
 }
 
 fn print_message(message: &Message, json: bool) {

@@ -7,6 +7,7 @@ mod client;
 mod serve;
 mod token;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,8 +51,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("longlink: cannot start the runtime: {err}");
@@ -90,5 +95,8 @@ impl std::fmt::Display for CliExit {
 impl std::error::Error for CliExit {}
 
 fn one_line(err: &anyhow::Error) -> String {
-    format!("{err:#}").split_whitespace().collect::<Vec<_>>().join(" ")
+    format!("{err:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

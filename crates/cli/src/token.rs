@@ -24,7 +24,15 @@ pub(crate) struct TokenArgs {
 }
 
 pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
-    println!("{}", mint(args.config.as_deref(), args.appcode, &args.uid, args.ttl_secs)?);
+    println!(
+        "{}",
+        mint(
+            args.config.as_deref(),
+            args.appcode,
+            &args.uid,
+            args.ttl_secs
+        )?
+    );
     Ok(())
 }
 

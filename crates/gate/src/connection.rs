@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use longlink_proto::{
-    CodecError, Cmd, ErrorCode, Frame, FrameCodec, FrameType, KickReason, wire,
-};
+use longlink_proto::{Cmd, CodecError, ErrorCode, Frame, FrameCodec, FrameType, KickReason, wire};
 use longlink_rpc::{LogicService, Refusal, Reply, SessionInfo};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -81,7 +79,10 @@ impl Connection {
             session: None,
             codec: FrameCodec::new(self.gate.config.max_body_bytes),
         };
-        let reason = self.read_loop(&mut reader, read).instrument(span.clone()).await;
+        let reason = self
+            .read_loop(&mut reader, read)
+            .instrument(span.clone())
+            .await;
         if let Some(session) = reader.session.take() {
             self.gate.sessions.remove(session.session_id);
             self.logic.session_closed(&session).await;
@@ -172,12 +173,21 @@ impl Connection {
         if header.flags != 0 {
             // Compression is not negotiated by this server: any flag is a protocol error.
             return reader
-                .refuse(&header, Refusal::new(ErrorCode::BadFlags, "no flags were negotiated"))
+                .refuse(
+                    &header,
+                    Refusal::new(ErrorCode::BadFlags, "no flags were negotiated"),
+                )
                 .await;
         }
         if !matches!(header.frame_type, FrameType::Request | FrameType::Ack) {
             return reader
-                .refuse(&header, Refusal::new(ErrorCode::BadFrameType, "clients send requests (0) or acks (3)"))
+                .refuse(
+                    &header,
+                    Refusal::new(
+                        ErrorCode::BadFrameType,
+                        "clients send requests (0) or acks (3)",
+                    ),
+                )
                 .await;
         }
         match Cmd::try_from(header.cmd) {
@@ -185,7 +195,9 @@ impl Connection {
                 let pong = wire::KeepaliveResponse {
                     server_time_ms: longlink_proto::unix_ms(),
                 };
-                reader.queue(Frame::response(&header, &pong).to_bytes()).await
+                reader
+                    .queue(Frame::response(&header, &pong).to_bytes())
+                    .await
             }
             Ok(Cmd::Login) if reader.session.is_none() => self.login(reader, frame).await,
             _ if reader.session.is_none() => {
@@ -197,12 +209,19 @@ impl Connection {
                 let Some(session) = reader.session.as_ref() else {
                     return Next::Close(CloseReason::Io);
                 };
-                let span = tracing::debug_span!("request", log_id = header.log_id, cmd = header.cmd, seq_id = header.seq_id);
+                let span = tracing::debug_span!(
+                    "request",
+                    log_id = header.log_id,
+                    cmd = header.cmd,
+                    seq_id = header.seq_id
+                );
                 match self.logic.handle(session, frame).instrument(span).await {
                     Reply::Frame(frame) => {
                         let closing = closing_error(&frame);
                         match (reader.queue(frame.to_bytes()).await, closing) {
-                            (Next::Continue, Some(code)) => Next::Close(CloseReason::ProtocolError(code)),
+                            (Next::Continue, Some(code)) => {
+                                Next::Close(CloseReason::ProtocolError(code))
+                            }
                             (next, _) => next,
                         }
                     }
@@ -233,7 +252,12 @@ impl Connection {
             .insert(session_id, reader.tx.clone(), reader.conn.clone());
         let accepted = self
             .logic
-            .login(&self.gate.config.gate_id, session_id, request, header.log_id)
+            .login(
+                &self.gate.config.gate_id,
+                session_id,
+                request,
+                header.log_id,
+            )
             .await;
         match accepted {
             Ok(accepted) => {
@@ -272,7 +296,9 @@ impl Reader {
         match self.tx.try_send(frame) {
             Ok(()) => Next::Continue,
             Err(mpsc::error::TrySendError::Full(frame)) => {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), self.tx.send(frame)).await {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), self.tx.send(frame))
+                    .await
+                {
                     Ok(Ok(())) => Next::Continue,
                     _ => Next::Close(CloseReason::SlowConsumer),
                 }
@@ -288,7 +314,12 @@ impl Reader {
 
     /// Sends an ERROR for `header`'s request; closes the connection if the code demands it.
     async fn refuse(&self, header: &longlink_proto::Header, refusal: Refusal) -> Next {
-        let frame = Frame::error(Some(header.seq_id), header.log_id, refusal.code, refusal.message.clone());
+        let frame = Frame::error(
+            Some(header.seq_id),
+            header.log_id,
+            refusal.code,
+            refusal.message.clone(),
+        );
         if refusal.closes_connection() {
             self.queue_now(frame.to_bytes());
             return Next::Close(CloseReason::ProtocolError(refusal.code));

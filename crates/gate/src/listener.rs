@@ -37,7 +37,8 @@ pub(crate) async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let connection = Connection::new(gate.clone(), logic.clone(), shutdown.clone(), peer);
+                let connection =
+                    Connection::new(gate.clone(), logic.clone(), shutdown.clone(), peer);
                 let tracker_for_writer = tracker.clone();
                 tracker.spawn(async move {
                     connection.run(stream, &tracker_for_writer).await;

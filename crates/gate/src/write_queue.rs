@@ -40,7 +40,8 @@ pub(crate) async fn run(
             }
         };
         if !batch.is_empty() {
-            let written = tokio::time::timeout(write_timeout, write_batch(&mut write, &batch)).await;
+            let written =
+                tokio::time::timeout(write_timeout, write_batch(&mut write, &batch)).await;
             batch.clear();
             if !matches!(written, Ok(Ok(()))) {
                 conn.close(CloseReason::Io);

@@ -124,12 +124,18 @@ impl Apps {
     /// BAD_TOKEN (malformed, bad signature, expired, algorithm other than HS256).
     pub fn verify(&self, appcode: u32, token: &str) -> Result<String, Refusal> {
         let keys = self.keys.get(&appcode).ok_or_else(|| {
-            Refusal::new(ErrorCode::UnknownAppcode, format!("unknown appcode {appcode}"))
+            Refusal::new(
+                ErrorCode::UnknownAppcode,
+                format!("unknown appcode {appcode}"),
+            )
         })?;
         match jsonwebtoken::decode::<Claims>(token, &keys.decoding, &self.validation) {
             Ok(data) if data.claims.appcode == appcode => {
                 if data.claims.sub.is_empty() || data.claims.sub.len() > MAX_ID_BYTES {
-                    return Err(Refusal::new(ErrorCode::BadToken, "token uid is empty or too long"));
+                    return Err(Refusal::new(
+                        ErrorCode::BadToken,
+                        "token uid is empty or too long",
+                    ));
                 }
                 Ok(data.claims.sub)
             }
@@ -142,7 +148,10 @@ impl Apps {
                 {
                     return Err(mismatch(appcode, data.claims.appcode));
                 }
-                Err(Refusal::new(ErrorCode::BadToken, format!("invalid token: {err}")))
+                Err(Refusal::new(
+                    ErrorCode::BadToken,
+                    format!("invalid token: {err}"),
+                ))
             }
         }
     }
@@ -164,8 +173,16 @@ mod tests {
 
     fn apps() -> Apps {
         Apps::new(&[
-            App { appcode: 129, name: "customer".into(), secret: "s129".into() },
-            App { appcode: 130, name: "driver".into(), secret: "s130".into() },
+            App {
+                appcode: 129,
+                name: "customer".into(),
+                secret: "s129".into(),
+            },
+            App {
+                appcode: 130,
+                name: "driver".into(),
+                secret: "s130".into(),
+            },
         ])
     }
 
@@ -174,20 +191,41 @@ mod tests {
         let apps = apps();
         let token = apps.mint(129, "alice", 60).unwrap();
         assert_eq!(apps.verify(129, &token).unwrap(), "alice");
-        assert_eq!(apps.verify(130, &token).unwrap_err().code, ErrorCode::AppcodeMismatch);
-        assert_eq!(apps.verify(7, &token).unwrap_err().code, ErrorCode::UnknownAppcode);
-        assert_eq!(apps.verify(129, "not.a.jwt").unwrap_err().code, ErrorCode::BadToken);
+        assert_eq!(
+            apps.verify(130, &token).unwrap_err().code,
+            ErrorCode::AppcodeMismatch
+        );
+        assert_eq!(
+            apps.verify(7, &token).unwrap_err().code,
+            ErrorCode::UnknownAppcode
+        );
+        assert_eq!(
+            apps.verify(129, "not.a.jwt").unwrap_err().code,
+            ErrorCode::BadToken
+        );
         let mut forged = token.clone();
         forged.pop();
-        assert_eq!(apps.verify(129, &forged).unwrap_err().code, ErrorCode::BadToken);
+        assert_eq!(
+            apps.verify(129, &forged).unwrap_err().code,
+            ErrorCode::BadToken
+        );
     }
 
     #[test]
     fn expired_tokens_are_refused() {
         let apps = apps();
         let keys = &apps.keys[&129];
-        let claims = Claims { sub: "a".into(), appcode: 129, exp: 1000, iat: 0 };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
-        assert_eq!(apps.verify(129, &token).unwrap_err().code, ErrorCode::BadToken);
+        let claims = Claims {
+            sub: "a".into(),
+            appcode: 129,
+            exp: 1000,
+            iat: 0,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        assert_eq!(
+            apps.verify(129, &token).unwrap_err().code,
+            ErrorCode::BadToken
+        );
     }
 }

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use longlink_bus::Bus;
 use longlink_presence::Presence;
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameType};
-use longlink_rpc::{GatePush, LoginAccepted, LogicService, Refusal, Reply, SessionInfo};
+use longlink_rpc::{GatePush, LogicService, LoginAccepted, Refusal, Reply, SessionInfo};
 use longlink_store::MessageStore;
 
 pub use auth::{App, Apps, Claims, TokenError};
@@ -125,7 +125,10 @@ impl LogicService for Logic {
         let Some(cmd) = frame.cmd() else {
             return Reply::Frame(refusal_frame(
                 &frame,
-                &Refusal::new(ErrorCode::UnknownCmd, format!("unknown cmd {}", frame.header.cmd)),
+                &Refusal::new(
+                    ErrorCode::UnknownCmd,
+                    format!("unknown cmd {}", frame.header.cmd),
+                ),
             ));
         };
         let result = match cmd {
@@ -135,8 +138,14 @@ impl LogicService for Logic {
             Cmd::C2c => handlers::c2c::c2c(self, session, &frame).await,
             Cmd::OfflinePull => handlers::offline_pull::offline_pull(self, session, &frame).await,
             Cmd::HistoryPull => handlers::history_pull::history_pull(self, session, &frame).await,
-            Cmd::Login => Err(Refusal::new(ErrorCode::AlreadyLoggedIn, "this connection is already logged in")),
-            Cmd::Resume => Err(Refusal::new(ErrorCode::UnknownCmd, "resume is not supported by this server")),
+            Cmd::Login => Err(Refusal::new(
+                ErrorCode::AlreadyLoggedIn,
+                "this connection is already logged in",
+            )),
+            Cmd::Resume => Err(Refusal::new(
+                ErrorCode::UnknownCmd,
+                "resume is not supported by this server",
+            )),
             Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Error => Err(Refusal::new(
                 ErrorCode::UnknownCmd,
                 format!("{cmd} is not a request a client may send"),

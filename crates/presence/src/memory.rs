@@ -136,7 +136,13 @@ mod tests {
         assert!(p.register(entry("a", "web", 2)).await.unwrap().is_empty());
         let replaced = p.register(entry("a", "phone", 3)).await.unwrap();
         assert_eq!(replaced, vec![entry("a", "phone", 1)]);
-        let mut ids: Vec<u64> = p.sessions(129, "a").await.unwrap().iter().map(|s| s.session_id).collect();
+        let mut ids: Vec<u64> = p
+            .sessions(129, "a")
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.session_id)
+            .collect();
         ids.sort_unstable();
         assert_eq!(ids, vec![2, 3]);
         assert_eq!(p.session_count().await.unwrap(), 2);

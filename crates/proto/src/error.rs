@@ -46,9 +46,8 @@ impl DecodeError {
     /// The offending frame's seq_id, when the header got far enough to be trusted.
     pub fn seq_id(&self) -> Option<u32> {
         match self {
-            DecodeError::UnknownFrameType { seq_id, .. } | DecodeError::BodyTooLarge { seq_id, .. } => {
-                Some(*seq_id)
-            }
+            DecodeError::UnknownFrameType { seq_id, .. }
+            | DecodeError::BodyTooLarge { seq_id, .. } => Some(*seq_id),
             DecodeError::BadMagic(_) | DecodeError::UnsupportedVersion(_) => None,
         }
     }

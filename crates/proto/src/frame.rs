@@ -54,7 +54,12 @@ impl Frame {
     }
 
     /// An ERROR frame. With `seq_id` it answers that request (type 1); without, it is a push.
-    pub fn error(seq_id: Option<u32>, log_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    pub fn error(
+        seq_id: Option<u32>,
+        log_id: u64,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Frame {
         let body = wire::Error {
             code: code as i32,
             message: message.into(),

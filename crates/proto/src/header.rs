@@ -184,6 +184,9 @@ mod tests {
             Err(DecodeError::UnsupportedVersion(2))
         );
         raw[0] = b'G';
-        assert_eq!(Header::decode(&raw, 100), Err(DecodeError::BadMagic(0x474C)));
+        assert_eq!(
+            Header::decode(&raw, 100),
+            Err(DecodeError::BadMagic(0x474C))
+        );
     }
 }

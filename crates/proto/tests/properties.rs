@@ -4,8 +4,8 @@ use bytes::{Bytes, BytesMut};
 use longlink_proto::{
     CodecError, DecodeError, Frame, FrameCodec, FrameType, HEADER_LEN, Header, wire,
 };
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
 fn frame_type() -> impl Strategy<Value = FrameType> {

@@ -106,9 +106,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         // The embedded file is tested to parse (tests below); an unparsable build cannot ship.
-        Config::from_toml(DEFAULT_CONFIG, &BTreeMap::new()).unwrap_or_else(|err| {
-            unreachable!("embedded default config is invalid: {err}")
-        })
+        Config::from_toml(DEFAULT_CONFIG, &BTreeMap::new())
+            .unwrap_or_else(|err| unreachable!("embedded default config is invalid: {err}"))
     }
 }
 
@@ -118,7 +117,10 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] naming the file or the field.
-    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
@@ -156,16 +158,28 @@ impl Config {
             return bad("gate.login_timeout_secs", "must be at least 1");
         }
         if self.gate.idle_timeout_secs <= u64::from(self.gate.keepalive_interval_secs) {
-            return bad("gate.idle_timeout_secs", "must be greater than gate.keepalive_interval_secs");
+            return bad(
+                "gate.idle_timeout_secs",
+                "must be greater than gate.keepalive_interval_secs",
+            );
         }
-        if self.gate.write_queue_frames == 0 || self.store.write_queue == 0 || self.store.max_batch == 0 {
-            return bad("gate.write_queue_frames / store.write_queue / store.max_batch", "must be at least 1");
+        if self.gate.write_queue_frames == 0
+            || self.store.write_queue == 0
+            || self.store.max_batch == 0
+        {
+            return bad(
+                "gate.write_queue_frames / store.write_queue / store.max_batch",
+                "must be at least 1",
+            );
         }
         if self.apps.is_empty() {
             return bad("apps", "at least one [[apps]] entry is needed");
         }
         if let Some(app) = self.apps.iter().find(|a| a.secret.len() < 8) {
-            return bad(&format!("apps[appcode={}].secret", app.appcode), "must be at least 8 bytes");
+            return bad(
+                &format!("apps[appcode={}].secret", app.appcode),
+                "must be at least 8 bytes",
+            );
         }
         Ok(self)
     }
@@ -234,10 +248,14 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
         let Some(toml::Value::Table(section_table)) = table.get_mut(section) else {
-            return Err(ConfigError::Invalid(format!("{key}: no [{section}] section")));
+            return Err(ConfigError::Invalid(format!(
+                "{key}: no [{section}] section"
+            )));
         };
         if !section_table.contains_key(field) {
-            return Err(ConfigError::Invalid(format!("{key}: unknown field {section}.{field}")));
+            return Err(ConfigError::Invalid(format!(
+                "{key}: unknown field {section}.{field}"
+            )));
         }
         section_table.insert(field.to_owned(), parsed);
     }
@@ -260,8 +278,14 @@ mod tests {
     #[test]
     fn env_overrides_fields_and_names_unknown_ones() {
         let env = BTreeMap::from([
-            ("LONGLINK_GATE_LISTEN".to_owned(), "127.0.0.1:9000".to_owned()),
-            ("LONGLINK_GATE_LOGIN_TIMEOUT_SECS".to_owned(), "3".to_owned()),
+            (
+                "LONGLINK_GATE_LISTEN".to_owned(),
+                "127.0.0.1:9000".to_owned(),
+            ),
+            (
+                "LONGLINK_GATE_LOGIN_TIMEOUT_SECS".to_owned(),
+                "3".to_owned(),
+            ),
             ("LONGLINK_STORE_DATA_DIR".to_owned(), "/tmp/x".to_owned()),
             ("LONGLINK_LOG".to_owned(), "debug".to_owned()),
         ]);
@@ -270,18 +294,25 @@ mod tests {
         assert_eq!(config.gate.login_timeout_secs, 3);
         assert_eq!(config.store.data_dir, PathBuf::from("/tmp/x"));
         let env = BTreeMap::from([("LONGLINK_GATE_LISTN".to_owned(), "x".to_owned())]);
-        let err = Config::from_toml(DEFAULT_CONFIG, &env).unwrap_err().to_string();
+        let err = Config::from_toml(DEFAULT_CONFIG, &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gate.listn"), "{err}");
     }
 
     #[test]
     fn a_partial_file_gets_defaults_and_bad_fields_are_named() {
-        let config = Config::from_toml("[gate]\nlisten = \"127.0.0.1:1\"\n", &BTreeMap::new()).unwrap();
+        let config =
+            Config::from_toml("[gate]\nlisten = \"127.0.0.1:1\"\n", &BTreeMap::new()).unwrap();
         assert_eq!(config.gate.listen.port(), 1);
         assert_eq!(config.gate.idle_timeout_secs, 90);
-        let err = Config::from_toml("[gate]\nlisen = 1\n", &BTreeMap::new()).unwrap_err().to_string();
+        let err = Config::from_toml("[gate]\nlisen = 1\n", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
-        let err = Config::from_toml("[gate]\nlogin_timeout_secs = \"x\"\n", &BTreeMap::new()).unwrap_err().to_string();
+        let err = Config::from_toml("[gate]\nlogin_timeout_secs = \"x\"\n", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("login_timeout_secs"), "{err}");
     }
 }

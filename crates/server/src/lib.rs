@@ -68,9 +68,8 @@ impl std::fmt::Debug for NodeStats {
 /// # Errors
 /// The store cannot be opened or a listener cannot be bound.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
-    std::fs::create_dir_all(&config.store.data_dir).with_context(|| {
-        format!("cannot create data dir {}", config.store.data_dir.display())
-    })?;
+    std::fs::create_dir_all(&config.store.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.store.data_dir.display()))?;
     let store = Arc::new(
         SqliteStore::open(
             &config.store.data_dir,
@@ -154,11 +153,17 @@ impl RunningServer {
     /// Stops the node in order (gate, api, store), each stage bounded by a timeout.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        if tokio::time::timeout(STAGE_TIMEOUT, self.gate_task).await.is_err() {
+        if tokio::time::timeout(STAGE_TIMEOUT, self.gate_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("gate did not drain within the stage timeout");
         }
         self.api_shutdown.cancel();
-        if tokio::time::timeout(STAGE_TIMEOUT, self.api_task).await.is_err() {
+        if tokio::time::timeout(STAGE_TIMEOUT, self.api_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("api did not stop within the stage timeout");
         }
         match tokio::time::timeout(STAGE_TIMEOUT, self.store.close()).await {

@@ -43,8 +43,14 @@ async fn two_clients_chat_both_ways() {
     assert_eq!(got.content, Content::text("hi alice"));
 
     // Both users see the whole conversation in their history.
-    for (client, peer) in [(&alice, UserRef::new(130, "bob")), (&bob, UserRef::new(129, "alice"))] {
-        let page = client.history(peer, 0, HistoryDirection::Newer, 0).await.unwrap();
+    for (client, peer) in [
+        (&alice, UserRef::new(130, "bob")),
+        (&bob, UserRef::new(129, "alice")),
+    ] {
+        let page = client
+            .history(peer, 0, HistoryDirection::Newer, 0)
+            .await
+            .unwrap();
         let ids: Vec<u64> = page.messages.iter().map(|m| m.msgid).collect();
         assert_eq!(ids, vec![receipt.msgid, reply.msgid]);
     }

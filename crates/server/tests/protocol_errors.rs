@@ -17,7 +17,10 @@ async fn others_unaffected(server: &TestServer) {
 
 /// Expects an ERROR with `code` (and `seq_id`) and then the close.
 async fn expect_error_then_close(client: &mut RawClient, code: ErrorCode, seq_id: u32) {
-    let frames = client.until_closed().await.expect("server closes the connection");
+    let frames = client
+        .until_closed()
+        .await
+        .expect("server closes the connection");
     let last = frames.last().expect("an ERROR frame before the close");
     assert_eq!(error_of(last).unwrap(), (code, seq_id));
 }
@@ -38,12 +41,18 @@ async fn wrong_and_unknown_appcodes_are_refused() {
     let server = TestServer::start().await;
     // A valid token of appcode 129 presented for appcode 130.
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
-    let answer = raw.login(130, &server.token(129, "zed"), "d").await.unwrap();
+    let answer = raw
+        .login(130, &server.token(129, "zed"), "d")
+        .await
+        .unwrap();
     assert_eq!(error_of(&answer).unwrap(), (ErrorCode::AppcodeMismatch, 1));
     assert!(raw.until_closed().await.unwrap().is_empty());
     // An appcode the server does not know.
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
-    let answer = raw.login(999, &server.token(129, "zed"), "d").await.unwrap();
+    let answer = raw
+        .login(999, &server.token(129, "zed"), "d")
+        .await
+        .unwrap();
     assert_eq!(error_of(&answer).unwrap(), (ErrorCode::UnknownAppcode, 1));
     // c2c to an appcode that does not exist: refused, the connection stays.
     let (zed, _in) = server.client(129, "zed", "d").await;
@@ -76,7 +85,9 @@ async fn oversized_body_len_is_refused_before_the_body_arrives() {
     let server = TestServer::start().await;
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
     // Announce 4 GiB - 1 and send nothing more: the answer must not wait for the body.
-    raw.send_raw(&header_only(Cmd::C2c as u16, 77, u32::MAX)).await.unwrap();
+    raw.send_raw(&header_only(Cmd::C2c as u16, 77, u32::MAX))
+        .await
+        .unwrap();
     expect_error_then_close(&mut raw, ErrorCode::BodyTooLarge, 77).await;
     others_unaffected(&server).await;
     server.stop().await;
@@ -86,14 +97,24 @@ async fn oversized_body_len_is_refused_before_the_body_arrives() {
 async fn a_frame_before_login_is_refused() {
     let server = TestServer::start().await;
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
-    let body = wire::OfflinePullRequest { cursor: 0, page_size: 0 };
-    raw.send(Frame::request(Cmd::OfflinePull, 9, 0, &body)).await.unwrap();
+    let body = wire::OfflinePullRequest {
+        cursor: 0,
+        page_size: 0,
+    };
+    raw.send(Frame::request(Cmd::OfflinePull, 9, 0, &body))
+        .await
+        .unwrap();
     expect_error_then_close(&mut raw, ErrorCode::NotLoggedIn, 9).await;
     // KEEPALIVE is allowed before LOGIN.
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
-    raw.send(Frame::request(Cmd::Keepalive, 3, 0, &wire::KeepaliveRequest::default()))
-        .await
-        .unwrap();
+    raw.send(Frame::request(
+        Cmd::Keepalive,
+        3,
+        0,
+        &wire::KeepaliveRequest::default(),
+    ))
+    .await
+    .unwrap();
     let pong = raw.recv().await.unwrap();
     assert!(is_response(&pong, Cmd::Keepalive));
     assert_eq!(pong.header.seq_id, 3);
@@ -112,20 +133,37 @@ async fn garbage_bodies_and_bad_types_are_refused() {
     expect_error_then_close(&mut raw, ErrorCode::BadBody, 4).await;
     // A push-type frame from a client.
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
-    let frame = Frame::new(Cmd::Keepalive, FrameType::Push, 6, 0, &wire::KeepaliveRequest::default());
+    let frame = Frame::new(
+        Cmd::Keepalive,
+        FrameType::Push,
+        6,
+        0,
+        &wire::KeepaliveRequest::default(),
+    );
     raw.send(frame).await.unwrap();
     expect_error_then_close(&mut raw, ErrorCode::BadFrameType, 6).await;
     // An unknown cmd after login: an error, and the connection stays open.
     let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
-    let answer = raw.login(129, &server.token(129, "yan"), "d").await.unwrap();
+    let answer = raw
+        .login(129, &server.token(129, "yan"), "d")
+        .await
+        .unwrap();
     assert!(is_response(&answer, Cmd::Login));
     let mut frame = Frame::request(Cmd::Keepalive, 8, 0, &wire::KeepaliveRequest::default());
     frame.header.cmd = 4242;
     raw.send(frame).await.unwrap();
-    assert_eq!(error_of(&raw.recv().await.unwrap()).unwrap(), (ErrorCode::UnknownCmd, 8));
-    raw.send(Frame::request(Cmd::Keepalive, 10, 0, &wire::KeepaliveRequest::default()))
-        .await
-        .unwrap();
+    assert_eq!(
+        error_of(&raw.recv().await.unwrap()).unwrap(),
+        (ErrorCode::UnknownCmd, 8)
+    );
+    raw.send(Frame::request(
+        Cmd::Keepalive,
+        10,
+        0,
+        &wire::KeepaliveRequest::default(),
+    ))
+    .await
+    .unwrap();
     assert!(is_response(&raw.recv().await.unwrap(), Cmd::Keepalive));
     others_unaffected(&server).await;
     server.stop().await;
@@ -158,6 +196,9 @@ async fn acking_someone_elses_msgid_is_refused_and_changes_nothing() {
     // Bob still has it.
     let (bob, _b) = server.client(129, "bob", "d").await;
     let pulled = bob.pull_all_offline().await.unwrap();
-    assert_eq!(pulled.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![receipt.msgid]);
+    assert_eq!(
+        pulled.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![receipt.msgid]
+    );
     server.stop().await;
 }

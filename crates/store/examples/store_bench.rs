@@ -14,7 +14,12 @@ use bytes::Bytes;
 use longlink_store::{MessageStore, NewMessage, SqliteOptions, SqliteStore, UserKey};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-static APPENDS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| std::env::var("LL_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000));
+static APPENDS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("LL_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
+});
 const RECEIVERS: usize = 10_000;
 const WRITER_TASKS: usize = 256;
 const CONTENT_BYTES: usize = 200;
@@ -29,7 +34,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(SqliteStore::open(dir.path(), opts.clone())?);
     println!(
         "store_bench: {} appends of {CONTENT_BYTES} B to {RECEIVERS} receivers from \
-         {WRITER_TASKS} tasks; options {opts:?}", *APPENDS
+         {WRITER_TASKS} tasks; options {opts:?}",
+        *APPENDS
     );
 
     let started = Instant::now();

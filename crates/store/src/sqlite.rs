@@ -146,13 +146,19 @@ impl SqliteStore {
             })
             .map_err(|e| sqlite_unavailable("read last msgid", &e))?;
 
-        let readers = Arc::new(ReadPool::open(path, opts.read_connections)?);
+        let readers = Arc::new(ReadPool::open(path.clone(), opts.read_connections)?);
         let counters = Arc::new(WriterCounters::default());
         let (write_tx, write_rx) = mpsc::channel(opts.write_queue);
+        let checkpointer = if std::env::var("LL_CKPT").is_ok() {
+            Some(Checkpointer::start(&path).map_err(|e| sqlite_unavailable("checkpointer", &e))?)
+        } else {
+            None
+        };
         let writer = Writer {
             conn,
             last_msgid,
             counters: Arc::clone(&counters),
+            checkpointer,
         };
         let max_batch = opts.max_batch;
         let writer_thread = std::thread::Builder::new()
@@ -546,6 +552,9 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
 /// Opens the write connection: WAL, `synchronous=FULL`, schema created or checked.
 fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     let mut conn = Connection::open(path)?;
+    if let Ok(extra) = std::env::var("LL_PRAGMAS") {
+        conn.execute_batch(&extra)?;
+    }
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
@@ -565,7 +574,9 @@ fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     // Keep the WAL file from staying large after a burst.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(32);
-    if let Ok(extra) = std::env::var("LL_PRAGMAS") { conn.execute_batch(&extra)?; }
+    if let Ok(extra) = std::env::var("LL_AFTER") {
+        conn.execute_batch(&extra)?;
+    }
 
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     match version {
@@ -719,6 +730,44 @@ struct Writer {
     /// Highest msgid ever handed out (or found on disk at open).
     last_msgid: i64,
     counters: Arc<WriterCounters>,
+    checkpointer: Option<Checkpointer>,
+}
+
+struct Checkpointer {
+    wake_tx: std::sync::mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("longlink-store-checkpoint".to_owned())
+            .spawn(move || {
+                while wake_rx.recv().is_ok() {
+                    let r: rusqlite::Result<(i64, i64, i64)> =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        });
+                    if let Err(e) = r {
+                        warn!(error = %e, "store checkpoint failed");
+                    }
+                }
+                let _ = conn.close();
+            })
+            .map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))?;
+        Ok(Self { wake_tx, thread })
+    }
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+    fn stop(self) {
+        drop(self.wake_tx);
+        let _ = self.thread.join();
+    }
 }
 
 impl Writer {
@@ -757,6 +806,14 @@ impl Writer {
                 }
             }
         }
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
+        eprintln!(
+            "writer: apply+commit {:.2}s, commit {:.2}s",
+            TOTAL_NS.load(Ordering::Relaxed) as f64 / 1e9,
+            COMMIT_NS.load(Ordering::Relaxed) as f64 / 1e9
+        );
         if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
             warn!(error = %e, "store optimize on close failed");
         }
@@ -776,7 +833,14 @@ impl Writer {
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match self.apply_batch(&mut batch) {
-            Ok(()) => batch.into_iter().for_each(WriteOp::reply_committed),
+            Ok(()) => {
+                if let Some(c) = &self.checkpointer {
+                    if self.counters.batches.load(Ordering::Relaxed) % 50 == 0 {
+                        c.wake();
+                    }
+                }
+                batch.into_iter().for_each(WriteOp::reply_committed)
+            }
             Err(e) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, requests = batch.len(), "store batch rolled back");
@@ -788,6 +852,12 @@ impl Writer {
     }
 
     fn apply_batch(&mut self, batch: &mut [WriteOp]) -> Result<(), WriteError> {
+        let t0 = std::time::Instant::now();
+        let r = self.apply_batch2(batch);
+        TOTAL_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+    fn apply_batch2(&mut self, batch: &mut [WriteOp]) -> Result<(), WriteError> {
         let now_ms = unix_ms_now();
         // `last_msgid` advances even if the batch then fails: ids are never handed out twice,
         // even when a failed commit turns out to have reached the disk.
@@ -811,7 +881,9 @@ impl Writer {
                 }
             }
         }
+        let t = std::time::Instant::now();
         tx.commit()?;
+        COMMIT_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -972,3 +1044,6 @@ fn ack_in_tx(
 
 #[cfg(test)]
 mod tests;
+
+static TOTAL_NS: AtomicU64 = AtomicU64::new(0);
+static COMMIT_NS: AtomicU64 = AtomicU64::new(0);

@@ -46,7 +46,9 @@ impl TestServer {
         config.api.listen = "127.0.0.1:0".parse().expect("addr");
         config.store.data_dir = data.path().to_owned();
         adjust(&mut config);
-        let server = longlink_server::start(&config).await.expect("server starts");
+        let server = longlink_server::start(&config)
+            .await
+            .expect("server starts");
         TestServer {
             server: Some(server),
             config,
@@ -163,14 +165,20 @@ impl RawClient {
     }
 
     /// Sends LOGIN with `token` for `appcode` and `device`; returns the answer frame.
-    pub async fn login(&mut self, appcode: u32, token: &str, device: &str) -> anyhow::Result<Frame> {
+    pub async fn login(
+        &mut self,
+        appcode: u32,
+        token: &str,
+        device: &str,
+    ) -> anyhow::Result<Frame> {
         let request = wire::LoginRequest {
             token: token.to_owned(),
             appcode,
             device_id: device.to_owned(),
             ..Default::default()
         };
-        self.send(Frame::request(Cmd::Login, 1, 0, &request)).await?;
+        self.send(Frame::request(Cmd::Login, 1, 0, &request))
+            .await?;
         self.recv().await
     }
 
@@ -254,4 +262,126 @@ pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(name);
     (dir, path)
+}
+
+/// A `longlink serve` child process (the real binary), for CLI and crash tests.
+#[derive(Debug)]
+pub struct ServeProcess {
+    child: tokio::process::Child,
+    gate_addr: SocketAddr,
+    api_addr: SocketAddr,
+    stderr_lines: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl ServeProcess {
+    /// Writes `config_toml` to `dir/longlink.toml`, runs `binary serve --config …` and waits
+    /// for its "longlink ready" log line (at most [`WAIT`]), from which it reads the bound
+    /// addresses (so the config may use port 0).
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        config_toml: &str,
+    ) -> anyhow::Result<ServeProcess> {
+        use tokio::io::AsyncBufReadExt;
+        let config_path = dir.join("longlink.toml");
+        std::fs::write(&config_path, config_toml)?;
+        let mut child = tokio::process::Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("LONGLINK_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn longlink serve")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let ready = tokio::time::timeout(WAIT, async {
+            let mut seen = Vec::new();
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("longlink ready") {
+                    return Ok::<_, anyhow::Error>((line, seen));
+                }
+                seen.push(line);
+            }
+            bail!("serve exited before it was ready: {}", seen.join(" | "))
+        })
+        .await
+        .context("serve not ready in time")??;
+        let field = |name: &str| -> anyhow::Result<SocketAddr> {
+            let start = ready
+                .0
+                .find(&format!("{name}="))
+                .context("addr in ready line")?
+                + name.len()
+                + 1;
+            let rest = &ready.0[start..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            Ok(rest[..end].parse()?)
+        };
+        let (gate_addr, api_addr) = (field("gate")?, field("api")?);
+        // Keep draining stderr so the child never blocks on a full pipe.
+        let stderr_lines = tokio::spawn(async move {
+            let mut seen = ready.1;
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push(line);
+            }
+            seen
+        });
+        Ok(ServeProcess {
+            child,
+            gate_addr,
+            api_addr,
+            stderr_lines,
+        })
+    }
+
+    /// The gate's bound address.
+    pub fn gate_addr(&self) -> SocketAddr {
+        self.gate_addr
+    }
+
+    /// The API's bound address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to flush or say goodbye.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        tokio::time::timeout(WAIT, self.child.wait()).await??;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits (at most [`WAIT`]) for a clean exit; returns the exit status and
+    /// the log lines.
+    pub async fn terminate(mut self) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let exit = tokio::time::timeout(WAIT, self.child.wait()).await??;
+        let lines = tokio::time::timeout(WAIT, self.stderr_lines).await??;
+        Ok((exit, lines))
+    }
+}
+
+/// The default config text with both listeners on port 0 and the data in `data_dir`.
+pub fn config_on_free_ports(data_dir: &Path) -> String {
+    longlink_server::DEFAULT_CONFIG
+        .replace("listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:7780\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "data_dir = \"./longlink-data\"",
+            &format!("data_dir = {:?}", data_dir.display().to_string()),
+        )
 }

@@ -11,7 +11,11 @@ use crate::convert::{user_key, wire_msg};
 use crate::handlers::{check_id, store_unavailable};
 use crate::{Logic, bad_body};
 
-pub(crate) async fn c2c(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<Frame, Refusal> {
+pub(crate) async fn c2c(
+    logic: &Logic,
+    session: &SessionInfo,
+    frame: &Frame,
+) -> Result<Frame, Refusal> {
     let log_id = frame.header.log_id;
     let request: wire::C2cRequest = frame.decode_body().map_err(bad_body)?;
     let to = request
@@ -29,7 +33,10 @@ pub(crate) async fn c2c(logic: &Logic, session: &SessionInfo, frame: &Frame) -> 
         ));
     }
     if request.content.len() > logic.config.max_content_bytes {
-        return Err(Refusal::new(ErrorCode::InvalidArgument, "content too large"));
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "content too large",
+        ));
     }
     let from = UserKey {
         appcode: session.appcode,
@@ -53,7 +60,10 @@ pub(crate) async fn c2c(logic: &Logic, session: &SessionInfo, frame: &Frame) -> 
         };
         let push = Frame::push(Cmd::Msg, log_id, &msg).to_bytes();
         deliver(logic, &to, None, &push, log_id).await;
-        return Ok(Frame::response(&frame.header, &wire::C2cResponse::default()));
+        return Ok(Frame::response(
+            &frame.header,
+            &wire::C2cResponse::default(),
+        ));
     }
 
     let outcome = logic
@@ -70,7 +80,12 @@ pub(crate) async fn c2c(logic: &Logic, session: &SessionInfo, frame: &Frame) -> 
         })
         .await
         .map_err(store_unavailable)?;
-    tracing::debug!(log_id, msgid = outcome.msgid, duplicate = outcome.duplicate, "c2c stored");
+    tracing::debug!(
+        log_id,
+        msgid = outcome.msgid,
+        duplicate = outcome.duplicate,
+        "c2c stored"
+    );
 
     // A duplicate is pushed again as well: the first attempt may have died between commit and
     // push. Receivers drop repeats by msgid, so at-least-once push is safe.
@@ -104,7 +119,13 @@ pub(crate) async fn c2c(logic: &Logic, session: &SessionInfo, frame: &Frame) -> 
 
 /// Pushes an encoded MSG to every online session of `user` except `skip_session`.
 /// Failures are not errors: the message is in the store and arrives by pull or redelivery.
-async fn deliver(logic: &Logic, user: &UserKey, skip_session: Option<u64>, push: &Bytes, log_id: u64) {
+async fn deliver(
+    logic: &Logic,
+    user: &UserKey,
+    skip_session: Option<u64>,
+    push: &Bytes,
+    log_id: u64,
+) {
     let sessions = match logic.presence.sessions(user.appcode, &user.uid).await {
         Ok(sessions) => sessions,
         Err(err) => {
@@ -126,7 +147,11 @@ async fn deliver(logic: &Logic, user: &UserKey, skip_session: Option<u64>, push:
                     .await;
             }
             Err(PushError::SlowConsumer) => {
-                tracing::info!(log_id, session.id = entry.session_id, "slow consumer; message stays in the inbox");
+                tracing::info!(
+                    log_id,
+                    session.id = entry.session_id,
+                    "slow consumer; message stays in the inbox"
+                );
             }
         }
     }

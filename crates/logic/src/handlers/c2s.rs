@@ -8,13 +8,20 @@ use longlink_rpc::{Refusal, SessionInfo};
 use crate::handlers::check_id;
 use crate::{Logic, bad_body};
 
-pub(crate) async fn c2s(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<Frame, Refusal> {
+pub(crate) async fn c2s(
+    logic: &Logic,
+    session: &SessionInfo,
+    frame: &Frame,
+) -> Result<Frame, Refusal> {
     let request: wire::C2sRequest = frame.decode_body().map_err(bad_body)?;
     if !request.client_msg_id.is_empty() {
         check_id("client_msg_id", &request.client_msg_id)?;
     }
     if request.payload.len() > logic.config.max_content_bytes {
-        return Err(Refusal::new(ErrorCode::InvalidArgument, "payload too large"));
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "payload too large",
+        ));
     }
     let topic = c2s_topic(session.appcode, request.msgtype);
     logic

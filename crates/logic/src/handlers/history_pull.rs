@@ -22,7 +22,12 @@ pub(crate) async fn history_pull(
     let direction = match wire::HistoryDirection::try_from(request.direction) {
         Ok(wire::HistoryDirection::Newer) => Direction::Newer,
         Ok(wire::HistoryDirection::Older) => Direction::Older,
-        Err(_) => return Err(Refusal::new(ErrorCode::InvalidArgument, "unknown direction")),
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "unknown direction",
+            ));
+        }
     };
     let owner = UserKey {
         appcode: session.appcode,
@@ -30,7 +35,13 @@ pub(crate) async fn history_pull(
     };
     let page = logic
         .store
-        .history(&owner, &user_key(peer), request.cursor, direction, page_size(request.page_size))
+        .history(
+            &owner,
+            &user_key(peer),
+            request.cursor,
+            direction,
+            page_size(request.page_size),
+        )
         .await
         .map_err(store_unavailable)?;
     Ok(Frame::response(

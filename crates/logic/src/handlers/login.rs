@@ -36,7 +36,11 @@ pub(crate) async fn login(
             device = %old.device_id, "kicking older session of the same device");
         logic
             .gate
-            .kick(old.session_id, KickReason::Replaced, "replaced by a newer login on the same device")
+            .kick(
+                old.session_id,
+                KickReason::Replaced,
+                "replaced by a newer login on the same device",
+            )
             .await;
     }
     tracing::info!(log_id, session.id = session_id, app.code = request.appcode, uid = %uid,

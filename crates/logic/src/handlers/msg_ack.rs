@@ -18,7 +18,10 @@ pub(crate) async fn msg_ack(logic: &Logic, session: &SessionInfo, frame: &Frame)
             tracing::trace!(acked, "msg_ack");
             Reply::Nothing
         }
-        Ok(acked) => Reply::Frame(Frame::response(&frame.header, &wire::MsgAckResponse { acked })),
+        Ok(acked) => Reply::Frame(Frame::response(
+            &frame.header,
+            &wire::MsgAckResponse { acked },
+        )),
         Err(refusal) => Reply::Frame(refusal_frame(frame, &refusal)),
     }
 }

@@ -20,7 +20,12 @@ pub(crate) async fn offline_pull(
     };
     let page = logic
         .store
-        .pull_offline(&owner, &session.device_id, request.cursor, page_size(request.page_size))
+        .pull_offline(
+            &owner,
+            &session.device_id,
+            request.cursor,
+            page_size(request.page_size),
+        )
         .await
         .map_err(store_unavailable)?;
     Ok(Frame::response(

@@ -1,0 +1,219 @@
+//! A lean wire-protocol client for load generation: a raw `TcpStream`, [`FrameCodec`] on a
+//! small buffer that lives only while an answer is awaited, HS256 tokens minted locally.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use longlink_proto::{Cmd, ErrorCode, Frame, FrameCodec, FrameType, wire};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// Device id of every bench connection (one session per (appcode, uid, device)).
+pub(crate) const DEVICE_ID: &str = "bench";
+
+/// The claims `longlink token` puts in a token (logic's `auth::Claims`).
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    appcode: u32,
+    exp: u64,
+    iat: u64,
+}
+
+/// Mints HS256 login tokens for one appcode.
+pub(crate) struct Minter {
+    appcode: u32,
+    key: EncodingKey,
+    header: Header,
+}
+
+impl Minter {
+    pub(crate) fn new(appcode: u32, secret: &str) -> Self {
+        Self {
+            appcode,
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            header: Header::new(Algorithm::HS256),
+        }
+    }
+
+    /// A token for `uid`, valid for an hour.
+    pub(crate) fn mint(&self, uid: &str) -> Result<String, String> {
+        let now = longlink_proto::unix_ms() / 1000;
+        let claims = Claims {
+            sub: uid,
+            appcode: self.appcode,
+            exp: now + 3600,
+            iat: now,
+        };
+        jsonwebtoken::encode(&self.header, &claims, &self.key)
+            .map_err(|err| format!("cannot mint a token: {err}"))
+    }
+
+    pub(crate) fn appcode(&self) -> u32 {
+        self.appcode
+    }
+}
+
+/// A logged-in connection.
+pub(crate) struct Session {
+    pub(crate) stream: TcpStream,
+    /// The KEEPALIVE interval the server asked for at login.
+    pub(crate) keepalive: Duration,
+}
+
+/// Connects to `server` and logs `uid` in, all within `timeout`. The error is one short line
+/// (an ERROR frame's code and message, or the I/O failure) fit to be counted by kind.
+pub(crate) async fn login(
+    server: SocketAddr,
+    minter: &Minter,
+    uid: &str,
+    timeout: Duration,
+) -> Result<Session, String> {
+    let token = minter.mint(uid)?;
+    let attempt = async {
+        let mut stream = TcpStream::connect(server)
+            .await
+            .map_err(|err| format!("connect: {err}"))?;
+        let _ = stream.set_nodelay(true);
+        let request = wire::LoginRequest {
+            token,
+            appcode: minter.appcode(),
+            device_id: DEVICE_ID.to_owned(),
+            client_version: concat!("longlink-bench/", env!("CARGO_PKG_VERSION")).to_owned(),
+            ..Default::default()
+        };
+        let frame = Frame::request(Cmd::Login, 1, 0, &request);
+        stream
+            .write_all(&frame.to_bytes())
+            .await
+            .map_err(|err| format!("send LOGIN: {err}"))?;
+        let answer = read_answer(&mut stream, Cmd::Login).await?;
+        let response: wire::LoginResponse = answer
+            .decode_body()
+            .map_err(|err| format!("bad LOGIN response: {err}"))?;
+        let keepalive = Duration::from_secs(u64::from(response.keepalive_interval_secs.max(1)));
+        Ok(Session { stream, keepalive })
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no LOGIN response within {}s", timeout.as_secs())),
+    }
+}
+
+/// Sends LOGOUT and waits (at most `timeout`) for the server to close the connection.
+pub(crate) async fn logout(mut session: Session, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let frame = Frame::request(Cmd::Logout, 2, 0, &wire::LogoutRequest {});
+        session
+            .stream
+            .write_all(&frame.to_bytes())
+            .await
+            .map_err(|err| format!("send LOGOUT: {err}"))?;
+        read_answer(&mut session.stream, Cmd::Logout).await?;
+        let mut sink = [0u8; 256];
+        while session
+            .stream
+            .read(&mut sink)
+            .await
+            .map_err(|err| err.to_string())?
+            > 0
+        {}
+        Ok(())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err("no close after LOGOUT".to_owned()))
+}
+
+/// Reads frames until the response of `cmd` (or an ERROR) arrives; pushes are skipped.
+async fn read_answer(stream: &mut TcpStream, cmd: Cmd) -> Result<Frame, String> {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        while let Some(frame) = codec
+            .decode(&mut buf)
+            .map_err(|err| format!("bad frame: {err}"))?
+        {
+            match (frame.cmd(), frame.header.frame_type) {
+                (Some(Cmd::Error), _) => return Err(describe_error(&frame)),
+                (Some(got), FrameType::Response) if got == cmd => return Ok(frame),
+                _ => {}
+            }
+        }
+        let read = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|err| format!("read: {err}"))?;
+        if read == 0 {
+            return Err(format!("closed by the server before the {cmd} response"));
+        }
+    }
+}
+
+fn describe_error(frame: &Frame) -> String {
+    match frame.decode_body::<wire::Error>() {
+        Ok(error) => {
+            let code = ErrorCode::try_from(error.code)
+                .map_or_else(|_| error.code.to_string(), |c| c.as_str_name().to_owned());
+            format!("ERROR {code}: {}", error.message)
+        }
+        Err(err) => format!("ERROR (undecodable: {err})"),
+    }
+}
+
+/// Why a held connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HoldEnd {
+    /// `stop` was cancelled: the bench is done.
+    Stopped,
+    /// The server closed the connection, or it failed.
+    Dropped,
+}
+
+/// Keeps `session` open and idle until `stop`: sends a KEEPALIVE every interval the server
+/// asked for (what a real idle client does) and discards what arrives (pongs). Holds no
+/// buffer between events.
+pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
+    let Session {
+        mut stream,
+        keepalive,
+    } = session;
+    let mut next_ping = Instant::now() + keepalive;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return HoldEnd::Stopped,
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return HoldEnd::Dropped;
+                }
+                let mut sink = [0u8; 512];
+                match stream.try_read(&mut sink) {
+                    Ok(0) => return HoldEnd::Dropped,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return HoldEnd::Dropped,
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping) => {
+                let ping = Frame::request(
+                    Cmd::Keepalive,
+                    3,
+                    0,
+                    &wire::KeepaliveRequest { client_time_ms: longlink_proto::unix_ms() },
+                );
+                let sent = tokio::time::timeout(keepalive, stream.write_all(&ping.to_bytes())).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return HoldEnd::Dropped;
+                }
+                next_ping += keepalive;
+            }
+        }
+    }
+}

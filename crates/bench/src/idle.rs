@@ -1,0 +1,1104 @@
+//! Scenario `idle`: N idle logged-in connections and the server's RSS per connection.
+//!
+//! 1. The server under test: by default the bench starts its own (`<exe> serve`, default
+//!    config on free loopback ports, a temporary data dir), or it measures a running one
+//!    (`--server ADDR --server-pid PID`).
+//! 2. Warm-up: a few connections log in and out, then the server's RSS is sampled every
+//!    500 ms until two samples differ by less than 1% (the baseline).
+//! 3. Login phase: worker processes (`<exe> bench idle-worker`, at most `--per-worker`
+//!    connections each, since a process may open only 20,000 files here) connect and LOGIN
+//!    with bounded concurrency; each reports its progress on stdout. The server's CPU time
+//!    (`/proc/<pid>/stat`) and the wall time of this phase give CPU per login and logins/s.
+//! 4. With every connection logged in and idle, the RSS settles again; (after − baseline) / N
+//!    is the figure. With `--hold-secs` the connections stay (sending KEEPALIVE at the
+//!    interval the server asks for) and the RSS is read once more.
+//! 5. Workers are told to stop by closing their stdin (they also stop at their own
+//!    deadline); a spawned server gets SIGTERM.
+//!
+//! Worker protocol (one line each on the worker's stdout): `started` (connecting now: the
+//! login wall time starts at the first one), `progress <ok> <failed>`,
+//! `ready <ok> <failed>` (every login attempted), `failure <message>` (the first few distinct
+//! ones), `dropped <n>` (held connections the server closed), `done <ok> <failed> <dropped>`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{self, HoldEnd, Minter};
+use crate::procfs::{self, Rss};
+use crate::report::{mib, thousands};
+use crate::server::Target;
+
+/// The default configuration's secret for appcode 129, used with `--server` unless
+/// `--token-secret` says otherwise.
+const DEV_SECRET_129: &str = "dev-secret-129-change-me";
+/// Environment variable carrying the token secret to workers (kept off their command line).
+const SECRET_ENV: &str = "LONGLINK_BENCH_TOKEN_SECRET";
+/// DESIGN.md target: user-space memory per logged-in idle connection.
+const TARGET_RSS_PER_CONNECTION: u64 = 2048;
+/// DESIGN.md target: server CPU per login.
+const TARGET_CPU_US_PER_LOGIN: f64 = 50.0;
+/// RSS samples are this far apart while waiting for the memory to settle.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest wait for the RSS to settle; past it the last sample is used (and said so).
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+/// How long workers may take to close their connections and exit once told to stop.
+const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a worker reports progress.
+const WORKER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
+/// Distinct failure messages a worker reports.
+const MAX_FAILURE_SAMPLES: usize = 5;
+
+/// `longlink bench idle`: N idle logged-in connections; the server's RSS per connection.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Logged-in idle connections to open (one server process holds at most ~19,900 here:
+    /// 20,000 open files per process).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Measure the server already running with its gate at this address (needs --server-pid);
+    /// without it the bench starts its own server.
+    #[arg(long, requires = "server_pid")]
+    pub server: Option<SocketAddr>,
+    /// Pid of the server at --server: its /proc entry gives RSS and CPU time.
+    #[arg(long, requires = "server")]
+    pub server_pid: Option<u32>,
+    /// HTTP API of the server at --server, for /healthz (version, session count).
+    #[arg(long, requires = "server")]
+    pub api: Option<SocketAddr>,
+    /// HS256 secret of --appcode on the server at --server (default: the default config's
+    /// secret of appcode 129). A spawned server's secret is read from its config.
+    #[arg(long, env = SECRET_ENV, hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// The appcode the connections log in with.
+    #[arg(long, default_value_t = 129)]
+    pub appcode: u32,
+    /// uids are this prefix followed by 0, 1, 2, …
+    #[arg(long, default_value = "bench-idle-")]
+    pub uid_prefix: String,
+    /// Logins in flight at once, over all workers.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: u32,
+    /// Most connections per worker process (each may open 20,000 files).
+    #[arg(long, default_value_t = 15_000)]
+    pub per_worker: u32,
+    /// Keep the connections this long after the measurement, then read the RSS again
+    /// (KEEPALIVE is sent at the interval the server asks for, so the idle timeout never fires).
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
+    /// Connections that log in and out before the baseline is taken.
+    #[arg(long, default_value_t = 32)]
+    pub warmup: u32,
+    /// Timeout of each connect + LOGIN, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub login_timeout_secs: u64,
+    /// The whole run is abandoned (workers and spawned server killed) after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub deadline_secs: u64,
+    /// Fail (exit non-zero) when more than this percentage of logins fail or drop.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_failed_pct: f64,
+    /// LONGLINK_LOG of a spawned server (`info` is `longlink serve`'s default: one line per login).
+    #[arg(long, default_value = "info")]
+    pub server_log: String,
+    /// Write the inputs and figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `longlink bench idle-worker` (hidden): one worker process of the idle scenario.
+#[derive(Debug, Clone, Args)]
+pub struct IdleWorkerArgs {
+    /// The gate's address.
+    #[arg(long)]
+    pub server: SocketAddr,
+    /// The appcode to log in with.
+    #[arg(long)]
+    pub appcode: u32,
+    /// uid prefix.
+    #[arg(long)]
+    pub uid_prefix: String,
+    /// First uid number.
+    #[arg(long)]
+    pub first: u32,
+    /// Connections to open: uids first .. first + count.
+    #[arg(long)]
+    pub count: u32,
+    /// Logins in flight at once.
+    #[arg(long)]
+    pub concurrency: u32,
+    /// Timeout of each connect + LOGIN, in seconds.
+    #[arg(long)]
+    pub login_timeout_secs: u64,
+    /// The worker stops by itself after this many seconds.
+    #[arg(long)]
+    pub deadline_secs: u64,
+    /// The HS256 secret of the appcode (from the environment, not the command line).
+    #[arg(long, env = SECRET_ENV, hide_env_values = true)]
+    pub token_secret: String,
+}
+
+/// Runs the scenario: prints the figures, writes `--json`, and fails (one line) when the
+/// run is not valid: too many failed logins, dropped connections, or the deadline passed.
+///
+/// Must run inside the `longlink` binary: the server and the workers are started as
+/// subcommands of [`std::env::current_exe`].
+///
+/// # Errors
+/// Bad arguments, a server that does not start or answer, too many failures, the deadline.
+pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.per_worker == 0 || args.concurrency == 0 {
+        bail!("--per-worker and --concurrency must be at least 1");
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.deadline_secs);
+    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
+    let target = match (args.server, args.server_pid) {
+        (Some(gate), Some(pid)) => {
+            let secret = args
+                .token_secret
+                .clone()
+                .unwrap_or_else(|| DEV_SECRET_129.to_owned());
+            Target::external(gate, args.api, pid, secret)?
+        }
+        (None, None) => tokio::time::timeout_at(
+            deadline,
+            Target::spawn(&exe, args.appcode, &args.server_log),
+        )
+        .await
+        .map_err(|_| anyhow!("the server did not start before the deadline"))??,
+        _ => bail!("--server and --server-pid go together"),
+    };
+    let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &target, deadline)).await;
+    let went_wrong = !matches!(&outcome, Ok(Ok(report)) if report.problem.is_none());
+    if went_wrong && let Some(tail) = target.log_tail() {
+        eprintln!("note: the spawned server's last log lines: {tail}");
+    }
+    let stopped = target.stop().await;
+    let report = match outcome {
+        Ok(report) => report?,
+        Err(_) => bail!(
+            "the bench passed its deadline of {}s (--deadline-secs); workers and server stopped",
+            args.deadline_secs
+        ),
+    };
+    if let Err(err) = stopped {
+        eprintln!("note: stopping the server: {err:#}");
+    }
+    report.print();
+    if let Some(problem) = &report.problem {
+        bail!("{problem}");
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.json)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The figures of one run, and what went wrong if the run is not valid.
+struct Report {
+    json: IdleJson,
+    problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct IdleJson {
+    scenario: &'static str,
+    date: String,
+    command: String,
+    bench_version: &'static str,
+    inputs: Inputs,
+    server: ServerInfo,
+    machine: Machine,
+    results: Results,
+    targets: Targets,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Inputs {
+    connections: u32,
+    workers: u32,
+    per_worker: u32,
+    concurrency: u32,
+    warmup: u32,
+    hold_secs: u64,
+    appcode: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerInfo {
+    spawned: bool,
+    version: String,
+    pid: u32,
+    gate: String,
+    log_level: Option<String>,
+    open_files_limit: Option<u64>,
+    open_files_before: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpus: usize,
+    kernel: String,
+    clock_ticks_per_second: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    logged_in: u32,
+    failed: u32,
+    dropped: u32,
+    failure_samples: Vec<String>,
+    login_wall_secs: f64,
+    logins_per_sec: f64,
+    server_cpu_secs: f64,
+    server_cpu_us_per_login: f64,
+    logins_per_server_cpu_sec: f64,
+    client_cpu_secs: f64,
+    rss_baseline_bytes: u64,
+    rss_after_bytes: u64,
+    rss_per_connection_bytes: u64,
+    rss_anon_per_connection_bytes: u64,
+    rss_settled: bool,
+    rss_settle_secs: f64,
+    sessions_reported: Option<u64>,
+    rss_after_hold_bytes: Option<u64>,
+    rss_per_connection_after_hold_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Targets {
+    rss_per_connection_bytes: u64,
+    server_cpu_us_per_login: f64,
+}
+
+impl Report {
+    fn print(&self) {
+        let j = &self.json;
+        let r = &j.results;
+        let n = r.logged_in.max(1);
+        println!(
+            "logged in    {} of {} ({} failed) in {:.2} s: {} logins/s",
+            thousands(u64::from(r.logged_in)),
+            thousands(u64::from(j.inputs.connections)),
+            r.failed,
+            r.login_wall_secs,
+            thousands(r.logins_per_sec as u64)
+        );
+        for sample in &r.failure_samples {
+            println!("  failure: {sample}");
+        }
+        println!(
+            "server CPU   {:.3} s during the logins: {:.1} µs per login, {} logins per server CPU-second ({}, target ≤ {TARGET_CPU_US_PER_LOGIN} µs)",
+            r.server_cpu_secs,
+            r.server_cpu_us_per_login,
+            thousands(r.logins_per_server_cpu_sec as u64),
+            verdict(r.server_cpu_us_per_login <= TARGET_CPU_US_PER_LOGIN),
+        );
+        println!(
+            "client CPU   {:.3} s in {} worker process(es) (load generator, not the server)",
+            r.client_cpu_secs, j.inputs.workers
+        );
+        println!(
+            "server RSS   {} → {} with {} idle sessions ({}): {} B per connection ({}, target ≤ {} B); anonymous memory {} B per connection",
+            mib(r.rss_baseline_bytes),
+            mib(r.rss_after_bytes),
+            thousands(u64::from(n)),
+            if r.rss_settled {
+                format!("settled in {:.1} s", r.rss_settle_secs)
+            } else {
+                format!("still moving after {:.0} s", r.rss_settle_secs)
+            },
+            thousands(r.rss_per_connection_bytes),
+            verdict(r.rss_per_connection_bytes <= TARGET_RSS_PER_CONNECTION),
+            thousands(TARGET_RSS_PER_CONNECTION),
+            thousands(r.rss_anon_per_connection_bytes),
+        );
+        if let Some(sessions) = r.sessions_reported {
+            println!(
+                "sessions     {} logged in according to the server's /healthz",
+                thousands(sessions)
+            );
+        }
+        if let (Some(rss), Some(per)) = (
+            r.rss_after_hold_bytes,
+            r.rss_per_connection_after_hold_bytes,
+        ) {
+            println!(
+                "after {} s   RSS {}: {} B per connection; {} connection(s) dropped by the server",
+                j.inputs.hold_secs,
+                mib(rss),
+                thousands(per),
+                r.dropped
+            );
+        } else if r.dropped > 0 {
+            println!(
+                "dropped      {} connection(s) closed by the server while idle",
+                r.dropped
+            );
+        }
+        for note in &j.notes {
+            println!("note: {note}");
+        }
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "meets" } else { "MISSES" }
+}
+
+/// Resident memory once it stopped moving.
+struct Settled {
+    rss: Rss,
+    secs: f64,
+    stable: bool,
+}
+
+/// Samples `pid`'s RSS every [`SETTLE_INTERVAL`] until two consecutive samples differ by
+/// less than 1%, at most [`SETTLE_MAX`].
+async fn settle(pid: u32) -> anyhow::Result<Settled> {
+    let start = Instant::now();
+    let mut previous = procfs::rss(pid)?;
+    loop {
+        tokio::time::sleep(SETTLE_INTERVAL).await;
+        let current = procfs::rss(pid)?;
+        let delta = current.total.abs_diff(previous.total) as f64;
+        let stable = delta < 0.01 * previous.total as f64;
+        if stable || start.elapsed() >= SETTLE_MAX {
+            return Ok(Settled {
+                rss: current,
+                secs: start.elapsed().as_secs_f64(),
+                stable,
+            });
+        }
+        previous = current;
+    }
+}
+
+/// Logs `count` connections in and out, concurrently: the server's lazily built state
+/// (runtime threads' allocator arenas, first-use tables) exists before the baseline.
+async fn warm_up(args: &IdleArgs, gate: SocketAddr, minter: &Arc<Minter>) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.login_timeout_secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.warmup.max(1) {
+        let minter = minter.clone();
+        let uid = format!("{}warmup-{i}", args.uid_prefix);
+        tasks.spawn(async move {
+            let session = client::login(gate, &minter, &uid, timeout).await?;
+            client::logout(session, timeout).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined
+            .context("warm-up task failed")?
+            .map_err(|err| anyhow!("warm-up login to {gate} failed: {err}"))?;
+    }
+    Ok(())
+}
+
+/// What a worker said, tagged with its index.
+#[derive(Debug)]
+enum Event {
+    Started,
+    Progress { ok: u32, failed: u32 },
+    Ready { ok: u32, failed: u32 },
+    Failure(String),
+    Dropped(u32),
+    Done { ok: u32, failed: u32, dropped: u32 },
+    Exited { stderr: String },
+}
+
+#[derive(Debug, Default, Clone)]
+struct WorkerState {
+    pid: u32,
+    ok: u32,
+    failed: u32,
+    dropped: u32,
+    ready: bool,
+    exited: bool,
+    stderr: String,
+}
+
+struct Workers {
+    states: Vec<WorkerState>,
+    stdins: Vec<Option<ChildStdin>>,
+    children: Vec<tokio::process::Child>,
+    events: mpsc::UnboundedReceiver<(usize, Event)>,
+    failures: BTreeSet<String>,
+    /// When the first worker began to connect (process start-up is not login time).
+    first_start: Option<Instant>,
+}
+
+impl Workers {
+    /// Starts workers for `n` connections, at most `per_worker` each, uids spread evenly.
+    fn spawn(
+        args: &IdleArgs,
+        exe: &Path,
+        target: &Target,
+        deadline: Instant,
+    ) -> anyhow::Result<Workers> {
+        let n = args.connections;
+        let count = n.div_ceil(args.per_worker);
+        let concurrency = args.concurrency.div_ceil(count).max(1);
+        let worker_deadline =
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut workers = Workers {
+            states: Vec::new(),
+            stdins: Vec::new(),
+            children: Vec::new(),
+            events,
+            failures: BTreeSet::new(),
+            first_start: None,
+        };
+        let mut first = 0;
+        for index in 0..count {
+            let share = n / count + u32::from(index < n % count);
+            let mut child = Command::new(exe)
+                .args(["bench", "idle-worker"])
+                .arg("--server")
+                .arg(target.gate.to_string())
+                .arg("--appcode")
+                .arg(args.appcode.to_string())
+                .arg("--uid-prefix")
+                .arg(&args.uid_prefix)
+                .arg("--first")
+                .arg(first.to_string())
+                .arg("--count")
+                .arg(share.to_string())
+                .arg("--concurrency")
+                .arg(concurrency.to_string())
+                .arg("--login-timeout-secs")
+                .arg(args.login_timeout_secs.to_string())
+                .arg("--deadline-secs")
+                .arg(worker_deadline.as_secs().to_string())
+                .env(SECRET_ENV, &target.secret)
+                .env("LONGLINK_LOG", "warn")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "cannot start worker {index} ({} bench idle-worker)",
+                        exe.display()
+                    )
+                })?;
+            first += share;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow!("worker {index}: no stdout"))?;
+            let stderr = child
+                .stderr
+                .take()
+                .ok_or_else(|| anyhow!("worker {index}: no stderr"))?;
+            workers.stdins.push(child.stdin.take());
+            workers.states.push(WorkerState {
+                pid: child.id().unwrap_or(0),
+                ..WorkerState::default()
+            });
+            workers.children.push(child);
+            let tx = tx.clone();
+            let index = index as usize;
+            tokio::spawn(async move {
+                let errors = tokio::spawn(async move {
+                    let mut text = String::new();
+                    let _ = stderr.take(8192).read_to_string(&mut text).await;
+                    text
+                });
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(event) = parse_event(&line) {
+                        let _ = tx.send((index, event));
+                    }
+                }
+                let stderr = errors.await.unwrap_or_default();
+                let _ = tx.send((index, Event::Exited { stderr }));
+            });
+        }
+        Ok(workers)
+    }
+
+    fn apply(&mut self, index: usize, event: Event) {
+        let Some(state) = self.states.get_mut(index) else {
+            return;
+        };
+        match event {
+            Event::Started => {
+                self.first_start.get_or_insert_with(Instant::now);
+            }
+            Event::Progress { ok, failed } => (state.ok, state.failed) = (ok, failed),
+            Event::Ready { ok, failed } => {
+                (state.ok, state.failed) = (ok, failed);
+                state.ready = true;
+            }
+            Event::Failure(message) => {
+                if self.failures.len() < MAX_FAILURE_SAMPLES {
+                    self.failures.insert(message);
+                }
+            }
+            Event::Dropped(dropped) => state.dropped = dropped,
+            Event::Done {
+                ok,
+                failed,
+                dropped,
+            } => {
+                (state.ok, state.failed, state.dropped) = (ok, failed, dropped);
+            }
+            Event::Exited { stderr } => {
+                state.exited = true;
+                state.stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+            }
+        }
+    }
+
+    /// Applies every event already received.
+    fn drain(&mut self) {
+        while let Ok((index, event)) = self.events.try_recv() {
+            self.apply(index, event);
+        }
+    }
+
+    /// Waits for the next event; `false` when no worker can send any more.
+    async fn next(&mut self) -> bool {
+        match self.events.recv().await {
+            Some((index, event)) => {
+                self.apply(index, event);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn ok(&self) -> u32 {
+        self.states.iter().map(|s| s.ok).sum()
+    }
+
+    fn failed(&self) -> u32 {
+        self.states.iter().map(|s| s.failed).sum()
+    }
+
+    fn dropped(&self) -> u32 {
+        self.states.iter().map(|s| s.dropped).sum()
+    }
+
+    /// A worker that exited before all its logins were attempted, with what it said.
+    fn crashed(&self) -> Option<String> {
+        self.states
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.exited && !s.ready)
+            .map(|(i, s)| {
+                let said = if s.stderr.is_empty() {
+                    "(nothing on stderr)"
+                } else {
+                    s.stderr.as_str()
+                };
+                format!("worker {i} exited before its logins were done: {said}")
+            })
+    }
+
+    /// CPU time the workers have used so far.
+    fn cpu_time(&self) -> Duration {
+        self.states
+            .iter()
+            .filter_map(|s| procfs::cpu_time(s.pid).ok())
+            .sum()
+    }
+
+    /// Closes every worker's stdin (the stop signal) and waits for them to exit.
+    async fn stop(&mut self) {
+        self.stdins.clear();
+        let all_exited = async {
+            while !self.states.iter().all(|s| s.exited) {
+                if !self.next().await {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(WORKER_STOP_TIMEOUT, all_exited).await;
+        for child in &mut self.children {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn parse_event(line: &str) -> Option<Event> {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let numbers: Vec<u32> = rest
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match (word, numbers.as_slice()) {
+        ("progress", [ok, failed]) => Some(Event::Progress {
+            ok: *ok,
+            failed: *failed,
+        }),
+        ("ready", [ok, failed]) => Some(Event::Ready {
+            ok: *ok,
+            failed: *failed,
+        }),
+        ("dropped", [dropped]) => Some(Event::Dropped(*dropped)),
+        ("done", [ok, failed, dropped]) => Some(Event::Done {
+            ok: *ok,
+            failed: *failed,
+            dropped: *dropped,
+        }),
+        ("started", []) => Some(Event::Started),
+        ("failure", _) => Some(Event::Failure(rest.to_owned())),
+        _ => None,
+    }
+}
+
+async fn measure(
+    args: &IdleArgs,
+    exe: &Path,
+    target: &Target,
+    deadline: Instant,
+) -> anyhow::Result<Report> {
+    let n = args.connections;
+    let pid = target.pid;
+    let workers_count = n.div_ceil(args.per_worker);
+    let mut notes = Vec::new();
+    let version = target
+        .health()
+        .await
+        .map_or_else(|| "unknown".to_owned(), |health| health.version);
+    let sessions_before = target.health().await.map(|h| h.sessions);
+    let open_files = procfs::open_files(pid).ok();
+    println!(
+        "longlink bench idle: {} connections over {workers_count} worker process(es), {} logins in flight",
+        thousands(u64::from(n)),
+        args.concurrency
+    );
+    println!(
+        "server: pid {pid}, {}, longlink {version}, gate {}",
+        if target.is_spawned() {
+            format!(
+                "started by the bench (serve, LONGLINK_LOG={})",
+                args.server_log
+            )
+        } else {
+            "already running".to_owned()
+        },
+        target.gate
+    );
+    if let Some((limit, open)) = open_files {
+        let fits = limit.saturating_sub(open);
+        if u64::from(n) > fits {
+            let note = format!(
+                "the server process may open {} files and has {} open: at most ~{} connections fit in one server process; more need several gate processes (not this scenario), so logins beyond that will fail",
+                thousands(limit),
+                open,
+                thousands(fits)
+            );
+            println!("note: {note}");
+            notes.push(note);
+        }
+    }
+
+    let minter = Arc::new(Minter::new(args.appcode, &target.secret));
+    warm_up(args, target.gate, &minter).await?;
+    let baseline = settle(pid).await?;
+    println!(
+        "baseline     RSS {} after {} warm-up login(s) and logout(s)",
+        mib(baseline.rss.total),
+        args.warmup.max(1)
+    );
+
+    // Login phase.
+    let cpu_before = procfs::cpu_time(pid)?;
+    let login_start = Instant::now();
+    let mut workers = Workers::spawn(args, exe, target, deadline)?;
+    let bar = ProgressBar::new(u64::from(n));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} logged in, {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    while !workers.states.iter().all(|s| s.ready) {
+        if let Some(crash) = workers.crashed() {
+            bar.abandon();
+            workers.stop().await;
+            bail!("{crash}");
+        }
+        if !workers.next().await {
+            break;
+        }
+        bar.set_position(u64::from(workers.ok()));
+        if workers.failed() > 0 {
+            bar.set_message(format!("({} failed)", workers.failed()));
+        }
+    }
+    let login_wall = workers.first_start.unwrap_or(login_start).elapsed();
+    let cpu_after = procfs::cpu_time(pid)?;
+    let client_cpu = workers.cpu_time();
+    bar.finish_and_clear();
+    let logged_in = workers.ok();
+    let failed = workers.failed();
+
+    // Idle: measure.
+    let after = settle(pid).await?;
+    let sessions_reported = target.health().await.map(|h| h.sessions);
+    workers.drain();
+    let dropped_at_measure = workers.dropped();
+    let held = logged_in.saturating_sub(dropped_at_measure).max(1);
+    let per_connection = after.rss.total.saturating_sub(baseline.rss.total) / u64::from(held);
+    let anon_per_connection = after.rss.anon.saturating_sub(baseline.rss.anon) / u64::from(held);
+
+    let mut after_hold = None;
+    if args.hold_secs > 0 {
+        let until = Instant::now() + Duration::from_secs(args.hold_secs);
+        while Instant::now() < until {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                more = workers.next() => if !more { break },
+            }
+        }
+        let rss = procfs::rss(pid)?;
+        let held = logged_in.saturating_sub(workers.dropped()).max(1);
+        after_hold = Some((
+            rss.total,
+            rss.total.saturating_sub(baseline.rss.total) / u64::from(held),
+        ));
+    }
+    workers.stop().await;
+    let dropped = workers.dropped();
+
+    if let (Some(before), Some(now)) = (sessions_before, sessions_reported)
+        && now.saturating_sub(before) != u64::from(logged_in.saturating_sub(dropped_at_measure))
+    {
+        notes.push(format!(
+            "/healthz counted {now} sessions ({before} before the run) while the workers held {}",
+            logged_in.saturating_sub(dropped_at_measure)
+        ));
+    }
+    if !after.stable {
+        notes.push(format!(
+            "the RSS was still moving by ≥ 1% per {} ms after {} s; the last sample was used",
+            SETTLE_INTERVAL.as_millis(),
+            SETTLE_MAX.as_secs()
+        ));
+    }
+    if target.is_spawned() && args.server_log != "warn" && args.server_log != "error" {
+        notes.push(format!(
+            "the server logged at LONGLINK_LOG={} (one line per login at info); its CPU per login includes that",
+            args.server_log
+        ));
+    }
+
+    let problem = {
+        let allowed = f64::from(n) * args.max_failed_pct / 100.0;
+        let missing = n.saturating_sub(logged_in + failed);
+        if missing > 0 {
+            Some(format!(
+                "{missing} of {n} logins were never attempted or answered"
+            ))
+        } else if f64::from(failed) > allowed {
+            Some(format!(
+                "{failed} of {n} logins failed (more than --max-failed-pct {}%){}",
+                args.max_failed_pct,
+                workers
+                    .failures
+                    .iter()
+                    .next()
+                    .map(|f| format!("; first: {f}"))
+                    .unwrap_or_default()
+            ))
+        } else if f64::from(dropped_at_measure) > allowed {
+            Some(format!(
+                "the server closed {dropped_at_measure} of {logged_in} idle connections before the measurement"
+            ))
+        } else {
+            None
+        }
+    };
+
+    let login_secs = login_wall.as_secs_f64().max(1e-9);
+    let server_cpu = cpu_after.saturating_sub(cpu_before).as_secs_f64();
+    let per_login = |value: f64| {
+        if logged_in == 0 {
+            0.0
+        } else {
+            value / f64::from(logged_in)
+        }
+    };
+    let json = IdleJson {
+        scenario: "idle",
+        date: crate::report::utc_now(),
+        command: crate::report::command_line(),
+        bench_version: env!("CARGO_PKG_VERSION"),
+        inputs: Inputs {
+            connections: n,
+            workers: workers_count,
+            per_worker: args.per_worker,
+            concurrency: args.concurrency,
+            warmup: args.warmup.max(1),
+            hold_secs: args.hold_secs,
+            appcode: args.appcode,
+        },
+        server: ServerInfo {
+            spawned: target.is_spawned(),
+            version,
+            pid,
+            gate: target.gate.to_string(),
+            log_level: target.is_spawned().then(|| args.server_log.clone()),
+            open_files_limit: open_files.map(|(limit, _)| limit),
+            open_files_before: open_files.map(|(_, open)| open),
+        },
+        machine: Machine {
+            cpus: procfs::cpus(),
+            kernel: procfs::kernel(),
+            clock_ticks_per_second: procfs::clock_ticks_per_second(),
+        },
+        results: Results {
+            logged_in,
+            failed,
+            dropped,
+            failure_samples: workers.failures.iter().cloned().collect(),
+            login_wall_secs: round(login_secs, 3),
+            logins_per_sec: round(f64::from(logged_in) / login_secs, 1),
+            server_cpu_secs: round(server_cpu, 3),
+            server_cpu_us_per_login: round(per_login(server_cpu * 1e6), 1),
+            logins_per_server_cpu_sec: round(
+                if server_cpu > 0.0 {
+                    f64::from(logged_in) / server_cpu
+                } else {
+                    0.0
+                },
+                0,
+            ),
+            client_cpu_secs: round(client_cpu.as_secs_f64(), 3),
+            rss_baseline_bytes: baseline.rss.total,
+            rss_after_bytes: after.rss.total,
+            rss_per_connection_bytes: per_connection,
+            rss_anon_per_connection_bytes: anon_per_connection,
+            rss_settled: after.stable,
+            rss_settle_secs: round(after.secs, 1),
+            sessions_reported,
+            rss_after_hold_bytes: after_hold.map(|(rss, _)| rss),
+            rss_per_connection_after_hold_bytes: after_hold.map(|(_, per)| per),
+        },
+        targets: Targets {
+            rss_per_connection_bytes: TARGET_RSS_PER_CONNECTION,
+            server_cpu_us_per_login: TARGET_CPU_US_PER_LOGIN,
+        },
+        notes,
+    };
+    Ok(Report { json, problem })
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// Counters shared by a worker's connection tasks and its reporter.
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU32,
+    failed: AtomicU32,
+    dropped: AtomicU32,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Counters {
+    fn fail(&self, message: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut failures) = self.failures.lock()
+            && failures.len() < MAX_FAILURE_SAMPLES
+            && !failures.contains(&message)
+        {
+            failures.push(message);
+        }
+    }
+}
+
+/// Writes one protocol line to stdout; `false` when the parent is gone.
+fn emit(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
+/// Runs one worker: opens `count` logged-in connections, reports on stdout, holds them until
+/// stdin closes (or says `stop`) or the deadline passes, then exits the process.
+///
+/// # Errors
+/// Never in practice: failures are counted and reported on stdout.
+pub async fn run_worker(args: IdleWorkerArgs) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) if line.trim() != "stop" => continue,
+                    _ => break,
+                }
+            }
+            stop.cancel();
+        });
+    }
+    {
+        let stop = stop.clone();
+        let deadline = Duration::from_secs(args.deadline_secs);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(deadline) => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    let counters = Arc::new(Counters::default());
+    let minter = Arc::new(Minter::new(args.appcode, &args.token_secret));
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
+    let timeout = Duration::from_secs(args.login_timeout_secs);
+    if !emit("started") {
+        stop.cancel();
+    }
+    {
+        let (stop, counters, tracker, args) = (
+            stop.clone(),
+            counters.clone(),
+            tracker.clone(),
+            args.clone(),
+        );
+        tokio::spawn(async move {
+            for i in args.first..args.first.saturating_add(args.count) {
+                let permit = tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    _ = stop.cancelled() => break,
+                };
+                let (stop, counters, minter) = (stop.clone(), counters.clone(), minter.clone());
+                let uid = format!("{}{i}", args.uid_prefix);
+                tracker.spawn(async move {
+                    let result = tokio::select! {
+                        result = client::login(args.server, &minter, &uid, timeout) => result,
+                        _ = stop.cancelled() => return,
+                    };
+                    drop(permit);
+                    drop(uid);
+                    match result {
+                        Ok(session) => {
+                            counters.ok.fetch_add(1, Ordering::Relaxed);
+                            if client::hold(session, stop).await == HoldEnd::Dropped {
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(message) => counters.fail(message),
+                    }
+                });
+            }
+        });
+    }
+
+    let mut reported = (u32::MAX, u32::MAX, 0u32);
+    let mut failures_reported = 0;
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(WORKER_REPORT_INTERVAL) => {}
+        }
+        let ok = counters.ok.load(Ordering::Relaxed);
+        let failed = counters.failed.load(Ordering::Relaxed);
+        let dropped = counters.dropped.load(Ordering::Relaxed);
+        let mut lines = Vec::new();
+        if let Ok(failures) = counters.failures.lock() {
+            for failure in failures.iter().skip(failures_reported) {
+                lines.push(format!("failure {}", failure.replace('\n', " ")));
+            }
+            failures_reported = failures.len();
+        }
+        if (ok, failed) != (reported.0, reported.1) {
+            lines.push(format!("progress {ok} {failed}"));
+        }
+        if !ready && ok + failed >= args.count {
+            lines.push(format!("ready {ok} {failed}"));
+            ready = true;
+        }
+        if dropped != reported.2 {
+            lines.push(format!("dropped {dropped}"));
+        }
+        reported = (ok, failed, dropped);
+        if !lines.iter().all(|line| emit(line)) {
+            stop.cancel();
+        }
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    emit(&format!(
+        "done {} {} {}",
+        counters.ok.load(Ordering::Relaxed),
+        counters.failed.load(Ordering::Relaxed),
+        counters.dropped.load(Ordering::Relaxed)
+    ));
+    // The stdin reader may still sit in a blocking read that would hold up the runtime's
+    // shutdown: leave at once.
+    std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_worker_lines() {
+        assert!(matches!(
+            parse_event("progress 10 2"),
+            Some(Event::Progress { ok: 10, failed: 2 })
+        ));
+        assert!(matches!(
+            parse_event("ready 5 0"),
+            Some(Event::Ready { ok: 5, failed: 0 })
+        ));
+        assert!(matches!(parse_event("dropped 3"), Some(Event::Dropped(3))));
+        assert!(matches!(
+            parse_event("done 1 2 3"),
+            Some(Event::Done {
+                ok: 1,
+                failed: 2,
+                dropped: 3
+            })
+        ));
+        assert!(
+            matches!(parse_event("failure ERROR BAD_TOKEN: x"), Some(Event::Failure(m)) if m == "ERROR BAD_TOKEN: x")
+        );
+        assert!(parse_event("progress x").is_none());
+        assert!(parse_event("").is_none());
+    }
+}

@@ -1,0 +1,112 @@
+//! What `/proc/<pid>` tells about a process: resident memory, CPU time, open files.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+
+/// Resident memory of `pid`, from `VmRSS` (and `RssAnon`) in `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rss {
+    /// `VmRSS`, bytes.
+    pub(crate) total: u64,
+    /// `RssAnon` (heap, stacks), bytes; 0 when the kernel does not report it.
+    pub(crate) anon: u64,
+}
+
+/// Reads the resident memory of `pid`.
+pub(crate) fn rss(pid: u32) -> anyhow::Result<Rss> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+    };
+    let total = field("VmRSS:").ok_or_else(|| anyhow!("{path} has no VmRSS (process gone?)"))?;
+    Ok(Rss {
+        total,
+        anon: field("RssAnon:").unwrap_or(0),
+    })
+}
+
+/// User + system CPU time `pid` has used so far (all its threads, live or gone).
+pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: fields start after
+    // the last ')', with field 3 (state) first; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("{path}: no field {}", index + 3))
+    };
+    let ticks = tick(11)? + tick(12)?;
+    let per_second = clock_ticks_per_second();
+    Ok(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / per_second.max(1),
+    ))
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of the CPU times in `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
+/// The soft limit on open files of `pid` and how many it has open now.
+pub(crate) fn open_files(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/limits");
+    let limits = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let soft = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let fd_dir = format!("/proc/{pid}/fd");
+    let open = std::fs::read_dir(&fd_dir)
+        .with_context(|| format!("cannot list {fd_dir}"))?
+        .count() as u64;
+    Ok((soft, open))
+}
+
+/// Number of CPUs this process may run on.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The kernel release (`/proc/sys/kernel/osrelease`), or "unknown".
+pub(crate) fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        let rss = rss(pid).unwrap();
+        assert!(rss.total > 0);
+        cpu_time(pid).unwrap();
+        let (soft, open) = open_files(pid).unwrap();
+        assert!(soft > 0 && open > 0);
+        assert!(clock_ticks_per_second() > 0);
+    }
+}

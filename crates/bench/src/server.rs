@@ -1,0 +1,256 @@
+//! The server under test: one the bench spawns (`<current exe> serve` on free loopback ports,
+//! a temporary data dir and config), or one already running that the user points at.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::http;
+
+/// How long a spawned server may take to answer `/healthz`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a spawned server may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What `/healthz` answers.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Health {
+    pub(crate) version: String,
+    pub(crate) sessions: u64,
+}
+
+/// A server under test.
+pub(crate) struct Target {
+    /// The gate's TCP address.
+    pub(crate) gate: SocketAddr,
+    /// The HTTP API, when known (`/healthz`).
+    pub(crate) api: Option<SocketAddr>,
+    /// The server's pid (for `/proc`).
+    pub(crate) pid: u32,
+    /// The HS256 secret of the bench's appcode.
+    pub(crate) secret: String,
+    spawned: Option<Spawned>,
+}
+
+struct Spawned {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Target {
+    /// A server already running at `gate` with pid `pid`.
+    pub(crate) fn external(
+        gate: SocketAddr,
+        api: Option<SocketAddr>,
+        pid: u32,
+        secret: String,
+    ) -> anyhow::Result<Target> {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("--server-pid {pid}: no such process");
+        }
+        Ok(Target {
+            gate,
+            api,
+            pid,
+            secret,
+            spawned: None,
+        })
+    }
+
+    /// Starts `exe serve` with the default configuration on free loopback ports, a temporary
+    /// data dir and `LONGLINK_LOG=log_level`; returns once `/healthz` answers.
+    pub(crate) async fn spawn(exe: &Path, appcode: u32, log_level: &str) -> anyhow::Result<Target> {
+        let dir = tempfile::Builder::new()
+            .prefix("longlink-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let defaults = Command::new(exe)
+            .args(["config", "default"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {} config default", exe.display()))?;
+        if !defaults.status.success() {
+            bail!(
+                "{} config default failed ({})",
+                exe.display(),
+                defaults.status
+            );
+        }
+        let mut config: toml::Table = String::from_utf8_lossy(&defaults.stdout)
+            .parse()
+            .context("the default configuration does not parse")?;
+        let gate = free_loopback_addr()?;
+        let api = free_loopback_addr()?;
+        let data_dir = dir.path().join("data");
+        set(&mut config, "gate", "listen", gate.to_string())?;
+        set(&mut config, "api", "listen", api.to_string())?;
+        set(
+            &mut config,
+            "store",
+            "data_dir",
+            data_dir.display().to_string(),
+        )?;
+        let secret = app_secret(&config, appcode)?;
+        let config_path = dir.path().join("longlink.toml");
+        std::fs::write(&config_path, toml::to_string(&config)?)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        // The spawned server runs on exactly this config: no LONGLINK_* from the caller's shell.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LONGLINK_") {
+                command.env_remove(key);
+            }
+        }
+        command.env("LONGLINK_LOG", log_level);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {} serve", exe.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the server exited at once"))?;
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the server exited during startup ({status}): {}",
+                    log_tail(&log_path)
+                );
+            }
+            if health(api).await.is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the server did not answer /healthz within {}s: {}",
+                    START_TIMEOUT.as_secs(),
+                    log_tail(&log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Target {
+            gate,
+            api: Some(api),
+            pid,
+            secret,
+            spawned: Some(Spawned { child, dir }),
+        })
+    }
+
+    /// Whether the bench started this server.
+    pub(crate) fn is_spawned(&self) -> bool {
+        self.spawned.is_some()
+    }
+
+    /// The server's `/healthz`, when its API address is known.
+    pub(crate) async fn health(&self) -> Option<Health> {
+        match self.api {
+            Some(api) => health(api).await.ok(),
+            None => None,
+        }
+    }
+
+    /// The last lines a spawned server logged.
+    pub(crate) fn log_tail(&self) -> Option<String> {
+        self.spawned
+            .as_ref()
+            .map(|s| log_tail(&s.dir.path().join("server.log")))
+    }
+
+    /// Stops a spawned server (SIGTERM, then SIGKILL after a timeout); an external one is left
+    /// alone.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut spawned) = self.spawned.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = spawned
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, spawned.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                spawned.child.kill().await?;
+            }
+        }
+        drop(spawned.dir);
+        Ok(())
+    }
+}
+
+async fn health(api: SocketAddr) -> anyhow::Result<Health> {
+    let (status, body) = http::get(api, "/healthz", Duration::from_secs(2)).await?;
+    if status != 200 {
+        bail!("GET /healthz: status {status}");
+    }
+    serde_json::from_str(&body).context("GET /healthz: unexpected body")
+}
+
+/// A loopback address with a port that was free a moment ago (bind port 0, read, drop).
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(listener.local_addr()?)
+}
+
+fn set(config: &mut toml::Table, section: &str, field: &str, value: String) -> anyhow::Result<()> {
+    let Some(toml::Value::Table(table)) = config.get_mut(section) else {
+        bail!("the default configuration has no [{section}]");
+    };
+    table.insert(field.to_owned(), toml::Value::String(value));
+    Ok(())
+}
+
+fn app_secret(config: &toml::Table, appcode: u32) -> anyhow::Result<String> {
+    config
+        .get("apps")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(toml::Value::as_table)
+        .find(|app| {
+            app.get("appcode").and_then(toml::Value::as_integer) == Some(i64::from(appcode))
+        })
+        .and_then(|app| app.get("secret"))
+        .and_then(toml::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("appcode {appcode} is not in the default configuration's [[apps]]"))
+}
+
+/// The last lines of a log, on one line.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        "(no output)".to_owned()
+    } else {
+        tail.join(" | ")
+    }
+}

@@ -1,0 +1,379 @@
+//! The `longlink` binary as a user runs it: serve, config, token, client send/pull/listen/
+//! history/chat, and its errors.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use longlink_testkit::{ServeProcess, WAIT, config_on_free_ports};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(args: &[&str]) -> Run {
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(BIN)
+            .args(args)
+            .env_remove("LONGLINK_CONFIG")
+            .output(),
+    )
+    .await
+    .expect("command finished in time")
+    .expect("command ran");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+async fn start(dir: &Path) -> ServeProcess {
+    ServeProcess::start(
+        Path::new(BIN),
+        dir,
+        &config_on_free_ports(&dir.join("data")),
+    )
+    .await
+    .expect("serve starts")
+}
+
+#[tokio::test]
+async fn config_default_and_token() {
+    let out = run(&["config", "default"]).await;
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("[gate]") && out.stdout.contains("login_timeout_secs = 10"));
+    let out = run(&["token", "--appcode", "129", "--uid", "alice"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim().split('.').count(), 3, "a JWT");
+    let out = run(&["token", "--appcode", "4242", "--uid", "alice"]).await;
+    assert_eq!(out.code, 64);
+    assert!(
+        out.stderr.contains("unknown appcode 4242"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn send_pull_history_and_idempotent_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = start(dir.path()).await;
+    let server = serve.gate_addr().to_string();
+    let token = run(&["token", "--appcode", "129", "--uid", "alice"])
+        .await
+        .stdout;
+    let out = run(&[
+        "client",
+        "send",
+        "--server",
+        &server,
+        "--token",
+        token.trim(),
+        "--appcode",
+        "129",
+        "--uid",
+        "alice",
+        "--to",
+        "130:bob",
+        "hello bob",
+        "--count",
+        "3",
+        "--client-msg-id",
+        "k",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let sent = json_lines(&out.stdout);
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0]["client_msg_id"], "k-1");
+
+    // The same client message id again: the same msgid, nothing new stored.
+    let out = run(&[
+        "client",
+        "send",
+        "--server",
+        &server,
+        "--appcode",
+        "129",
+        "--uid",
+        "alice",
+        "--to",
+        "130:bob",
+        "hello bob 1",
+        "--client-msg-id",
+        "k-1",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(json_lines(&out.stdout)[0]["msgid"], sent[0]["msgid"]);
+
+    let out = run(&[
+        "client",
+        "pull",
+        "--server",
+        &server,
+        "--appcode",
+        "130",
+        "--uid",
+        "bob",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let pulled = json_lines(&out.stdout);
+    let ids: Vec<_> = pulled.iter().map(|m| m["msgid"].clone()).collect();
+    let sent_ids: Vec<_> = sent.iter().map(|m| m["msgid"].clone()).collect();
+    assert_eq!(ids, sent_ids, "all three, in order, once");
+    assert_eq!(pulled[2]["content"], "hello bob 3");
+    assert_eq!(pulled[0]["from_uid"], "alice");
+    assert_eq!(pulled[0]["to_appcode"], 130);
+    // Pulled messages were acknowledged: a second pull has nothing.
+    let out = run(&[
+        "client",
+        "pull",
+        "--server",
+        &server,
+        "--appcode",
+        "130",
+        "--uid",
+        "bob",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "", "nothing left after the first pull");
+
+    let out = run(&[
+        "client",
+        "history",
+        "--server",
+        &server,
+        "--appcode",
+        "130",
+        "--uid",
+        "bob",
+        "--with",
+        "129:alice",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(json_lines(&out.stdout).len(), 3);
+
+    let (status, logs) = serve.terminate().await.unwrap();
+    assert!(status.success(), "serve exits cleanly on SIGTERM");
+    assert!(
+        logs.iter().any(|l| l.contains("longlink stopped")),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test]
+async fn listen_prints_messages_as_they_arrive_and_chat_talks_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = start(dir.path()).await;
+    let server = serve.gate_addr().to_string();
+
+    // A listener waiting for three messages.
+    let listen = Command::new(BIN)
+        .args([
+            "client",
+            "listen",
+            "--server",
+            &server,
+            "--appcode",
+            "130",
+            "--uid",
+            "bob",
+            "--json",
+            "--count",
+            "3",
+            "--timeout-secs",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until bob is online (presence visible through /healthz sessions) before sending.
+    wait_for_sessions(serve.api_addr(), 1).await;
+
+    // An interactive chat as alice: type a line, it reaches bob.
+    let mut chat = Command::new(BIN)
+        .args([
+            "client",
+            "chat",
+            "--server",
+            &server,
+            "--appcode",
+            "129",
+            "--uid",
+            "alice",
+            "--to",
+            "130:bob",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut chat_out = tokio::io::BufReader::new(chat.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(WAIT, chat_out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(banner.contains("chatting as 129:alice"), "{banner}");
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(b"hi from the terminal\n").await.unwrap();
+    stdin.flush().await.unwrap();
+
+    // bob answers with the send command; alice's chat shows it.
+    let out = run(&[
+        "client",
+        "send",
+        "--server",
+        &server,
+        "--appcode",
+        "130",
+        "--uid",
+        "bob",
+        "--to",
+        "129:alice",
+        "hello alice",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = tokio::time::timeout(WAIT, chat_out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("130:bob") && line.contains("hello alice"),
+        "{line}"
+    );
+
+    // A second line from the chat completes the listener's count.
+    stdin.write_all(b"second line\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let listened = tokio::time::timeout(WAIT, listen.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        listened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listened.stderr)
+    );
+    let got = json_lines(&String::from_utf8_lossy(&listened.stdout));
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0]["content"], "hi from the terminal");
+    // bob's own send from another device shows on this device too (multi-device).
+    assert_eq!(got[1]["content"], "hello alice");
+    assert_eq!(got[1]["from_uid"], "bob");
+    assert_eq!(got[2]["content"], "second line");
+    assert_eq!(got[0]["from_uid"], "alice");
+    assert!(got[0]["log_id"].as_u64().unwrap() > 0);
+
+    drop(stdin); // Ctrl-D ends the chat.
+    let status = tokio::time::timeout(WAIT, chat.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    serve.kill9().await.unwrap();
+}
+
+async fn wait_for_sessions(api: std::net::SocketAddr, want: u64) {
+    longlink_testkit::wait_until(WAIT, || async move {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(api).await else {
+            return false;
+        };
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut body).await;
+        body.contains(&format!("\"sessions\":{want}"))
+    })
+    .await
+    .expect("sessions online");
+}
+
+#[tokio::test]
+async fn errors_are_one_line_with_a_non_zero_exit() {
+    // Nothing listens on this port.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = run(&[
+        "client",
+        "pull",
+        "--server",
+        &free,
+        "--appcode",
+        "129",
+        "--uid",
+        "a",
+    ])
+    .await;
+    assert_ne!(out.code, 0);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("longlink: cannot log in"),
+        "{}",
+        out.stderr
+    );
+
+    // A bad config names the field and exits 64.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[gate]\nlogin_timeout_secs = \"soon\"\n").unwrap();
+    let out = run(&["serve", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(out.code, 64);
+    assert!(out.stderr.contains("login_timeout_secs"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    // A bad token.
+    let serve = start(dir.path()).await;
+    let out = run(&[
+        "client",
+        "pull",
+        "--server",
+        &serve.gate_addr().to_string(),
+        "--appcode",
+        "129",
+        "--uid",
+        "a",
+        "--token",
+        "junk",
+    ])
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("BadToken") || out.stderr.contains("BAD_TOKEN"),
+        "{}",
+        out.stderr
+    );
+    serve.kill9().await.unwrap();
+}
