@@ -118,7 +118,7 @@ impl LogicService for Logic {
     }
 
     async fn session_ready(&self, session: &SessionInfo) {
-        tracing::debug!(session.id = session.session_id, uid = %session.uid, "session ready");
+        handlers::redeliver::redeliver_unacked(self, session).await;
     }
 
     async fn handle(&self, session: &SessionInfo, frame: Frame) -> Reply {

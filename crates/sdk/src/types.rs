@@ -247,6 +247,7 @@ impl From<Message> for wire::Msg {
             from_device: msg.from_device,
             log_id: msg.log_id,
             kind: msg.kind as i32,
+            prev_msgid: 0,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! In a temp dir: 200,000 appends of 200-byte messages to 10,000 random receivers from 256
 //! concurrent tasks (each append fsync'd as part of a group commit), then 5,000 random
 //! `pull_offline` pages of 50 (random owner, random cursor inside its inbox), from one task and
-//! then from as many tasks as the read pool has connections.
+//! then from as many tasks as the read pool has connections; then 5,000 full pages of 50 from
+//! one inbox of 10,000 messages.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,17 +15,13 @@ use bytes::Bytes;
 use longlink_store::{MessageStore, NewMessage, SqliteOptions, SqliteStore, UserKey};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-static APPENDS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-    std::env::var("LL_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000)
-});
+const APPENDS: usize = 200_000;
 const RECEIVERS: usize = 10_000;
 const WRITER_TASKS: usize = 256;
 const CONTENT_BYTES: usize = 200;
 const PULLS: usize = 5_000;
 const PAGE: u32 = 50;
+const HEAVY_INBOX: usize = 10_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,9 +30,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let read_tasks = opts.read_connections;
     let store = Arc::new(SqliteStore::open(dir.path(), opts.clone())?);
     println!(
-        "store_bench: {} appends of {CONTENT_BYTES} B to {RECEIVERS} receivers from \
-         {WRITER_TASKS} tasks; options {opts:?}",
-        *APPENDS
+        "store_bench: {APPENDS} appends of {CONTENT_BYTES} B to {RECEIVERS} receivers from \
+         {WRITER_TASKS} tasks; options {opts:?}"
     );
 
     let started = Instant::now();
@@ -48,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let from = UserKey::new(1, format!("sender-{task}"));
                 let mut appended = 0_usize;
                 let mut i = task;
-                while i < *APPENDS {
+                while i < APPENDS {
                     let to = UserKey::new(1, format!("user-{}", rng.random_range(0..RECEIVERS)));
                     let msg = NewMessage {
                         from: from.clone(),
@@ -145,6 +141,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             messages as f64 / pages as f64
         );
     }
+
+    // Full pages: one busy inbox, paged through from the start again and again.
+    let heavy = UserKey::new(1, "heavy-owner");
+    let filler: Vec<_> = (0..WRITER_TASKS)
+        .map(|task| {
+            let store = Arc::clone(&store);
+            let heavy = heavy.clone();
+            tokio::spawn(async move {
+                let from = UserKey::new(1, format!("sender-{task}"));
+                let mut i = task;
+                while i < HEAVY_INBOX {
+                    let msg = NewMessage {
+                        from: from.clone(),
+                        from_device: "bench".to_owned(),
+                        client_msg_id: format!("heavy-{i}"),
+                        to: heavy.clone(),
+                        msgtype: 1,
+                        content_type: 0,
+                        content: Bytes::from(vec![b'x'; CONTENT_BYTES]),
+                        log_id: i as u64,
+                    };
+                    store.append(msg).await?;
+                    i += WRITER_TASKS;
+                }
+                Ok::<_, longlink_store::StoreError>(())
+            })
+        })
+        .collect();
+    for task in filler {
+        task.await??;
+    }
+    let started = Instant::now();
+    let (mut pages, mut messages, mut cursor) = (0_usize, 0_usize, 0);
+    while pages < PULLS {
+        let page = store.pull_offline(&heavy, "reader", cursor, PAGE).await?;
+        pages += 1;
+        messages += page.messages.len();
+        cursor = if page.more { page.next_cursor } else { 0 };
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "pull_offline full pages (1 task, inbox of {HEAVY_INBOX}): {pages} pages in {secs:.2} s = \
+         {:.0} pages/s, {:.0} messages/s ({:.1} messages/page)",
+        pages as f64 / secs,
+        messages as f64 / secs,
+        messages as f64 / pages as f64
+    );
 
     store.close().await?;
     Ok(())

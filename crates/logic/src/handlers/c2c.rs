@@ -57,6 +57,7 @@ pub(crate) async fn c2c(
             from_device: session.device_id.clone(),
             log_id,
             kind: wire::MsgKind::C2c as i32,
+            prev_msgid: 0,
         };
         let push = Frame::push(Cmd::Msg, log_id, &msg).to_bytes();
         deliver(logic, &to, None, &push, log_id).await;

@@ -7,6 +7,7 @@ pub(crate) mod login;
 pub(crate) mod logout;
 pub(crate) mod msg_ack;
 pub(crate) mod offline_pull;
+pub(crate) mod redeliver;
 
 use longlink_proto::ErrorCode;
 use longlink_rpc::Refusal;

@@ -176,6 +176,11 @@ pub struct Msg {
     pub log_id: u64,
     #[prost(enumeration = "MsgKind", tag = "11")]
     pub kind: i32,
+    /// The msgid of the message before this one in the same conversation (0 = none). A client
+    /// whose last message of this conversation is not prev_msgid has a gap: it fills it with
+    /// HISTORY_PULL (direction NEWER, cursor = its last msgid) before showing this message.
+    #[prost(uint64, tag = "12")]
+    pub prev_msgid: u64,
 }
 /// MSG_ACK (cmd 19): the client has these messages. Type 3 (ack): no answer unless an error.
 /// Type 0 (request): answered with a MsgAckResponse.

@@ -210,7 +210,6 @@ fn bare_writer(dir: &TempDir) -> Writer {
         conn: open_writer_connection(&dir.path().join(DB_FILE)).expect("writer connection"),
         last_msgid: 0,
         counters: Arc::default(),
-        checkpointer: None,
     }
 }
 
