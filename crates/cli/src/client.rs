@@ -131,6 +131,14 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<()> {
 }
 
 async fn connect(identity: &Identity, subcommand: &str) -> anyhow::Result<(Client, Incoming)> {
+    connect_with(identity, subcommand, true).await
+}
+
+async fn connect_with(
+    identity: &Identity,
+    subcommand: &str,
+    auto_ack: bool,
+) -> anyhow::Result<(Client, Incoming)> {
     let token = match &identity.token {
         Some(token) => token.clone(),
         None => mint(
@@ -146,6 +154,7 @@ async fn connect(identity: &Identity, subcommand: &str) -> anyhow::Result<(Clien
         .unwrap_or_else(|| format!("cli-{subcommand}"));
     let mut config = ClientConfig::new(&identity.server, identity.appcode, token, device);
     config.request_timeout = Duration::from_secs(identity.request_timeout_secs.max(1));
+    config.auto_ack = auto_ack;
     Client::connect(config)
         .await
         .with_context(|| format!("cannot log in to {}", identity.server))
@@ -201,10 +210,16 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
 }
 
 async fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let (client, _incoming) = connect(&args.identity, "pull").await?;
+    // Acks are sent only after the messages are printed: what the login redelivery pushes
+    // meanwhile stays unacknowledged, so the pull below returns it.
+    let (client, _incoming) = connect_with(&args.identity, "pull", false).await?;
     let messages = client.pull_all_offline().await.context("pull failed")?;
     for message in &messages {
         print_message(message, args.json);
+    }
+    for chunk in messages.chunks(500) {
+        let ids: Vec<u64> = chunk.iter().map(|m| m.msgid).collect();
+        client.ack(&ids).await.context("ack failed")?;
     }
     client.close().await;
     Ok(())

@@ -33,6 +33,8 @@ pub struct LogicConfig {
     pub keepalive_interval_secs: u32,
     /// Largest c2c content / c2s payload accepted, in bytes.
     pub max_content_bytes: usize,
+    /// Largest response body sent (the clients' frame limit); pull pages are cut to fit.
+    pub max_response_bytes: usize,
 }
 
 impl Default for LogicConfig {
@@ -40,6 +42,7 @@ impl Default for LogicConfig {
         Self {
             keepalive_interval_secs: 30,
             max_content_bytes: 60 * 1024,
+            max_response_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES as usize,
         }
     }
 }

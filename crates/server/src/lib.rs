@@ -97,6 +97,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         LogicConfig {
             keepalive_interval_secs: config.gate.keepalive_interval_secs,
             max_content_bytes: config.logic.max_content_bytes,
+            max_response_bytes: config.gate.max_body_bytes as usize,
         },
         Arc::new(config.apps()),
         presence as Arc<dyn Presence>,

@@ -70,7 +70,10 @@ async fn offline_messages_arrive_by_pull_in_order_across_pages() {
         sent.push(receipt.msgid);
     }
 
-    let (carol, _carol_in) = server.client(130, "carol", "phone").await;
+    // auto_ack off: the redelivery pushed at login must not ack what this test pulls.
+    let mut config = server.client_config(130, "carol", "phone");
+    config.auto_ack = false;
+    let (carol, _carol_in) = longlink_sdk::Client::connect(config).await.unwrap();
     let mut cursor = 0;
     let mut pages = 0;
     let mut got = Vec::new();
@@ -103,7 +106,7 @@ async fn messages_survive_a_restart() {
 
     server.restart().await;
 
-    let (dave, _dave_in) = server.client(130, "dave", "phone").await;
+    let (dave, _dave_in) = server.client_without_auto_ack(130, "dave", "phone").await;
     let pulled = dave.pull_all_offline().await.unwrap();
     assert_eq!(pulled.len(), 1);
     assert_eq!(pulled[0].msgid, first.msgid);

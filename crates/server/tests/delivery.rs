@@ -60,7 +60,7 @@ async fn a_retry_with_the_same_client_msg_id_stores_nothing_new_even_after_a_res
         .await
         .unwrap();
     assert_ne!(other.msgid, first.msgid);
-    let (bob, _b) = server.client(130, "bob", "phone").await;
+    let (bob, _b) = server.client_without_auto_ack(130, "bob", "phone").await;
     let ids: Vec<u64> = bob.pull_all_offline().await.unwrap().iter().map(|m| m.msgid).collect();
     assert_eq!(ids, vec![first.msgid, other.msgid], "one stored row per client message id");
     server.stop().await;
@@ -116,7 +116,7 @@ async fn unacked_messages_are_redelivered_at_the_next_login_of_that_device() {
     assert_eq!(page.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![m2.msgid]);
     assert!(!page.more);
     // Another device of bob still has both: acks are per device.
-    let (tablet, _t) = server.client(130, "bob", "tablet").await;
+    let (tablet, _t) = server.client_without_auto_ack(130, "bob", "tablet").await;
     let ids: Vec<u64> = tablet.pull_all_offline().await.unwrap().iter().map(|m| m.msgid).collect();
     assert_eq!(ids, vec![m1.msgid, m2.msgid]);
     server.stop().await;
@@ -252,5 +252,27 @@ async fn paging_under_concurrent_inserts_never_skips_or_repeats() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), sent, "no skips");
     let _ = ContentType::Text;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pages_of_large_messages_are_cut_to_fit_a_frame_and_stay_complete() {
+    let server = TestServer::start().await;
+    let (alice, _a) = server.client(129, "alice", "phone").await;
+    let big = "x".repeat(3000);
+    let mut sent = Vec::new();
+    for i in 0..60 {
+        let receipt = alice
+            .c2c(UserRef::new(130, "bob"), Content::text(format!("{i}:{big}")))
+            .await
+            .unwrap();
+        sent.push(receipt.msgid);
+    }
+    let (bob, _b) = server.client_without_auto_ack(130, "bob", "phone").await;
+    let first = bob.pull_offline(0, 50).await.unwrap();
+    assert!(first.messages.len() < 50, "60 × 3 KB cannot fit one 64 KiB frame");
+    assert!(first.more);
+    let all: Vec<u64> = bob.pull_all_offline().await.unwrap().iter().map(|m| m.msgid).collect();
+    assert_eq!(all, sent);
     server.stop().await;
 }

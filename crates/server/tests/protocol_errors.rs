@@ -194,7 +194,7 @@ async fn acking_someone_elses_msgid_is_refused_and_changes_nothing() {
     // Mallory's pull never returns bob's message.
     assert!(mallory.pull_all_offline().await.unwrap().is_empty());
     // Bob still has it.
-    let (bob, _b) = server.client(129, "bob", "d").await;
+    let (bob, _b) = server.client_without_auto_ack(129, "bob", "d").await;
     let pulled = bob.pull_all_offline().await.unwrap();
     assert_eq!(
         pulled.iter().map(|m| m.msgid).collect::<Vec<_>>(),

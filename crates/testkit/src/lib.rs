@@ -112,6 +112,14 @@ impl TestServer {
             .expect("client logs in")
     }
 
+    /// A logged-in SDK client that never acknowledges on its own, so what it pulls does not
+    /// depend on the redelivery pushed at login.
+    pub async fn client_without_auto_ack(&self, appcode: u32, uid: &str, device: &str) -> (Client, Incoming) {
+        let mut config = self.client_config(appcode, uid, device);
+        config.auto_ack = false;
+        Client::connect(config).await.expect("client logs in")
+    }
+
     /// Stops the server (in order, as on SIGTERM) and starts it again on the same data
     /// directory and the same ports.
     pub async fn restart(&mut self) {

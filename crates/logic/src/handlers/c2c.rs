@@ -88,25 +88,28 @@ pub(crate) async fn c2c(
         "c2c stored"
     );
 
-    // A duplicate is pushed again as well: the first attempt may have died between commit and
-    // push. Receivers drop repeats by msgid, so at-least-once push is safe.
-    let stored = StoredMessage {
-        msgid: outcome.msgid,
-        from: from.clone(),
-        from_device: session.device_id.clone(),
-        client_msg_id: request.client_msg_id,
-        to: to.clone(),
-        msgtype: request.msgtype,
-        content_type: request.content_type,
-        content: request.content,
-        senddate_ms: outcome.senddate_ms,
-        log_id,
-    };
-    let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
-    deliver(logic, &to, None, &push, log_id).await;
-    if from != to {
-        // Multi-device: the sender's other sessions show what this device sent.
-        deliver(logic, &from, Some(session.session_id), &push, log_id).await;
+    if !outcome.duplicate {
+        // A retry (duplicate) is not pushed again: its content may differ from what was
+        // stored, and a first attempt that died before its push is covered by redelivery at
+        // the receiver's next login and by its pulls.
+        let stored = StoredMessage {
+            msgid: outcome.msgid,
+            from: from.clone(),
+            from_device: session.device_id.clone(),
+            client_msg_id: request.client_msg_id,
+            to: to.clone(),
+            msgtype: request.msgtype,
+            content_type: request.content_type,
+            content: request.content,
+            senddate_ms: outcome.senddate_ms,
+            log_id,
+        };
+        let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
+        deliver(logic, &to, None, &push, log_id).await;
+        if from != to {
+            // Multi-device: the sender's other sessions show what this device sent.
+            deliver(logic, &from, Some(session.session_id), &push, log_id).await;
+        }
     }
     Ok(Frame::response(
         &frame.header,

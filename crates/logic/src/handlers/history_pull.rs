@@ -4,8 +4,8 @@ use longlink_proto::{ErrorCode, Frame, wire};
 use longlink_rpc::{Refusal, SessionInfo};
 use longlink_store::{Direction, UserKey};
 
-use crate::convert::{user_key, wire_msg};
-use crate::handlers::{check_id, page_size, store_unavailable};
+use crate::convert::user_key;
+use crate::handlers::{check_id, fit_page, page_size, store_unavailable};
 use crate::{Logic, bad_body};
 
 pub(crate) async fn history_pull(
@@ -44,10 +44,11 @@ pub(crate) async fn history_pull(
         )
         .await
         .map_err(store_unavailable)?;
+    let page = fit_page(page, logic.config.max_response_bytes);
     Ok(Frame::response(
         &frame.header,
         &wire::HistoryPullResponse {
-            messages: page.messages.iter().map(wire_msg).collect(),
+            messages: page.messages,
             next_cursor: page.next_cursor,
             more: page.more,
         },

@@ -41,3 +41,46 @@ pub(crate) fn page_size(requested: u32) -> u32 {
         n => n.min(longlink_proto::MAX_PAGE_SIZE),
     }
 }
+
+/// A page of messages that fits in one frame the client accepts.
+pub(crate) struct FittedPage {
+    pub(crate) messages: Vec<longlink_proto::wire::Msg>,
+    pub(crate) next_cursor: u64,
+    pub(crate) more: bool,
+}
+
+/// Cuts `page` to the longest prefix whose encoded response fits `max_body_bytes` (always at
+/// least one message: a single message always fits, since content is capped below the frame
+/// limit). A cut page says `more`, with the cursor after its last message, so the client's
+/// next request continues exactly there.
+pub(crate) fn fit_page(page: longlink_store::Page, max_body_bytes: usize) -> FittedPage {
+    use prost::Message as _;
+    // Room for next_cursor, more and the repeated field's own framing.
+    let budget = max_body_bytes.saturating_sub(32);
+    let mut used = 0;
+    let mut messages = Vec::with_capacity(page.messages.len());
+    let total = page.messages.len();
+    for stored in &page.messages {
+        let msg = crate::convert::wire_msg(stored);
+        let len = msg.encoded_len();
+        let cost = len + prost::length_delimiter_len(len) + 1;
+        if !messages.is_empty() && used + cost > budget {
+            break;
+        }
+        used += cost;
+        messages.push(msg);
+    }
+    if messages.len() == total {
+        return FittedPage {
+            messages,
+            next_cursor: page.next_cursor,
+            more: page.more,
+        };
+    }
+    let next_cursor = messages.last().map_or(page.next_cursor, |m| m.msgid);
+    FittedPage {
+        messages,
+        next_cursor,
+        more: true,
+    }
+}

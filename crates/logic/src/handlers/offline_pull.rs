@@ -4,8 +4,7 @@ use longlink_proto::{Frame, wire};
 use longlink_rpc::{Refusal, SessionInfo};
 use longlink_store::UserKey;
 
-use crate::convert::wire_msg;
-use crate::handlers::{page_size, store_unavailable};
+use crate::handlers::{fit_page, page_size, store_unavailable};
 use crate::{Logic, bad_body};
 
 pub(crate) async fn offline_pull(
@@ -28,10 +27,11 @@ pub(crate) async fn offline_pull(
         )
         .await
         .map_err(store_unavailable)?;
+    let page = fit_page(page, logic.config.max_response_bytes);
     Ok(Frame::response(
         &frame.header,
         &wire::OfflinePullResponse {
-            messages: page.messages.iter().map(wire_msg).collect(),
+            messages: page.messages,
             next_cursor: page.next_cursor,
             more: page.more,
         },

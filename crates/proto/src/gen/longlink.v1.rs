@@ -253,7 +253,7 @@ pub enum ErrorCode {
     BadBody = 4,
     /// cmd is not one of the commands a client may send
     UnknownCmd = 5,
-    /// type is not 0..3, or not allowed for this cmd
+    /// type is not 0..3, or a client sent a response (1) or push (2)
     BadFrameType = 6,
     /// a flag bit the session did not negotiate
     BadFlags = 7,
@@ -263,11 +263,11 @@ pub enum ErrorCode {
     NotLoggedIn = 10,
     /// a second LOGIN on a logged-in connection
     AlreadyLoggedIn = 11,
-    /// token malformed, bad signature, expired or not yet valid (closed)
+    /// token malformed, bad signature, wrong algorithm or expired (closed)
     BadToken = 12,
     /// LOGIN names an appcode the server does not know (closed)
     UnknownAppcode = 13,
-    /// the token was minted for another appcode or uid (closed)
+    /// the token was minted for another appcode (closed)
     AppcodeMismatch = 14,
     /// no successful LOGIN within login_timeout_secs (closed)
     LoginTimeout = 15,
@@ -285,7 +285,7 @@ pub enum ErrorCode {
     RateLimited = 23,
     /// Server-level (retryable; the connection stays open).
     ///
-    /// the durable store failed; nothing was stored or ACKed
+    /// the durable store failed or timed out; nothing was ACKed: retry with the same client_msg_id
     StoreUnavailable = 30,
     /// the bus did not accept the message
     BusUnavailable = 31,
