@@ -162,8 +162,9 @@ pub struct AckOutcome {
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed or is overloaded; for a write the outcome is then unknown
-    /// only if the error says so, and a retry with the same client message id is always safe.
+    /// The backend failed, is overloaded or did not answer in time. A write that failed this
+    /// way may or may not have been stored (the message says which when it is known); retrying
+    /// it with the same client message id is always safe.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// The store has been closed.
