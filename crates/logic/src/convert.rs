@@ -30,6 +30,6 @@ pub(crate) fn wire_msg(message: &StoredMessage) -> wire::Msg {
         from_device: message.from_device.clone(),
         log_id: message.log_id,
         kind: wire::MsgKind::C2c as i32,
-        prev_msgid: 0,
+        prev_msgid: message.prev_msgid,
     }
 }

@@ -96,6 +96,8 @@ pub struct StoredMessage {
     pub senddate_ms: u64,
     /// Trace id of the request that stored it.
     pub log_id: u64,
+    /// The msgid of the conversation's previous message (0 = it was the first).
+    pub prev_msgid: u64,
 }
 
 /// Result of [`MessageStore::append`].
@@ -107,6 +109,8 @@ pub struct AppendOutcome {
     pub senddate_ms: u64,
     /// True when the idempotency key was already stored and nothing new was written.
     pub duplicate: bool,
+    /// The msgid of the conversation's previous message (0 = this is the first).
+    pub prev_msgid: u64,
 }
 
 /// One page of messages plus the cursor to continue from.

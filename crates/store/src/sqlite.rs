@@ -426,7 +426,7 @@ impl MessageStore for SqliteStore {
 macro_rules! message_columns {
     () => {
         "m.msgid, m.from_appcode, m.from_uid, m.from_device, m.client_msg_id, m.to_appcode, \
-         m.to_uid, m.msgtype, m.content_type, m.msgcontent, m.senddate, m.log_id"
+         m.to_uid, m.msgtype, m.content_type, m.msgcontent, m.senddate, m.log_id, m.prev_msgid"
     };
 }
 
@@ -494,6 +494,7 @@ fn read_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         content: bytes::Bytes::from(row.get::<_, Vec<u8>>(9)?),
         senddate_ms: non_negative(row, 10)?,
         log_id: u64_from_bits(row.get(11)?),
+        prev_msgid: u64::try_from(row.get::<_, i64>(12)?).unwrap_or(0),
     })
 }
 
@@ -855,11 +856,12 @@ fn append_in_tx(
     if keyed {
         // Sees keys written earlier in this same transaction too, so two copies in one batch
         // store one message.
-        let existing: Option<(i64, i64)> = tx
+        let existing: Option<(i64, i64, i64)> = tx
             .prepare_cached(
-                "SELECT msgid, senddate FROM idempotency_keys \
-                 WHERE from_appcode = ?1 AND from_uid = ?2 AND from_device = ?3 \
-                   AND client_msg_id = ?4",
+                "SELECT k.msgid, k.senddate, COALESCE(m.prev_msgid, 0) FROM idempotency_keys AS k \
+                 LEFT JOIN messages AS m ON m.msgid = k.msgid \
+                 WHERE k.from_appcode = ?1 AND k.from_uid = ?2 AND k.from_device = ?3 \
+                   AND k.client_msg_id = ?4",
             )?
             .query_row(
                 params![
@@ -868,25 +870,37 @@ fn append_in_tx(
                     msg.from_device,
                     msg.client_msg_id
                 ],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        if let Some((msgid, senddate)) = existing {
+        if let Some((msgid, senddate, prev_msgid)) = existing {
             return Ok(AppendOutcome {
                 msgid: u64::try_from(msgid).map_err(|_| WriteError::Corrupt)?,
                 senddate_ms: u64::try_from(senddate).map_err(|_| WriteError::Corrupt)?,
                 duplicate: true,
+                prev_msgid: u64::try_from(prev_msgid).unwrap_or(0),
             });
         }
     }
 
     let msgid = next_msgid(*last_msgid, now_ms)?;
     *last_msgid = msgid;
+    // The conversation's previous message (either direction): the sender's history with the
+    // receiver holds both directions. Lets clients detect a gap (Msg.prev_msgid).
+    let prev_msgid: i64 = tx
+        .prepare_cached(
+            "SELECT COALESCE(MAX(msgid), 0) FROM history \
+             WHERE owner_appcode = ?1 AND owner_uid = ?2 AND peer_appcode = ?3 AND peer_uid = ?4",
+        )?
+        .query_row(
+            params![msg.from.appcode, msg.from.uid, msg.to.appcode, msg.to.uid],
+            |row| row.get(0),
+        )?;
     let senddate = i64::try_from(now_ms).unwrap_or(i64::MAX);
     tx.prepare_cached(
         "INSERT INTO messages (msgid, to_appcode, to_uid, from_appcode, from_uid, from_device, \
-         client_msg_id, msgtype, content_type, senddate, state, msgcontent, log_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12)",
+         client_msg_id, msgtype, content_type, senddate, state, msgcontent, log_id, prev_msgid) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13)",
     )?
     .execute(params![
         msgid,
@@ -901,6 +915,7 @@ fn append_in_tx(
         senddate,
         &msg.content[..],
         bits_from_u64(msg.log_id),
+        prev_msgid,
     ])?;
     tx.prepare_cached("INSERT INTO inbox (owner_appcode, owner_uid, msgid) VALUES (?1, ?2, ?3)")?
         .execute(params![msg.to.appcode, msg.to.uid, msgid])?;
@@ -942,6 +957,7 @@ fn append_in_tx(
         msgid: u64::try_from(msgid).map_err(|_| WriteError::Corrupt)?,
         senddate_ms: now_ms,
         duplicate: false,
+        prev_msgid: u64::try_from(prev_msgid).unwrap_or(0),
     })
 }
 

@@ -38,6 +38,7 @@ macro_rules! store_testsuite {
             history_pages_older_and_newer,
             bad_arguments_are_rejected,
             random_operations_match_a_model,
+            prev_msgid_links_each_conversation,
         );
     };
     (@cases $new_store:path; $($case:ident),* $(,)?) => {
@@ -194,6 +195,7 @@ pub(crate) async fn append_then_pull_returns_all_fields<S: MessageStore>(store: 
         content: msg.content,
         senddate_ms: outcome.senddate_ms,
         log_id: msg.log_id,
+        prev_msgid: 0,
     };
     assert_eq!(page.messages, vec![expected.clone()]);
     assert_eq!(page.next_cursor, outcome.msgid);
@@ -1029,4 +1031,23 @@ pub(crate) async fn random_operations_match_a_model<S: MessageStore>(store: S) {
         "the model run should store a fair number of messages"
     );
     assert!(!acked.is_empty(), "the model run should ack something");
+}
+
+pub(crate) async fn prev_msgid_links_each_conversation<S: MessageStore>(store: S) {
+    let a = user(11, "a");
+    let b = user(11, "b");
+    let c = user(11, "c");
+    let first = store.append(message(&a, &b, "p1")).await.expect("append");
+    assert_eq!(first.prev_msgid, 0, "the first message of a conversation has no predecessor");
+    let other = store.append(message(&a, &c, "p2")).await.expect("append");
+    assert_eq!(other.prev_msgid, 0, "another conversation starts its own chain");
+    let reply = store.append(message(&b, &a, "p3")).await.expect("append");
+    assert_eq!(reply.prev_msgid, first.msgid, "either direction continues the chain");
+    let third = store.append(message(&a, &b, "p4")).await.expect("append");
+    assert_eq!(third.prev_msgid, reply.msgid);
+    let retry = store.append(message(&a, &b, "p4")).await.expect("append");
+    assert_eq!((retry.duplicate, retry.prev_msgid), (true, reply.msgid));
+    let page = store.pull_offline(&b, "d", 0, 50).await.expect("pull");
+    let prevs: Vec<(u64, u64)> = page.messages.iter().map(|m| (m.msgid, m.prev_msgid)).collect();
+    assert_eq!(prevs, vec![(first.msgid, 0), (third.msgid, reply.msgid)]);
 }

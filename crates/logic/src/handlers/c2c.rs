@@ -103,6 +103,7 @@ pub(crate) async fn c2c(
             content: request.content,
             senddate_ms: outcome.senddate_ms,
             log_id,
+            prev_msgid: outcome.prev_msgid,
         };
         let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
         deliver(logic, &to, None, &push, log_id).await;

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS messages (
     senddate      INTEGER NOT NULL,  -- Unix ms, server clock
     state         INTEGER NOT NULL DEFAULT 0,  -- 0 stored, 1 acked by at least one receiver device
     msgcontent    BLOB    NOT NULL,
-    log_id        INTEGER NOT NULL
+    log_id        INTEGER NOT NULL,
+    prev_msgid    INTEGER NOT NULL DEFAULT 0  -- the conversation's previous msgid (0 = first)
 ) STRICT;
 
 -- The receiver's offline inbox: pull_offline is one range scan of (owner, msgid > cursor).
