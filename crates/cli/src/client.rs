@@ -264,11 +264,21 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             Some(Event::Kicked { reason, message }) => bail!("kicked ({reason:?}): {message}"),
             Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
             Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
+            Some(other) => report_link_event(&other),
             None => bail!("connection closed"),
         }
     }
     client.close().await;
     Ok(())
+}
+
+/// Tells the terminal user about reconnects (the SDK retries on its own).
+fn report_link_event(event: &Event) {
+    match event {
+        Event::Disconnected { reason } => eprintln!("disconnected ({reason}); reconnecting…"),
+        Event::Reconnected { .. } => eprintln!("reconnected"),
+        _ => {}
+    }
 }
 
 async fn history(args: HistoryArgs) -> anyhow::Result<()> {
@@ -316,6 +326,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 Some(Event::Kicked { reason, message }) => bail!("kicked ({reason:?}): {message}"),
                 Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
                 Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
+                Some(other) => report_link_event(&other),
                 None => bail!("connection closed"),
             },
         }
