@@ -151,6 +151,11 @@ impl RunningServer {
         &self.bus
     }
 
+    /// The node's message store (for inspection: delivery states, tests).
+    pub fn store(&self) -> Arc<dyn longlink_store::MessageStore> {
+        self.store.clone()
+    }
+
     /// Stops the node in order (gate, api, store), each stage bounded by a timeout.
     pub async fn stop(self) {
         self.shutdown.cancel();

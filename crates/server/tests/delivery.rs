@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use longlink_proto::{Cmd, ContentType, Frame, FrameType, wire};
-use longlink_sdk::{Client, ClientConfig, Content, Event, HistoryDirection, Incoming, Message, UserRef};
+use longlink_sdk::{
+    Client, ClientConfig, Content, Event, HistoryDirection, Incoming, Message, UserRef,
+};
 use longlink_testkit::{RawClient, TestServer, WAIT, is_response};
 
 async fn next_message(incoming: &mut Incoming) -> Message {
@@ -61,8 +63,18 @@ async fn a_retry_with_the_same_client_msg_id_stores_nothing_new_even_after_a_res
         .unwrap();
     assert_ne!(other.msgid, first.msgid);
     let (bob, _b) = server.client_without_auto_ack(130, "bob", "phone").await;
-    let ids: Vec<u64> = bob.pull_all_offline().await.unwrap().iter().map(|m| m.msgid).collect();
-    assert_eq!(ids, vec![first.msgid, other.msgid], "one stored row per client message id");
+    let ids: Vec<u64> = bob
+        .pull_all_offline()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msgid)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![first.msgid, other.msgid],
+        "one stored row per client message id"
+    );
     server.stop().await;
 }
 
@@ -72,26 +84,59 @@ async fn unacked_messages_are_redelivered_at_the_next_login_of_that_device() {
     let token = server.token(130, "bob");
     // bob's phone receives two pushes but never acks them, then its link dies.
     let mut phone = RawClient::connect(server.gate_addr()).await.unwrap();
-    assert!(is_response(&phone.login(130, &token, "phone").await.unwrap(), Cmd::Login));
+    assert!(is_response(
+        &phone.login(130, &token, "phone").await.unwrap(),
+        Cmd::Login
+    ));
     let (alice, _a) = server.client(129, "alice", "phone").await;
-    let m1 = alice.c2c(UserRef::new(130, "bob"), Content::text("one")).await.unwrap();
-    let m2 = alice.c2c(UserRef::new(130, "bob"), Content::text("two")).await.unwrap();
+    let m1 = alice
+        .c2c(UserRef::new(130, "bob"), Content::text("one"))
+        .await
+        .unwrap();
+    let m2 = alice
+        .c2c(UserRef::new(130, "bob"), Content::text("two"))
+        .await
+        .unwrap();
     let pushed = raw_pushes(&mut phone, 2).await;
-    assert_eq!(pushed.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![m1.msgid, m2.msgid]);
+    assert_eq!(
+        pushed.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![m1.msgid, m2.msgid]
+    );
     drop(phone);
 
     // The same device logs in again: both come again, pushed, before anything else.
     let mut phone = RawClient::connect(server.gate_addr()).await.unwrap();
-    assert!(is_response(&phone.login(130, &token, "phone").await.unwrap(), Cmd::Login));
+    assert!(is_response(
+        &phone.login(130, &token, "phone").await.unwrap(),
+        Cmd::Login
+    ));
     let again = raw_pushes(&mut phone, 2).await;
-    assert_eq!(again.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![m1.msgid, m2.msgid]);
+    assert_eq!(
+        again.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![m1.msgid, m2.msgid]
+    );
     // Ack the first (batched type-3 ack), then ask with a request to be sure it was applied.
     phone
-        .send(Frame::new(Cmd::MsgAck, FrameType::Ack, 0, 0, &wire::MsgAck { msgids: vec![m1.msgid] }))
+        .send(Frame::new(
+            Cmd::MsgAck,
+            FrameType::Ack,
+            0,
+            0,
+            &wire::MsgAck {
+                msgids: vec![m1.msgid],
+            },
+        ))
         .await
         .unwrap();
     phone
-        .send(Frame::request(Cmd::MsgAck, 21, 0, &wire::MsgAck { msgids: vec![m1.msgid] }))
+        .send(Frame::request(
+            Cmd::MsgAck,
+            21,
+            0,
+            &wire::MsgAck {
+                msgids: vec![m1.msgid],
+            },
+        ))
         .await
         .unwrap();
     let answer = phone.recv().await.unwrap();
@@ -100,11 +145,19 @@ async fn unacked_messages_are_redelivered_at_the_next_login_of_that_device() {
 
     // Only the unacked one comes back, and a pull agrees.
     let mut phone = RawClient::connect(server.gate_addr()).await.unwrap();
-    assert!(is_response(&phone.login(130, &token, "phone").await.unwrap(), Cmd::Login));
+    assert!(is_response(
+        &phone.login(130, &token, "phone").await.unwrap(),
+        Cmd::Login
+    ));
     let third = raw_pushes(&mut phone, 1).await;
     assert_eq!(third[0].msgid, m2.msgid);
     phone
-        .send(Frame::request(Cmd::OfflinePull, 22, 0, &wire::OfflinePullRequest::default()))
+        .send(Frame::request(
+            Cmd::OfflinePull,
+            22,
+            0,
+            &wire::OfflinePullRequest::default(),
+        ))
         .await
         .unwrap();
     let page = loop {
@@ -113,11 +166,20 @@ async fn unacked_messages_are_redelivered_at_the_next_login_of_that_device() {
             break frame.decode_body::<wire::OfflinePullResponse>().unwrap();
         }
     };
-    assert_eq!(page.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![m2.msgid]);
+    assert_eq!(
+        page.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![m2.msgid]
+    );
     assert!(!page.more);
     // Another device of bob still has both: acks are per device.
     let (tablet, _t) = server.client_without_auto_ack(130, "bob", "tablet").await;
-    let ids: Vec<u64> = tablet.pull_all_offline().await.unwrap().iter().map(|m| m.msgid).collect();
+    let ids: Vec<u64> = tablet
+        .pull_all_offline()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msgid)
+        .collect();
     assert_eq!(ids, vec![m1.msgid, m2.msgid]);
     server.stop().await;
 }
@@ -155,18 +217,32 @@ async fn every_device_of_both_users_sees_the_conversation() {
         .history(UserRef::new(130, "bob"), 0, HistoryDirection::Newer, 0)
         .await
         .unwrap();
-    assert_eq!(newer.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![sent.msgid, reply.msgid]);
+    assert_eq!(
+        newer.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![sent.msgid, reply.msgid]
+    );
     let older = alice_tablet
         .history(UserRef::new(130, "bob"), 0, HistoryDirection::Older, 1)
         .await
         .unwrap();
-    assert_eq!(older.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![reply.msgid]);
+    assert_eq!(
+        older.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![reply.msgid]
+    );
     assert!(older.more);
     let older = alice_tablet
-        .history(UserRef::new(130, "bob"), older.next_cursor, HistoryDirection::Older, 1)
+        .history(
+            UserRef::new(130, "bob"),
+            older.next_cursor,
+            HistoryDirection::Older,
+            1,
+        )
         .await
         .unwrap();
-    assert_eq!(older.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(), vec![sent.msgid]);
+    assert_eq!(
+        older.messages.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        vec![sent.msgid]
+    );
     assert!(!older.more);
     server.stop().await;
 }
@@ -176,11 +252,19 @@ async fn content_types_rich_business_and_ephemeral_typing() {
     let server = TestServer::start().await;
     let (alice, _a) = server.client(129, "alice", "phone").await;
     let (bob, mut bob_in) = server.client(130, "bob", "phone").await;
-    let rich = r#"<font size="12" color="red">hi</font><img url="https://pic.example/1.jpg" /><shake />"#;
+    let rich =
+        r#"<font size="12" color="red">hi</font><img url="https://pic.example/1.jpg" /><shake />"#;
     let contents = [
         Content::Rich(rich.to_owned()),
-        Content::Business { msgtype: 42, bytes: bytes::Bytes::from_static(b"\x01\x02order") },
-        Content::Unknown { content_type: 99, msgtype: 0, bytes: bytes::Bytes::from_static(b"future") },
+        Content::Business {
+            msgtype: 42,
+            bytes: bytes::Bytes::from_static(b"\x01\x02order"),
+        },
+        Content::Unknown {
+            content_type: 99,
+            msgtype: 0,
+            bytes: bytes::Bytes::from_static(b"future"),
+        },
     ];
     for content in contents.clone() {
         alice.c2c(UserRef::new(130, "bob"), content).await.unwrap();
@@ -189,14 +273,26 @@ async fn content_types_rich_business_and_ephemeral_typing() {
         assert_eq!(next_message(&mut bob_in).await.content, content);
     }
     // Typing: pushed to the online receiver with msgid 0, never stored.
-    let receipt = alice.c2c(UserRef::new(130, "bob"), Content::Typing).await.unwrap();
+    let receipt = alice
+        .c2c(UserRef::new(130, "bob"), Content::Typing)
+        .await
+        .unwrap();
     assert_eq!(receipt.msgid, 0);
     let typing = next_message(&mut bob_in).await;
     assert_eq!((typing.msgid, typing.content), (0, Content::Typing));
-    alice.c2c(UserRef::new(130, "offline-carol"), Content::Typing).await.unwrap();
+    alice
+        .c2c(UserRef::new(130, "offline-carol"), Content::Typing)
+        .await
+        .unwrap();
     let (carol, _c) = server.client(130, "offline-carol", "phone").await;
-    assert!(carol.pull_all_offline().await.unwrap().is_empty(), "typing is never stored");
-    let history = bob.history(UserRef::new(129, "alice"), 0, HistoryDirection::Newer, 0).await.unwrap();
+    assert!(
+        carol.pull_all_offline().await.unwrap().is_empty(),
+        "typing is never stored"
+    );
+    let history = bob
+        .history(UserRef::new(129, "alice"), 0, HistoryDirection::Newer, 0)
+        .await
+        .unwrap();
     assert_eq!(history.messages.len(), 3, "typing is not in history");
     server.stop().await;
 }
@@ -213,7 +309,10 @@ async fn paging_under_concurrent_inserts_never_skips_or_repeats() {
             let mut ids = Vec::new();
             for i in 0..total / 4 {
                 let receipt = client
-                    .c2c(UserRef::new(130, "reader"), Content::text(format!("{s}-{i}")))
+                    .c2c(
+                        UserRef::new(130, "reader"),
+                        Content::text(format!("{s}-{i}")),
+                    )
                     .await
                     .unwrap();
                 ids.push(receipt.msgid);
@@ -263,16 +362,99 @@ async fn pages_of_large_messages_are_cut_to_fit_a_frame_and_stay_complete() {
     let mut sent = Vec::new();
     for i in 0..60 {
         let receipt = alice
-            .c2c(UserRef::new(130, "bob"), Content::text(format!("{i}:{big}")))
+            .c2c(
+                UserRef::new(130, "bob"),
+                Content::text(format!("{i}:{big}")),
+            )
             .await
             .unwrap();
         sent.push(receipt.msgid);
     }
     let (bob, _b) = server.client_without_auto_ack(130, "bob", "phone").await;
     let first = bob.pull_offline(0, 50).await.unwrap();
-    assert!(first.messages.len() < 50, "60 × 3 KB cannot fit one 64 KiB frame");
+    assert!(
+        first.messages.len() < 50,
+        "60 × 3 KB cannot fit one 64 KiB frame"
+    );
     assert!(first.more);
-    let all: Vec<u64> = bob.pull_all_offline().await.unwrap().iter().map(|m| m.msgid).collect();
+    let all: Vec<u64> = bob
+        .pull_all_offline()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msgid)
+        .collect();
     assert_eq!(all, sent);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn each_device_moves_from_stored_to_pushed_to_acked() {
+    use longlink_store::{DeliveryState, UserKey};
+    let server = TestServer::start().await;
+    let store = server.server().store();
+    let bob = UserKey::new(130, "bob");
+    let (alice, _a) = server.client(129, "alice", "phone").await;
+    // bob's phone is online and never acks (raw client); his tablet is offline.
+    let mut phone = RawClient::connect(server.gate_addr()).await.unwrap();
+    assert!(is_response(
+        &phone
+            .login(130, &server.token(130, "bob"), "phone")
+            .await
+            .unwrap(),
+        Cmd::Login
+    ));
+    let sent = alice
+        .c2c(UserRef::new(130, "bob"), Content::text("track me"))
+        .await
+        .unwrap();
+    raw_pushes(&mut phone, 1).await;
+    longlink_testkit::wait_until(WAIT, || {
+        let store = store.clone();
+        let bob = bob.clone();
+        async move {
+            store
+                .delivery_state(&bob, "phone", sent.msgid)
+                .await
+                .ok()
+                .flatten()
+                == Some(DeliveryState::Pushed)
+        }
+    })
+    .await
+    .expect("the push to the phone is recorded");
+    assert_eq!(
+        store
+            .delivery_state(&bob, "tablet", sent.msgid)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Stored)
+    );
+    phone
+        .send(Frame::request(
+            Cmd::MsgAck,
+            5,
+            0,
+            &wire::MsgAck {
+                msgids: vec![sent.msgid],
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(is_response(&phone.recv().await.unwrap(), Cmd::MsgAck));
+    assert_eq!(
+        store
+            .delivery_state(&bob, "phone", sent.msgid)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Acked)
+    );
+    assert_eq!(
+        store
+            .delivery_state(&bob, "tablet", sent.msgid)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Stored)
+    );
     server.stop().await;
 }

@@ -144,6 +144,17 @@ impl Page {
     }
 }
 
+/// Where one message stands for one receiver device: stored → pushed → acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Durable in the receiver's inbox; not yet pushed to this device.
+    Stored,
+    /// Pushed to a session of this device at least once; not acknowledged yet.
+    Pushed,
+    /// The device acknowledged it (MSG_ACK); it no longer appears in its offline pulls.
+    Acked,
+}
+
 /// Which way [`MessageStore::history`] pages from its cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -235,6 +246,31 @@ pub trait MessageStore: Send + Sync + 'static {
         direction: Direction,
         limit: u32,
     ) -> Result<Page, StoreError>;
+
+    /// Records that `msgids` were pushed to a session of (owner, device): their state for that
+    /// device moves from stored to pushed. Informational and not waited on: the write joins the
+    /// next group commit, and a lost record changes no delivery (unacked stays unacked).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write queue stays full, [`StoreError::Closed`].
+    async fn record_pushed(
+        &self,
+        owner: &UserKey,
+        device: &str,
+        msgids: &[u64],
+    ) -> Result<(), StoreError>;
+
+    /// The delivery state of `msgid` for (owner, device), or `None` when the message is not in
+    /// owner's inbox (absent, or not theirs).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`], [`StoreError::Closed`].
+    async fn delivery_state(
+        &self,
+        owner: &UserKey,
+        device: &str,
+        msgid: u64,
+    ) -> Result<Option<DeliveryState>, StoreError>;
 }
 
 /// The page size a request gets: 0 → [`DEFAULT_PAGE_LIMIT`], at most [`MAX_PAGE_LIMIT`].

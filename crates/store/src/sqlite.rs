@@ -24,8 +24,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::{
-    AckOutcome, AppendOutcome, Direction, MAX_ACK_IDS, MessageStore, NewMessage, Page, StoreError,
-    StoredMessage, UserKey, effective_limit, validate_id, validate_user,
+    AckOutcome, AppendOutcome, DeliveryState, Direction, MAX_ACK_IDS, MessageStore, NewMessage,
+    Page, StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
 };
 
 /// File name of the database inside the store directory.
@@ -416,6 +416,71 @@ impl MessageStore for SqliteStore {
             .await?;
         Ok(Page::from_overfetched(messages, limit, cursor))
     }
+
+    async fn record_pushed(
+        &self,
+        owner: &UserKey,
+        device: &str,
+        msgids: &[u64],
+    ) -> Result<(), StoreError> {
+        validate_user(owner, "owner")?;
+        validate_id(device, "device")?;
+        if msgids.is_empty() || msgids.len() > MAX_ACK_IDS {
+            return Ok(());
+        }
+        self.submit(WriteOp::Pushed {
+            owner: owner.clone(),
+            device: device.to_owned(),
+            msgids: msgids.to_vec(),
+        })
+        .await
+    }
+
+    async fn delivery_state(
+        &self,
+        owner: &UserKey,
+        device: &str,
+        msgid: u64,
+    ) -> Result<Option<DeliveryState>, StoreError> {
+        validate_user(owner, "owner")?;
+        validate_id(device, "device")?;
+        let Ok(id) = i64::try_from(msgid) else {
+            return Ok(None);
+        };
+        let owner = owner.clone();
+        let device = device.to_owned();
+        self.read(move |conn| {
+            let in_inbox = conn
+                .prepare_cached(
+                    "SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?3",
+                )?
+                .exists(params![owner.appcode, owner.uid, id])?;
+            if !in_inbox {
+                return Ok(None);
+            }
+            let acked = conn
+                .prepare_cached(
+                    "SELECT 1 FROM acks WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+                     AND device = ?3 AND msgid = ?4",
+                )?
+                .exists(params![owner.appcode, owner.uid, device, id])?;
+            if acked {
+                return Ok(Some(DeliveryState::Acked));
+            }
+            let pushed = conn
+                .prepare_cached(
+                    "SELECT 1 FROM pushes WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+                     AND device = ?3 AND msgid = ?4",
+                )?
+                .exists(params![owner.appcode, owner.uid, device, id])?;
+            Ok(Some(if pushed {
+                DeliveryState::Pushed
+            } else {
+                DeliveryState::Stored
+            }))
+        })
+        .await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,6 +744,12 @@ enum WriteOp {
         reply: oneshot::Sender<Result<AckOutcome, StoreError>>,
         outcome: Option<AckOutcome>,
     },
+    /// Fire and forget: nobody waits for it.
+    Pushed {
+        owner: UserKey,
+        device: String,
+        msgids: Vec<u64>,
+    },
 }
 
 impl WriteOp {
@@ -705,6 +776,7 @@ impl WriteOp {
             Self::Ack { reply, outcome, .. } => {
                 let _ = reply.send(outcome.ok_or_else(missing));
             }
+            Self::Pushed { .. } => {}
         }
     }
 
@@ -716,6 +788,7 @@ impl WriteOp {
             Self::Ack { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
+            Self::Pushed { .. } => {}
         }
     }
 }
@@ -822,6 +895,11 @@ impl Writer {
                 } => {
                     *outcome = Some(ack_in_tx(&tx, owner, device, msgids)?);
                 }
+                WriteOp::Pushed {
+                    owner,
+                    device,
+                    msgids,
+                } => pushed_in_tx(&tx, owner, device, msgids)?,
             }
         }
         tx.commit()?;
@@ -959,6 +1037,25 @@ fn append_in_tx(
         duplicate: false,
         prev_msgid: u64::try_from(prev_msgid).unwrap_or(0),
     })
+}
+
+fn pushed_in_tx(
+    tx: &Transaction<'_>,
+    owner: &UserKey,
+    device: &str,
+    msgids: &[u64],
+) -> Result<(), WriteError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO pushes (owner_appcode, owner_uid, device, msgid) \
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS \
+           (SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?4)",
+    )?;
+    for &msgid in msgids {
+        if let Ok(id) = i64::try_from(msgid) {
+            insert.execute(params![owner.appcode, owner.uid, device, id])?;
+        }
+    }
+    Ok(())
 }
 
 fn ack_in_tx(

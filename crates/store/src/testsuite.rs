@@ -39,6 +39,7 @@ macro_rules! store_testsuite {
             bad_arguments_are_rejected,
             random_operations_match_a_model,
             prev_msgid_links_each_conversation,
+            delivery_state_moves_stored_pushed_acked_per_device,
         );
     };
     (@cases $new_store:path; $($case:ident),* $(,)?) => {
@@ -1038,16 +1039,71 @@ pub(crate) async fn prev_msgid_links_each_conversation<S: MessageStore>(store: S
     let b = user(11, "b");
     let c = user(11, "c");
     let first = store.append(message(&a, &b, "p1")).await.expect("append");
-    assert_eq!(first.prev_msgid, 0, "the first message of a conversation has no predecessor");
+    assert_eq!(
+        first.prev_msgid, 0,
+        "the first message of a conversation has no predecessor"
+    );
     let other = store.append(message(&a, &c, "p2")).await.expect("append");
-    assert_eq!(other.prev_msgid, 0, "another conversation starts its own chain");
+    assert_eq!(
+        other.prev_msgid, 0,
+        "another conversation starts its own chain"
+    );
     let reply = store.append(message(&b, &a, "p3")).await.expect("append");
-    assert_eq!(reply.prev_msgid, first.msgid, "either direction continues the chain");
+    assert_eq!(
+        reply.prev_msgid, first.msgid,
+        "either direction continues the chain"
+    );
     let third = store.append(message(&a, &b, "p4")).await.expect("append");
     assert_eq!(third.prev_msgid, reply.msgid);
     let retry = store.append(message(&a, &b, "p4")).await.expect("append");
     assert_eq!((retry.duplicate, retry.prev_msgid), (true, reply.msgid));
     let page = store.pull_offline(&b, "d", 0, 50).await.expect("pull");
-    let prevs: Vec<(u64, u64)> = page.messages.iter().map(|m| (m.msgid, m.prev_msgid)).collect();
+    let prevs: Vec<(u64, u64)> = page
+        .messages
+        .iter()
+        .map(|m| (m.msgid, m.prev_msgid))
+        .collect();
     assert_eq!(prevs, vec![(first.msgid, 0), (third.msgid, reply.msgid)]);
+}
+
+pub(crate) async fn delivery_state_moves_stored_pushed_acked_per_device<S: MessageStore>(store: S) {
+    use crate::DeliveryState;
+    let a = user(11, "a");
+    let b = user(11, "b");
+    let m1 = append_ok(&store, message(&a, &b, "d1")).await;
+    let m2 = append_ok(&store, message(&a, &b, "d2")).await;
+    assert_eq!(
+        store.delivery_state(&b, "phone", m1).await.unwrap(),
+        Some(DeliveryState::Stored)
+    );
+    store.record_pushed(&b, "phone", &[m1]).await.unwrap();
+    // Writes are applied in order: once this ack is committed, the push record is too.
+    store.ack(&b, "phone", &[m2]).await.unwrap();
+    assert_eq!(
+        store.delivery_state(&b, "phone", m1).await.unwrap(),
+        Some(DeliveryState::Pushed)
+    );
+    assert_eq!(
+        store.delivery_state(&b, "tablet", m1).await.unwrap(),
+        Some(DeliveryState::Stored)
+    );
+    assert_eq!(
+        store.delivery_state(&b, "phone", m2).await.unwrap(),
+        Some(DeliveryState::Acked)
+    );
+    store.ack(&b, "phone", &[m1]).await.unwrap();
+    assert_eq!(
+        store.delivery_state(&b, "phone", m1).await.unwrap(),
+        Some(DeliveryState::Acked)
+    );
+    // Not in the asker's inbox: no state (the same answer for absent and not yours).
+    assert_eq!(store.delivery_state(&a, "phone", m1).await.unwrap(), None);
+    assert_eq!(
+        store.delivery_state(&b, "phone", 12345).await.unwrap(),
+        None
+    );
+    // Recording a push of someone else's message changes nothing.
+    store.record_pushed(&a, "phone", &[m1]).await.unwrap();
+    store.ack(&b, "phone", &[m2]).await.unwrap();
+    assert_eq!(store.delivery_state(&a, "phone", m1).await.unwrap(), None);
 }

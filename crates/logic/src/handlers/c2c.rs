@@ -60,7 +60,7 @@ pub(crate) async fn c2c(
             prev_msgid: 0,
         };
         let push = Frame::push(Cmd::Msg, log_id, &msg).to_bytes();
-        deliver(logic, &to, None, &push, log_id).await;
+        deliver(logic, &to, None, &push, None, log_id).await;
         return Ok(Frame::response(
             &frame.header,
             &wire::C2cResponse::default(),
@@ -106,10 +106,10 @@ pub(crate) async fn c2c(
             prev_msgid: outcome.prev_msgid,
         };
         let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
-        deliver(logic, &to, None, &push, log_id).await;
+        deliver(logic, &to, None, &push, Some(outcome.msgid), log_id).await;
         if from != to {
             // Multi-device: the sender's other sessions show what this device sent.
-            deliver(logic, &from, Some(session.session_id), &push, log_id).await;
+            deliver(logic, &from, Some(session.session_id), &push, None, log_id).await;
         }
     }
     Ok(Frame::response(
@@ -122,13 +122,15 @@ pub(crate) async fn c2c(
     ))
 }
 
-/// Pushes an encoded MSG to every online session of `user` except `skip_session`.
-/// Failures are not errors: the message is in the store and arrives by pull or redelivery.
+/// Pushes an encoded MSG to every online session of `user` except `skip_session`; with
+/// `inbox_msgid`, records the push per device (stored → pushed). Failures are not errors: the
+/// message is in the store and arrives by pull or redelivery.
 async fn deliver(
     logic: &Logic,
     user: &UserKey,
     skip_session: Option<u64>,
     push: &Bytes,
+    inbox_msgid: Option<u64>,
     log_id: u64,
 ) {
     let sessions = match logic.presence.sessions(user.appcode, &user.uid).await {
@@ -143,7 +145,16 @@ async fn deliver(
             continue;
         }
         match logic.gate.push(entry.session_id, push.clone()).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(msgid) = inbox_msgid
+                    && let Err(err) = logic
+                        .store
+                        .record_pushed(user, &entry.device_id, &[msgid])
+                        .await
+                {
+                    tracing::debug!(log_id, error = %err, "push not recorded");
+                }
+            }
             Err(PushError::NoSession) => {
                 // Stale presence (the "unreachable" path of seed 004): clear it.
                 let _ = logic

@@ -30,14 +30,28 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
         }
     };
     let count = page.messages.len();
+    let mut pushed = Vec::with_capacity(count);
     for message in &page.messages {
         let push = Frame::push(Cmd::Msg, message.log_id, &wire_msg(message)).to_bytes();
         if logic.gate.push(session.session_id, push).await.is_err() {
             // Gone or slow: the messages stay unacked in the store for the next login or pull.
-            return;
+            break;
         }
+        pushed.push(message.msgid);
+    }
+    if let Err(err) = logic
+        .store
+        .record_pushed(&owner, &session.device_id, &pushed)
+        .await
+    {
+        tracing::debug!(session.id = session.session_id, error = %err, "redelivery not recorded");
     }
     if count > 0 {
-        tracing::debug!(session.id = session.session_id, count, more = page.more, "redelivered unacked messages");
+        tracing::debug!(
+            session.id = session.session_id,
+            count,
+            more = page.more,
+            "redelivered unacked messages"
+        );
     }
 }

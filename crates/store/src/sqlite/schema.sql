@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS acks (
     PRIMARY KEY (owner_appcode, owner_uid, device, msgid)
 ) WITHOUT ROWID, STRICT;
 
+-- Pushes per receiver device (stored → pushed → acked): informational, written without
+-- waiting; pull_offline does not read it.
+CREATE TABLE IF NOT EXISTS pushes (
+    owner_appcode INTEGER NOT NULL,
+    owner_uid     TEXT    NOT NULL,
+    device        TEXT    NOT NULL,
+    msgid         INTEGER NOT NULL,
+    PRIMARY KEY (owner_appcode, owner_uid, device, msgid)
+) WITHOUT ROWID, STRICT;
+
 -- Idempotency keys, written in the same transaction as the message they name.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     from_appcode  INTEGER NOT NULL,
