@@ -41,6 +41,7 @@ enum Next {
 /// The reader's state.
 struct Reader {
     conn: Arc<ConnShared>,
+    write_timeout: std::time::Duration,
     tx: mpsc::Sender<Bytes>,
     session: Option<SessionInfo>,
     codec: FrameCodec,
@@ -75,6 +76,7 @@ impl Connection {
         );
         let mut reader = Reader {
             conn,
+            write_timeout: self.gate.config.write_timeout,
             tx,
             session: None,
             codec: FrameCodec::new(self.gate.config.max_body_bytes),
@@ -290,15 +292,13 @@ fn closing_error(frame: &Frame) -> Option<ErrorCode> {
 }
 
 impl Reader {
-    /// Queues a frame, waiting for room at most the write timeout's worth of the writer's
-    /// progress; a queue that stays full means the client does not read.
+    /// Queues a frame, waiting for room at most the write timeout; a queue that stays full
+    /// means the client does not read.
     async fn queue(&self, frame: Bytes) -> Next {
         match self.tx.try_send(frame) {
             Ok(()) => Next::Continue,
             Err(mpsc::error::TrySendError::Full(frame)) => {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), self.tx.send(frame))
-                    .await
-                {
+                match tokio::time::timeout(self.write_timeout, self.tx.send(frame)).await {
                     Ok(Ok(())) => Next::Continue,
                     _ => Next::Close(CloseReason::SlowConsumer),
                 }
