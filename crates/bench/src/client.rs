@@ -1,7 +1,8 @@
 //! A lean wire-protocol client for load generation: a raw `TcpStream`, [`FrameCodec`] on a
 //! small buffer that lives only while an answer is awaited, HS256 tokens minted locally.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -9,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameCodec, FrameType, wire};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -71,13 +72,14 @@ pub(crate) struct Session {
 /// (an ERROR frame's code and message, or the I/O failure) fit to be counted by kind.
 pub(crate) async fn login(
     server: SocketAddr,
+    source: Option<&SourcePorts>,
     minter: &Minter,
     uid: &str,
     timeout: Duration,
 ) -> Result<Session, String> {
     let token = minter.mint(uid)?;
     let attempt = async {
-        let mut stream = TcpStream::connect(server)
+        let mut stream = connect(server, source)
             .await
             .map_err(|err| format!("connect: {err}"))?;
         let _ = stream.set_nodelay(true);
@@ -104,6 +106,74 @@ pub(crate) async fn login(
         Ok(result) => result,
         Err(_) => Err(format!("no LOGIN response within {}s", timeout.as_secs())),
     }
+}
+
+/// Source addresses for many connections to one server: one IP, ports handed out in turn.
+///
+/// Left to itself, Linux's `connect` searches the ephemeral range for a free port, trying
+/// even ports first; past ~14,000 connections from one address to one server (half of
+/// 32768–60999) every `connect` scans the whole even half, and the load generator burns
+/// seconds of CPU. Explicit (address, port) pairs make each `bind` one lookup.
+#[derive(Debug)]
+pub(crate) struct SourcePorts {
+    ip: IpAddr,
+    next: AtomicU32,
+}
+
+impl SourcePorts {
+    /// Ports from `first` upwards on `ip`.
+    pub(crate) fn new(ip: IpAddr, first: u16) -> Self {
+        Self {
+            ip,
+            next: AtomicU32::new(u32::from(first)),
+        }
+    }
+
+    fn take(&self) -> Option<SocketAddr> {
+        let port = u16::try_from(self.next.fetch_add(1, Ordering::Relaxed)).ok()?;
+        Some(SocketAddr::new(self.ip, port))
+    }
+}
+
+/// Most source ports tried for one connection (ports taken by other sockets are skipped).
+const SOURCE_PORT_TRIES: usize = 64;
+
+async fn connect(server: SocketAddr, source: Option<&SourcePorts>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(server).await;
+    };
+    let mut last_error = None;
+    for _ in 0..SOURCE_PORT_TRIES {
+        let local = source.take().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("no source port left on {}", source.ip),
+            )
+        })?;
+        let socket = if server.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        let connected = match socket.bind(local) {
+            Ok(()) => socket.connect(server).await,
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(stream) => return Ok(stream),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                last_error = Some(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no source port")))
 }
 
 /// Sends LOGOUT and waits (at most `timeout`) for the server to close the connection.
@@ -178,7 +248,7 @@ pub(crate) enum HoldEnd {
 
 /// Keeps `session` open and idle until `stop`: sends a KEEPALIVE every interval the server
 /// asked for (what a real idle client does) and discards what arrives (pongs). Holds no
-/// buffer between events.
+/// buffer between events. On `stop` the connection is reset, leaving no TIME_WAIT behind.
 pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
     let Session {
         mut stream,
@@ -188,7 +258,12 @@ pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
     loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => return HoldEnd::Stopped,
+            _ = stop.cancelled() => {
+                // Close with RST: a FIN would leave this side in TIME_WAIT for a minute,
+                // holding a loopback port that the next run needs.
+                let _ = stream.set_zero_linger();
+                return HoldEnd::Stopped;
+            }
             ready = stream.readable() => {
                 if ready.is_err() {
                     return HoldEnd::Dropped;

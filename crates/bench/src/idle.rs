@@ -15,16 +15,16 @@
 //! 5. Workers are told to stop by closing their stdin (they also stop at their own
 //!    deadline); a spawned server gets SIGTERM.
 //!
-//! Worker protocol (one line each on the worker's stdout): `started` (connecting now: the
-//! login wall time starts at the first one), `progress <ok> <failed>`,
-//! `ready <ok> <failed>` (every login attempted), `failure <message>` (the first few distinct
+//! Worker protocol (one line each on the worker's stdout): `progress <ok> <failed>`,
+//! `ready <ok> <failed> <µs>` (every login attempted, the last one done this long after the
+//! worker began: the login wall time is the longest of these), `failure <message>` (the first few distinct
 //! ones), `dropped <n>` (held connections the server closed), `done <ok> <failed> <dropped>`.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{self, HoldEnd, Minter};
+use crate::client::{self, HoldEnd, Minter, SourcePorts};
 use crate::procfs::{self, Rss};
 use crate::report::{mib, thousands};
 use crate::server::Target;
@@ -61,6 +61,9 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a worker reports progress.
 const WORKER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
+/// First explicit source port of a worker (below the ephemeral range 32768–60999, so the
+/// kernel's own choices elsewhere rarely collide with it).
+const FIRST_SOURCE_PORT: u16 = 16_384;
 /// Distinct failure messages a worker reports.
 const MAX_FAILURE_SAMPLES: usize = 5;
 
@@ -91,8 +94,10 @@ pub struct IdleArgs {
     /// uids are this prefix followed by 0, 1, 2, …
     #[arg(long, default_value = "bench-idle-")]
     pub uid_prefix: String,
-    /// Logins in flight at once, over all workers.
-    #[arg(long, default_value_t = 256)]
+    /// Logins in flight at once, over all workers. Above the gate's listen backlog (128 today)
+    /// the kernel drops connection attempts and clients retry after 1 s, which lowers logins/s
+    /// (reported as listen-queue overflows).
+    #[arg(long, default_value_t = 100)]
     pub concurrency: u32,
     /// Most connections per worker process (each may open 20,000 files).
     #[arg(long, default_value_t = 15_000)]
@@ -148,6 +153,12 @@ pub struct IdleWorkerArgs {
     /// The worker stops by itself after this many seconds.
     #[arg(long)]
     pub deadline_secs: u64,
+    /// Source address of the connections (default: chosen by the kernel).
+    #[arg(long)]
+    pub source: Option<IpAddr>,
+    /// With --source: the first source port; each connection takes the next free one.
+    #[arg(long, default_value_t = FIRST_SOURCE_PORT)]
+    pub first_port: u16,
     /// The HS256 secret of the appcode (from the environment, not the command line).
     #[arg(long, env = SECRET_ENV, hide_env_values = true)]
     pub token_secret: String,
@@ -245,6 +256,7 @@ struct Inputs {
     warmup: u32,
     hold_secs: u64,
     appcode: u32,
+    source_addresses: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -277,6 +289,7 @@ struct Results {
     server_cpu_us_per_login: f64,
     logins_per_server_cpu_sec: f64,
     client_cpu_secs: f64,
+    listen_overflows: Option<u64>,
     rss_baseline_bytes: u64,
     rss_after_bytes: u64,
     rss_per_connection_bytes: u64,
@@ -347,7 +360,7 @@ impl Report {
             r.rss_per_connection_after_hold_bytes,
         ) {
             println!(
-                "after {} s   RSS {}: {} B per connection; {} connection(s) dropped by the server",
+                "after {} s held: RSS {}, {} B per connection; {} connection(s) dropped by the server",
                 j.inputs.hold_secs,
                 mib(rss),
                 thousands(per),
@@ -406,7 +419,7 @@ async fn warm_up(args: &IdleArgs, gate: SocketAddr, minter: &Arc<Minter>) -> any
         let minter = minter.clone();
         let uid = format!("{}warmup-{i}", args.uid_prefix);
         tasks.spawn(async move {
-            let session = client::login(gate, &minter, &uid, timeout).await?;
+            let session = client::login(gate, None, &minter, &uid, timeout).await?;
             client::logout(session, timeout).await
         });
     }
@@ -421,9 +434,8 @@ async fn warm_up(args: &IdleArgs, gate: SocketAddr, minter: &Arc<Minter>) -> any
 /// What a worker said, tagged with its index.
 #[derive(Debug)]
 enum Event {
-    Started,
     Progress { ok: u32, failed: u32 },
-    Ready { ok: u32, failed: u32 },
+    Ready { ok: u32, failed: u32, micros: u64 },
     Failure(String),
     Dropped(u32),
     Done { ok: u32, failed: u32, dropped: u32 },
@@ -437,6 +449,7 @@ struct WorkerState {
     failed: u32,
     dropped: u32,
     ready: bool,
+    login_micros: u64,
     exited: bool,
     stderr: String,
 }
@@ -447,8 +460,6 @@ struct Workers {
     children: Vec<tokio::process::Child>,
     events: mpsc::UnboundedReceiver<(usize, Event)>,
     failures: BTreeSet<String>,
-    /// When the first worker began to connect (process start-up is not login time).
-    first_start: Option<Instant>,
 }
 
 impl Workers {
@@ -471,12 +482,12 @@ impl Workers {
             children: Vec::new(),
             events,
             failures: BTreeSet::new(),
-            first_start: None,
         };
         let mut first = 0;
         for index in 0..count {
             let share = n / count + u32::from(index < n % count);
-            let mut child = Command::new(exe)
+            let mut command = Command::new(exe);
+            command
                 .args(["bench", "idle-worker"])
                 .arg("--server")
                 .arg(target.gate.to_string())
@@ -499,14 +510,16 @@ impl Workers {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "cannot start worker {index} ({} bench idle-worker)",
-                        exe.display()
-                    )
-                })?;
+                .kill_on_drop(true);
+            if let Some(source) = source_address(target.gate, index) {
+                command.arg("--source").arg(source.to_string());
+            }
+            let mut child = command.spawn().with_context(|| {
+                format!(
+                    "cannot start worker {index} ({} bench idle-worker)",
+                    exe.display()
+                )
+            })?;
             first += share;
             let stdout = child
                 .stdout
@@ -548,11 +561,9 @@ impl Workers {
             return;
         };
         match event {
-            Event::Started => {
-                self.first_start.get_or_insert_with(Instant::now);
-            }
             Event::Progress { ok, failed } => (state.ok, state.failed) = (ok, failed),
-            Event::Ready { ok, failed } => {
+            Event::Ready { ok, failed, micros } => {
+                state.login_micros = micros;
                 (state.ok, state.failed) = (ok, failed);
                 state.ready = true;
             }
@@ -649,28 +660,41 @@ impl Workers {
     }
 }
 
+/// The source address of worker `index`'s connections: against a loopback server, worker k
+/// uses 127.0.0.(k + 2) with explicit ports (see [`SourcePorts`]); otherwise the kernel picks.
+fn source_address(server: SocketAddr, index: u32) -> Option<IpAddr> {
+    match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let last = u8::try_from(index + 2).ok().filter(|last| *last < 255)?;
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        }
+        _ => None,
+    }
+}
+
 fn parse_event(line: &str) -> Option<Event> {
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-    let numbers: Vec<u32> = rest
+    let numbers: Vec<u64> = rest
         .split_whitespace()
-        .filter_map(|n| n.parse().ok())
+        .map_while(|n| n.parse().ok())
         .collect();
+    let count = |n: u64| u32::try_from(n).ok();
     match (word, numbers.as_slice()) {
         ("progress", [ok, failed]) => Some(Event::Progress {
-            ok: *ok,
-            failed: *failed,
+            ok: count(*ok)?,
+            failed: count(*failed)?,
         }),
-        ("ready", [ok, failed]) => Some(Event::Ready {
-            ok: *ok,
-            failed: *failed,
+        ("ready", [ok, failed, micros]) => Some(Event::Ready {
+            ok: count(*ok)?,
+            failed: count(*failed)?,
+            micros: *micros,
         }),
-        ("dropped", [dropped]) => Some(Event::Dropped(*dropped)),
+        ("dropped", [dropped]) => Some(Event::Dropped(count(*dropped)?)),
         ("done", [ok, failed, dropped]) => Some(Event::Done {
-            ok: *ok,
-            failed: *failed,
-            dropped: *dropped,
+            ok: count(*ok)?,
+            failed: count(*failed)?,
+            dropped: count(*dropped)?,
         }),
-        ("started", []) => Some(Event::Started),
         ("failure", _) => Some(Event::Failure(rest.to_owned())),
         _ => None,
     }
@@ -692,9 +716,17 @@ async fn measure(
         .map_or_else(|| "unknown".to_owned(), |health| health.version);
     let sessions_before = target.health().await.map(|h| h.sessions);
     let open_files = procfs::open_files(pid).ok();
+    let sources: Vec<IpAddr> = (0..workers_count)
+        .filter_map(|index| source_address(target.gate, index))
+        .collect();
     println!(
-        "longlink bench idle: {} connections over {workers_count} worker process(es), {} logins in flight",
+        "longlink bench idle: {} connections over {workers_count} worker process(es){}, {} logins in flight",
         thousands(u64::from(n)),
+        match (sources.first(), sources.last()) {
+            (Some(first), Some(last)) if first == last => format!(" from {first}"),
+            (Some(first), Some(last)) => format!(" from {first}–{last}"),
+            _ => String::new(),
+        },
         args.concurrency
     );
     println!(
@@ -718,7 +750,12 @@ async fn measure(
                 open,
                 thousands(fits)
             );
-            println!("note: {note}");
+            println!(
+                "warning: one server process holds at most ~{} connections here ({} open files allowed): expect {} failed logins",
+                thousands(fits),
+                thousands(limit),
+                thousands(u64::from(n) - fits)
+            );
             notes.push(note);
         }
     }
@@ -733,6 +770,18 @@ async fn measure(
     );
 
     // Login phase.
+    if sources.is_empty()
+        && let (Some(time_wait), Some(ports)) = (procfs::time_wait(), procfs::ephemeral_ports())
+        && (time_wait + u64::from(n)) * 2 > ports
+    {
+        notes.push(format!(
+            "{} sockets were in TIME_WAIT before the logins and {} ephemeral ports exist: with {} more connections from one source address, connect() searches long for a free port (client CPU, logins/s); the server's figures are not affected",
+            thousands(time_wait),
+            thousands(ports),
+            thousands(u64::from(n))
+        ));
+    }
+    let overflows_before = procfs::listen_overflows();
     let cpu_before = procfs::cpu_time(pid)?;
     let login_start = Instant::now();
     let mut workers = Workers::spawn(args, exe, target, deadline)?;
@@ -758,9 +807,20 @@ async fn measure(
             bar.set_message(format!("({} failed)", workers.failed()));
         }
     }
-    let login_wall = workers.first_start.unwrap_or(login_start).elapsed();
+    // The workers time their own logins (their start-up and the 200 ms report interval are
+    // not login time); the parent's clock is the fallback.
+    let login_wall = workers
+        .states
+        .iter()
+        .map(|s| Duration::from_micros(s.login_micros))
+        .max()
+        .filter(|wall| !wall.is_zero())
+        .unwrap_or_else(|| login_start.elapsed());
     let cpu_after = procfs::cpu_time(pid)?;
     let client_cpu = workers.cpu_time();
+    let listen_overflows = overflows_before
+        .zip(procfs::listen_overflows())
+        .map(|(before, after)| after.saturating_sub(before));
     bar.finish_and_clear();
     let logged_in = workers.ok();
     let failed = workers.failed();
@@ -776,6 +836,10 @@ async fn measure(
 
     let mut after_hold = None;
     if args.hold_secs > 0 {
+        println!(
+            "measured; holding the connections {} s more (KEEPALIVE at the interval the server asked for)",
+            args.hold_secs
+        );
         let until = Instant::now() + Duration::from_secs(args.hold_secs);
         while Instant::now() < until {
             tokio::select! {
@@ -799,6 +863,11 @@ async fn measure(
         notes.push(format!(
             "/healthz counted {now} sessions ({before} before the run) while the workers held {}",
             logged_in.saturating_sub(dropped_at_measure)
+        ));
+    }
+    if let Some(overflows) = listen_overflows.filter(|n| *n > 0) {
+        notes.push(format!(
+            "the kernel counted {overflows} listen-queue overflows during the logins (TcpExt ListenOverflows): the gate's accept backlog was full, and each dropped attempt costs its client a 1 s SYN retransmit; this lowers logins/s, not the server's CPU per login"
         ));
     }
     if !after.stable {
@@ -864,6 +933,7 @@ async fn measure(
             warmup: args.warmup.max(1),
             hold_secs: args.hold_secs,
             appcode: args.appcode,
+            source_addresses: sources.iter().map(ToString::to_string).collect(),
         },
         server: ServerInfo {
             spawned: target.is_spawned(),
@@ -897,6 +967,7 @@ async fn measure(
                 0,
             ),
             client_cpu_secs: round(client_cpu.as_secs_f64(), 3),
+            listen_overflows,
             rss_baseline_bytes: baseline.rss.total,
             rss_after_bytes: after.rss.total,
             rss_per_connection_bytes: per_connection,
@@ -927,6 +998,8 @@ struct Counters {
     ok: AtomicU32,
     failed: AtomicU32,
     dropped: AtomicU32,
+    /// When the latest login attempt ended, µs after the worker began.
+    last_done_micros: AtomicU64,
     failures: Mutex<Vec<String>>,
 }
 
@@ -984,9 +1057,10 @@ pub async fn run_worker(args: IdleWorkerArgs) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
     let timeout = Duration::from_secs(args.login_timeout_secs);
-    if !emit("started") {
-        stop.cancel();
-    }
+    let source = args
+        .source
+        .map(|ip| Arc::new(SourcePorts::new(ip, args.first_port)));
+    let start = Instant::now();
     {
         let (stop, counters, tracker, args) = (
             stop.clone(),
@@ -1003,15 +1077,23 @@ pub async fn run_worker(args: IdleWorkerArgs) -> anyhow::Result<()> {
                     },
                     _ = stop.cancelled() => break,
                 };
-                let (stop, counters, minter) = (stop.clone(), counters.clone(), minter.clone());
+                let (stop, counters, minter, source) = (
+                    stop.clone(),
+                    counters.clone(),
+                    minter.clone(),
+                    source.clone(),
+                );
                 let uid = format!("{}{i}", args.uid_prefix);
                 tracker.spawn(async move {
                     let result = tokio::select! {
-                        result = client::login(args.server, &minter, &uid, timeout) => result,
+                        result = client::login(args.server, source.as_deref(), &minter, &uid, timeout) => result,
                         _ = stop.cancelled() => return,
                     };
                     drop(permit);
                     drop(uid);
+                    counters
+                        .last_done_micros
+                        .fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                     match result {
                         Ok(session) => {
                             counters.ok.fetch_add(1, Ordering::Relaxed);
@@ -1048,7 +1130,8 @@ pub async fn run_worker(args: IdleWorkerArgs) -> anyhow::Result<()> {
             lines.push(format!("progress {ok} {failed}"));
         }
         if !ready && ok + failed >= args.count {
-            lines.push(format!("ready {ok} {failed}"));
+            let micros = counters.last_done_micros.load(Ordering::Relaxed);
+            lines.push(format!("ready {ok} {failed} {micros}"));
             ready = true;
         }
         if dropped != reported.2 {
@@ -1083,8 +1166,12 @@ mod tests {
             Some(Event::Progress { ok: 10, failed: 2 })
         ));
         assert!(matches!(
-            parse_event("ready 5 0"),
-            Some(Event::Ready { ok: 5, failed: 0 })
+            parse_event("ready 5 0 12345678901"),
+            Some(Event::Ready {
+                ok: 5,
+                failed: 0,
+                micros: 12_345_678_901
+            })
         ));
         assert!(matches!(parse_event("dropped 3"), Some(Event::Dropped(3))));
         assert!(matches!(

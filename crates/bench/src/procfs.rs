@@ -83,6 +83,41 @@ pub(crate) fn open_files(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((soft, open))
 }
 
+/// The kernel's `TcpExt ListenOverflows` counter (`/proc/net/netstat`, this network
+/// namespace): connections dropped because a listener's accept queue was full.
+pub(crate) fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let index = names
+            .split_whitespace()
+            .position(|name| name == "ListenOverflows")?;
+        return values.split_whitespace().nth(index)?.parse().ok();
+    }
+    None
+}
+
+/// TCP sockets in TIME_WAIT (`/proc/net/sockstat`): each holds its local port for a minute.
+pub(crate) fn time_wait() -> Option<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = sockstat.lines().find(|line| line.starts_with("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    words.find(|word| *word == "tw")?;
+    words.next()?.parse().ok()
+}
+
+/// How many ephemeral ports `connect` may choose from (`ip_local_port_range`).
+pub(crate) fn ephemeral_ports() -> Option<u64> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut bounds = range.split_whitespace().map(|b| b.parse::<u64>().ok());
+    let (low, high) = (bounds.next()??, bounds.next()??);
+    Some(high.saturating_sub(low) + 1)
+}
+
 /// Number of CPUs this process may run on.
 pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -108,5 +143,8 @@ mod tests {
         let (soft, open) = open_files(pid).unwrap();
         assert!(soft > 0 && open > 0);
         assert!(clock_ticks_per_second() > 0);
+        assert!(listen_overflows().is_some());
+        assert!(time_wait().is_some());
+        assert!(ephemeral_ports().unwrap() > 0);
     }
 }

@@ -138,7 +138,14 @@ impl Connection {
                     match read.try_read_buf(&mut buf) {
                         Ok(0) => return CloseReason::ByPeer,
                         Ok(_) => last_activity = Instant::now(),
-                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            // A spurious wake-up (readiness is cleared only by WouldBlock): an
+                            // idle connection must not keep the buffer reserved above.
+                            if buf.is_empty() {
+                                buf = BytesMut::new();
+                            }
+                            continue;
+                        }
                         Err(_) => return CloseReason::Io,
                     }
                     loop {
