@@ -55,9 +55,7 @@ async fn main() -> anyhow::Result<()> {
         client.uid()
     );
 
-    for message in client.pull_all_offline().await? {
-        show(&message);
-    }
+    // Offline messages come first on `incoming` (the client catches up by itself).
 
     // Incoming events in their own task, so that the queue is always drained.
     let printer = tokio::spawn(async move {
@@ -70,7 +68,14 @@ async fn main() -> anyhow::Result<()> {
                 Event::Error { code, message } => {
                     eprintln!("server error {}: {message}", code.as_str_name());
                 }
+                Event::Disconnected { reason } => {
+                    println!("disconnected ({reason}); reconnecting");
+                }
+                Event::Reconnected { session_id } => {
+                    println!("reconnected (session {session_id})");
+                }
                 Event::Closed { reason } => println!("connection closed: {reason}"),
+                other => println!("{other:?}"),
             }
         }
     });

@@ -51,9 +51,7 @@ async fn main() -> anyhow::Result<()> {
         client.session_id()
     );
 
-    for message in client.pull_all_offline().await? {
-        answer(&client, message).await?;
-    }
+    // Offline messages come first on `incoming` (the client catches up by itself).
     while let Some(event) = incoming.next_event().await {
         match event {
             Event::Message(message) => {
@@ -67,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
             Event::Error { code, message } => {
                 eprintln!("server error {}: {message}", code.as_str_name());
             }
+            Event::Disconnected { reason } => println!("disconnected ({reason}); reconnecting"),
+            Event::Reconnected { session_id } => println!("reconnected (session {session_id})"),
             Event::Closed { reason } => println!("connection closed: {reason}"),
+            other => println!("{other:?}"),
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! [`Client`] (the cheap, cloneable handle apps call) and [`Incoming`] (the stream of pushes).
+//! [`Client`] (the cheap, cloneable handle apps call) and [`Incoming`] (the stream of events).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -6,35 +6,36 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt};
-use longlink_proto::{Cmd, DEFAULT_PAGE_SIZE, Frame, FrameCodec, FrameType, wire};
-use tokio::net::TcpStream;
+use futures::Stream;
+use longlink_proto::{Cmd, ContentType, DEFAULT_PAGE_SIZE, Frame, wire};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Command, Driver, DriverConfig, Expect, Reply, Transport, random_log_id};
+use crate::driver::{Command, Driver, Expect, Reply, random_log_id};
+use crate::handshake::{Dial, connect_and_login, decode};
+use crate::shared::Shared;
 use crate::{
-    ClientConfig, ClientError, Content, Event, HistoryDirection, Message, PullPage, SendReceipt,
-    UserRef,
+    ClientConfig, ClientError, Content, Event, HistoryDirection, Message, PullPage,
+    ReconnectPolicy, SendReceipt, UserRef,
 };
 
 /// Capacity of the queue of commands from [`Client`] handles to the driver task.
 const COMMAND_CAPACITY: usize = 256;
-/// The seq_id of the LOGIN request; the driver numbers the following requests after it.
-const LOGIN_SEQ: u32 = 1;
 
 /// The `client_version` sent at LOGIN.
 pub const CLIENT_VERSION: &str = concat!("longlink-sdk/", env!("CARGO_PKG_VERSION"));
 
-/// A logged-in connection to a longlink gate.
+/// A logged-in client of a longlink gate.
 ///
-/// Cheap to clone: every clone talks to the same driver task, which owns the socket. Every
-/// call waits at most [`ClientConfig::request_timeout`]. The connection ends on
-/// [`Client::logout`], [`Client::close`], when the server or the network closes it, when
-/// the server stays silent for three keepalive intervals, or when every `Client` clone has
-/// been dropped; calls then fail with [`ClientError::Closed`].
+/// Cheap to clone: every clone talks to the same driver task, which owns the socket. When
+/// the connection drops, the driver reconnects (see [`ClientConfig::reconnect`]) and calls
+/// wait for it, each within its own deadline ([`ClientConfig::request_timeout`] per request,
+/// [`ClientConfig::send_deadline`] for sends). The client ends for good on
+/// [`Client::logout`], [`Client::close`], a KICK for REPLACED / LOGGED_OUT / BLOCKED, a
+/// re-login refused for its credentials, a protocol error, a dropped connection when
+/// reconnecting is off, or when every `Client` clone has been dropped; calls then fail with
+/// [`ClientError::Closed`].
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -43,8 +44,10 @@ pub struct Client {
 struct Inner {
     cmd_tx: mpsc::Sender<Command>,
     shutdown: CancellationToken,
+    shared: Arc<Shared>,
     request_timeout: Duration,
-    session_id: u64,
+    send_deadline: Duration,
+    retry: ReconnectPolicy,
     uid: String,
     login: wire::LoginResponse,
     keepalive: Option<Duration>,
@@ -53,8 +56,9 @@ struct Inner {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("session_id", &self.inner.session_id)
+            .field("session_id", &self.session_id())
             .field("uid", &self.inner.uid)
+            .field("connected", &self.is_connected())
             .field("closed", &self.inner.cmd_tx.is_closed())
             .finish_non_exhaustive()
     }
@@ -62,103 +66,110 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects over TCP (at most [`ClientConfig::connect_timeout`]), logs in (the answer
-    /// within [`ClientConfig::request_timeout`]) and starts the driver task.
+    /// within [`ClientConfig::request_timeout`]) and starts the driver task, which first
+    /// catches up with the offline messages (they arrive on [`Incoming`]).
     ///
     /// Returns the client and the stream of incoming [`Event`]s; drain that stream (the
-    /// driver stops reading the socket while it is full).
+    /// driver stops reading the socket while it is full). This first connection is not
+    /// retried: an error here is the application's to handle.
     ///
     /// # Errors
     /// [`ClientError::Connect`] when the TCP connection fails, [`ClientError::Server`] when
     /// the server refuses the login (e.g. `BAD_TOKEN`), [`ClientError::Timeout`],
     /// [`ClientError::Closed`], [`ClientError::Io`] or [`ClientError::Protocol`] otherwise.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Incoming), ClientError> {
-        let tcp = match timeout(config.connect_timeout, TcpStream::connect(&config.addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(err)) => return Err(ClientError::Connect(err)),
-            Err(_) => {
-                return Err(ClientError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "connecting to {} took longer than {:?}",
-                        config.addr, config.connect_timeout
-                    ),
-                )));
-            }
-        };
-        // Latency matters more than packet count for a chat protocol.
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "could not set TCP_NODELAY");
-        }
-        let mut transport = Framed::new(tcp, FrameCodec::new(config.max_body_bytes));
-        let login = timeout(config.request_timeout, login(&mut transport, &config))
-            .await
-            .map_err(|_| ClientError::Timeout)??;
+        let (transport, login) =
+            connect_and_login(Dial::new(&config, config.token.clone())).await?;
         tracing::debug!(
             session_id = login.session_id,
             uid = %login.uid,
             keepalive_secs = login.keepalive_interval_secs,
             "logged in"
         );
-
         let keepalive = config.effective_keepalive(login.keepalive_interval_secs);
+        let me = UserRef::new(config.appcode, login.uid.clone());
+        let shared = Arc::new(Shared::new(
+            me,
+            config.auto_ack,
+            config.token.clone(),
+            login.session_id,
+        ));
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (event_tx, event_rx) = mpsc::channel(config.incoming_capacity.max(1));
         let shutdown = CancellationToken::new();
-        let driver = Driver::new(
-            cmd_rx,
-            event_tx,
-            shutdown.clone(),
-            DriverConfig {
-                auto_ack: config.auto_ack,
-                request_timeout: config.request_timeout,
-                keepalive,
-                last_seq: LOGIN_SEQ,
-            },
-        );
-        tokio::spawn(driver.run(transport));
         let client = Client {
             inner: Arc::new(Inner {
                 cmd_tx,
-                shutdown,
+                shutdown: shutdown.clone(),
+                shared: shared.clone(),
                 request_timeout: config.request_timeout,
-                session_id: login.session_id,
+                send_deadline: config.send_deadline,
+                retry: config.reconnect.clone().unwrap_or_default(),
                 uid: login.uid.clone(),
-                login,
+                login: login.clone(),
                 keepalive,
             }),
         };
-        Ok((client, Incoming { rx: event_rx }))
+        let driver = Driver::new(
+            cmd_rx,
+            event_tx,
+            shutdown,
+            shared.clone(),
+            config,
+            login.uid.clone(),
+        );
+        tokio::spawn(driver.run(transport, login));
+        Ok((
+            client,
+            Incoming {
+                rx: event_rx,
+                shared,
+            },
+        ))
     }
 
-    /// The session id the server assigned at login.
+    /// The id of the current session (it changes at every reconnect; see
+    /// [`Event::Reconnected`]).
     pub fn session_id(&self) -> u64 {
-        self.inner.session_id
+        self.inner.shared.session_id()
     }
 
-    /// The uid this session is logged in as (from the token, as the server read it).
+    /// The uid this client is logged in as (from the token, as the server read it).
     pub fn uid(&self) -> &str {
         &self.inner.uid
     }
 
-    /// The whole `LoginResponse` (server time, resume token, announced keepalive interval).
+    /// The first login's `LoginResponse` (server time, resume token, announced keepalive
+    /// interval). [`Client::session_id`] follows reconnects.
     pub fn login_response(&self) -> &wire::LoginResponse {
         &self.inner.login
     }
 
-    /// The automatic keepalive period in use (`None`: disabled).
+    /// The automatic keepalive period of the first connection (`None`: disabled).
     pub fn keepalive_interval(&self) -> Option<Duration> {
         self.inner.keepalive
     }
 
-    /// Whether the connection has ended (every call would fail with [`ClientError::Closed`]).
+    /// Whether the client has ended for good (every call would fail with
+    /// [`ClientError::Closed`]).
     pub fn is_closed(&self) -> bool {
         self.inner.cmd_tx.is_closed()
     }
 
-    /// Sends a message to another user with a fresh random client_msg_id (16 hex digits).
-    ///
-    /// To retry after a [`ClientError::Timeout`] or [`ClientError::Closed`] without risking a
-    /// duplicate, call [`Client::c2c_with_id`] with the receipt's / first attempt's id.
+    /// Whether a connection is logged in right now (false while reconnecting and once closed).
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.is_connected() && !self.is_closed()
+    }
+
+    /// Replaces the token used by the next (re)login, e.g. before the current one expires.
+    /// The current session is not affected. A token for another uid ends the client at the
+    /// next reconnect ("login refused").
+    pub fn set_token(&self, token: impl Into<String>) {
+        self.inner.shared.set_token(token.into());
+    }
+
+    /// Sends a message to another user with a fresh random client_msg_id (16 hex digits);
+    /// see [`Client::c2c_with_id`] for the retries. The receipt carries the id.
     ///
     /// # Errors
     /// See [`Client::c2c_with_id`].
@@ -167,12 +178,25 @@ impl Client {
         self.c2c_with_id(to, &client_msg_id, content).await
     }
 
-    /// Sends a message to another user with the caller's client_msg_id: a retry with the same
-    /// id is idempotent (the receipt says `duplicate`). Returns once the message is durable.
+    /// Sends a message to another user with the caller's client_msg_id and returns once the
+    /// message is durable.
+    ///
+    /// Until it has the answer, the client retries with the same client_msg_id (so the server
+    /// stores the message once): after an attempt timed out
+    /// ([`ClientConfig::request_timeout`]), after the connection dropped (the request goes
+    /// out again on the next connection), or after a transient refusal (RATE_LIMITED,
+    /// STORE_UNAVAILABLE, BUS_UNAVAILABLE, OVERLOADED, SHUTTING_DOWN), with jittered backoff,
+    /// for at most [`ClientConfig::send_deadline`]. An empty client_msg_id and typing
+    /// indicators are sent once (a repeat could not be recognized). A later call with the
+    /// same id is idempotent too (the receipt says `duplicate`).
     ///
     /// # Errors
-    /// [`ClientError::Server`] (e.g. `INVALID_ARGUMENT`, `UNKNOWN_RECEIVER_APPCODE`,
-    /// `STORE_UNAVAILABLE`), [`ClientError::Timeout`], [`ClientError::Closed`].
+    /// [`ClientError::Server`] at once for a refusal retrying cannot fix (e.g.
+    /// `INVALID_ARGUMENT`, `UNKNOWN_RECEIVER_APPCODE`, `INTERNAL`);
+    /// [`ClientError::DeadlineExceeded`] when the send deadline passed (the message may or
+    /// may not be stored: retry later with the same id); [`ClientError::Closed`] when the
+    /// client has ended; [`ClientError::Timeout`] / [`ClientError::Disconnected`] for a
+    /// single-attempt send.
     pub async fn c2c_with_id(
         &self,
         to: UserRef,
@@ -180,6 +204,7 @@ impl Client {
         content: Content,
     ) -> Result<SendReceipt, ClientError> {
         let (content_type, msgtype, content) = content.into_parts();
+        let retry = !client_msg_id.is_empty() && content_type != ContentType::Typing as i32;
         let body = wire::C2cRequest {
             to: Some(to.into()),
             client_msg_id: client_msg_id.to_owned(),
@@ -187,7 +212,7 @@ impl Client {
             msgtype,
             content,
         };
-        let frame = self.request_frame(Cmd::C2c, &body).await?;
+        let frame = self.send_reliably(Cmd::C2c, &body, retry).await?;
         let resp: wire::C2cResponse = decode(&frame)?;
         Ok(SendReceipt {
             msgid: resp.msgid,
@@ -198,11 +223,13 @@ impl Client {
     }
 
     /// Sends a message upstream to the business server of (this appcode, `msgtype`); returns
-    /// the bus topic once the bus holds it. Retry with the same `client_msg_id`.
+    /// the bus topic once the bus holds it. Retried like [`Client::c2c_with_id`] (same
+    /// client_msg_id, which the bus carries for dedup downstream; an empty one is sent once).
     ///
     /// # Errors
-    /// [`ClientError::Server`] (e.g. `BUS_UNAVAILABLE`), [`ClientError::Timeout`],
-    /// [`ClientError::Closed`].
+    /// [`ClientError::Server`] for a refusal retrying cannot fix,
+    /// [`ClientError::DeadlineExceeded`], [`ClientError::Closed`] (see
+    /// [`Client::c2c_with_id`]).
     pub async fn c2s(
         &self,
         msgtype: u32,
@@ -214,7 +241,9 @@ impl Client {
             payload,
             client_msg_id: client_msg_id.to_owned(),
         };
-        let frame = self.request_frame(Cmd::C2s, &body).await?;
+        let frame = self
+            .send_reliably(Cmd::C2s, &body, !client_msg_id.is_empty())
+            .await?;
         let resp: wire::C2sResponse = decode(&frame)?;
         Ok(resp.topic)
     }
@@ -222,10 +251,13 @@ impl Client {
     /// Pulls one page of offline messages (msgid > `cursor`, ascending; `page_size` 0 = the
     /// server's default of 50).
     ///
-    /// Returns every message of the page, even one already pushed on this connection (the
-    /// application asked for the page). The page's msgids are recorded in the client's
-    /// de-duplication set, so a later push of the same msgid is dropped, and with
-    /// [`ClientConfig::auto_ack`] they are acknowledged (MSG_ACK type 3).
+    /// The client catches up by itself after every login (the messages arrive on
+    /// [`Incoming`], in order, each once), so an application that drains [`Incoming`] does not
+    /// need this. Returns every message of the page, even one already delivered (the
+    /// application asked for the page). The page's msgids are recorded as taken by the
+    /// application, so a later push of the same msgid is dropped and a copy still queued on
+    /// [`Incoming`] is skipped, and with [`ClientConfig::auto_ack`] they are acknowledged
+    /// (MSG_ACK type 3).
     ///
     /// # Errors
     /// [`ClientError::Server`], [`ClientError::Timeout`], [`ClientError::Closed`].
@@ -377,11 +409,25 @@ impl Client {
     /// Queues `frame` for the driver and waits for its answer, all within request_timeout.
     async fn request(&self, frame: Frame, expect: Expect) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + self.inner.request_timeout;
+        self.request_until(frame, expect, deadline, true).await
+    }
+
+    /// Queues `frame` for the driver and waits for its answer until `deadline` (also while
+    /// the client reconnects). `resend`: the driver may send it again on the next connection
+    /// if the link drops before the answer.
+    async fn request_until(
+        &self,
+        frame: Frame,
+        expect: Expect,
+        deadline: Instant,
+        resend: bool,
+    ) -> Result<Reply, ClientError> {
         let (reply, answer) = oneshot::channel();
         let cmd = Command::Request {
             frame,
             expect,
             deadline,
+            resend,
             reply,
         };
         match timeout_at(deadline, self.inner.cmd_tx.send(cmd)).await {
@@ -395,29 +441,104 @@ impl Client {
             Err(_) => Err(ClientError::Timeout),
         }
     }
+
+    /// Sends a C2C / C2S request until it is answered: each attempt within
+    /// [`ClientConfig::request_timeout`], the same body (so the same client_msg_id) every
+    /// time, a jittered backoff between attempts, all within [`ClientConfig::send_deadline`].
+    /// `retry` false: one attempt (an empty client_msg_id, or ephemeral content).
+    async fn send_reliably(
+        &self,
+        cmd: Cmd,
+        body: &impl prost::Message,
+        retry: bool,
+    ) -> Result<Frame, ClientError> {
+        // One trace id for every attempt of this message.
+        let frame = Frame::request(cmd, 0, random_log_id(), body);
+        let deadline = Instant::now() + self.inner.send_deadline;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let attempt_deadline = (Instant::now() + self.inner.request_timeout).min(deadline);
+            let err = match self
+                .request_until(frame.clone(), Expect::Frame, attempt_deadline, retry)
+                .await
+            {
+                Ok(Reply::Frame(frame)) => return Ok(frame),
+                Ok(Reply::OfflinePage(_)) => {
+                    return Err(ClientError::Protocol(
+                        "the driver answered a send with a decoded page".to_owned(),
+                    ));
+                }
+                Err(err) => err,
+            };
+            if !retry || !err.send_retryable() {
+                return Err(err);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::DeadlineExceeded {
+                    attempts,
+                    last: Box::new(err),
+                });
+            }
+            let pause = self.inner.retry.backoff(attempts - 1).min(deadline - now);
+            tracing::debug!(cmd = ?cmd, attempts, %err, ?pause, "send failed; retrying with the same client_msg_id");
+            tokio::time::sleep(pause).await;
+            if Instant::now() >= deadline {
+                return Err(ClientError::DeadlineExceeded {
+                    attempts,
+                    last: Box::new(err),
+                });
+            }
+        }
+    }
 }
 
-/// The stream of [`Event`]s of one connection: messages (de-duplicated), kicks, ERROR pushes,
-/// and finally [`Event::Closed`], after which it ends.
+/// The stream of [`Event`]s of one client, across reconnects: messages (each msgid once, in
+/// msgid order per conversation), kicks, ERROR pushes, [`Event::Disconnected`] /
+/// [`Event::Reconnected`], and finally [`Event::Closed`], after which it ends.
 ///
-/// Bounded by [`ClientConfig::incoming_capacity`]: while it is full the driver stops reading
-/// the socket, so responses to requests wait too. Drain it in its own task.
-/// Dropping it is allowed: pushed messages are then no longer acknowledged, so the server
-/// keeps them for an offline pull.
+/// With [`ClientConfig::auto_ack`], a message is acknowledged when it is taken from here
+/// (not before: a message still queued when the application dies is delivered again). A
+/// message the application already got from [`Client::pull_offline`] is skipped.
+///
+/// Bounded by [`ClientConfig::incoming_capacity`]: while it is full (and the driver's own
+/// queue of the same size too) the driver stops reading the socket, so responses to
+/// requests wait too. Drain it in its own task. Dropping it is allowed: messages are then
+/// no longer delivered nor acknowledged, so the server keeps them for an offline pull.
 #[derive(Debug)]
 pub struct Incoming {
     rx: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
 }
 
 impl Incoming {
-    /// The next event; `None` once the connection has ended and [`Event::Closed`] was taken.
+    /// The next event; `None` once the client has ended and [`Event::Closed`] was taken.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        loop {
+            let event = self.rx.recv().await?;
+            if self.hand_over(&event) {
+                return Some(event);
+            }
+        }
     }
 
     /// The next event if one is queued right now.
     pub fn try_next_event(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        loop {
+            let event = self.rx.try_recv().ok()?;
+            if self.hand_over(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Whether `event` goes to the application (records and acknowledges messages).
+    fn hand_over(&self, event: &Event) -> bool {
+        match event {
+            Event::Message(message) => self.shared.hand_over(message),
+            _ => true,
+        }
     }
 }
 
@@ -425,62 +546,17 @@ impl Stream for Incoming {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-/// The LOGIN handshake on a fresh connection.
-async fn login(
-    transport: &mut Transport,
-    config: &ClientConfig,
-) -> Result<wire::LoginResponse, ClientError> {
-    let body = wire::LoginRequest {
-        token: config.token.clone(),
-        appcode: config.appcode,
-        device_id: config.device_id.clone(),
-        resume_capable: false,
-        compression: Vec::new(),
-        client_version: CLIENT_VERSION.to_owned(),
-    };
-    let frame = Frame::request(Cmd::Login, LOGIN_SEQ, random_log_id(), &body);
-    transport
-        .send(frame)
-        .await
-        .map_err(ClientError::from_codec)?;
-    loop {
-        let frame = match transport.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(err)) => return Err(ClientError::from_codec(err)),
-            None => return Err(ClientError::Closed),
-        };
-        let cmd = frame.cmd();
-        match frame.header.frame_type {
-            FrameType::Response if frame.header.seq_id == LOGIN_SEQ => {
-                return match cmd {
-                    Some(Cmd::Login) => decode(&frame),
-                    Some(Cmd::Error) => Err(ClientError::from_wire(decode(&frame)?)),
-                    _ => Err(ClientError::Protocol(format!(
-                        "LOGIN answered with cmd {}",
-                        frame.header.cmd
-                    ))),
-                };
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(event)) => {
+                    if self.hand_over(&event) {
+                        return Poll::Ready(Some(event));
+                    }
+                }
+                other => return other,
             }
-            // A connection-level ERROR (e.g. LOGIN_TIMEOUT) may come as a push.
-            FrameType::Push if cmd == Some(Cmd::Error) => {
-                return Err(ClientError::from_wire(decode(&frame)?));
-            }
-            _ => tracing::debug!(
-                cmd = frame.header.cmd,
-                "ignoring a frame received before the LOGIN answer"
-            ),
         }
     }
-}
-
-fn decode<M: prost::Message + Default>(frame: &Frame) -> Result<M, ClientError> {
-    frame
-        .decode_body::<M>()
-        .map_err(|err| ClientError::Protocol(err.to_string()))
 }
 
 /// A fresh random client message id: 16 hex digits.

@@ -1,4 +1,5 @@
-//! [`ClientConfig`]: where to connect, who to log in as, and the client's limits.
+//! [`ClientConfig`]: where to connect, who to log in as, and the client's limits;
+//! [`ReconnectPolicy`]: how the client backs off between reconnects and send retries.
 
 use std::time::Duration;
 
@@ -14,8 +15,19 @@ pub struct ClientConfig {
     pub token: String,
     /// This device's id: the server keeps one session per (appcode, uid, device_id).
     pub device_id: String,
-    /// How long any request (LOGIN included) waits for its answer. Default 10 s.
+    /// How long one attempt of any request (LOGIN included) waits for its answer. Default
+    /// 10 s. A request issued while the client is reconnecting waits for the new connection
+    /// within this same bound.
     pub request_timeout: Duration,
+    /// How long [`crate::Client::c2c`], [`crate::Client::c2c_with_id`] and
+    /// [`crate::Client::c2s`] keep retrying (each attempt bounded by
+    /// [`ClientConfig::request_timeout`], the same client_msg_id every time) before they give
+    /// up with [`crate::ClientError::DeadlineExceeded`]. Default 30 s.
+    pub send_deadline: Duration,
+    /// Whether and how to reconnect when the connection drops (I/O error, EOF, keepalive
+    /// timeout, a KICK other than REPLACED / LOGGED_OUT / BLOCKED). `None`: the client ends
+    /// with [`crate::Event::Closed`] instead. Default `Some(ReconnectPolicy::default())`.
+    pub reconnect: Option<ReconnectPolicy>,
     /// How long the TCP connect may take. Default 5 s.
     pub connect_timeout: Duration,
     /// How often the client sends KEEPALIVE. `None` (the default) uses the interval the server
@@ -38,6 +50,8 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Default [`ClientConfig::request_timeout`].
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default [`ClientConfig::send_deadline`].
+    pub const DEFAULT_SEND_DEADLINE: Duration = Duration::from_secs(30);
     /// Default [`ClientConfig::connect_timeout`].
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default [`ClientConfig::incoming_capacity`].
@@ -58,6 +72,8 @@ impl ClientConfig {
             token: token.into(),
             device_id: device_id.into(),
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            send_deadline: Self::DEFAULT_SEND_DEADLINE,
+            reconnect: Some(ReconnectPolicy::default()),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             keepalive_interval: None,
             auto_ack: true,
@@ -74,6 +90,89 @@ impl ClientConfig {
             Some(d) => Some(d),
             None if server_secs == 0 => Some(Self::FALLBACK_KEEPALIVE_INTERVAL),
             None => Some(Duration::from_secs(u64::from(server_secs))),
+        }
+    }
+}
+
+/// How random the pause between two attempts is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Jitter {
+    /// No randomness: exactly the exponential step.
+    None,
+    /// "Full jitter": uniformly random between zero and the exponential step, so that many
+    /// clients dropped at once (a server restart) do not come back in lockstep.
+    #[default]
+    Full,
+}
+
+/// Exponential backoff between reconnect attempts (and between retries of a send): the
+/// step for attempt `n` (0-based) is `initial_backoff * 2^n`, capped at `max_backoff`, then
+/// randomized by `jitter`. A KICK that asks for a longer wait (`backoff_ms`) is honoured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// The first step. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// The largest step. Default 5 s.
+    pub max_backoff: Duration,
+    /// Randomization of each step. Default [`Jitter::Full`].
+    pub jitter: Jitter,
+}
+
+impl ReconnectPolicy {
+    /// Default [`ReconnectPolicy::initial_backoff`].
+    pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+    /// Default [`ReconnectPolicy::max_backoff`].
+    pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+    /// The pause before attempt `attempt` (0 = the first retry).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        let step = self
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff);
+        match self.jitter {
+            Jitter::None => step,
+            Jitter::Full => {
+                let nanos = u64::try_from(step.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(rand::random_range(0..=nanos))
+            }
+        }
+    }
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Self::DEFAULT_INITIAL_BACKOFF,
+            max_backoff: Self::DEFAULT_MAX_BACKOFF,
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap() {
+        let policy = ReconnectPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            jitter: Jitter::None,
+        };
+        let steps: Vec<u128> = (0..8).map(|n| policy.backoff(n).as_millis()).collect();
+        assert_eq!(steps, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(5));
+        let jittered = ReconnectPolicy::default();
+        for attempt in [0, 3, 40] {
+            let cap = ReconnectPolicy {
+                jitter: Jitter::None,
+                ..jittered.clone()
+            }
+            .backoff(attempt);
+            assert!(jittered.backoff(attempt) <= cap);
         }
     }
 }

@@ -1,8 +1,9 @@
-//! [`Dedup`]: the bounded set of msgids already handed to the application.
+//! [`Dedup`]: a bounded set of msgids (FIFO eviction), used for the msgids accepted for the
+//! application and for those it has taken.
 
 use std::collections::{HashSet, VecDeque};
 
-/// Remembers the last `capacity` msgids delivered to the application (FIFO eviction).
+/// Remembers the last `capacity` msgids inserted (FIFO eviction).
 #[derive(Debug)]
 pub(crate) struct Dedup {
     capacity: usize,
@@ -11,12 +12,14 @@ pub(crate) struct Dedup {
 }
 
 impl Dedup {
-    /// How many msgids a client remembers.
-    pub(crate) const DEFAULT_CAPACITY: usize = 4096;
+    /// How many msgids a client remembers (per set): at 16 bytes of set and queue per id,
+    /// about 1.5 MiB when full. Per-conversation high-water marks (`sequencer`) cover what
+    /// falls out of the window.
+    pub(crate) const DEFAULT_CAPACITY: usize = 65_536;
 
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        // Grown on demand: an idle connection should not pay for 4096 slots up front.
+        // Grown on demand: an idle connection should not pay for 65,536 slots up front.
         Self {
             capacity,
             seen: HashSet::new(),

@@ -1,14 +1,23 @@
-//! The driver task: the one owner of the socket.
+//! The driver task: the one owner of the socket, and of the connection's life.
 //!
-//! [`Driver::run`] splits the `Framed` transport into sink and stream and loops over: frames
-//! from the server (responses matched to pending requests by seq_id, pushes turned into
-//! [`Event`]s), commands from [`crate::Client`] handles (written out in batches), the
-//! automatic keepalive tick, and request deadlines. When the connection ends, every pending
-//! request gets [`ClientError::Closed`] and [`Event::Closed`] is the last event.
+//! [`Driver::run`] serves one connection at a time. While connected it loops over: frames
+//! from the server (responses matched to pending requests by seq_id; MSG pushes through the
+//! [`Sequencer`]; KICK and ERROR pushes turned into [`Event`]s), commands from
+//! [`crate::Client`] handles (written out in batches), acknowledgements of what the
+//! application took from [`crate::Incoming`], the automatic keepalive tick, request
+//! deadlines, and handing queued events to the application. Right after every login it
+//! catches up with OFFLINE_PULL pages, and it fetches HISTORY_PULL pages when the
+//! sequencer finds a gap.
+//!
+//! When the connection drops and may be reopened (see [`Exit`]), requests in flight wait,
+//! with requests issued meanwhile, for the next connection (each within its own deadline);
+//! the driver reconnects with jittered exponential backoff and logs in again. Otherwise every
+//! pending request gets [`ClientError::Closed`] and [`Event::Closed`] is the last event.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::future::poll_fn;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::{Future, poll_fn};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -16,31 +25,51 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use longlink_proto::{Cmd, CodecError, FLAG_COMPRESSED, Frame, FrameCodec, FrameType, wire};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::dedup::Dedup;
 use crate::error::error_code;
-use crate::{ClientError, Event, KickReason};
+use crate::handshake::{Dial, connect_and_login, decode};
+use crate::sequencer::{Sequencer, Step};
+use crate::shared::Shared;
+use crate::{ClientConfig, ClientError, Event, KickReason, UserRef};
 
 /// The socket with the longlink codec on it.
 pub(crate) type Transport = Framed<TcpStream, FrameCodec>;
 type Sink = SplitSink<Transport, Frame>;
 type Stream = SplitStream<Transport>;
 
+/// The seq_id of the LOGIN request; the driver numbers the following requests after it.
+pub(crate) const LOGIN_SEQ: u32 = 1;
 /// How many frames (read) or commands (written) the driver handles before it flushes /
 /// looks at its other inputs again.
 const MAX_BURST: usize = 128;
+/// OFFLINE_PULL page size of the catch-up after a login (the server's maximum is 500).
+const CATCH_UP_PAGE: u32 = 200;
+/// HISTORY_PULL page size when filling a gap.
+const FILL_PAGE: u32 = 200;
+/// Attempts at one catch-up page before the connection is given up (and reopened).
+const CATCH_UP_ATTEMPTS: u32 = 3;
+/// Most msgids in one MSG_ACK (the server refuses more than 1000).
+const MAX_ACK_BATCH: usize = 1000;
+/// Requests queued while disconnected; beyond, the command queue fills and callers wait.
+const MAX_WAITING: usize = 1024;
+/// How long closing may take to write the last acknowledgements.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection that ends sooner than this after its login counts as a flap: the next
+/// reconnect starts further up the backoff curve.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// What the driver does with a successful response before handing it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expect {
     /// Hand the frame over as is.
     Frame,
-    /// Decode an `OfflinePullResponse`, record its msgids in the dedup set and (with
-    /// auto_ack) acknowledge them once the caller has them.
+    /// Decode an `OfflinePullResponse`, record its msgids as taken by the application and
+    /// (with auto_ack) acknowledge them once the caller has them.
     OfflinePage,
 }
 
@@ -56,203 +85,309 @@ pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
 /// What a [`crate::Client`] asks the driver to do.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Send `frame` as a request (the driver sets seq_id and log_id) and answer on `reply`.
+    /// Send `frame` as a request (the driver sets seq_id, and log_id if it is 0) and answer
+    /// on `reply`. `resend`: the request may be sent again on the next connection if the
+    /// link drops before its answer.
     Request {
         frame: Frame,
         expect: Expect,
         deadline: Instant,
+        resend: bool,
         reply: ReplyTx,
     },
 }
 
-struct Pending {
-    cmd: u16,
+/// An application request, sent or waiting for a connection.
+#[derive(Debug)]
+struct AppRequest {
+    frame: Frame,
     expect: Expect,
-    generation: u64,
-    /// `None` for the driver's own requests (automatic keepalive).
-    reply: Option<ReplyTx>,
+    deadline: Instant,
+    resend: bool,
+    reply: ReplyTx,
 }
 
-pub(crate) struct DriverConfig {
-    pub(crate) auto_ack: bool,
-    pub(crate) request_timeout: Duration,
-    pub(crate) keepalive: Option<Duration>,
-    /// The last seq_id used (by LOGIN); the driver continues after it.
-    pub(crate) last_seq: u32,
+/// Who waits for a response.
+#[derive(Debug)]
+enum Job {
+    App(AppRequest),
+    Keepalive,
+    CatchUp { cursor: u64 },
+    Fill { peer: UserRef, cursor: u64 },
+}
+
+#[derive(Debug)]
+struct Pending {
+    cmd: u16,
+    generation: u64,
+    job: Job,
+}
+
+/// Why a connection ended, and what comes next.
+#[derive(Debug)]
+struct Exit {
+    /// The text of [`Event::Disconnected`] / [`Event::Closed`].
+    reason: String,
+    /// Whether reconnecting may help (an I/O error, EOF, a keepalive timeout, a KICK for
+    /// SERVER_SHUTDOWN or SLOW_CONSUMER) rather than end the client (close, logout, a KICK for
+    /// REPLACED / LOGGED_OUT / BLOCKED, a protocol error, every handle dropped).
+    reconnect: bool,
+    /// The server asked to wait at least this long (KICK `backoff_ms`).
+    not_before: Duration,
+}
+
+impl Exit {
+    fn fatal(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            reconnect: false,
+            not_before: Duration::ZERO,
+        }
+    }
+
+    fn retry(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            reconnect: true,
+            not_before: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CatchUpState {
+    cursor: u64,
+    attempts: u32,
+    in_flight: bool,
+}
+
+#[derive(Debug)]
+struct Kicked {
+    reason: KickReason,
+    message: String,
+    backoff: Duration,
 }
 
 pub(crate) struct Driver {
     cmd_rx: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    /// False once the application dropped its [`crate::Incoming`].
+    events_open: bool,
     shutdown: CancellationToken,
-    config: DriverConfig,
+    shared: Arc<Shared>,
+    config: ClientConfig,
+    uid: String,
     pending: HashMap<u32, Pending>,
     deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// Application requests waiting for a connection, oldest first.
+    waiting: VecDeque<AppRequest>,
     next_seq: u32,
     generation: u64,
-    dedup: Dedup,
+    sequencer: Sequencer,
+    /// Events for the application not yet in its queue (bounded by `ready_limit`: beyond it
+    /// the driver stops reading the socket).
+    ready: VecDeque<Event>,
+    ready_limit: usize,
+    /// Frames to write at the next flush.
+    out: Vec<Frame>,
+    /// msgids to acknowledge at the next flush.
+    acks: Vec<u64>,
+    catch_up: Option<CatchUpState>,
+    /// Set while handling input when the connection must end.
+    failure: Option<Exit>,
     last_rx: Instant,
-    kicked: Option<String>,
+    kicked: Option<Kicked>,
     logged_out: bool,
+    /// Consecutive connections that did not last [`STABLE_CONNECTION`].
+    flaps: u32,
 }
-
-/// Why the loop ended: the text of [`Event::Closed`].
-type Exit = String;
 
 impl Driver {
     pub(crate) fn new(
         cmd_rx: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         shutdown: CancellationToken,
-        config: DriverConfig,
+        shared: Arc<Shared>,
+        config: ClientConfig,
+        uid: String,
     ) -> Self {
+        let me = UserRef::new(config.appcode, uid.clone());
         Self {
             cmd_rx,
             events,
+            events_open: true,
             shutdown,
-            next_seq: config.last_seq,
+            shared,
+            sequencer: Sequencer::new(me, config.device_id.clone()),
+            ready_limit: config.incoming_capacity.max(1),
             config,
+            uid,
             pending: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            waiting: VecDeque::new(),
+            next_seq: LOGIN_SEQ,
             generation: 0,
-            dedup: Dedup::new(Dedup::DEFAULT_CAPACITY),
+            ready: VecDeque::new(),
+            out: Vec::new(),
+            acks: Vec::new(),
+            catch_up: None,
+            failure: None,
             last_rx: Instant::now(),
             kicked: None,
             logged_out: false,
+            flaps: 0,
         }
     }
 
-    /// Runs until the connection ends, then fails what is pending and emits [`Event::Closed`].
-    pub(crate) async fn run(mut self, transport: Transport) {
-        let (mut sink, mut stream) = transport.split();
-        let reason = self.run_loop(&mut sink, &mut stream).await;
-        // Closing the socket first: nothing more is read or written.
-        drop(sink);
-        drop(stream);
-        tracing::debug!(%reason, "longlink connection closed");
+    /// Runs the logged-in `transport`, then reconnects as long as it may; finally fails what
+    /// is pending and emits [`Event::Closed`].
+    pub(crate) async fn run(mut self, transport: Transport, login: wire::LoginResponse) {
+        let mut connection = (transport, login);
+        let reason = loop {
+            let (transport, login) = connection;
+            self.shared.set_connected(login.session_id);
+            let since = Instant::now();
+            let exit = self.run_connection(transport, &login).await;
+            self.shared.set_disconnected();
+            tracing::debug!(reason = %exit.reason, reconnect = exit.reconnect, "longlink connection ended");
+            if !exit.reconnect || self.config.reconnect.is_none() {
+                break exit.reason;
+            }
+            self.flaps = if since.elapsed() < STABLE_CONNECTION {
+                self.flaps.saturating_add(1).min(16)
+            } else {
+                0
+            };
+            self.requeue_in_flight();
+            self.queue_event(Event::Disconnected {
+                reason: exit.reason,
+            });
+            match self.reconnect(exit.not_before).await {
+                Ok((transport, login)) => {
+                    tracing::debug!(session_id = login.session_id, "reconnected");
+                    self.queue_event(Event::Reconnected {
+                        session_id: login.session_id,
+                    });
+                    connection = (transport, login);
+                }
+                Err(reason) => break reason,
+            }
+        };
+        tracing::debug!(%reason, "longlink client closed");
         self.finish(reason).await;
     }
 
-    async fn run_loop(&mut self, sink: &mut Sink, stream: &mut Stream) -> Exit {
-        let shutdown = self.shutdown.clone();
-        let mut keepalive = self.config.keepalive.map(|period| {
-            let mut interval = tokio::time::interval_at(Instant::now() + period, period);
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            (interval, period)
+    async fn run_connection(&mut self, transport: Transport, login: &wire::LoginResponse) -> Exit {
+        let (mut sink, mut stream) = transport.split();
+        self.last_rx = Instant::now();
+        self.kicked = None;
+        self.failure = None;
+        let mut keepalive = self
+            .config
+            .effective_keepalive(login.keepalive_interval_secs)
+            .map(|period| {
+                let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                (interval, period)
+            });
+        // Catch up on what was missed (the first login included: nothing is lost whether or
+        // not the server redelivers), send what waited, acknowledge what the app took meanwhile.
+        self.sequencer.begin_catch_up();
+        self.catch_up = Some(CatchUpState {
+            cursor: 0,
+            attempts: 0,
+            in_flight: false,
         });
+        self.continue_catch_up();
+        self.send_waiting();
+        self.collect_acks();
+        let shutdown = self.shutdown.clone();
         loop {
+            if let Some(exit) = self.failure.take() {
+                return exit;
+            }
+            self.pump_ready();
+            self.continue_catch_up();
+            match self.flush(&mut sink).await {
+                Ok(false) => {}
+                Ok(true) => return self.close_gracefully(&mut sink).await,
+                Err(exit) => return exit,
+            }
             let next_deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+            let can_read = self.ready.len() < self.ready_limit;
+            let can_emit = self.events_open && !self.ready.is_empty();
             // Not biased: a flood of pushes must not starve the application's requests
             // (nor the reverse).
             tokio::select! {
-                () = shutdown.cancelled() => return self.shutdown_reason(),
-                item = stream.next() => {
-                    let Some(item) = item else { return self.eof_reason() };
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => return self.shutdown_reason(),
-                        result = self.on_burst(item, sink, stream) => {
-                            if let Err(exit) = result { return exit; }
+                () = shutdown.cancelled() => return self.close_gracefully(&mut sink).await,
+                item = stream.next(), if can_read => match item {
+                    None => return self.eof_exit(),
+                    Some(item) => {
+                        if let Err(exit) = self.on_burst(item, &mut stream).await {
+                            return exit;
                         }
                     }
-                }
-                cmd = self.cmd_rx.recv() => {
-                    let Some(cmd) = cmd else { return "client dropped".to_owned() };
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => return self.shutdown_reason(),
-                        result = self.on_commands(cmd, sink) => {
-                            if let Err(exit) = result { return exit; }
-                        }
-                    }
-                }
+                },
+                permit = self.events.clone().reserve_owned(), if can_emit => self.on_permit(permit),
+                cmd = self.cmd_rx.recv() => match cmd {
+                    None => return Exit::fatal("client dropped"),
+                    Some(cmd) => self.on_commands(cmd),
+                },
+                () = self.shared.acks_ready.notified() => self.collect_acks(),
                 period = tick(&mut keepalive) => {
                     if self.last_rx.elapsed() >= period.saturating_mul(3) {
-                        return "keepalive timeout".to_owned();
+                        return Exit::retry("keepalive timeout");
                     }
-                    let frame = Frame::request(
-                        Cmd::Keepalive,
-                        0,
-                        0,
-                        &wire::KeepaliveRequest { client_time_ms: longlink_proto::unix_ms() },
-                    );
-                    let deadline = Instant::now() + self.config.request_timeout;
-                    let frame = self.register(frame, Expect::Frame, deadline, None);
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => return self.shutdown_reason(),
-                        result = sink.send(frame) => {
-                            if let Err(err) = result { return self.codec_reason(err); }
-                        }
-                    }
+                    let ping = wire::KeepaliveRequest { client_time_ms: longlink_proto::unix_ms() };
+                    self.send_internal(Cmd::Keepalive, &ping, Job::Keepalive);
                 }
                 () = sleep_until_opt(next_deadline), if next_deadline.is_some() => self.expire(),
             }
         }
     }
 
-    /// Handles `first` and every further frame already readable (up to [`MAX_BURST`]), then
-    /// sends one MSG_ACK for the messages they delivered.
+    /// Handles `first` and every further frame already readable (up to [`MAX_BURST`], and
+    /// while the application's queue has room).
     async fn on_burst(
         &mut self,
         first: Result<Frame, CodecError>,
-        sink: &mut Sink,
         stream: &mut Stream,
     ) -> Result<(), Exit> {
-        let mut acks = Vec::new();
         let mut item = first;
         let mut handled = 0;
-        let mut exit = None;
         loop {
             match item {
-                Ok(frame) => {
-                    if let Err(reason) = self.on_frame(frame, &mut acks).await {
-                        exit = Some(reason);
-                        break;
-                    }
-                }
-                Err(err) => {
-                    exit = Some(self.codec_reason(err));
-                    break;
-                }
+                Ok(frame) => self.on_frame(frame)?,
+                Err(err) => return Err(self.codec_exit(err)),
             }
             handled += 1;
-            if handled >= MAX_BURST {
+            if handled >= MAX_BURST
+                || self.failure.is_some()
+                || self.ready.len() >= self.ready_limit
+            {
                 break;
             }
             match poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
                 Poll::Ready(Some(next)) => item = next,
-                Poll::Ready(None) => {
-                    exit = Some(self.eof_reason());
-                    break;
-                }
+                Poll::Ready(None) => return Err(self.eof_exit()),
                 Poll::Pending => break,
             }
         }
         // Time spent waiting for the application to drain its events is not silence.
         self.last_rx = Instant::now();
-        if !acks.is_empty() {
-            let frame = self.ack_frame(acks);
-            let sent = sink.send(frame).await;
-            if exit.is_none()
-                && let Err(err) = sent
-            {
-                exit = Some(self.codec_reason(err));
-            }
-        }
-        exit.map_or(Ok(()), Err)
+        Ok(())
     }
 
-    async fn on_frame(&mut self, frame: Frame, acks: &mut Vec<u64>) -> Result<(), Exit> {
+    fn on_frame(&mut self, frame: Frame) -> Result<(), Exit> {
         if frame.header.flags & FLAG_COMPRESSED != 0 {
-            return Err(format!(
+            return Err(Exit::fatal(format!(
                 "protocol error: compressed {} frame, but no compression was negotiated",
                 frame.header.cmd
-            ));
+            )));
         }
         match frame.header.frame_type {
-            FrameType::Response => self.on_response(frame, acks).await,
-            FrameType::Push => self.on_push(frame, acks).await,
+            FrameType::Response => self.on_response(frame),
+            FrameType::Push => self.on_push(frame),
             FrameType::Request | FrameType::Ack => tracing::debug!(
                 cmd = frame.header.cmd,
                 log_id = frame.header.log_id,
@@ -262,7 +397,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn on_response(&mut self, frame: Frame, acks: &mut Vec<u64>) {
+    fn on_response(&mut self, frame: Frame) {
         let is_error = frame.cmd() == Some(Cmd::Error);
         let Some(pending) = self.pending.remove(&frame.header.seq_id) else {
             // Nobody waits for it: a late answer to a request that timed out, or the answer
@@ -270,7 +405,7 @@ impl Driver {
             if is_error {
                 let (code, message) = decode_error(&frame);
                 tracing::debug!(seq_id = frame.header.seq_id, ?code, %message, "unmatched ERROR");
-                self.emit(Event::Error { code, message }).await;
+                self.queue_event(Event::Error { code, message });
             } else {
                 tracing::debug!(
                     seq_id = frame.header.seq_id,
@@ -291,24 +426,48 @@ impl Driver {
                 pending.cmd, frame.header.cmd
             )))
         } else {
-            if pending.cmd == Cmd::Logout as u16 {
+            Ok(frame)
+        };
+        match pending.job {
+            Job::App(request) => self.answer_app(pending.cmd, request, result),
+            Job::Keepalive => {
+                if let Err(err) = result {
+                    tracing::warn!(%err, "the server refused a keepalive");
+                }
+            }
+            Job::CatchUp { cursor } => {
+                let page = result.and_then(|frame| decode::<wire::OfflinePullResponse>(&frame));
+                self.on_catch_up_page(cursor, page);
+            }
+            Job::Fill { peer, cursor } => {
+                let page = result.and_then(|frame| decode::<wire::HistoryPullResponse>(&frame));
+                self.on_fill_page(peer, cursor, page);
+            }
+        }
+    }
+
+    fn answer_app(&mut self, cmd: u16, request: AppRequest, result: Result<Frame, ClientError>) {
+        if let Ok(frame) = &result {
+            if cmd == Cmd::Logout as u16 {
                 self.logged_out = true;
+            } else if cmd == Cmd::C2c as u16 {
+                // The receipt: this client's own message is never shown back to it.
+                if let (Ok(receipt), Ok(sent)) = (
+                    frame.decode_body::<wire::C2cResponse>(),
+                    request.frame.decode_body::<wire::C2cRequest>(),
+                ) && let Some(to) = sent.to
+                {
+                    self.sequencer.own_sent(&to.into(), receipt.msgid);
+                }
             }
-            match pending.expect {
-                Expect::Frame => Ok(Reply::Frame(frame)),
-                Expect::OfflinePage => frame
-                    .decode_body::<wire::OfflinePullResponse>()
-                    .map(Reply::OfflinePage)
-                    .map_err(|err| ClientError::Protocol(err.to_string())),
-            }
+        }
+        let reply = match request.expect {
+            Expect::Frame => result.map(Reply::Frame),
+            Expect::OfflinePage => result
+                .and_then(|frame| decode::<wire::OfflinePullResponse>(&frame))
+                .map(Reply::OfflinePage),
         };
-        let Some(reply) = pending.reply else {
-            if let Err(err) = result {
-                tracing::warn!(cmd = pending.cmd, %err, "the server refused an automatic request");
-            }
-            return;
-        };
-        let pulled: Vec<u64> = match &result {
+        let pulled: Vec<u64> = match &reply {
             Ok(Reply::OfflinePage(page)) => page
                 .messages
                 .iter()
@@ -318,40 +477,27 @@ impl Driver {
             _ => Vec::new(),
         };
         // Only what the caller actually received is recorded and acknowledged.
-        if reply.send(result).is_ok() {
-            for msgid in pulled {
-                self.dedup.insert(msgid);
-                if self.config.auto_ack {
-                    acks.push(msgid);
-                }
+        if request.reply.send(reply).is_ok() && !pulled.is_empty() {
+            self.sequencer.pulled_by_app(&pulled);
+            self.shared.record_handed(&pulled);
+            if self.config.auto_ack {
+                self.acks.extend(pulled);
             }
         }
     }
 
-    async fn on_push(&mut self, frame: Frame, acks: &mut Vec<u64>) {
+    fn on_push(&mut self, frame: Frame) {
         match frame.cmd() {
-            Some(Cmd::Msg) => {
-                let msg = match frame.decode_body::<wire::Msg>() {
-                    Ok(msg) => msg,
-                    Err(err) => {
-                        tracing::warn!(log_id = frame.header.log_id, %err, "dropping an undecodable MSG push");
-                        return;
-                    }
-                };
-                let msgid = msg.msgid;
-                if msgid != 0 && self.dedup.contains(msgid) {
-                    tracing::debug!(msgid, "dropping a duplicate MSG push");
-                } else if self.emit(Event::Message(msg.into())).await {
-                    self.dedup.insert(msgid);
-                } else {
-                    // The application dropped its Incoming: leave the message unacknowledged
-                    // so that the server keeps it for an offline pull.
-                    return;
+            Some(Cmd::Msg) => match frame.decode_body::<wire::Msg>() {
+                Ok(msg) => {
+                    let mut steps = Vec::new();
+                    self.sequencer.push(msg, &mut steps);
+                    self.apply(steps);
                 }
-                if self.config.auto_ack && msgid != 0 {
-                    acks.push(msgid);
+                Err(err) => {
+                    tracing::warn!(log_id = frame.header.log_id, %err, "dropping an undecodable MSG push");
                 }
-            }
+            },
             Some(Cmd::Kick) => {
                 let kick = frame
                     .decode_body::<wire::Kick>()
@@ -360,20 +506,19 @@ impl Driver {
                         ..Default::default()
                     });
                 let reason = KickReason::try_from(kick.reason).unwrap_or(KickReason::Unspecified);
-                self.kicked = Some(format!(
-                    "kicked ({}): {}",
-                    reason.as_str_name(),
-                    kick.message
-                ));
-                self.emit(Event::Kicked {
+                self.kicked = Some(Kicked {
+                    reason,
+                    message: kick.message.clone(),
+                    backoff: Duration::from_millis(u64::from(kick.backoff_ms)),
+                });
+                self.queue_event(Event::Kicked {
                     reason,
                     message: kick.message,
-                })
-                .await;
+                });
             }
             Some(Cmd::Error) => {
                 let (code, message) = decode_error(&frame);
-                self.emit(Event::Error { code, message }).await;
+                self.queue_event(Event::Error { code, message });
             }
             _ => {
                 tracing::debug!(cmd = frame.header.cmd, "ignoring an unknown push");
@@ -381,22 +526,150 @@ impl Driver {
         }
     }
 
-    /// Hands `event` to the application, waiting while its queue is full (backpressure).
-    /// `false` when the application dropped its [`crate::Incoming`].
-    async fn emit(&mut self, event: Event) -> bool {
-        self.events.send(event).await.is_ok()
+    /// Carries out what the sequencer decided.
+    fn apply(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Deliver(msg) => self.queue_event(Event::Message(msg.into())),
+                Step::Duplicate { msgid, ackable } => {
+                    // If the application still has to take the first copy, that will ack it.
+                    if self.config.auto_ack && ackable && self.shared.was_handed(msgid) {
+                        self.acks.push(msgid);
+                    }
+                }
+                Step::Ack { msgid } => {
+                    if self.config.auto_ack {
+                        self.acks.push(msgid);
+                    }
+                }
+                Step::FetchHistory { peer, cursor } => {
+                    let body = wire::HistoryPullRequest {
+                        with: Some((&peer).into()),
+                        cursor,
+                        direction: wire::HistoryDirection::Newer as i32,
+                        page_size: FILL_PAGE,
+                    };
+                    tracing::debug!(%peer, cursor, "filling a gap from history");
+                    self.send_internal(Cmd::HistoryPull, &body, Job::Fill { peer, cursor });
+                }
+            }
+        }
     }
 
-    /// Writes `first` and every further queued command (up to [`MAX_BURST`]), then flushes.
-    async fn on_commands(&mut self, first: Command, sink: &mut Sink) -> Result<(), Exit> {
+    /// Asks for the next catch-up page if one is due and the application keeps up.
+    fn continue_catch_up(&mut self) {
+        let Some(state) = &mut self.catch_up else {
+            return;
+        };
+        if state.in_flight || self.ready.len() > self.ready_limit / 2 {
+            return;
+        }
+        state.in_flight = true;
+        let cursor = state.cursor;
+        let body = wire::OfflinePullRequest {
+            cursor,
+            page_size: CATCH_UP_PAGE,
+        };
+        self.send_internal(Cmd::OfflinePull, &body, Job::CatchUp { cursor });
+    }
+
+    fn on_catch_up_page(
+        &mut self,
+        cursor: u64,
+        page: Result<wire::OfflinePullResponse, ClientError>,
+    ) {
+        let Some(state) = &mut self.catch_up else {
+            return;
+        };
+        state.in_flight = false;
+        let mut steps = Vec::new();
+        match page {
+            Ok(page) => {
+                state.attempts = 0;
+                let more = page.more && page.next_cursor > cursor;
+                let reached = page.next_cursor.max(cursor);
+                if more {
+                    state.cursor = page.next_cursor;
+                }
+                self.sequencer
+                    .catch_up_page(page.messages, reached, &mut steps);
+                if !more {
+                    if let Some(restart) = self.sequencer.take_catch_up_restart() {
+                        tracing::debug!(restart, "catch-up buffer overflowed; pulling again");
+                        if let Some(state) = &mut self.catch_up {
+                            state.cursor = restart;
+                        }
+                    } else {
+                        self.sequencer.finish_catch_up(&mut steps);
+                        self.catch_up = None;
+                    }
+                }
+            }
+            Err(err) => {
+                state.attempts += 1;
+                if err.is_retryable() && state.attempts < CATCH_UP_ATTEMPTS {
+                    tracing::debug!(%err, attempt = state.attempts, "catch-up page failed; retrying");
+                } else if err.is_retryable() {
+                    self.failure = Some(Exit::retry(format!("catch-up failed: {err}")));
+                } else {
+                    // Retrying cannot help: go live with what arrived; the rest stays in the
+                    // server's inbox for the next login.
+                    tracing::warn!(%err, "catch-up refused by the server");
+                    if let ClientError::Server { code, message } = err {
+                        self.queue_event(Event::Error { code, message });
+                    }
+                    self.sequencer.finish_catch_up(&mut steps);
+                    self.catch_up = None;
+                }
+            }
+        }
+        self.apply(steps);
+    }
+
+    fn on_fill_page(
+        &mut self,
+        peer: UserRef,
+        cursor: u64,
+        page: Result<wire::HistoryPullResponse, ClientError>,
+    ) {
+        let mut steps = Vec::new();
+        match page {
+            Ok(page) => self.sequencer.history_page(
+                &peer,
+                cursor,
+                page.messages,
+                page.more,
+                page.next_cursor,
+                &mut steps,
+            ),
+            Err(err) => {
+                tracing::warn!(%peer, cursor, %err, "history page for a gap failed");
+                self.sequencer
+                    .history_failed(&peer, !err.is_retryable(), &mut steps);
+            }
+        }
+        self.apply(steps);
+    }
+
+    /// Registers `first` and every further queued command (up to [`MAX_BURST`]).
+    fn on_commands(&mut self, first: Command) {
         let mut cmd = first;
         let mut handled = 0;
         loop {
-            if let Some(frame) = self.prepare(cmd)
-                && let Err(err) = sink.feed(frame).await
-            {
-                return Err(self.codec_reason(err));
-            }
+            let Command::Request {
+                frame,
+                expect,
+                deadline,
+                resend,
+                reply,
+            } = cmd;
+            self.send_app(AppRequest {
+                frame,
+                expect,
+                deadline,
+                resend,
+                reply,
+            });
             handled += 1;
             if handled >= MAX_BURST {
                 break;
@@ -406,41 +679,49 @@ impl Driver {
                 Err(_) => break,
             }
         }
-        sink.flush().await.map_err(|err| self.codec_reason(err))
     }
 
-    fn prepare(&mut self, cmd: Command) -> Option<Frame> {
-        let Command::Request {
-            frame,
-            expect,
-            deadline,
-            reply,
-        } = cmd;
-        if reply.is_closed() {
-            return None; // the caller gave up already
+    fn send_app(&mut self, request: AppRequest) {
+        if request.reply.is_closed() {
+            return; // the caller gave up already
         }
-        Some(self.register(frame, expect, deadline, Some(reply)))
+        let frame = request.frame.clone();
+        let deadline = request.deadline;
+        self.register(frame, Job::App(request), deadline);
     }
 
-    /// Gives `frame` a fresh seq_id and log_id and records it as pending.
-    fn register(
-        &mut self,
-        mut frame: Frame,
-        expect: Expect,
-        deadline: Instant,
-        reply: Option<ReplyTx>,
-    ) -> Frame {
+    fn send_waiting(&mut self) {
+        let now = Instant::now();
+        for request in std::mem::take(&mut self.waiting) {
+            if request.deadline <= now {
+                let _ = request.reply.send(Err(ClientError::Timeout));
+            } else {
+                self.send_app(request);
+            }
+        }
+    }
+
+    fn send_internal(&mut self, cmd: Cmd, body: &impl prost::Message, job: Job) {
+        let frame = Frame::request(cmd, 0, 0, body);
+        let deadline = Instant::now() + self.config.request_timeout;
+        self.register(frame, job, deadline);
+    }
+
+    /// Gives `frame` a fresh seq_id (and a log_id if it has none), records it as pending and
+    /// queues it for the next flush.
+    fn register(&mut self, mut frame: Frame, job: Job, deadline: Instant) {
         let seq_id = self.fresh_seq();
         self.generation += 1;
         frame.header.seq_id = seq_id;
-        frame.header.log_id = random_log_id();
+        if frame.header.log_id == 0 {
+            frame.header.log_id = random_log_id();
+        }
         self.pending.insert(
             seq_id,
             Pending {
                 cmd: frame.header.cmd,
-                expect,
                 generation: self.generation,
-                reply,
+                job,
             },
         );
         self.deadlines
@@ -454,31 +735,20 @@ impl Driver {
                     .is_some_and(|p| p.generation == *generation)
             });
         }
-        frame
+        self.out.push(frame);
     }
 
-    fn ack_frame(&mut self, msgids: Vec<u64>) -> Frame {
-        let seq_id = self.fresh_seq();
-        Frame::new(
-            Cmd::MsgAck,
-            FrameType::Ack,
-            seq_id,
-            random_log_id(),
-            &wire::MsgAck { msgids },
-        )
-    }
-
-    /// The next seq_id: wrapping, never 0, never one still pending.
+    /// The next seq_id: wrapping, never 0 or LOGIN's, never one still pending.
     fn fresh_seq(&mut self) -> u32 {
         loop {
             self.next_seq = self.next_seq.wrapping_add(1);
-            if self.next_seq != 0 && !self.pending.contains_key(&self.next_seq) {
+            if self.next_seq > LOGIN_SEQ && !self.pending.contains_key(&self.next_seq) {
                 return self.next_seq;
             }
         }
     }
 
-    /// Fails the requests whose deadline has passed with [`ClientError::Timeout`].
+    /// Fails (or retries) the requests whose deadline has passed.
     fn expire(&mut self) {
         let now = Instant::now();
         while let Some(Reverse((at, generation, seq_id))) = self.deadlines.peek().copied() {
@@ -486,34 +756,272 @@ impl Driver {
                 break;
             }
             self.deadlines.pop();
-            if self
+            let current = self
                 .pending
                 .get(&seq_id)
-                .is_some_and(|p| p.generation == generation)
-                && let Some(pending) = self.pending.remove(&seq_id)
-            {
-                tracing::debug!(seq_id, cmd = pending.cmd, "request timed out");
-                if let Some(reply) = pending.reply {
-                    let _ = reply.send(Err(ClientError::Timeout));
+                .is_some_and(|p| p.generation == generation);
+            let Some(pending) = current.then(|| self.pending.remove(&seq_id)).flatten() else {
+                continue;
+            };
+            tracing::debug!(seq_id, cmd = pending.cmd, "request timed out");
+            match pending.job {
+                Job::App(request) => {
+                    let _ = request.reply.send(Err(ClientError::Timeout));
+                }
+                Job::Keepalive => {}
+                Job::CatchUp { cursor } => self.on_catch_up_page(cursor, Err(ClientError::Timeout)),
+                Job::Fill { peer, cursor } => {
+                    self.on_fill_page(peer, cursor, Err(ClientError::Timeout));
                 }
             }
         }
     }
 
-    async fn finish(mut self, reason: Exit) {
-        for (_, pending) in self.pending.drain() {
-            if let Some(reply) = pending.reply {
-                let _ = reply.send(Err(ClientError::Closed));
+    fn collect_acks(&mut self) {
+        self.acks.extend(self.shared.take_acks());
+    }
+
+    /// Writes the queued frames and acknowledgements, then flushes once. `Ok(true)`: the
+    /// client is closing; what was not written yet stays queued for
+    /// [`Driver::close_gracefully`].
+    async fn flush(&mut self, sink: &mut Sink) -> Result<bool, Exit> {
+        self.pack_acks();
+        if self.out.is_empty() {
+            return Ok(false);
+        }
+        let mut frames: VecDeque<Frame> = std::mem::take(&mut self.out).into();
+        let shutdown = self.shutdown.clone();
+        let written = {
+            let write = async {
+                while let Some(frame) = frames.front() {
+                    sink.feed(frame.clone()).await?;
+                    frames.pop_front();
+                }
+                sink.flush().await
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                result = write => Some(result),
             }
+        };
+        match written {
+            Some(Ok(())) => Ok(false),
+            Some(Err(err)) => Err(self.codec_exit(err)),
+            None => {
+                self.out = frames.into();
+                Ok(true)
+            }
+        }
+    }
+
+    fn pack_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let mut acks = std::mem::take(&mut self.acks);
+        acks.sort_unstable();
+        acks.dedup();
+        for chunk in acks.chunks(MAX_ACK_BATCH) {
+            let seq_id = self.fresh_seq();
+            self.out.push(Frame::new(
+                Cmd::MsgAck,
+                FrameType::Ack,
+                seq_id,
+                random_log_id(),
+                &wire::MsgAck {
+                    msgids: chunk.to_vec(),
+                },
+            ));
+        }
+    }
+
+    /// [`crate::Client::close`] / [`crate::Client::logout`]: write the last
+    /// acknowledgements (bounded), then end.
+    async fn close_gracefully(&mut self, sink: &mut Sink) -> Exit {
+        self.collect_acks();
+        // Requests are pointless now (their callers get Closed); acknowledgements are not.
+        self.out
+            .retain(|frame| frame.header.frame_type == FrameType::Ack);
+        self.pack_acks();
+        let frames = std::mem::take(&mut self.out);
+        let write = async {
+            for frame in frames {
+                sink.feed(frame).await?;
+            }
+            // Also finishes a frame a cancelled flush left half written.
+            sink.flush().await
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write).await;
+        Exit::fatal(self.shutdown_reason())
+    }
+
+    fn queue_event(&mut self, event: Event) {
+        if self.events_open {
+            self.ready.push_back(event);
+        }
+    }
+
+    /// Moves ready events into the application's queue while it has room.
+    fn pump_ready(&mut self) {
+        while self.events_open {
+            let Some(event) = self.ready.pop_front() else {
+                return;
+            };
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.ready.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => self.events_closed(),
+            }
+        }
+    }
+
+    fn on_permit(&mut self, permit: Result<mpsc::OwnedPermit<Event>, SendError<()>>) {
+        match permit {
+            Ok(permit) => {
+                if let Some(event) = self.ready.pop_front() {
+                    permit.send(event);
+                }
+            }
+            Err(_) => self.events_closed(),
+        }
+    }
+
+    /// The application dropped its [`crate::Incoming`]: messages are no longer delivered (nor
+    /// acknowledged, so the server keeps them for a pull).
+    fn events_closed(&mut self) {
+        self.events_open = false;
+        self.ready.clear();
+    }
+
+    /// After a connection dropped: requests in flight wait for the next one (oldest first),
+    /// except those that must not be sent twice; the driver's own requests are dropped.
+    fn requeue_in_flight(&mut self) {
+        let mut in_flight: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        in_flight.sort_by_key(|p| p.generation);
+        self.deadlines.clear();
+        self.out.clear();
+        self.catch_up = None;
+        let mut requeued = VecDeque::new();
+        for pending in in_flight {
+            if let Job::App(request) = pending.job {
+                if request.reply.is_closed() {
+                    continue;
+                }
+                if request.resend {
+                    requeued.push_back(request);
+                } else {
+                    let _ = request.reply.send(Err(ClientError::Disconnected));
+                }
+            }
+        }
+        requeued.extend(std::mem::take(&mut self.waiting));
+        self.waiting = requeued;
+    }
+
+    /// Reconnects with jittered exponential backoff (at least `not_before` the first time),
+    /// serving commands meanwhile. `Err`: the client must end, with this reason.
+    async fn reconnect(
+        &mut self,
+        not_before: Duration,
+    ) -> Result<(Transport, wire::LoginResponse), String> {
+        let policy = self.config.reconnect.clone().unwrap_or_default();
+        let mut attempt = self.flaps;
+        let mut pause = policy.backoff(attempt).max(not_before);
+        loop {
+            self.idle(tokio::time::sleep(pause)).await?;
+            let dial = Dial::new(&self.config, self.shared.token());
+            match self.idle(connect_and_login(dial)).await? {
+                Ok((transport, login)) if login.uid == self.uid => return Ok((transport, login)),
+                Ok((_, login)) => {
+                    return Err(format!(
+                        "login refused: the token is for uid {:?}, this client is {:?}",
+                        login.uid, self.uid
+                    ));
+                }
+                Err(err) if err.is_fatal_login_refusal() => {
+                    return Err(format!("login refused: {err}"));
+                }
+                Err(err) => {
+                    tracing::debug!(attempt, %err, "reconnect attempt failed");
+                    attempt = attempt.saturating_add(1);
+                    pause = policy.backoff(attempt);
+                }
+            }
+        }
+    }
+
+    /// Waits for `future` while disconnected: commands queue up (bounded, each until its
+    /// deadline), events flow to the application. `Err` when the client must end.
+    async fn idle<F: Future>(&mut self, future: F) -> Result<F::Output, String> {
+        let mut future = std::pin::pin!(future);
+        let shutdown = self.shutdown.clone();
+        loop {
+            self.pump_ready();
+            let next_deadline = self.waiting.iter().map(|r| r.deadline).min();
+            let can_queue = self.waiting.len() < MAX_WAITING;
+            let can_emit = self.events_open && !self.ready.is_empty();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Err(self.shutdown_reason()),
+                output = &mut future => return Ok(output),
+                cmd = self.cmd_rx.recv(), if can_queue => match cmd {
+                    None => return Err("client dropped".to_owned()),
+                    Some(Command::Request { frame, expect, deadline, resend, reply }) => {
+                        self.waiting.push_back(AppRequest { frame, expect, deadline, resend, reply });
+                    }
+                },
+                permit = self.events.clone().reserve_owned(), if can_emit => self.on_permit(permit),
+                () = sleep_until_opt(next_deadline), if next_deadline.is_some() => self.expire_waiting(),
+            }
+        }
+    }
+
+    fn expire_waiting(&mut self) {
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for request in self.waiting.drain(..) {
+            if request.reply.is_closed() {
+                continue;
+            }
+            if request.deadline <= now {
+                let _ = request.reply.send(Err(ClientError::Timeout));
+            } else {
+                kept.push_back(request);
+            }
+        }
+        self.waiting = kept;
+    }
+
+    async fn finish(mut self, reason: String) {
+        self.shared.set_disconnected();
+        for (_, pending) in self.pending.drain() {
+            if let Job::App(request) = pending.job {
+                let _ = request.reply.send(Err(ClientError::Closed));
+            }
+        }
+        for request in self.waiting.drain(..) {
+            let _ = request.reply.send(Err(ClientError::Closed));
         }
         self.cmd_rx.close();
         while let Ok(Command::Request { reply, .. }) = self.cmd_rx.try_recv() {
             let _ = reply.send(Err(ClientError::Closed));
         }
+        if !self.events_open {
+            return;
+        }
+        for event in std::mem::take(&mut self.ready) {
+            if self.events.send(event).await.is_err() {
+                return;
+            }
+        }
         let _ = self.events.send(Event::Closed { reason }).await;
     }
 
-    fn shutdown_reason(&self) -> Exit {
+    fn shutdown_reason(&self) -> String {
         if self.logged_out {
             "logged out".to_owned()
         } else {
@@ -521,23 +1029,41 @@ impl Driver {
         }
     }
 
-    fn eof_reason(&self) -> Exit {
+    fn eof_exit(&self) -> Exit {
         if self.logged_out {
-            "logged out".to_owned()
-        } else if let Some(kicked) = &self.kicked {
-            kicked.clone()
-        } else {
-            "connection closed by server".to_owned()
+            return Exit::fatal("logged out");
+        }
+        match &self.kicked {
+            Some(kicked) => {
+                let reason = format!(
+                    "kicked ({}): {}",
+                    kicked.reason.as_str_name(),
+                    kicked.message
+                );
+                match kicked.reason {
+                    KickReason::Replaced | KickReason::LoggedOut | KickReason::Blocked => {
+                        Exit::fatal(reason)
+                    }
+                    _ => Exit {
+                        reason,
+                        reconnect: true,
+                        not_before: kicked.backoff,
+                    },
+                }
+            }
+            None => Exit::retry("connection closed by server"),
         }
     }
 
-    fn codec_reason(&self, err: CodecError) -> Exit {
+    fn codec_exit(&self, err: CodecError) -> Exit {
         if self.logged_out || self.kicked.is_some() {
-            return self.eof_reason();
+            return self.eof_exit();
         }
         match err {
-            CodecError::Io(err) => format!("i/o error: {err}"),
-            CodecError::Decode(err) => format!("protocol error: {err}"),
+            CodecError::Io(err) => Exit::retry(format!("i/o error: {err}")),
+            // The peer does not speak this protocol (or not this version of it): reconnecting
+            // would only repeat the failure.
+            CodecError::Decode(err) => Exit::fatal(format!("protocol error: {err}")),
         }
     }
 }

@@ -1,263 +1,22 @@
-//! The SDK against a scripted fake gate: a `TcpListener` on 127.0.0.1:0 that speaks
-//! `FrameCodec`, driven step by step from each test (in the style of rumqttc's tests/broker.rs).
-//! Nothing sleeps for a fixed time: every wait is on a frame, an event or a result, bounded
-//! by [`WAIT`].
+//! The SDK against a scripted fake gate (see `common`): login, requests and responses,
+//! pushes, acknowledgements, keepalive, closing. Reconnects, retries and ordering are in
+//! `delivery.rs`.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use longlink_proto::{Cmd, Frame, FrameCodec, FrameType, wire};
+use common::*;
+use futures::StreamExt;
+use longlink_proto::{Cmd, Frame, FrameType, wire};
 use longlink_sdk::{
-    Client, ClientConfig, ClientError, Content, ErrorCode, Event, HistoryDirection, Incoming,
-    KickReason, MsgKind, UserRef,
+    Client, ClientConfig, ClientError, Content, ErrorCode, Event, HistoryDirection, KickReason,
+    MsgKind, UserRef,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tokio_util::codec::Framed;
-
-/// Upper bound of every wait; never reached when the code works.
-const WAIT: Duration = Duration::from_secs(10);
-const SESSION_ID: u64 = 4242;
-const UID: &str = "alice";
-
-struct Gate {
-    listener: TcpListener,
-}
-
-impl Gate {
-    async fn start() -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Gate { listener }
-    }
-
-    /// A config for this gate with automatic keepalive off (tests that want it turn it on).
-    fn config(&self) -> ClientConfig {
-        let addr = self.listener.local_addr().expect("local addr").to_string();
-        let mut config = ClientConfig::new(addr, 129, "token-abc", "phone-1");
-        config.keepalive_interval = Some(Duration::ZERO);
-        config
-    }
-
-    /// Accepts one connection and reads its first frame (which must be a LOGIN request).
-    async fn accept_raw(&self) -> (Conn, Frame) {
-        let (tcp, _) = timeout(WAIT, self.listener.accept())
-            .await
-            .expect("a client connects")
-            .expect("accept");
-        let mut conn = Conn {
-            framed: Framed::new(tcp, FrameCodec::default()),
-            acked: BTreeSet::new(),
-        };
-        let login = conn.recv().await;
-        assert_eq!(login.cmd(), Some(Cmd::Login));
-        assert_eq!(login.header.frame_type, FrameType::Request);
-        (conn, login)
-    }
-
-    /// Accepts one connection and answers its LOGIN successfully.
-    async fn accept(&self) -> (Conn, wire::LoginRequest) {
-        let (mut conn, login) = self.accept_raw().await;
-        let request: wire::LoginRequest = login.decode_body().expect("LoginRequest");
-        conn.respond(
-            &login,
-            &wire::LoginResponse {
-                session_id: SESSION_ID,
-                resume_token: String::new(),
-                server_time_ms: 1,
-                keepalive_interval_secs: 30,
-                compression: String::new(),
-                uid: UID.to_owned(),
-            },
-        )
-        .await;
-        (conn, request)
-    }
-
-    /// Connects a client with `config` and logs it in.
-    async fn connect_with(&self, config: ClientConfig) -> (Client, Incoming, Conn) {
-        let (client, (conn, _)) = tokio::join!(Client::connect(config), self.accept());
-        let (client, incoming) = client.expect("connect + login");
-        (client, incoming, conn)
-    }
-
-    async fn connect(&self) -> (Client, Incoming, Conn) {
-        self.connect_with(self.config()).await
-    }
-}
-
-/// The gate's side of one connection.
-struct Conn {
-    framed: Framed<TcpStream, FrameCodec>,
-    /// msgids of MSG_ACK frames skipped by [`Conn::recv_request`], not yet claimed by
-    /// [`Conn::recv_acks_until`].
-    acked: BTreeSet<u64>,
-}
-
-impl Conn {
-    async fn recv(&mut self) -> Frame {
-        timeout(WAIT, self.framed.next())
-            .await
-            .expect("a frame within the wait")
-            .expect("the connection is open")
-            .expect("a valid frame")
-    }
-
-    /// The next frame that is not an automatic MSG_ACK (type 3).
-    async fn recv_request(&mut self, cmd: Cmd) -> Frame {
-        loop {
-            let frame = self.recv().await;
-            if frame.header.frame_type == FrameType::Ack {
-                self.record_ack(&frame);
-                continue;
-            }
-            assert_eq!(
-                frame.cmd(),
-                Some(cmd),
-                "unexpected frame {:?}",
-                frame.header
-            );
-            assert_eq!(frame.header.frame_type, FrameType::Request);
-            assert_ne!(frame.header.seq_id, 0, "requests never use seq_id 0");
-            assert_ne!(frame.header.log_id, 0, "requests carry a log_id");
-            return frame;
-        }
-    }
-
-    /// Reads MSG_ACK (type 3) frames until `want` msgids were acknowledged; returns all of
-    /// them (so a test can check nothing unexpected was acked).
-    async fn recv_acks_until(&mut self, want: &[u64]) -> BTreeSet<u64> {
-        let want: BTreeSet<u64> = want.iter().copied().collect();
-        while !want.is_subset(&self.acked) {
-            let frame = self.recv().await;
-            self.record_ack(&frame);
-        }
-        std::mem::take(&mut self.acked)
-    }
-
-    fn record_ack(&mut self, frame: &Frame) {
-        assert_eq!(
-            frame.cmd(),
-            Some(Cmd::MsgAck),
-            "unexpected {:?}",
-            frame.header
-        );
-        assert_eq!(frame.header.frame_type, FrameType::Ack);
-        assert_ne!(frame.header.seq_id, 0);
-        let ack: wire::MsgAck = frame.decode_body().expect("MsgAck");
-        assert!(!ack.msgids.is_empty(), "no empty MSG_ACK");
-        self.acked.extend(ack.msgids);
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        timeout(WAIT, self.framed.send(frame))
-            .await
-            .expect("send within the wait")
-            .expect("send");
-    }
-
-    async fn respond(&mut self, request: &Frame, body: &impl prost::Message) {
-        self.send(Frame::response(&request.header, body)).await;
-    }
-
-    async fn respond_error(&mut self, request: &Frame, code: ErrorCode, message: &str) {
-        self.send(Frame::error(
-            Some(request.header.seq_id),
-            request.header.log_id,
-            code,
-            message,
-        ))
-        .await;
-    }
-
-    async fn push_msgs(&mut self, msgs: &[wire::Msg]) {
-        for msg in msgs {
-            timeout(WAIT, self.framed.feed(Frame::push(Cmd::Msg, 7, msg)))
-                .await
-                .expect("feed within the wait")
-                .expect("feed");
-        }
-        timeout(WAIT, SinkExt::<Frame>::flush(&mut self.framed))
-            .await
-            .expect("flush within the wait")
-            .expect("flush");
-    }
-
-    /// Waits until the client closes its side of the connection.
-    async fn expect_eof(&mut self) {
-        loop {
-            match timeout(WAIT, self.framed.next())
-                .await
-                .expect("EOF within the wait")
-            {
-                None | Some(Err(_)) => return,
-                Some(Ok(_)) => continue,
-            }
-        }
-    }
-}
-
-fn msg(msgid: u64, text: &str) -> wire::Msg {
-    wire::Msg {
-        msgid,
-        from: Some(wire::UserRef {
-            appcode: 130,
-            uid: "bob".into(),
-        }),
-        to: Some(wire::UserRef {
-            appcode: 129,
-            uid: UID.into(),
-        }),
-        msgtype: 0,
-        content_type: longlink_proto::ContentType::Text as i32,
-        content: Bytes::from(text.to_owned()),
-        senddate_ms: 1_700_000_000_000 + msgid,
-        client_msg_id: format!("c{msgid}"),
-        from_device: "bob-phone".into(),
-        log_id: 99,
-        kind: MsgKind::C2c as i32,
-    }
-}
-
-fn typing() -> wire::Msg {
-    wire::Msg {
-        msgid: 0,
-        content_type: longlink_proto::ContentType::Typing as i32,
-        content: Bytes::new(),
-        ..msg(0, "")
-    }
-}
-
-async fn next_event(incoming: &mut Incoming) -> Event {
-    timeout(WAIT, incoming.next_event())
-        .await
-        .expect("an event within the wait")
-        .expect("the stream has not ended")
-}
-
-async fn next_message_id(incoming: &mut Incoming) -> u64 {
-    match next_event(incoming).await {
-        Event::Message(message) => message.msgid,
-        other => panic!("expected a message, got {other:?}"),
-    }
-}
-
-/// The stream yields `Event::Closed` (whose reason is returned) and then ends.
-async fn expect_closed(incoming: &mut Incoming) -> String {
-    let reason = loop {
-        match next_event(incoming).await {
-            Event::Closed { reason } => break reason,
-            Event::Message(_) | Event::Kicked { .. } | Event::Error { .. } => continue,
-        }
-    };
-    let end = timeout(WAIT, incoming.next_event())
-        .await
-        .expect("end within the wait");
-    assert!(end.is_none(), "nothing after Closed, got {end:?}");
-    reason
-}
+use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn login_handshake_sends_credentials_and_reads_the_session() {
@@ -677,9 +436,11 @@ async fn unanswered_request_times_out_and_a_late_answer_is_ignored() {
 }
 
 #[tokio::test]
-async fn dropped_link_fails_pending_requests_and_closes_incoming() {
+async fn without_reconnect_a_dropped_link_fails_pending_requests_and_closes_incoming() {
     let gate = Gate::start().await;
-    let (client, mut incoming, mut conn) = gate.connect().await;
+    let mut config = gate.config();
+    config.reconnect = None;
+    let (client, mut incoming, mut conn) = gate.connect_with(config).await;
 
     let script = async move {
         conn.recv_request(Cmd::C2s).await;
@@ -745,6 +506,7 @@ async fn automatic_keepalive_then_liveness_timeout() {
     let gate = Gate::start().await;
     let mut config = gate.config();
     config.keepalive_interval = Some(Duration::from_millis(250));
+    config.reconnect = None;
     let (client, mut incoming, mut conn) = gate.connect_with(config).await;
     assert_eq!(
         client.keepalive_interval(),
