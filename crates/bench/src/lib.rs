@@ -11,20 +11,30 @@
 //! files.
 //!
 //! Modules: [`idle`] (N idle logged-in connections, the server's RSS per connection),
+//! [`c2c`] (open-loop durable messages at a fixed rate: ACK and end-to-end latency), `plot`
+//! (SVG/PNG latency plots),
 //! `client` (a lean wire-protocol client), `server` (a spawned or external server under
 //! test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`), `report` (dates).
 
+pub mod c2c;
 mod client;
 mod http;
 pub mod idle;
+mod plot;
 mod procfs;
 mod report;
 mod server;
 
 /// The scenarios `longlink bench` knows, with a one-line description each.
 pub fn scenarios() -> &'static [(&'static str, &'static str)] {
-    &[(
-        "idle",
-        "N idle logged-in connections; the server's RSS per connection and CPU per login",
-    )]
+    &[
+        (
+            "idle",
+            "N idle logged-in connections; the server's RSS per connection and CPU per login",
+        ),
+        (
+            "c2c",
+            "durable c2c messages at a fixed rate (open loop); ACK and end-to-end latency, messages per server CPU-second",
+        ),
+    ]
 }

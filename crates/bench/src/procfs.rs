@@ -61,6 +61,70 @@ pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     ))
 }
 
+/// One thread of a process: its id, name (`comm`, at most 15 bytes) and CPU time so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ThreadCpu {
+    pub(crate) tid: u32,
+    pub(crate) name: String,
+    pub(crate) cpu: Duration,
+}
+
+/// Every live thread of `pid` with its CPU time (`/proc/<pid>/task/*/stat`). Threads that
+/// exited are not listed; their time is only in [`cpu_time`].
+pub(crate) fn threads(pid: u32) -> anyhow::Result<Vec<ThreadCpu>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A thread may end between the listing and the read: skip it.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat.get(open + 1..close).unwrap_or("").to_owned();
+        let Some(rest) = stat.get(close + 1..) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+        let (Some(utime), Some(stime)) = (tick(11), tick(12)) else {
+            continue;
+        };
+        threads.push(ThreadCpu {
+            tid,
+            name,
+            cpu: ticks(utime + stime),
+        });
+    }
+    Ok(threads)
+}
+
+/// CPU time per thread name between two [`threads`] readings (a thread that is new in
+/// `after` counts from zero), sorted by name.
+pub(crate) fn cpu_by_thread_name(
+    before: &[ThreadCpu],
+    after: &[ThreadCpu],
+) -> Vec<(String, Duration)> {
+    let mut by_name: std::collections::BTreeMap<String, Duration> = Default::default();
+    for thread in after {
+        let start = before
+            .iter()
+            .find(|b| b.tid == thread.tid)
+            .map_or(Duration::ZERO, |b| b.cpu);
+        *by_name.entry(thread.name.clone()).or_default() += thread.cpu.saturating_sub(start);
+    }
+    by_name.into_iter().collect()
+}
+
+fn ticks(count: u64) -> Duration {
+    Duration::from_nanos(count.saturating_mul(1_000_000_000) / clock_ticks_per_second().max(1))
+}
+
 /// `sysconf(_SC_CLK_TCK)`: the unit of the CPU times in `/proc/<pid>/stat`.
 pub(crate) fn clock_ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second()
@@ -118,6 +182,50 @@ pub(crate) fn ephemeral_ports() -> Option<u64> {
     Some(high.saturating_sub(low) + 1)
 }
 
+/// What `/proc/<pid>/io` counts: bytes the process caused to be written to storage, and its
+/// write-like syscalls (`write`, `pwrite`, `writev`, … on files and sockets alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Io {
+    /// `write_bytes`: bytes sent to the block layer (the page cache flushed for this process).
+    pub(crate) write_bytes: u64,
+    /// `syscw`: write-like system calls.
+    pub(crate) syscw: u64,
+}
+
+/// Reads `/proc/<pid>/io` (needs the right to trace `pid`: our own children, or root).
+pub(crate) fn io(pid: u32) -> anyhow::Result<Io> {
+    let path = format!("/proc/{pid}/io");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+    };
+    Ok(Io {
+        write_bytes: field("write_bytes:").unwrap_or(0),
+        syscw: field("syscw:").unwrap_or(0),
+    })
+}
+
+/// The type of the file system holding `path` (`ext4`, `tmpfs`, …), from the longest
+/// matching mount point in `/proc/self/mounts`.
+pub(crate) fn fs_type(path: &std::path::Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let path = path.canonicalize().ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let mount_point = fields.next()?.replace("\\040", " ");
+            let fs = fields.next()?;
+            path.starts_with(&mount_point)
+                .then(|| (mount_point.len(), fs.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
+}
+
 /// Number of CPUs this process may run on.
 pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -146,5 +254,10 @@ mod tests {
         assert!(listen_overflows().is_some());
         assert!(time_wait().is_some());
         assert!(ephemeral_ports().unwrap() > 0);
+        io(pid).unwrap();
+        let threads = threads(pid).unwrap();
+        assert!(threads.iter().any(|t| t.tid == pid));
+        assert!(!cpu_by_thread_name(&[], &threads).is_empty());
+        assert!(fs_type(std::path::Path::new("/")).is_some());
     }
 }

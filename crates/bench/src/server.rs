@@ -41,6 +41,8 @@ pub(crate) struct Target {
 struct Spawned {
     child: Child,
     dir: tempfile::TempDir,
+    /// Every `[[apps]]` appcode of the spawned server's config with its HS256 secret.
+    secrets: Vec<(u32, String)>,
 }
 
 impl Target {
@@ -99,6 +101,7 @@ impl Target {
             data_dir.display().to_string(),
         )?;
         let secret = app_secret(&config, appcode)?;
+        let secrets = app_secrets(&config);
         let config_path = dir.path().join("longlink.toml");
         std::fs::write(&config_path, toml::to_string(&config)?)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -155,13 +158,33 @@ impl Target {
             api: Some(api),
             pid,
             secret,
-            spawned: Some(Spawned { child, dir }),
+            spawned: Some(Spawned {
+                child,
+                dir,
+                secrets,
+            }),
         })
     }
 
     /// Whether the bench started this server.
     pub(crate) fn is_spawned(&self) -> bool {
         self.spawned.is_some()
+    }
+
+    /// The HS256 secret of `appcode` in a spawned server's configuration (`None` for a server
+    /// the bench did not start, or an appcode it does not know).
+    pub(crate) fn secret_of(&self, appcode: u32) -> Option<String> {
+        self.spawned.as_ref().and_then(|s| {
+            s.secrets
+                .iter()
+                .find(|(code, _)| *code == appcode)
+                .map(|(_, secret)| secret.clone())
+        })
+    }
+
+    /// A spawned server's data directory (its store).
+    pub(crate) fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self.spawned.as_ref().map(|s| s.dir.path().join("data"))
     }
 
     /// The server's `/healthz`, when its API address is known.
@@ -241,6 +264,22 @@ fn app_secret(config: &toml::Table, appcode: u32) -> anyhow::Result<String> {
         .and_then(toml::Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("appcode {appcode} is not in the default configuration's [[apps]]"))
+}
+
+/// Every `[[apps]]` entry's (appcode, secret).
+fn app_secrets(config: &toml::Table) -> Vec<(u32, String)> {
+    config
+        .get("apps")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(toml::Value::as_table)
+        .filter_map(|app| {
+            let code = app.get("appcode")?.as_integer()?;
+            let secret = app.get("secret")?.as_str()?;
+            Some((u32::try_from(code).ok()?, secret.to_owned()))
+        })
+        .collect()
 }
 
 /// The last lines of a log, on one line.

@@ -156,6 +156,14 @@ impl GatePush for SessionTable {
         self.try_push(session_id, frame)
     }
 
+    async fn offer(&self, session_id: u64, frame: Bytes) -> Result<(), PushError> {
+        let handle = self.get(session_id).ok_or(PushError::NoSession)?;
+        handle.tx.try_send(frame).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => PushError::SlowConsumer,
+            mpsc::error::TrySendError::Closed(_) => PushError::NoSession,
+        })
+    }
+
     async fn kick(&self, session_id: u64, reason: KickReason, message: &str) {
         if let Some(handle) = self.get(session_id) {
             // The writer drains what is queued (this KICK included) before it closes.

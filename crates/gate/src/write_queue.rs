@@ -8,8 +8,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+use longlink_proto::KickReason;
+
 use crate::CloseReason;
-use crate::session_table::ConnShared;
+use crate::session_table::{ConnShared, kick_frame};
+
+/// Backoff suggested to a client closed as a slow consumer.
+const SLOW_CONSUMER_BACKOFF_MS: u32 = 1000;
 
 /// Most frames written with one syscall.
 const MAX_BATCH: usize = 64;
@@ -35,6 +40,14 @@ pub(crate) async fn run(
                         Ok(frame) => batch.push(frame),
                         Err(_) => break,
                     }
+                }
+                if conn.reason() == CloseReason::SlowConsumer {
+                    // The queue was full, so the KICK could not be queued: it goes last, here.
+                    batch.push(kick_frame(
+                        KickReason::SlowConsumer,
+                        "write queue full: the client does not read fast enough",
+                        SLOW_CONSUMER_BACKOFF_MS,
+                    ));
                 }
                 true
             }

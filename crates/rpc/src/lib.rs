@@ -132,6 +132,13 @@ pub trait GatePush: Send + Sync + 'static {
     /// [`PushError::NoSession`] or [`PushError::SlowConsumer`] (the session is then closed).
     async fn push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError>;
 
+    /// Queues `frame` only if the session's queue has room; never closes the session. For
+    /// best-effort pushes (redelivery at login) whose messages the client also pulls.
+    ///
+    /// # Errors
+    /// [`PushError::NoSession`], or [`PushError::SlowConsumer`] meaning "full, not queued".
+    async fn offer(&self, session_id: u64, frame: Bytes) -> Result<(), PushError>;
+
     /// Sends KICK to `session_id` and closes it. Unknown sessions are ignored.
     async fn kick(&self, session_id: u64, reason: KickReason, message: &str);
 }

@@ -458,3 +458,51 @@ async fn each_device_moves_from_stored_to_pushed_to_acked() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_receiver_that_does_not_read_is_closed_and_loses_nothing() {
+    let server = TestServer::start_with(|config| {
+        config.gate.write_queue_frames = 4;
+        config.gate.write_timeout_secs = 1;
+    })
+    .await;
+    // bob's phone logs in and then never reads.
+    let mut phone = RawClient::connect(server.gate_addr()).await.unwrap();
+    assert!(is_response(
+        &phone
+            .login(130, &server.token(130, "bob"), "phone")
+            .await
+            .unwrap(),
+        Cmd::Login
+    ));
+    let (alice, _a) = server.client(129, "alice", "phone").await;
+    let body = "y".repeat(50_000);
+    let mut sent = Vec::new();
+    // Enough to fill the socket buffers and the 4-frame queue many times over.
+    for i in 0..300 {
+        let receipt = alice
+            .c2c(
+                UserRef::new(130, "bob"),
+                Content::text(format!("{i}{body}")),
+            )
+            .await
+            .expect("the sender is never held up by a slow receiver");
+        sent.push(receipt.msgid);
+    }
+    // The gate closed the phone's connection instead of buffering without bound.
+    phone
+        .until_closed()
+        .await
+        .expect("the slow consumer is disconnected");
+    // Everything is still there for the next login.
+    let (bob, _b) = server.client_without_auto_ack(130, "bob", "phone").await;
+    let ids: Vec<u64> = bob
+        .pull_all_offline()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.msgid)
+        .collect();
+    assert_eq!(ids, sent);
+    server.stop().await;
+}

@@ -114,7 +114,12 @@ impl TestServer {
 
     /// A logged-in SDK client that never acknowledges on its own, so what it pulls does not
     /// depend on the redelivery pushed at login.
-    pub async fn client_without_auto_ack(&self, appcode: u32, uid: &str, device: &str) -> (Client, Incoming) {
+    pub async fn client_without_auto_ack(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device: &str,
+    ) -> (Client, Incoming) {
         let mut config = self.client_config(appcode, uid, device);
         config.auto_ack = false;
         Client::connect(config).await.expect("client logs in")

@@ -1,7 +1,8 @@
 //! Redelivery at login (seed 001 "receiver ACK"): what this device has not acknowledged is
 //! pushed again as soon as its session is ready, so a message pushed to a connection that died
-//! is not lost. At most one page is pushed (it must fit the session's write queue); clients
-//! pull the rest with OFFLINE_PULL (the SDK always does after a login).
+//! is not lost. At most one page is pushed, and only while the session's write queue has room
+//! (a redelivery never closes a session as a slow consumer); clients pull the rest with
+//! OFFLINE_PULL (the SDK always does after a login).
 
 use longlink_proto::{Cmd, Frame};
 use longlink_rpc::SessionInfo;
@@ -33,8 +34,9 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
     let mut pushed = Vec::with_capacity(count);
     for message in &page.messages {
         let push = Frame::push(Cmd::Msg, message.log_id, &wire_msg(message)).to_bytes();
-        if logic.gate.push(session.session_id, push).await.is_err() {
-            // Gone or slow: the messages stay unacked in the store for the next login or pull.
+        if logic.gate.offer(session.session_id, push).await.is_err() {
+            // Gone, or the queue is full: the rest stays unacked in the store, and the client
+            // pulls it (the SDK always pulls after a login).
             break;
         }
         pushed.push(message.msgid);

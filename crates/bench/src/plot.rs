@@ -1,0 +1,339 @@
+//! Plots of a run's latencies with plotters: the percentile distribution of each latency
+//! (x in "nines": 90%, 99%, 99.9%, … evenly spaced) above the latency over time. SVG or PNG,
+//! chosen by the file's extension.
+//!
+//! Text is laid out (both formats) and rasterised (PNG) by plotters' `ab_glyph` feature from a
+//! TrueType font read at run time (DEPENDENCIES.md note 12; no fontconfig, no freetype):
+//! `$LONGLINK_BENCH_FONT`, else DejaVu Sans (Debian's `fonts-dejavu-core`), Liberation Sans
+//! or FreeSans where Debian puts them.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// Image size in pixels.
+const SIZE: (u32, u32) = (1100, 900);
+/// Highest "nines" on the x axis: 99.999%.
+const MAX_NINES: f64 = 5.0;
+/// Font files tried for PNG output, after `$LONGLINK_BENCH_FONT`.
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+];
+const FONT: &str = "sans-serif";
+const COLORS: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// What [`latency`] draws.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyPlot {
+    pub(crate) title: String,
+    /// Per series: (quantile in 0..1, latency in ms).
+    pub(crate) distributions: Vec<(String, Vec<(f64, f64)>)>,
+    /// Per series: (seconds after t0, latency in ms).
+    pub(crate) over_time: Vec<(String, Vec<(f64, f64)>)>,
+    /// A horizontal line: the target.
+    pub(crate) target_ms: Option<f64>,
+}
+
+/// The quantiles at which distributions are sampled: evenly spaced in nines, 0 … 99.999%.
+pub(crate) fn nines_points() -> Vec<f64> {
+    (0..=100)
+        .map(|i| {
+            let nines = f64::from(i) * MAX_NINES / 100.0;
+            1.0 - 10f64.powf(-nines)
+        })
+        .collect()
+}
+
+/// Refuses an output path the plot cannot be written to (before a long run, not after).
+///
+/// # Errors
+/// An extension other than `.svg` or `.png`; no usable font.
+pub(crate) fn check_path(path: &Path) -> anyhow::Result<()> {
+    match extension(path).as_deref() {
+        Some("svg" | "png") => font(),
+        _ => bail!(
+            "--plot {}: the file name must end in .svg or .png",
+            path.display()
+        ),
+    }
+}
+
+/// Draws `plot` into `path` (.svg or .png).
+///
+/// # Errors
+/// A bad extension, no font for a PNG, or the file cannot be written.
+pub(crate) fn latency(path: &Path, plot: &LatencyPlot) -> anyhow::Result<()> {
+    font()?;
+    match extension(path).as_deref() {
+        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), plot),
+        Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), plot),
+        _ => bail!(
+            "--plot {}: the file name must end in .svg or .png",
+            path.display()
+        ),
+    }
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|ext| ext.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+/// Registers a TrueType font as "sans-serif" once; the error says what was tried.
+fn font() -> anyhow::Result<()> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let from_env = std::env::var("LONGLINK_BENCH_FONT").ok();
+            let candidates = from_env
+                .iter()
+                .map(String::as_str)
+                .chain(FONT_CANDIDATES.iter().copied());
+            for candidate in candidates {
+                let Ok(bytes) = std::fs::read(candidate) else {
+                    continue;
+                };
+                // plotters keeps fonts for the life of the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font(FONT, FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(format!(
+                "a plot needs a TrueType font to lay out its text: set LONGLINK_BENCH_FONT to a .ttf file (tried {}; Debian: apt-get install fonts-dejavu-core)",
+                FONT_CANDIDATES.join(", ")
+            ))
+        })
+        .clone()
+        .map_err(|message| anyhow!(message))
+}
+
+/// A plotters error as an anyhow error (plotters' error types carry the backend's).
+fn plotting<E: std::fmt::Display>(err: E) -> anyhow::Error {
+    anyhow!("cannot draw the plot: {err}")
+}
+
+/// "nines" (x axis position) of a quantile.
+fn nines(q: f64) -> f64 {
+    (-(1.0 - q).max(1e-12).log10()).clamp(0.0, MAX_NINES)
+}
+
+fn nines_label(x: f64) -> String {
+    let percent = (1.0 - 10f64.powf(-x)) * 100.0;
+    let decimals = (x.round() as usize).saturating_sub(2);
+    format!("{percent:.decimals$}%")
+}
+
+/// (low, high) of the positive values, widened for a log axis.
+fn log_bounds<'a>(
+    series: impl Iterator<Item = &'a (String, Vec<(f64, f64)>)>,
+    extra: Option<f64>,
+) -> (f64, f64) {
+    let mut low = f64::INFINITY;
+    let mut high = 0f64;
+    for (_, points) in series {
+        for &(_, y) in points {
+            if y > 0.0 {
+                low = low.min(y);
+                high = high.max(y);
+            }
+        }
+    }
+    if let Some(extra) = extra {
+        high = high.max(extra);
+        low = low.min(extra);
+    }
+    if !low.is_finite() || high <= 0.0 {
+        return (0.01, 10.0);
+    }
+    ((low * 0.7).max(0.001), high * 1.5)
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    plot: &LatencyPlot,
+) -> anyhow::Result<()> {
+    root.fill(&WHITE).map_err(plotting)?;
+    let root = root.titled(&plot.title, (FONT, 20)).map_err(plotting)?;
+    let (top, bottom) = root.split_vertically(SIZE.1 / 2 - 20);
+
+    // Latency by percentile.
+    let (low, high) = log_bounds(plot.distributions.iter(), plot.target_ms);
+    let mut chart = ChartBuilder::on(&top)
+        .margin(12)
+        .caption(
+            "latency by percentile, measured from each message's due time",
+            (FONT, 16),
+        )
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..MAX_NINES, (low..high).log_scale())
+        .map_err(plotting)?;
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .x_label_formatter(&|x| nines_label(*x))
+        .y_label_formatter(&|y| format!("{y}"))
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(plotting)?;
+    for (i, (label, points)) in plot.distributions.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .filter(|(_, ms)| *ms > 0.0)
+                    .map(|&(q, ms)| (nines(q), ms)),
+                color.stroke_width(2),
+            ))
+            .map_err(plotting)?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    if let Some(target) = plot.target_ms {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, target), (MAX_NINES, target)],
+                RED.stroke_width(1),
+            ))
+            .map_err(plotting)?
+            .label(format!("target: p99 ≤ {target} ms"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(plotting)?;
+
+    // Latency over time.
+    let (low, high) = log_bounds(plot.over_time.iter(), plot.target_ms);
+    let end = plot
+        .over_time
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|&(t, _)| t))
+        .fold(0f64, f64::max)
+        .max(0.1);
+    let mut chart = ChartBuilder::on(&bottom)
+        .margin(12)
+        .caption("latency over the run, by due time", (FONT, 16))
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..end, (low..high).log_scale())
+        .map_err(plotting)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds after t0 (due time)")
+        .y_desc("latency (ms)")
+        .y_label_formatter(&|y| format!("{y}"))
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(plotting)?;
+    for (i, (label, points)) in plot.over_time.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied().filter(|(_, ms)| *ms > 0.0),
+                color.stroke_width(if i == 1 { 2 } else { 1 }),
+            ))
+            .map_err(plotting)?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    if let Some(target) = plot.target_ms {
+        chart
+            .draw_series(LineSeries::new([(0.0, target), (end, target)], RED))
+            .map_err(plotting)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(plotting)?;
+    root.present().map_err(plotting)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LatencyPlot {
+        let curve: Vec<(f64, f64)> = nines_points()
+            .into_iter()
+            .map(|q| (q, 1.0 + 20.0 * q * q))
+            .collect();
+        LatencyPlot {
+            title: "test".to_owned(),
+            distributions: vec![("a".to_owned(), curve.clone()), ("b".to_owned(), curve)],
+            over_time: vec![(
+                "c".to_owned(),
+                (0..50)
+                    .map(|i| (f64::from(i) * 0.1, 2.0 + f64::from(i % 7)))
+                    .collect(),
+            )],
+            target_ms: Some(10.0),
+        }
+    }
+
+    #[test]
+    fn labels_and_points() {
+        assert_eq!(nines_label(2.0), "99%");
+        assert_eq!(nines_label(3.0), "99.9%");
+        assert_eq!(nines_label(0.0), "0%");
+        let points = nines_points();
+        assert_eq!(points.first().copied(), Some(0.0));
+        assert!((nines(points[60]) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn writes_svg_when_a_font_exists() {
+        if font().is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plot.svg");
+        check_path(&path).unwrap();
+        latency(&path, &sample()).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("99.9%"));
+        assert!(check_path(&dir.path().join("plot.jpg")).is_err());
+    }
+
+    #[test]
+    fn writes_png_when_a_font_exists() {
+        if font().is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plot.png");
+        latency(&path, &sample()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"));
+    }
+}
