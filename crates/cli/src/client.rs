@@ -256,29 +256,29 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             }
             None => incoming.next_event().await,
         };
-        match event {
-            Some(Event::Message(message)) => {
-                received += 1;
-                print_message(&message, args.json);
-            }
-            Some(Event::Kicked { reason, message }) => bail!("kicked ({reason:?}): {message}"),
-            Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
-            Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
-            Some(other) => report_link_event(&other),
-            None => bail!("connection closed"),
+        if let Some(message) = message_or_end(event)? {
+            received += 1;
+            print_message(&message, args.json);
         }
     }
     client.close().await;
     Ok(())
 }
 
-/// Tells the terminal user about reconnects (the SDK retries on its own).
-fn report_link_event(event: &Event) {
+/// The message of `event`; other events are reported on stderr (reconnects: the SDK retries
+/// on its own) or end the command (kicked, closed).
+fn message_or_end(event: Option<Event>) -> anyhow::Result<Option<Message>> {
     match event {
-        Event::Disconnected { reason } => eprintln!("disconnected ({reason}); reconnecting…"),
-        Event::Reconnected { .. } => eprintln!("reconnected"),
-        _ => {}
+        Some(Event::Message(message)) => return Ok(Some(message)),
+        Some(Event::Kicked { reason, message }) => bail!("kicked ({reason:?}): {message}"),
+        Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
+        Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
+        Some(Event::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting…"),
+        Some(Event::Reconnected { .. }) => eprintln!("reconnected"),
+        Some(_) => {}
+        None => bail!("connection closed"),
     }
+    Ok(None)
 }
 
 async fn history(args: HistoryArgs) -> anyhow::Result<()> {
@@ -321,14 +321,11 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            event = incoming.next_event() => match event {
-                Some(Event::Message(message)) => print_chat_line(&message),
-                Some(Event::Kicked { reason, message }) => bail!("kicked ({reason:?}): {message}"),
-                Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
-                Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
-                Some(other) => report_link_event(&other),
-                None => bail!("connection closed"),
-            },
+            event = incoming.next_event() => {
+                if let Some(message) = message_or_end(event)? {
+                    print_chat_line(&message);
+                }
+            }
         }
     }
     client.close().await;

@@ -3,8 +3,9 @@
 //! ACK a sender received must have been received exactly once by the receiving app (by push or
 //! pull), in msgid order per conversation. Prints `sent / acked / received / lost / duplicated`.
 //!
-//! Bounded: by default 4 senders × 150 messages and 5 kills (`LONGLINK_CRASH_MESSAGES` per
-//! sender and `LONGLINK_CRASH_KILLS` override them for a longer soak).
+//! Bounded: by default 4 senders × 150 messages and 5 kills, within 240 s
+//! (`LONGLINK_CRASH_MESSAGES` per sender, `LONGLINK_CRASH_KILLS` and `LONGLINK_CRASH_SECS`
+//! override them for a longer soak).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -20,7 +21,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_longlink");
 const SENDERS: usize = 4;
 const RECEIVERS: usize = 2;
 /// Generous: the whole test must end by itself even if something hangs.
-const OVERALL: Duration = Duration::from_secs(240);
+fn overall() -> Duration {
+    Duration::from_secs(env_or("LONGLINK_CRASH_SECS", 240))
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -72,7 +75,7 @@ type Seen = Arc<Mutex<HashMap<(usize, String), Vec<u64>>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_loses_no_acknowledged_message_and_shows_none_twice() {
-    tokio::time::timeout(OVERALL, crash_run())
+    tokio::time::timeout(overall(), crash_run())
         .await
         .expect("crash test finished within its bound");
 }
@@ -154,7 +157,7 @@ async fn crash_run() {
     for i in 1..=kills {
         let at = total * i / (kills + 1);
         let progress = acked_count.clone();
-        if wait_until(OVERALL, || {
+        if wait_until(overall(), || {
             let progress = progress.clone();
             async move { progress.load(Ordering::Relaxed) >= at }
         })
