@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Command, Driver, Expect, Reply, random_log_id};
+use crate::driver::{Command, Driver, Expect, Reply};
+use crate::handshake::random_log_id;
 use crate::handshake::{Dial, connect_and_login, decode};
 use crate::shared::Shared;
 use crate::{

@@ -23,27 +23,21 @@ use std::time::Duration;
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use longlink_proto::{Cmd, CodecError, FLAG_COMPRESSED, Frame, FrameCodec, FrameType, wire};
-use tokio::net::TcpStream;
+use longlink_proto::{Cmd, CodecError, FLAG_COMPRESSED, Frame, FrameType, wire};
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::error_code;
-use crate::handshake::{Dial, connect_and_login, decode};
+use crate::handshake::{Dial, LOGIN_SEQ, Transport, connect_and_login, decode, random_log_id};
 use crate::sequencer::{Sequencer, Step};
 use crate::shared::Shared;
 use crate::{ClientConfig, ClientError, Event, KickReason, UserRef};
 
-/// The socket with the longlink codec on it.
-pub(crate) type Transport = Framed<TcpStream, FrameCodec>;
 type Sink = SplitSink<Transport, Frame>;
 type Stream = SplitStream<Transport>;
 
-/// The seq_id of the LOGIN request; the driver numbers the following requests after it.
-pub(crate) const LOGIN_SEQ: u32 = 1;
 /// How many frames (read) or commands (written) the driver handles before it flushes /
 /// looks at its other inputs again.
 const MAX_BURST: usize = 128;
@@ -1093,9 +1087,4 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// A random non-zero trace id.
-pub(crate) fn random_log_id() -> u64 {
-    rand::random::<u64>().max(1)
 }

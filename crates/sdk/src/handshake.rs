@@ -9,8 +9,18 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-use crate::driver::{LOGIN_SEQ, Transport, random_log_id};
 use crate::{CLIENT_VERSION, ClientConfig, ClientError};
+
+/// The socket with the longlink codec on it.
+pub(crate) type Transport = Framed<TcpStream, FrameCodec>;
+
+/// The seq_id of the LOGIN request; the driver numbers the following requests after it.
+pub(crate) const LOGIN_SEQ: u32 = 1;
+
+/// A random non-zero trace id.
+pub(crate) fn random_log_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
 
 /// What a connection attempt needs (owned, so that the attempt borrows nothing).
 #[derive(Debug, Clone)]
