@@ -19,7 +19,8 @@
 //!    (type 3), batched, so the full path runs: persist, ACK, push, receiver ACK.
 //! 5. After the send phase the bench waits (at most `--drain-secs`) for outstanding ACKs and
 //!    deliveries. Then every receiver flushes its acks and pulls its offline inbox
-//!    (OFFLINE_PULL): an ACKed message that was neither pushed nor is in the inbox is **lost**.
+//!    (OFFLINE_PULL): a message ACKed before the pulls began that was neither pushed nor is in
+//!    the inbox is **lost**.
 //!    Nothing is dropped from the counts: errors, unanswered requests, late or missing
 //!    deliveries, duplicates are all reported.
 //!
@@ -288,6 +289,9 @@ struct Shared {
     last_delivery_ns: AtomicU64,
     senders_done: AtomicU32,
     receivers_verified: AtomicU32,
+    /// Nanoseconds after t0 when the receivers were told to pull their inboxes (u64::MAX
+    /// before): only a message ACKed before then is surely in a pull's snapshot.
+    verify_from_ns: AtomicU64,
     /// An empty histogram to copy the configuration of.
     template: Histogram<u64>,
     /// Error answers by "<cmd> <code>".
@@ -331,6 +335,7 @@ impl Shared {
             last_delivery_ns: AtomicU64::new(0),
             senders_done: AtomicU32::new(0),
             receivers_verified: AtomicU32::new(0),
+            verify_from_ns: AtomicU64::new(u64::MAX),
             template,
             errors: Mutex::new(BTreeMap::new()),
             events: Mutex::new(Vec::new()),
@@ -493,9 +498,9 @@ struct SenderOut {
     send_lag: Histogram<u64>,
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Writes messages index, index + S, index + 2S, … each when it is due, without waiting for
 /// answers; sends a KEEPALIVE when nothing else went out for a keepalive interval.
+#[allow(clippy::too_many_arguments)]
 async fn sender_writer(
     shared: Arc<Shared>,
     index: u64,
@@ -946,6 +951,8 @@ struct Machine {
     cpus: usize,
     kernel: String,
     clock_ticks_per_second: u64,
+    /// `/proc/loadavg` when the run began: other work sharing the cores.
+    loadavg_before: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -966,8 +973,11 @@ struct Results {
     acked_not_received: u64,
     /// … of which the receiver's offline inbox holds (delivered by pull, not lost).
     acked_not_received_in_inbox: u64,
-    /// ACKed, never pushed and not in the inbox.
+    /// ACKed before the inbox pulls began, never pushed and not in the inbox.
     lost: u64,
+    /// ACKed after the inbox pulls began (the server was still working off a backlog) and
+    /// not pushed before the end: not verifiable by those pulls, so not counted as lost.
+    acked_late_unverified: u64,
     /// Whether every receiver finished its inbox pull (otherwise `lost` is an upper bound).
     inbox_verified: bool,
     /// Pushed to the receiver although the sender got an error or no answer.
@@ -990,10 +1000,17 @@ struct Results {
     /// t0 → the last delivery; deliveries per second over it.
     delivery_secs: f64,
     delivery_rate: f64,
-    /// Server CPU from t0 to the end of the drain.
+    /// t0 → the end of the drain: the interval the CPU and I/O figures cover.
+    measured_secs: f64,
+    /// Server CPU over that interval.
     server_cpu_secs: f64,
+    /// … as a share of one core (2.0 = both cores of this machine, all the time).
+    server_cpu_share: f64,
     messages_per_server_cpu_sec: f64,
     server_cpu_us_per_message: f64,
+    /// Server CPU by thread name (`tokio-runtime-w` = tokio workers and blocking pool,
+    /// `longlink-store-` = the store's writer thread); threads that ended are missing.
+    server_threads_cpu_secs: BTreeMap<String, f64>,
     /// The bench's own CPU over the same interval (same cores as the server).
     client_cpu_secs: f64,
     /// `/proc/<server>/io` over the same interval.
@@ -1132,9 +1149,21 @@ async fn login_all(
     Ok(sessions.into_iter().flatten().collect())
 }
 
-async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Report> {
-    let pid = target.pid;
+/// What is known about the server and the run before the connections open.
+struct Setup {
+    version: String,
+    data_dir_fs: Option<String>,
+    sender_secret: String,
+    receiver_secret: String,
+    /// uid prefix with the run tag.
+    prefix: String,
+    loadavg: String,
+    notes: Vec<String>,
+}
+
+async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Setup> {
     let mut notes = Vec::new();
+    let loadavg = procfs::loadavg();
     let version = target
         .health()
         .await
@@ -1143,34 +1172,18 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
     if data_dir_fs.as_deref() == Some("tmpfs") {
         notes.push("the server's data dir is on tmpfs: fsync costs nothing there, so these latencies are not those of a durable store".to_owned());
     }
-    let (sender_secret, receiver_secret) = if target.is_spawned() {
-        (
-            target.secret_of(args.sender_appcode).ok_or_else(|| {
-                anyhow!(
-                    "appcode {} is not in the server's config",
-                    args.sender_appcode
-                )
-            })?,
-            target.secret_of(args.receiver_appcode).ok_or_else(|| {
-                anyhow!(
-                    "appcode {} is not in the server's config",
-                    args.receiver_appcode
-                )
-            })?,
-        )
-    } else {
-        (
-            args.sender_secret
-                .clone()
-                .unwrap_or_else(|| DEV_SECRET_129.to_owned()),
-            args.receiver_secret
-                .clone()
-                .unwrap_or_else(|| DEV_SECRET_130.to_owned()),
-        )
+    let secret = |appcode: u32, given: &Option<String>, default: &str| {
+        if target.is_spawned() {
+            target
+                .secret_of(appcode)
+                .ok_or_else(|| anyhow!("appcode {appcode} is not in the server's config"))
+        } else {
+            Ok(given.clone().unwrap_or_else(|| default.to_owned()))
+        }
     };
-    let run_tag = format!("{}-", longlink_proto::unix_ms());
-    let prefix = format!("{}{run_tag}", args.uid_prefix);
-    let login_timeout = Duration::from_secs(args.login_timeout_secs);
+    let sender_secret = secret(args.sender_appcode, &args.sender_secret, DEV_SECRET_129)?;
+    let receiver_secret = secret(args.receiver_appcode, &args.receiver_secret, DEV_SECRET_130)?;
+    let prefix = format!("{}{}-", args.uid_prefix, longlink_proto::unix_ms());
     println!(
         "longlink bench c2c: {} msg/s for {} s ({} messages, open loop), {} senders (appcode {}) → {} receivers (appcode {}), {} B content",
         thousands(u64::from(args.rate)),
@@ -1183,7 +1196,8 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
         args.content_bytes
     );
     println!(
-        "server: pid {pid}, {}, longlink {version}, gate {}{}",
+        "server: pid {}, {}, longlink {version}, gate {}{}",
+        target.pid,
         if target.is_spawned() {
             format!(
                 "started by the bench (serve, LONGLINK_LOG={})",
@@ -1198,150 +1212,318 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             .map(|fs| format!(", store on {fs}"))
             .unwrap_or_default()
     );
+    Ok(Setup {
+        version,
+        data_dir_fs,
+        sender_secret,
+        receiver_secret,
+        prefix,
+        loadavg,
+        notes,
+    })
+}
 
-    let receiver_sessions = login_all(
-        target.gate,
-        Arc::new(Minter::new(args.receiver_appcode, &receiver_secret)),
-        format!("{prefix}r"),
-        args.receivers,
-        login_timeout,
-    )
-    .await?;
-    let sender_sessions = login_all(
-        target.gate,
-        Arc::new(Minter::new(args.sender_appcode, &sender_secret)),
-        format!("{prefix}s"),
-        args.senders,
-        login_timeout,
-    )
-    .await?;
-    let receiver_uids: Arc<Vec<String>> = Arc::new(
-        (0..args.receivers)
-            .map(|j| format!("{prefix}r{j}"))
-            .collect(),
-    );
+/// The connection tasks of a run and what they share.
+struct Running {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    verify: CancellationToken,
+    senders: JoinSet<SenderOut>,
+    receivers: JoinSet<ReceiverOut>,
+    helpers: JoinSet<()>,
+}
 
-    let t0 = Instant::now() + START_LEAD;
-    let shared = Arc::new(Shared::new(
-        t0,
-        u64::from(args.rate),
-        total,
-        u64::from(args.senders),
-        u64::from(args.receivers),
-        histogram_template()?,
-    ));
-    let stop = CancellationToken::new();
-    let verify = CancellationToken::new();
-    let ack_interval = Duration::from_millis(args.ack_interval_ms);
-
-    let mut receivers = JoinSet::new();
-    let mut helpers = JoinSet::new();
-    for (j, session) in receiver_sessions.into_iter().enumerate() {
-        let keepalive = session.keepalive;
-        let (read, write) = session.stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        helpers.spawn(receiver_writer(
-            shared.clone(),
-            j as u64,
-            write,
-            rx,
-            keepalive,
-            stop.clone(),
+impl Running {
+    /// Logs every connection in (receivers first, so they are online before the first
+    /// message), then starts their tasks; message 0 is due [`START_LEAD`] later.
+    async fn start(
+        args: &C2cArgs,
+        target: &Target,
+        setup: &Setup,
+        total: u64,
+    ) -> anyhow::Result<Running> {
+        let login_timeout = Duration::from_secs(args.login_timeout_secs);
+        let receiver_sessions = login_all(
+            target.gate,
+            Arc::new(Minter::new(args.receiver_appcode, &setup.receiver_secret)),
+            format!("{}r", setup.prefix),
+            args.receivers,
+            login_timeout,
+        )
+        .await?;
+        let sender_sessions = login_all(
+            target.gate,
+            Arc::new(Minter::new(args.sender_appcode, &setup.sender_secret)),
+            format!("{}s", setup.prefix),
+            args.senders,
+            login_timeout,
+        )
+        .await?;
+        let receiver_uids: Arc<Vec<String>> = Arc::new(
+            (0..args.receivers)
+                .map(|j| format!("{}r{j}", setup.prefix))
+                .collect(),
+        );
+        let shared = Arc::new(Shared::new(
+            Instant::now() + START_LEAD,
+            u64::from(args.rate),
+            total,
+            u64::from(args.senders),
+            u64::from(args.receivers),
+            histogram_template()?,
         ));
-        receivers.spawn(receiver_reader(
-            shared.clone(),
-            j as u64,
-            read,
-            tx,
-            args.ack_batch,
-            ack_interval,
-            verify.clone(),
-            stop.clone(),
-        ));
+        let mut running = Running {
+            shared: shared.clone(),
+            stop: CancellationToken::new(),
+            verify: CancellationToken::new(),
+            senders: JoinSet::new(),
+            receivers: JoinSet::new(),
+            helpers: JoinSet::new(),
+        };
+        let ack_interval = Duration::from_millis(args.ack_interval_ms);
+        for (j, session) in receiver_sessions.into_iter().enumerate() {
+            let keepalive = session.keepalive;
+            let (read, write) = session.stream.into_split();
+            let (tx, rx) = mpsc::unbounded_channel();
+            running.helpers.spawn(receiver_writer(
+                shared.clone(),
+                j as u64,
+                write,
+                rx,
+                keepalive,
+                running.stop.clone(),
+            ));
+            running.receivers.spawn(receiver_reader(
+                shared.clone(),
+                j as u64,
+                read,
+                tx,
+                args.ack_batch,
+                ack_interval,
+                running.verify.clone(),
+                running.stop.clone(),
+            ));
+        }
+        for (i, session) in sender_sessions.into_iter().enumerate() {
+            let keepalive = session.keepalive;
+            let (read, write) = session.stream.into_split();
+            running.helpers.spawn(sender_reader(
+                shared.clone(),
+                i as u64,
+                read,
+                running.stop.clone(),
+            ));
+            running.senders.spawn(sender_writer(
+                shared.clone(),
+                i as u64,
+                write,
+                receiver_uids.clone(),
+                args.receiver_appcode,
+                args.content_bytes,
+                keepalive,
+                running.stop.clone(),
+            ));
+        }
+        Ok(running)
     }
-    let mut senders = JoinSet::new();
-    for (i, session) in sender_sessions.into_iter().enumerate() {
-        let keepalive = session.keepalive;
-        let (read, write) = session.stream.into_split();
-        helpers.spawn(sender_reader(shared.clone(), i as u64, read, stop.clone()));
-        senders.spawn(sender_writer(
-            shared.clone(),
-            i as u64,
-            write,
-            receiver_uids.clone(),
-            args.receiver_appcode,
-            args.content_bytes,
-            keepalive,
-            stop.clone(),
-        ));
-    }
 
-    // Both processes are idle until t0: the CPU read now is the one at t0.
-    let server_cpu_before = procfs::cpu_time(pid)?;
-    let client_cpu_before = procfs::cpu_time(std::process::id())?;
-    let io_before = procfs::io(pid).ok();
-
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} sent, {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let send_end = t0 + shared.offset(total);
-    let mut drain_deadline = None;
-    let mut drained = false;
-    loop {
-        tokio::time::sleep(TICK).await;
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let acked = shared.acked.load(Ordering::Relaxed);
-        let failed = shared.failed.load(Ordering::Relaxed);
-        let received = shared.received.load(Ordering::Relaxed);
-        bar.set_position(sent);
-        bar.set_message(format!(
-            "{acked} acked, {received} received, {failed} errors{}",
-            if drain_deadline.is_some() {
-                " (draining)"
-            } else {
-                ""
+    /// Shows progress through the send phase, then waits (at most `--drain-secs` after the
+    /// senders are done, or after the send phase should have ended) until every sent message
+    /// is answered and every ACKed one delivered. Returns whether that happened.
+    async fn drive(&self, args: &C2cArgs) -> bool {
+        let shared = &self.shared;
+        let bar = ProgressBar::new(shared.total);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} sent, {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        let drain = Duration::from_secs(args.drain_secs);
+        let send_end = shared.due(shared.total);
+        let mut drain_until = None;
+        let drained = loop {
+            tokio::time::sleep(TICK).await;
+            let sent = shared.sent.load(Ordering::Relaxed);
+            let acked = shared.acked.load(Ordering::Relaxed);
+            let failed = shared.failed.load(Ordering::Relaxed);
+            bar.set_position(sent);
+            bar.set_message(format!(
+                "{acked} acked, {} received, {failed} errors{}",
+                shared.received.load(Ordering::Relaxed),
+                if drain_until.is_some() {
+                    " (draining)"
+                } else {
+                    ""
+                }
+            ));
+            let senders_done = shared.senders_done.load(Ordering::Relaxed) >= args.senders;
+            if !senders_done && Instant::now() < send_end + drain {
+                continue;
             }
-        ));
-        let senders_done = shared.senders_done.load(Ordering::Relaxed) >= args.senders;
-        if senders_done || Instant::now() >= send_end + Duration::from_secs(args.drain_secs) {
-            let until = *drain_deadline
-                .get_or_insert_with(|| Instant::now() + Duration::from_secs(args.drain_secs));
-            let complete = senders_done
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + drain);
+            if senders_done
                 && acked + failed >= sent
-                && shared.acked_and_received.load(Ordering::Relaxed) >= acked;
-            if complete {
-                drained = true;
-                break;
+                && shared.acked_and_received.load(Ordering::Relaxed) >= acked
+            {
+                break true;
             }
             if Instant::now() >= until {
-                break;
+                break false;
+            }
+        };
+        bar.finish_and_clear();
+        drained
+    }
+
+    /// Every receiver flushes its acks and pulls its inbox; returns whether all finished
+    /// within [`VERIFY_TIMEOUT`].
+    async fn verify(&self, receivers: u32) -> bool {
+        self.shared
+            .verify_from_ns
+            .store(self.shared.since_t0_ns(Instant::now()), Ordering::Relaxed);
+        self.verify.cancel();
+        let until = Instant::now() + VERIFY_TIMEOUT;
+        while self.shared.receivers_verified.load(Ordering::Relaxed) < receivers
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shared.receivers_verified.load(Ordering::Relaxed) >= receivers
+    }
+
+    /// Stops every task; returns the senders' lag histogram and the receivers' counts.
+    async fn finish(mut self) -> (Histogram<u64>, ReceiverOut) {
+        self.stop.cancel();
+        let mut send_lag = self.shared.histogram();
+        while let Some(joined) = self.senders.join_next().await {
+            if let Ok(out) = joined {
+                let _ = send_lag.add(&out.send_lag);
             }
         }
+        let mut receiver_out = ReceiverOut::default();
+        while let Some(joined) = self.receivers.join_next().await {
+            if let Ok(out) = joined {
+                receiver_out.ack_frames += out.ack_frames;
+                receiver_out.acked_ids += out.acked_ids;
+            }
+        }
+        while self.helpers.join_next().await.is_some() {}
+        (send_lag, receiver_out)
     }
-    bar.finish_and_clear();
-    let server_cpu = procfs::cpu_time(pid)?.saturating_sub(server_cpu_before);
-    let client_cpu = procfs::cpu_time(std::process::id())?.saturating_sub(client_cpu_before);
-    let io_after = procfs::io(pid).ok();
-    let measured_secs = t0.elapsed().as_secs_f64();
+}
+
+/// Server and client resource use over the measured interval (t0 → end of the drain).
+struct Usage {
+    server_cpu: Duration,
+    client_cpu: Duration,
+    io: Option<procfs::Io>,
+    server_threads: Vec<(String, Duration)>,
+    secs: f64,
+}
+
+/// Readings at t0, subtracted from the ones at the end.
+struct UsageStart {
+    server_cpu: Duration,
+    client_cpu: Duration,
+    io: Option<procfs::Io>,
+    threads: Vec<procfs::ThreadCpu>,
+}
+
+impl UsageStart {
+    fn read(pid: u32) -> anyhow::Result<UsageStart> {
+        Ok(UsageStart {
+            server_cpu: procfs::cpu_time(pid)?,
+            client_cpu: procfs::cpu_time(std::process::id())?,
+            io: procfs::io(pid).ok(),
+            threads: procfs::threads(pid).unwrap_or_default(),
+        })
+    }
+
+    fn end(&self, pid: u32, t0: Instant) -> anyhow::Result<Usage> {
+        let io = self
+            .io
+            .zip(procfs::io(pid).ok())
+            .map(|(before, after)| procfs::Io {
+                write_bytes: after.write_bytes.saturating_sub(before.write_bytes),
+                syscw: after.syscw.saturating_sub(before.syscw),
+            });
+        Ok(Usage {
+            server_cpu: procfs::cpu_time(pid)?.saturating_sub(self.server_cpu),
+            client_cpu: procfs::cpu_time(std::process::id())?.saturating_sub(self.client_cpu),
+            io,
+            server_threads: procfs::cpu_by_thread_name(
+                &self.threads,
+                &procfs::threads(pid).unwrap_or_default(),
+            ),
+            secs: t0.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Report> {
+    let setup = setup(args, target, total).await?;
+    let running = Running::start(args, target, &setup, total).await?;
+    // Both processes are idle until t0: what is read now is what they had used at t0.
+    let start = UsageStart::read(target.pid)?;
+    let drained = running.drive(args).await;
+    let usage = start.end(target.pid, running.shared.t0)?;
+    let verified = running.verify(args.receivers).await;
+    let shared = running.shared.clone();
+    let (send_lag, receiver_out) = running.finish().await;
+    Ok(summarize(
+        args,
+        target,
+        setup,
+        &shared,
+        Outcome {
+            drained,
+            verified,
+            usage,
+            send_lag,
+            receiver_out,
+        },
+    ))
+}
+
+/// What the run produced besides the per-message arrays.
+struct Outcome {
+    drained: bool,
+    verified: bool,
+    usage: Usage,
+    send_lag: Histogram<u64>,
+    receiver_out: ReceiverOut,
+}
+
+/// The report, from the per-message arrays and the readings.
+fn summarize(
+    args: &C2cArgs,
+    target: &Target,
+    setup: Setup,
+    shared: &Shared,
+    outcome: Outcome,
+) -> Report {
+    let Setup {
+        version,
+        data_dir_fs,
+        prefix,
+        loadavg,
+        mut notes,
+        ..
+    } = setup;
+    let Outcome {
+        drained,
+        verified: inbox_verified,
+        usage,
+        send_lag,
+        receiver_out,
+    } = outcome;
+    let total = shared.total;
     if !drained {
         notes.push(format!(
             "the drain ended at its limit ({} s, --drain-secs) with answers or deliveries outstanding",
             args.drain_secs
         ));
     }
-
-    // Verification: every receiver flushes its acks and pulls its inbox.
-    verify.cancel();
-    let verify_until = Instant::now() + VERIFY_TIMEOUT;
-    while shared.receivers_verified.load(Ordering::Relaxed) < args.receivers
-        && Instant::now() < verify_until
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let inbox_verified = shared.receivers_verified.load(Ordering::Relaxed) >= args.receivers;
     if !inbox_verified {
         notes.push(format!(
             "only {} of {} receivers finished pulling their inbox within {} s: `lost` counts every undelivered ACKed message of the others",
@@ -1350,81 +1532,47 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             VERIFY_TIMEOUT.as_secs()
         ));
     }
-    stop.cancel();
-    let mut send_lag = shared.histogram();
-    while let Some(joined) = senders.join_next().await {
-        if let Ok(out) = joined {
-            let _ = send_lag.add(&out.send_lag);
-        }
-    }
-    let mut receiver_out = ReceiverOut::default();
-    while let Some(joined) = receivers.join_next().await {
-        if let Ok(out) = joined {
-            receiver_out.ack_frames += out.ack_frames;
-            receiver_out.acked_ids += out.acked_ids;
-        }
-    }
-    while helpers.join_next().await.is_some() {}
 
-    // The figures, from the per-message arrays.
     let bucket = bucket_width(args.duration_secs);
     let buckets = (shared.offset(total).as_secs_f64() / bucket.as_secs_f64()).ceil() as usize;
-    let mut over_time: Vec<(Histogram<u64>, Histogram<u64>)> = (0..buckets.max(1))
+    let mut by_time: Vec<(Histogram<u64>, Histogram<u64>)> = (0..buckets.max(1))
         .map(|_| (shared.histogram(), shared.histogram()))
         .collect();
     let mut ack_h = shared.histogram();
     let mut e2e_h = shared.histogram();
     let mut counts = Counts::default();
+    let verify_from = Duration::from_nanos(shared.verify_from_ns.load(Ordering::Relaxed));
     for k in 0..total {
         let i = k as usize;
-        let flags = shared.flags[i].load(Ordering::Relaxed);
-        counts.add(flags);
-        let slot = ((shared.offset(k).as_secs_f64() / bucket.as_secs_f64()) as usize)
-            .min(over_time.len() - 1);
         let ack = shared.ack_us[i].load(Ordering::Relaxed);
+        let acked_at = shared.offset(k) + Duration::from_micros(u64::from(ack.saturating_sub(1)));
+        counts.add(
+            shared.flags[i].load(Ordering::Relaxed),
+            acked_at < verify_from,
+        );
+        let slot = ((shared.offset(k).as_secs_f64() / bucket.as_secs_f64()) as usize)
+            .min(by_time.len() - 1);
         if ack > 0 {
             let us = u64::from(ack - 1).max(1);
             ack_h.saturating_record(us);
-            over_time[slot].0.saturating_record(us);
+            by_time[slot].0.saturating_record(us);
         }
         let e2e = shared.e2e_us[i].load(Ordering::Relaxed);
         if e2e > 0 {
             let us = u64::from(e2e - 1).max(1);
             e2e_h.saturating_record(us);
-            over_time[slot].1.saturating_record(us);
+            by_time[slot].1.saturating_record(us);
         }
     }
-    let lost = counts.acked_not_received - counts.acked_not_received_in_inbox;
-    let secs = |ns: u64| ns as f64 / 1e9;
-    let send_secs = secs(shared.last_sent_ns.load(Ordering::Relaxed));
-    let ack_secs = secs(shared.last_ack_ns.load(Ordering::Relaxed));
-    let delivery_secs = secs(shared.last_delivery_ns.load(Ordering::Relaxed));
+    let lost = counts.lost;
+    let secs = |ns: &AtomicU64| ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let send_secs = secs(&shared.last_sent_ns);
+    let ack_secs = secs(&shared.last_ack_ns);
+    let delivery_secs = secs(&shared.last_delivery_ns);
     let per = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let server_cpu_secs = server_cpu.as_secs_f64();
-    let io = io_before.zip(io_after).map(|(before, after)| procfs::Io {
-        write_bytes: after.write_bytes.saturating_sub(before.write_bytes),
-        syscw: after.syscw.saturating_sub(before.syscw),
-    });
+    let server_cpu_secs = usage.server_cpu.as_secs_f64();
     let ack_latency = latency(&ack_h);
     let e2e_latency = latency(&e2e_h);
-
-    let nines = plot::nines_points();
-    let percentiles: Vec<PercentilePoint> = nines
-        .iter()
-        .map(|&q| PercentilePoint {
-            percentile: round(q * 100.0, 4),
-            ack_ms: if ack_h.is_empty() {
-                0.0
-            } else {
-                ms(ack_h.value_at_quantile(q))
-            },
-            e2e_ms: if e2e_h.is_empty() {
-                0.0
-            } else {
-                ms(e2e_h.value_at_quantile(q))
-            },
-        })
-        .collect();
     let quantile = |h: &Histogram<u64>, q: f64| {
         if h.is_empty() {
             0.0
@@ -1432,7 +1580,15 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             ms(h.value_at_quantile(q))
         }
     };
-    let over_time: Vec<TimePoint> = over_time
+    let percentiles: Vec<PercentilePoint> = plot::nines_points()
+        .into_iter()
+        .map(|q| PercentilePoint {
+            percentile: round(q * 100.0, 4),
+            ack_ms: quantile(&ack_h, q),
+            e2e_ms: quantile(&e2e_h, q),
+        })
+        .collect();
+    let over_time: Vec<TimePoint> = by_time
         .iter()
         .enumerate()
         .map(|(slot, (ack, e2e))| TimePoint {
@@ -1442,15 +1598,15 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             ack_p99_ms: quantile(ack, 0.99),
             e2e_p50_ms: quantile(e2e, 0.5),
             e2e_p99_ms: quantile(e2e, 0.99),
-            e2e_max_ms: if e2e.is_empty() { 0.0 } else { ms(e2e.max()) },
+            e2e_max_ms: quantile(e2e, 1.0),
         })
         .collect();
 
-    if client_cpu.as_secs_f64() > 0.3 * measured_secs {
+    if usage.client_cpu.as_secs_f64() > 0.3 * usage.secs {
         notes.push(format!(
             "the load generator used {:.2} s of CPU in {:.1} s on a {}-core machine it shares with the server: its own scheduling delays are part of the latencies (see send_lag_ms)",
-            client_cpu.as_secs_f64(),
-            measured_secs,
+            usage.client_cpu.as_secs_f64(),
+            usage.secs,
             procfs::cpus()
         ));
     }
@@ -1460,16 +1616,6 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             args.server_log
         ));
     }
-    let errors = shared
-        .errors
-        .lock()
-        .map(|errors| errors.clone())
-        .unwrap_or_default();
-    let events = shared
-        .events
-        .lock()
-        .map(|events| events.clone())
-        .unwrap_or_default();
     let achieved_send_rate = per(counts.sent, send_secs);
     let delivery_rate = per(counts.received, delivery_secs);
     let verdict = Verdict {
@@ -1481,54 +1627,70 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
         zero_loss: lost == 0,
         everything_delivered: counts.received == total,
     };
-
-    let plot = plot::LatencyPlot {
-        title: format!(
-            "longlink c2c: {} msg/s for {} s, {} senders → {} receivers (e2e p99 {:.1} ms, ACK p99 {:.1} ms)",
-            thousands(u64::from(args.rate)),
-            args.duration_secs,
-            args.senders,
-            args.receivers,
-            e2e_latency.p99,
-            ack_latency.p99
+    let plot = latency_plot(args, &ack_latency, &e2e_latency, &percentiles, &over_time);
+    let io = usage.io.unwrap_or_default();
+    let results = Results {
+        sent: counts.sent,
+        not_sent: total - counts.sent,
+        acked: counts.acked,
+        errors: counts.failed,
+        unanswered: counts.unanswered,
+        received: counts.received,
+        acked_not_received: counts.acked_not_received,
+        acked_not_received_in_inbox: counts.acked_not_received_in_inbox,
+        lost,
+        acked_late_unverified: counts.acked_late_unverified,
+        inbox_verified,
+        received_without_ack: counts.received_without_ack,
+        stored_without_ack: counts.stored_without_ack,
+        duplicate_deliveries: shared.duplicate_deliveries.load(Ordering::Relaxed),
+        duplicate_answers: shared.duplicate_answers.load(Ordering::Relaxed),
+        duplicate_stores: shared.duplicate_stores.load(Ordering::Relaxed),
+        misrouted: shared.misrouted.load(Ordering::Relaxed),
+        unexpected_frames: shared.unexpected.load(Ordering::Relaxed),
+        error_counts: shared
+            .errors
+            .lock()
+            .map(|errors| errors.clone())
+            .unwrap_or_default(),
+        events: shared
+            .events
+            .lock()
+            .map(|events| events.clone())
+            .unwrap_or_default(),
+        send_secs: round(send_secs, 3),
+        achieved_send_rate: round(achieved_send_rate, 1),
+        ack_secs: round(ack_secs, 3),
+        ack_rate: round(per(counts.acked, ack_secs), 1),
+        delivery_secs: round(delivery_secs, 3),
+        delivery_rate: round(delivery_rate, 1),
+        measured_secs: round(usage.secs, 3),
+        server_cpu_secs: round(server_cpu_secs, 3),
+        server_cpu_share: round(server_cpu_secs / usage.secs.max(1e-9), 3),
+        messages_per_server_cpu_sec: round(per(counts.acked, server_cpu_secs), 0),
+        server_cpu_us_per_message: round(server_cpu_secs * 1e6 / counts.acked.max(1) as f64, 1),
+        server_threads_cpu_secs: usage
+            .server_threads
+            .iter()
+            .filter(|(_, cpu)| !cpu.is_zero())
+            .map(|(name, cpu)| (name.clone(), round(cpu.as_secs_f64(), 3)))
+            .collect(),
+        client_cpu_secs: round(usage.client_cpu.as_secs_f64(), 3),
+        server_write_bytes: io.write_bytes,
+        server_write_bytes_per_message: round(
+            io.write_bytes as f64 / counts.acked.max(1) as f64,
+            0,
         ),
-        distributions: vec![
-            (
-                "end to end (receiver)".to_owned(),
-                percentiles
-                    .iter()
-                    .map(|p| (p.percentile / 100.0, p.e2e_ms))
-                    .collect(),
-            ),
-            (
-                "sender ACK".to_owned(),
-                percentiles
-                    .iter()
-                    .map(|p| (p.percentile / 100.0, p.ack_ms))
-                    .collect(),
-            ),
-        ],
-        over_time: vec![
-            (
-                "e2e max".to_owned(),
-                over_time.iter().map(|p| (p.t_secs, p.e2e_max_ms)).collect(),
-            ),
-            (
-                "e2e p99".to_owned(),
-                over_time.iter().map(|p| (p.t_secs, p.e2e_p99_ms)).collect(),
-            ),
-            (
-                "e2e p50".to_owned(),
-                over_time.iter().map(|p| (p.t_secs, p.e2e_p50_ms)).collect(),
-            ),
-            (
-                "ACK p99".to_owned(),
-                over_time.iter().map(|p| (p.t_secs, p.ack_p99_ms)).collect(),
-            ),
-        ],
-        target_ms: Some(TARGET_E2E_P99_MS),
+        server_write_syscalls: io.syscw,
+        receiver_ack_frames: receiver_out.ack_frames,
+        receiver_acked_ids: receiver_out.acked_ids,
+        ack_latency_ms: ack_latency,
+        e2e_latency_ms: e2e_latency,
+        send_lag_ms: latency(&send_lag),
+        percentiles,
+        over_time,
+        bucket_secs: bucket.as_secs_f64(),
     };
-
     let json = C2cJson {
         scenario: "c2c",
         date: crate::report::utc_now(),
@@ -1551,7 +1713,7 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
         server: ServerInfo {
             spawned: target.is_spawned(),
             version,
-            pid,
+            pid: target.pid,
             gate: target.gate.to_string(),
             log_level: target.is_spawned().then(|| args.server_log.clone()),
             data_dir_fs,
@@ -1560,59 +1722,9 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             cpus: procfs::cpus(),
             kernel: procfs::kernel(),
             clock_ticks_per_second: procfs::clock_ticks_per_second(),
+            loadavg_before: loadavg,
         },
-        results: Results {
-            sent: counts.sent,
-            not_sent: total - counts.sent,
-            acked: counts.acked,
-            errors: counts.failed,
-            unanswered: counts.unanswered,
-            received: counts.received,
-            acked_not_received: counts.acked_not_received,
-            acked_not_received_in_inbox: counts.acked_not_received_in_inbox,
-            lost,
-            inbox_verified,
-            received_without_ack: counts.received_without_ack,
-            stored_without_ack: counts.stored_without_ack,
-            duplicate_deliveries: shared.duplicate_deliveries.load(Ordering::Relaxed),
-            duplicate_answers: shared.duplicate_answers.load(Ordering::Relaxed),
-            duplicate_stores: shared.duplicate_stores.load(Ordering::Relaxed),
-            misrouted: shared.misrouted.load(Ordering::Relaxed),
-            unexpected_frames: shared.unexpected.load(Ordering::Relaxed),
-            error_counts: errors,
-            events,
-            send_secs: round(send_secs, 3),
-            achieved_send_rate: round(achieved_send_rate, 1),
-            ack_secs: round(ack_secs, 3),
-            ack_rate: round(per(counts.acked, ack_secs), 1),
-            delivery_secs: round(delivery_secs, 3),
-            delivery_rate: round(delivery_rate, 1),
-            server_cpu_secs: round(server_cpu_secs, 3),
-            messages_per_server_cpu_sec: round(per(counts.acked, server_cpu_secs), 0),
-            server_cpu_us_per_message: round(
-                if counts.acked > 0 {
-                    server_cpu_secs * 1e6 / counts.acked as f64
-                } else {
-                    0.0
-                },
-                1,
-            ),
-            client_cpu_secs: round(client_cpu.as_secs_f64(), 3),
-            server_write_bytes: io.map_or(0, |io| io.write_bytes),
-            server_write_bytes_per_message: round(
-                io.map_or(0.0, |io| io.write_bytes as f64 / counts.acked.max(1) as f64),
-                0,
-            ),
-            server_write_syscalls: io.map_or(0, |io| io.syscw),
-            receiver_ack_frames: receiver_out.ack_frames,
-            receiver_acked_ids: receiver_out.acked_ids,
-            ack_latency_ms: ack_latency,
-            e2e_latency_ms: e2e_latency,
-            send_lag_ms: latency(&send_lag),
-            percentiles,
-            over_time,
-            bucket_secs: bucket.as_secs_f64(),
-        },
+        results,
         targets: Targets {
             rate: TARGET_RATE,
             e2e_p99_ms: TARGET_E2E_P99_MS,
@@ -1622,7 +1734,56 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
         verdict,
         notes,
     };
-    Ok(Report { json, plot })
+    Report { json, plot }
+}
+
+fn latency_plot(
+    args: &C2cArgs,
+    ack: &Latency,
+    e2e: &Latency,
+    percentiles: &[PercentilePoint],
+    over_time: &[TimePoint],
+) -> plot::LatencyPlot {
+    let series = |label: &str, value: fn(&TimePoint) -> f64| {
+        (
+            label.to_owned(),
+            over_time.iter().map(|p| (p.t_secs, value(p))).collect(),
+        )
+    };
+    plot::LatencyPlot {
+        title: format!(
+            "longlink c2c: {} msg/s for {} s, {} senders → {} receivers (e2e p99 {:.1} ms, ACK p99 {:.1} ms)",
+            thousands(u64::from(args.rate)),
+            args.duration_secs,
+            args.senders,
+            args.receivers,
+            e2e.p99,
+            ack.p99
+        ),
+        distributions: vec![
+            (
+                "end to end (receiver)".to_owned(),
+                percentiles
+                    .iter()
+                    .map(|p| (p.percentile / 100.0, p.e2e_ms))
+                    .collect(),
+            ),
+            (
+                "sender ACK".to_owned(),
+                percentiles
+                    .iter()
+                    .map(|p| (p.percentile / 100.0, p.ack_ms))
+                    .collect(),
+            ),
+        ],
+        over_time: vec![
+            series("e2e max", |p| p.e2e_max_ms),
+            series("e2e p99", |p| p.e2e_p99_ms),
+            series("e2e p50", |p| p.e2e_p50_ms),
+            series("ACK p99", |p| p.ack_p99_ms),
+        ],
+        target_ms: Some(TARGET_E2E_P99_MS),
+    }
 }
 
 /// Time-series bucket: about 100 buckets per run, at least 100 ms.
@@ -1640,12 +1801,15 @@ struct Counts {
     received: u64,
     acked_not_received: u64,
     acked_not_received_in_inbox: u64,
+    lost: u64,
+    acked_late_unverified: u64,
     received_without_ack: u64,
     stored_without_ack: u64,
 }
 
 impl Counts {
-    fn add(&mut self, flags: u8) {
+    /// Counts one message; `acked_before_verify`: its ACK came before the inbox pulls began.
+    fn add(&mut self, flags: u8, acked_before_verify: bool) {
         let has = |bit: u8| flags & bit != 0;
         self.sent += u64::from(has(SENT));
         self.acked += u64::from(has(ACKED));
@@ -1653,7 +1817,10 @@ impl Counts {
         self.unanswered += u64::from(has(SENT) && !has(ACKED) && !has(FAILED));
         self.received += u64::from(has(RECEIVED));
         self.acked_not_received += u64::from(has(ACKED) && !has(RECEIVED));
+        let undelivered = has(ACKED) && !has(RECEIVED) && !has(PULLED);
         self.acked_not_received_in_inbox += u64::from(has(ACKED) && !has(RECEIVED) && has(PULLED));
+        self.lost += u64::from(undelivered && acked_before_verify);
+        self.acked_late_unverified += u64::from(undelivered && !acked_before_verify);
         self.received_without_ack += u64::from(has(RECEIVED) && !has(ACKED));
         self.stored_without_ack += u64::from(has(PULLED) && !has(RECEIVED) && !has(ACKED));
     }
@@ -1684,12 +1851,13 @@ impl Report {
             println!("  error: {what} × {}", thousands(*count));
         }
         println!(
-            "delivered    {} pushed to receivers ({} msg/s until the last at {:.2} s); {} ACKed but not pushed, of which {} in the inbox; LOST {}{}",
+            "delivered    {} pushed to receivers ({} msg/s until the last at {:.2} s); {} ACKed but not pushed, of which {} in the inbox, {} ACKed too late to check; LOST {}{}",
             thousands(r.received),
             thousands(r.delivery_rate as u64),
             r.delivery_secs,
             thousands(r.acked_not_received),
             thousands(r.acked_not_received_in_inbox),
+            thousands(r.acked_late_unverified),
             thousands(r.lost),
             if r.inbox_verified {
                 ""
@@ -1731,6 +1899,19 @@ impl Report {
             thousands(r.messages_per_server_cpu_sec as u64),
             thousands(r.server_write_bytes_per_message as u64)
         );
+        if !r.server_threads_cpu_secs.is_empty() {
+            let threads: Vec<String> = r
+                .server_threads_cpu_secs
+                .iter()
+                .map(|(name, secs)| format!("{name} {secs:.2} s"))
+                .collect();
+            println!(
+                "             {:.0}% of one core over {:.1} s; by thread: {}",
+                r.server_cpu_share * 100.0,
+                r.measured_secs,
+                threads.join(", ")
+            );
+        }
         println!(
             "client CPU   {:.2} s (the load generator, on the same cores)",
             r.client_cpu_secs
@@ -1805,7 +1986,7 @@ mod tests {
         assert_eq!(shared.unexpected.load(Ordering::Relaxed), 1);
         let mut counts = Counts::default();
         for flag in &shared.flags {
-            counts.add(flag.load(Ordering::Relaxed));
+            counts.add(flag.load(Ordering::Relaxed), true);
         }
         assert_eq!(counts.sent, 4);
         assert_eq!(counts.acked, 2);

@@ -173,6 +173,7 @@ fn draw<DB: DrawingBackend>(
     let (low, high) = log_bounds(plot.distributions.iter(), plot.target_ms);
     let mut chart = ChartBuilder::on(&top)
         .margin(12)
+        .margin_right(40)
         .caption(
             "latency by percentile, measured from each message's due time",
             (FONT, 16),
@@ -236,6 +237,7 @@ fn draw<DB: DrawingBackend>(
         .max(0.1);
     let mut chart = ChartBuilder::on(&bottom)
         .margin(12)
+        .margin_right(40)
         .caption("latency over the run, by due time", (FONT, 16))
         .x_label_area_size(40)
         .y_label_area_size(70)

@@ -76,7 +76,11 @@ pub(crate) fn threads(pid: u32) -> anyhow::Result<Vec<ThreadCpu>> {
     let mut threads = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
         let Ok(entry) = entry else { continue };
-        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
             continue;
         };
         // A thread may end between the listing and the read: skip it.
@@ -229,6 +233,20 @@ pub(crate) fn fs_type(path: &std::path::Path) -> Option<String> {
 /// Number of CPUs this process may run on.
 pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The first three fields of `/proc/loadavg` (1, 5 and 15 minute load), or "unknown".
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|load| !load.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The kernel release (`/proc/sys/kernel/osrelease`), or "unknown".
