@@ -565,3 +565,36 @@ fn query_plans_are_primary_key_range_scans() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_checkpointer_copies_the_wal_into_the_database() {
+    let (store, dir) = new_store().await;
+    let db = dir.path().join(DB_FILE);
+    let before = std::fs::metadata(&db).expect("db file").len();
+    let store = Arc::new(store);
+    let a = user(1, "a");
+    for i in 0..500 {
+        store
+            .append(message(
+                &a,
+                &user(1, &format!("r{}", i % 50)),
+                &format!("ck{i}"),
+            ))
+            .await
+            .expect("append");
+    }
+    // Commits only write the WAL (autocheckpoint is off); the database file grows once the
+    // checkpoint thread has copied the pages.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = std::fs::metadata(&db).expect("db file").len();
+        if now > before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint reached the database file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
