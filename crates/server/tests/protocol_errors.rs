@@ -181,6 +181,34 @@ async fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
 }
 
 #[tokio::test]
+async fn a_silent_logged_in_connection_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.gate.keepalive_interval_secs = 1;
+        config.gate.idle_timeout_secs = 2;
+    })
+    .await;
+    let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
+    let answer = raw
+        .login(129, &server.token(129, "quiet"), "d")
+        .await
+        .unwrap();
+    assert!(is_response(&answer, Cmd::Login));
+    let keepalive = answer
+        .decode_body::<wire::LoginResponse>()
+        .unwrap()
+        .keepalive_interval_secs;
+    assert_eq!(
+        keepalive, 1,
+        "the login response tells the client how often to ping"
+    );
+    let frames = raw.until_closed().await.expect("closed by the server");
+    let last = frames.last().expect("an ERROR before the close");
+    assert_eq!(error_of(last).unwrap().0, ErrorCode::IdleTimeout);
+    others_unaffected(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn acking_someone_elses_msgid_is_refused_and_changes_nothing() {
     let server = TestServer::start().await;
     let (alice, _a) = server.client(129, "alice", "d").await;
