@@ -665,7 +665,7 @@ fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
 }
 
 /// How often the checkpointer copies committed WAL pages into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
 /// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` every
 /// [`CHECKPOINT_EVERY`]. PASSIVE never waits for the writer or readers, so commits are never
