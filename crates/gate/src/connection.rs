@@ -22,6 +22,9 @@ use crate::{CloseReason, GateShared, write_queue};
 /// Bytes read per readiness event; the buffer is freed again once fully decoded.
 const READ_CHUNK: usize = 4096;
 
+/// Most bytes a kicked connection reads to find MSG_ACKs already sent.
+const KICK_DRAIN_BYTES: usize = 64 * 1024;
+
 /// Backoff suggested to clients in the shutdown KICK.
 const SHUTDOWN_BACKOFF_MS: u32 = 1000;
 
@@ -119,7 +122,13 @@ impl Connection {
                     reader.queue_now(kick_frame(KickReason::ServerShutdown, "server is shutting down", SHUTDOWN_BACKOFF_MS));
                     return CloseReason::ServerShutdown;
                 }
-                _ = reader.conn.token.cancelled() => return reader.conn.reason(),
+                _ = reader.conn.token.cancelled() => {
+                    let reason = reader.conn.reason();
+                    if reason == CloseReason::Kicked {
+                        self.apply_acks_already_received(reader, &read, &mut buf).await;
+                    }
+                    return reason;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     let (code, reason, message) = match reader.session {
                         None => (ErrorCode::LoginTimeout, CloseReason::LoginTimeout, "no login within the login timeout"),
@@ -172,6 +181,35 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// A kicked session may have MSG_ACKs in flight (sent just before the same device logged
+    /// in again): apply those already received instead of dropping them, so their messages
+    /// are not redelivered. Reads only what is there now, and at most [`KICK_DRAIN_BYTES`].
+    async fn apply_acks_already_received(
+        &self,
+        reader: &mut Reader,
+        read: &OwnedReadHalf,
+        buf: &mut BytesMut,
+    ) {
+        let Some(session) = reader.session.clone() else {
+            return;
+        };
+        while buf.len() < KICK_DRAIN_BYTES {
+            buf.reserve(READ_CHUNK);
+            match read.try_read_buf(buf) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        let drain = async {
+            while let Ok(Some(frame)) = reader.codec.decode(buf) {
+                if frame.cmd() == Some(Cmd::MsgAck) && frame.header.frame_type == FrameType::Ack {
+                    let _ = self.logic.handle(&session, frame).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(reader.write_timeout, drain).await;
     }
 
     async fn on_frame(&self, reader: &mut Reader, mut frame: Frame) -> Next {
