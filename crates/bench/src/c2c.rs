@@ -58,7 +58,7 @@ use crate::client::{self, Minter, Session};
 use crate::plot;
 use crate::procfs;
 use crate::report::thousands;
-use crate::server::Target;
+use crate::server::{ServerTarget, Target};
 
 /// The default configuration's secrets, used with `--server` unless overridden.
 const DEV_SECRET_129: &str = "dev-secret-129-change-me";
@@ -125,16 +125,9 @@ pub struct C2cArgs {
     /// After the send phase, wait at most this long for outstanding ACKs and deliveries.
     #[arg(long, default_value_t = 15)]
     pub drain_secs: u64,
-    /// Measure the server already running with its gate at this address (needs --server-pid);
-    /// without it the bench starts its own server.
-    #[arg(long, requires = "server_pid")]
-    pub server: Option<SocketAddr>,
-    /// Pid of the server at --server: its /proc entry gives CPU time.
-    #[arg(long, requires = "server")]
-    pub server_pid: Option<u32>,
-    /// HTTP API of the server at --server, for /healthz (version).
-    #[arg(long, requires = "server")]
-    pub api: Option<SocketAddr>,
+    /// The server measured: one started by the bench, or --server/--server-pid/--api.
+    #[command(flatten)]
+    pub target: ServerTarget,
     /// HS256 secret of --sender-appcode on the server at --server (default: the default
     /// config's secret of appcode 129). A spawned server's secrets are read from its config.
     #[arg(long, env = "LONGLINK_BENCH_SENDER_SECRET", hide_env_values = true)]
@@ -200,10 +193,10 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
         .unwrap_or(args.duration_secs + args.drain_secs + 120);
     let deadline = Instant::now() + Duration::from_secs(deadline_secs);
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let target = match (args.server, args.server_pid) {
+    let target = match (args.target.server, args.target.server_pid) {
         (Some(gate), Some(pid)) => Target::external(
             gate,
-            args.api,
+            args.target.api,
             pid,
             args.sender_secret
                 .clone()

@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::client::{self, HoldEnd, Minter, SourcePorts};
 use crate::procfs::{self, Rss};
 use crate::report::{mib, thousands};
-use crate::server::Target;
+use crate::server::{ServerTarget, Target};
 
 /// The default configuration's secret for appcode 129, used with `--server` unless
 /// `--token-secret` says otherwise.
@@ -74,16 +74,9 @@ pub struct IdleArgs {
     /// 20,000 open files per process).
     #[arg(long, default_value_t = 1000)]
     pub connections: u32,
-    /// Measure the server already running with its gate at this address (needs --server-pid);
-    /// without it the bench starts its own server.
-    #[arg(long, requires = "server_pid")]
-    pub server: Option<SocketAddr>,
-    /// Pid of the server at --server: its /proc entry gives RSS and CPU time.
-    #[arg(long, requires = "server")]
-    pub server_pid: Option<u32>,
-    /// HTTP API of the server at --server, for /healthz (version, session count).
-    #[arg(long, requires = "server")]
-    pub api: Option<SocketAddr>,
+    /// The server measured: one started by the bench, or --server/--server-pid/--api.
+    #[command(flatten)]
+    pub target: ServerTarget,
     /// HS256 secret of --appcode on the server at --server (default: the default config's
     /// secret of appcode 129). A spawned server's secret is read from its config.
     #[arg(long, env = SECRET_ENV, hide_env_values = true)]
@@ -182,13 +175,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.deadline_secs);
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let target = match (args.server, args.server_pid) {
+    let target = match (args.target.server, args.target.server_pid) {
         (Some(gate), Some(pid)) => {
             let secret = args
                 .token_secret
                 .clone()
                 .unwrap_or_else(|| DEV_SECRET_129.to_owned());
-            Target::external(gate, args.api, pid, secret)?
+            Target::external(gate, args.target.api, pid, secret)?
         }
         (None, None) => tokio::time::timeout_at(
             deadline,

@@ -293,3 +293,18 @@ fn log_tail(path: &Path) -> String {
         tail.join(" | ")
     }
 }
+
+/// Which server a scenario measures: by default one it starts itself, or one already running.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerTarget {
+    /// Measure the server already running with its gate at this address (needs --server-pid);
+    /// without it the bench starts its own server.
+    #[arg(long, requires = "server_pid")]
+    pub server: Option<std::net::SocketAddr>,
+    /// Pid of the server at --server: its /proc entry gives RSS and CPU time.
+    #[arg(long, requires = "server")]
+    pub server_pid: Option<u32>,
+    /// HTTP API of the server at --server, for /healthz (version, session count).
+    #[arg(long, requires = "server")]
+    pub api: Option<std::net::SocketAddr>,
+}
