@@ -9,7 +9,6 @@ use longlink_proto::{Cmd, CodecError, ErrorCode, Frame, FrameCodec, FrameType, K
 use longlink_rpc::{LogicService, Refusal, Reply, SessionInfo};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::session_table::{ConnShared, kick_frame};
+use crate::write_queue::{QueueError, WriteQueue};
 use crate::{CloseReason, GateShared, write_queue};
 
 /// Bytes read per readiness event; the buffer is freed again once fully decoded.
@@ -45,7 +45,7 @@ enum Next {
 struct Reader {
     conn: Arc<ConnShared>,
     write_timeout: std::time::Duration,
-    tx: mpsc::Sender<Bytes>,
+    queue: Arc<WriteQueue>,
     session: Option<SessionInfo>,
     codec: FrameCodec,
 }
@@ -71,16 +71,21 @@ impl Connection {
         self.gate.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let (tx, rx) = mpsc::channel(self.gate.config.write_queue_frames.max(1));
+        let queue = Arc::new(WriteQueue::new(self.gate.config.write_queue_frames));
         let conn = Arc::new(ConnShared::new());
         tracker.spawn(
-            write_queue::run(write, rx, conn.clone(), self.gate.config.write_timeout)
-                .instrument(span.clone()),
+            write_queue::run(
+                write,
+                queue.clone(),
+                conn.clone(),
+                self.gate.config.write_timeout,
+            )
+            .instrument(span.clone()),
         );
         let mut reader = Reader {
             conn,
             write_timeout: self.gate.config.write_timeout,
-            tx,
+            queue,
             session: None,
             codec: FrameCodec::new(self.gate.config.max_body_bytes),
         };
@@ -103,7 +108,8 @@ impl Connection {
             tracing::debug!(parent: &span, reason = reason.label(), "connection closed before login");
         }
         self.gate.connections.fetch_sub(1, Ordering::Relaxed);
-        // Dropping the reader drops the last queue sender: the writer flushes and closes.
+        // The writer flushes what is queued (a last ERROR or KICK included), then closes.
+        reader.queue.close();
     }
 
     async fn read_loop(&self, reader: &mut Reader, read: OwnedReadHalf) -> CloseReason {
@@ -125,7 +131,7 @@ impl Connection {
                 _ = reader.conn.token.cancelled() => {
                     let reason = reader.conn.reason();
                     if reason == CloseReason::Kicked {
-                        self.apply_acks_already_received(reader, &read, &mut buf).await;
+                        Box::pin(self.apply_acks_already_received(reader, &read, &mut buf)).await;
                     }
                     return reason;
                 }
@@ -160,7 +166,9 @@ impl Connection {
                     loop {
                         match reader.codec.decode(&mut buf) {
                             Ok(Some(frame)) => {
-                                if let Next::Close(reason) = self.on_frame(reader, frame).await {
+                                // Boxed: the frame handler's state is large and short-lived;
+                                // unboxed it would sit in every idle connection's future.
+                                if let Next::Close(reason) = Box::pin(self.on_frame(reader, frame)).await {
                                     return reason;
                                 }
                             }
@@ -296,7 +304,7 @@ impl Connection {
         // In the table before presence knows it, so no push can find presence but miss us.
         self.gate
             .sessions
-            .insert(session_id, reader.tx.clone(), reader.conn.clone());
+            .insert(session_id, reader.queue.clone(), reader.conn.clone());
         let accepted = self
             .logic
             .login(
@@ -340,21 +348,16 @@ impl Reader {
     /// Queues a frame, waiting for room at most the write timeout; a queue that stays full
     /// means the client does not read.
     async fn queue(&self, frame: Bytes) -> Next {
-        match self.tx.try_send(frame) {
+        match self.queue.push(frame, self.write_timeout).await {
             Ok(()) => Next::Continue,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                match tokio::time::timeout(self.write_timeout, self.tx.send(frame)).await {
-                    Ok(Ok(())) => Next::Continue,
-                    _ => Next::Close(CloseReason::SlowConsumer),
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Next::Close(CloseReason::Io),
+            Err(QueueError::Full) => Next::Close(CloseReason::SlowConsumer),
+            Err(QueueError::Closed) => Next::Close(CloseReason::Io),
         }
     }
 
     /// Queues a last frame before closing; if there is no room, the close goes ahead anyway.
     fn queue_now(&self, frame: Bytes) {
-        let _ = self.tx.try_send(frame);
+        let _ = self.queue.try_push(frame);
     }
 
     /// Sends an ERROR for `header`'s request; closes the connection if the code demands it.

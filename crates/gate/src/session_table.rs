@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use longlink_proto::{Cmd, Frame, KickReason, wire};
 use longlink_rpc::{GatePush, PushError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::CloseReason;
+use crate::write_queue::{QueueError, WriteQueue};
 
 const SHARDS: usize = 64;
 
@@ -57,7 +57,7 @@ impl ConnShared {
 
 #[derive(Debug, Clone)]
 struct SessionHandle {
-    tx: mpsc::Sender<Bytes>,
+    queue: Arc<WriteQueue>,
     conn: Arc<ConnShared>,
 }
 
@@ -86,9 +86,9 @@ impl SessionTable {
         &self.shards[(session_id % SHARDS as u64) as usize]
     }
 
-    pub(crate) fn insert(&self, session_id: u64, tx: mpsc::Sender<Bytes>, conn: Arc<ConnShared>) {
+    pub(crate) fn insert(&self, session_id: u64, queue: Arc<WriteQueue>, conn: Arc<ConnShared>) {
         if let Ok(mut shard) = self.shard(session_id).lock() {
-            shard.insert(session_id, SessionHandle { tx, conn });
+            shard.insert(session_id, SessionHandle { queue, conn });
         }
     }
 
@@ -124,13 +124,13 @@ impl SessionTable {
     /// [`PushError::NoSession`], or [`PushError::SlowConsumer`] after which the session is closed.
     pub fn try_push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError> {
         let handle = self.get(session_id).ok_or(PushError::NoSession)?;
-        match handle.tx.try_send(frame) {
+        match handle.queue.try_push(frame) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 handle.conn.close(CloseReason::SlowConsumer);
                 Err(PushError::SlowConsumer)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::NoSession),
+            Err(QueueError::Closed) => Err(PushError::NoSession),
         }
     }
 }
@@ -158,16 +158,16 @@ impl GatePush for SessionTable {
 
     async fn offer(&self, session_id: u64, frame: Bytes) -> Result<(), PushError> {
         let handle = self.get(session_id).ok_or(PushError::NoSession)?;
-        handle.tx.try_send(frame).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => PushError::SlowConsumer,
-            mpsc::error::TrySendError::Closed(_) => PushError::NoSession,
+        handle.queue.try_push(frame).map_err(|err| match err {
+            QueueError::Full => PushError::SlowConsumer,
+            QueueError::Closed => PushError::NoSession,
         })
     }
 
     async fn kick(&self, session_id: u64, reason: KickReason, message: &str) {
         if let Some(handle) = self.get(session_id) {
             // The writer drains what is queued (this KICK included) before it closes.
-            let _ = handle.tx.try_send(kick_frame(reason, message, 0));
+            let _ = handle.queue.try_push(kick_frame(reason, message, 0));
             handle.conn.close(CloseReason::Kicked);
         }
     }

@@ -1,17 +1,136 @@
-//! The writer task: the only place that writes to a connection's socket.
+//! A connection's outgoing frames: the bounded [`WriteQueue`] every sender puts encoded frames
+//! into, and the writer task — the only place that writes to the socket — draining it.
+//!
+//! The queue is a mutex-guarded `VecDeque` plus two `Notify`s rather than a tokio `mpsc`: an
+//! `mpsc` channel allocates its first 32-slot block (~1.5 KB with the channel) when created,
+//! for every idle connection; an empty `VecDeque` allocates nothing. The mutex is held only
+//! for a push or a drain, never across an `.await`.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use longlink_proto::KickReason;
 
 use crate::CloseReason;
 use crate::session_table::{ConnShared, kick_frame};
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueError {
+    /// The queue holds its capacity of frames.
+    Full,
+    /// The connection is closing; nothing more is written.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    frames: VecDeque<Bytes>,
+    closed: bool,
+}
+
+/// A bounded queue of encoded frames for one connection (capacity `write_queue_frames`).
+#[derive(Debug)]
+pub(crate) struct WriteQueue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    /// Wakes the writer: frames were queued, or the queue was closed.
+    ready: Notify,
+    /// Wakes a sender waiting for room: the writer took frames.
+    room: Notify,
+}
+
+impl WriteQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Queues `frame` if there is room.
+    pub(crate) fn try_push(&self, frame: Bytes) -> Result<(), QueueError> {
+        {
+            let mut state = self.state.lock().map_err(|_| QueueError::Closed)?;
+            if state.closed {
+                return Err(QueueError::Closed);
+            }
+            if state.frames.len() >= self.capacity {
+                return Err(QueueError::Full);
+            }
+            state.frames.push_back(frame);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues `frame`, waiting at most `wait` for room.
+    pub(crate) async fn push(&self, frame: Bytes, wait: Duration) -> Result<(), QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the attempt, so room made in between is not missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_push(frame.clone()) {
+                Err(QueueError::Full) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(QueueError::Full);
+            }
+        }
+    }
+
+    /// No more frames are accepted; the writer flushes what is queued, then closes.
+    pub(crate) fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+        }
+        self.ready.notify_one();
+    }
+
+    /// Moves up to `max` queued frames into `out` without waiting.
+    fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> (usize, bool) {
+        let Ok(mut state) = self.state.lock() else {
+            return (0, true);
+        };
+        let n = state.frames.len().min(max.saturating_sub(out.len()));
+        out.extend(state.frames.drain(..n));
+        if state.frames.is_empty() && state.frames.capacity() > 64 {
+            // Give memory back after a burst: an idle connection keeps no buffers.
+            state.frames = VecDeque::new();
+        }
+        (n, state.closed)
+    }
+
+    /// Waits for frames and moves up to `max` of them into `out`; `false` once the queue is
+    /// closed and empty. Cancel-safe: frames are moved only when it returns.
+    async fn next_batch(&self, out: &mut Vec<Bytes>, max: usize) -> bool {
+        loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let (n, closed) = self.drain_into(out, max);
+            if n > 0 {
+                self.room.notify_one();
+                return true;
+            }
+            if closed {
+                return false;
+            }
+            ready.await;
+        }
+    }
+}
 
 /// Backoff suggested to a client closed as a slow consumer.
 const SLOW_CONSUMER_BACKOFF_MS: u32 = 1000;
@@ -19,12 +138,12 @@ const SLOW_CONSUMER_BACKOFF_MS: u32 = 1000;
 /// Most frames written with one syscall.
 const MAX_BATCH: usize = 64;
 
-/// Drains `rx` in batches (up to [`MAX_BATCH`] frames, one write each) until every sender is
-/// gone or the connection is closed from outside; then flushes what is queued and shuts the
-/// socket down. A batch that takes longer than `write_timeout` closes the connection.
+/// Drains `queue` in batches (up to [`MAX_BATCH`] frames, one write each) until it is closed
+/// or the connection is closed from outside; then flushes what is queued and shuts the socket
+/// down. A batch that takes longer than `write_timeout` closes the connection.
 pub(crate) async fn run(
     mut write: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
+    queue: Arc<WriteQueue>,
     conn: Arc<ConnShared>,
     write_timeout: Duration,
 ) {
@@ -33,14 +152,10 @@ pub(crate) async fn run(
         let closing = tokio::select! {
             // Queued frames first: a KICK queued just before the close must still go out.
             biased;
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n == 0,
+            more = queue.next_batch(&mut batch, MAX_BATCH) => !more,
             _ = conn.token.cancelled() => {
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(frame) => batch.push(frame),
-                        Err(_) => break,
-                    }
-                }
+                queue.close();
+                queue.drain_into(&mut batch, MAX_BATCH);
                 if conn.reason() == CloseReason::SlowConsumer {
                     // The queue was full, so the KICK could not be queued: it goes last, here.
                     batch.push(kick_frame(
@@ -81,4 +196,58 @@ async fn write_batch(write: &mut OwnedWriteHalf, batch: &[Bytes]) -> std::io::Re
         out.extend_from_slice(frame);
     }
     write.write_all(&out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[tokio::test]
+    async fn bounded_fifo_that_refuses_after_close() {
+        let queue = WriteQueue::new(2);
+        queue.try_push(frame(1)).unwrap();
+        queue.try_push(frame(2)).unwrap();
+        assert_eq!(queue.try_push(frame(3)), Err(QueueError::Full));
+        let mut out = Vec::new();
+        assert!(queue.next_batch(&mut out, 64).await);
+        assert_eq!(out, vec![frame(1), frame(2)]);
+        queue.try_push(frame(4)).unwrap();
+        queue.close();
+        assert_eq!(queue.try_push(frame(5)), Err(QueueError::Closed));
+        // What was queued before the close is still handed out, then the end.
+        out.clear();
+        assert!(queue.next_batch(&mut out, 64).await);
+        assert_eq!(out, vec![frame(4)]);
+        out.clear();
+        assert!(!queue.next_batch(&mut out, 64).await);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_gets_room_when_the_writer_drains() {
+        let queue = Arc::new(WriteQueue::new(1));
+        queue.try_push(frame(1)).unwrap();
+        let sender = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.push(frame(2), Duration::from_secs(20)).await })
+        };
+        let mut out = Vec::new();
+        assert!(queue.next_batch(&mut out, 64).await);
+        assert_eq!(sender.await.unwrap(), Ok(()));
+        assert!(queue.next_batch(&mut out, 64).await);
+        assert_eq!(out, vec![frame(1), frame(2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_gives_up_when_the_queue_stays_full() {
+        let queue = WriteQueue::new(1);
+        queue.try_push(frame(1)).unwrap();
+        assert_eq!(
+            queue.push(frame(2), Duration::from_secs(5)).await,
+            Err(QueueError::Full)
+        );
+    }
 }
