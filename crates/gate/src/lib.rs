@@ -10,7 +10,7 @@
 //! reaches sessions through the [`SessionTable`], which implements [`longlink_rpc::GatePush`].
 //!
 //! Modules: [`config`] (GateConfig), `listener` (accept loop, connection cap), `connection`
-//! (the reader and its state machine), `write_queue` (the writer task), [`session_table`]
+//! (the reader and its state machine), `write_queue` (WriteQueue and the writer task), [`session_table`]
 //! (session id → queue, push and kick), [`close`] (CloseReason).
 
 pub mod close;
