@@ -69,15 +69,7 @@ impl ClientError {
             | ClientError::Closed
             | ClientError::Disconnected
             | ClientError::DeadlineExceeded { .. } => true,
-            ClientError::Server { code, .. } => matches!(
-                code,
-                ErrorCode::RateLimited
-                    | ErrorCode::StoreUnavailable
-                    | ErrorCode::BusUnavailable
-                    | ErrorCode::Overloaded
-                    | ErrorCode::ShuttingDown
-                    | ErrorCode::Internal
-            ),
+            ClientError::Server { code, .. } => is_transient(*code) || *code == ErrorCode::Internal,
             ClientError::Protocol(_) => false,
         }
     }
@@ -96,14 +88,7 @@ impl ClientError {
     pub(crate) fn send_retryable(&self) -> bool {
         match self {
             ClientError::Timeout | ClientError::Io(_) => true,
-            ClientError::Server { code, .. } => matches!(
-                code,
-                ErrorCode::RateLimited
-                    | ErrorCode::StoreUnavailable
-                    | ErrorCode::BusUnavailable
-                    | ErrorCode::Overloaded
-                    | ErrorCode::ShuttingDown
-            ),
+            ClientError::Server { code, .. } => is_transient(*code),
             _ => false,
         }
     }
@@ -147,6 +132,18 @@ impl ClientError {
 /// A wire error code; unknown values read as `ERROR_CODE_UNSPECIFIED`.
 pub(crate) fn error_code(raw: i32) -> ErrorCode {
     ErrorCode::try_from(raw).unwrap_or(ErrorCode::Unspecified)
+}
+
+/// The server's "try again later" refusals: nothing was done, the same request may succeed.
+fn is_transient(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RateLimited
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::BusUnavailable
+            | ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+    )
 }
 
 #[cfg(test)]
