@@ -1,18 +1,21 @@
 //! The bus: carries c2s messages from logic to business app-servers, by topic
 //! `c2s.<appcode>.<msgtype>` (seed 003: appcode + msgtype → topic).
 //!
-//! [`Bus`] is the trait logic publishes to; [`LocalBus`] is the single-node backend, an
-//! in-process broadcast with bounded subscriber queues. A real consumer path (consume API,
-//! webhook, NATS JetStream) comes with its own backend behind the same trait.
+//! [`Bus`] is the trait logic publishes to; [`TopicQueue`] is how business servers consume a
+//! topic: leased deliveries with explicit ack, redelivery after the lease expires
+//! (at-least-once), and a dead-letter list after too many attempts. [`Routes`] maps
+//! (appcode, msgtype) to a topic (seed 003's routing table).
 //!
-//! Modules: [`local`] (LocalBus).
+//! Modules: [`local`] (LocalBus, an in-memory broadcast kept for tests), [`routes`].
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod local;
+pub mod routes;
 
 pub use local::{BusSubscription, Delivery, LocalBus};
+pub use routes::{Routes, Unrouted};
 
 /// A c2s message on its way to a business server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub struct BusMessage {
     pub received_ms: u64,
 }
 
-/// The topic of a c2s message of `appcode` and `msgtype`.
+/// The per-type topic of a c2s message of `appcode` and `msgtype` (the default route).
 pub fn c2s_topic(appcode: u32, msgtype: u32) -> String {
     format!("c2s.{appcode}.{msgtype}")
 }
@@ -48,6 +51,12 @@ pub enum BusError {
     /// The bus did not accept the message.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The topic holds its maximum backlog; the publisher retries later.
+    #[error("topic {0} is full")]
+    Full(String),
+    /// A request argument is wrong (bad topic name, too many ids).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 /// Where c2s messages go.
@@ -58,4 +67,94 @@ pub trait Bus: Send + Sync + 'static {
     /// # Errors
     /// [`BusError::Unavailable`] when the bus did not take it (the client retries).
     async fn publish(&self, message: BusMessage) -> Result<(), BusError>;
+}
+
+/// A message handed to a consumer under a lease: it must be acked by `id` before the lease
+/// ends, or it is delivered again (to this or another consumer of the topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    /// Delivery id within the topic: unique and increasing in publish order.
+    pub id: u64,
+    /// 1 for the first delivery, 2 for the first redelivery, …
+    pub attempt: u32,
+    /// The message.
+    pub message: BusMessage,
+}
+
+/// Counts of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicStats {
+    /// The topic.
+    pub topic: String,
+    /// Waiting for a consumer.
+    pub ready: u64,
+    /// Leased, not acked yet.
+    pub in_flight: u64,
+    /// In the dead-letter list.
+    pub dead: u64,
+}
+
+/// The consuming side of the bus: competing consumers of a topic, at-least-once.
+///
+/// A message stays until acked. `fetch` leases up to `max` messages for `lease`; a message
+/// whose lease runs out is ready again with `attempt + 1`; a message that would start attempt
+/// `max_attempts + 1` goes to the topic's dead-letter list instead, from where `replay` puts it
+/// back (attempts start again at 1).
+#[async_trait]
+pub trait TopicQueue: Send + Sync + 'static {
+    /// Leases up to `max` ready messages of `topic` in publish order, waiting up to `wait` for
+    /// the first one. Returns an empty list when none came in time.
+    ///
+    /// # Errors
+    /// [`BusError`].
+    async fn fetch(
+        &self,
+        topic: &str,
+        max: usize,
+        wait: std::time::Duration,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Leased>, BusError>;
+
+    /// Acknowledges leased messages: they are removed for good. Returns how many of `ids`
+    /// were leased (unknown or already acked ids are ignored: acks are idempotent).
+    ///
+    /// # Errors
+    /// [`BusError`].
+    async fn ack(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError>;
+
+    /// Gives leased messages back unprocessed: each is ready again after `retry_after` (its
+    /// attempt counted), or goes to the dead-letter list if it used its last attempt.
+    ///
+    /// # Errors
+    /// [`BusError`].
+    async fn nack(
+        &self,
+        topic: &str,
+        ids: &[u64],
+        retry_after: std::time::Duration,
+    ) -> Result<u64, BusError>;
+
+    /// Up to `limit` dead-lettered messages of `topic` with id > `after`, in id order.
+    ///
+    /// # Errors
+    /// [`BusError`].
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Leased>, BusError>;
+
+    /// Puts dead-lettered messages back on the topic (`ids` empty = all of them); returns
+    /// how many.
+    ///
+    /// # Errors
+    /// [`BusError`].
+    async fn replay(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError>;
+
+    /// Every topic that holds or held messages since start, with its counts.
+    ///
+    /// # Errors
+    /// [`BusError`].
+    async fn topics(&self) -> Result<Vec<TopicStats>, BusError>;
 }

@@ -59,4 +59,27 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Number of online sessions (all users).
     async fn session_count(&self) -> Result<u64, PresenceError>;
+
+    /// Online users and sessions of `appcode`.
+    async fn appcode_counts(&self, appcode: u32) -> Result<AppcodeCounts, PresenceError>;
+
+    /// The uids of `appcode` with at least one online session, for a broadcast, as a scan in
+    /// the manner of Redis `SCAN`: start with cursor 0, pass back the returned cursor, stop when
+    /// it is 0. A page holds about `limit` uids (it may hold more, or none while the scan
+    /// goes on); a user online during the whole scan appears at least once (callers dedup).
+    async fn online_uids(
+        &self,
+        appcode: u32,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64), PresenceError>;
+}
+
+/// Online figures of one appcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppcodeCounts {
+    /// Users with at least one session.
+    pub users: u64,
+    /// Sessions.
+    pub sessions: u64,
 }

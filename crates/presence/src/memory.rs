@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::{Presence, PresenceError, SessionEntry};
+use crate::{AppcodeCounts, Presence, PresenceError, SessionEntry};
 
 const SHARDS: usize = 64;
 
@@ -112,6 +112,52 @@ impl Presence for MemoryPresence {
     async fn session_count(&self) -> Result<u64, PresenceError> {
         Ok(self.count.load(Ordering::Relaxed))
     }
+
+    async fn appcode_counts(&self, appcode: u32) -> Result<AppcodeCounts, PresenceError> {
+        let mut counts = AppcodeCounts::default();
+        for shard in &self.shards {
+            let guard = shard
+                .lock()
+                .map_err(|_| PresenceError::Unavailable("presence shard poisoned".into()))?;
+            for ((code, _), sessions) in guard.iter() {
+                if *code == appcode && !sessions.is_empty() {
+                    counts.users += 1;
+                    counts.sessions += sessions.len() as u64;
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn online_uids(
+        &self,
+        appcode: u32,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64), PresenceError> {
+        // The cursor is the next shard to read; whole shards are returned, so a user is seen
+        // exactly once by a scan here.
+        let mut shard_index = usize::try_from(cursor).unwrap_or(SHARDS);
+        let mut out = Vec::new();
+        while shard_index < SHARDS && out.len() < limit.max(1) {
+            let guard = self.shards[shard_index]
+                .lock()
+                .map_err(|_| PresenceError::Unavailable("presence shard poisoned".into()))?;
+            out.extend(
+                guard
+                    .iter()
+                    .filter(|((code, _), sessions)| *code == appcode && !sessions.is_empty())
+                    .map(|((_, uid), _)| uid.clone()),
+            );
+            shard_index += 1;
+        }
+        let next = if shard_index >= SHARDS {
+            0
+        } else {
+            shard_index as u64
+        };
+        Ok((out, next))
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +198,32 @@ mod tests {
         assert!(p.unregister(129, "a", 2).await.unwrap());
         assert!(p.sessions(129, "a").await.unwrap().is_empty());
         assert_eq!(p.session_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_scan_sees_every_online_user_of_the_appcode_once() {
+        let p = MemoryPresence::new();
+        for i in 0..500 {
+            p.register(entry(&format!("u{i}"), "phone", i)).await.unwrap();
+        }
+        p.register(entry("u0", "web", 1000)).await.unwrap();
+        let mut other = entry("x", "phone", 2000);
+        other.appcode = 130;
+        p.register(other).await.unwrap();
+        let counts = p.appcode_counts(129).await.unwrap();
+        assert_eq!(counts, AppcodeCounts { users: 500, sessions: 501 });
+        let (mut seen, mut cursor) = (Vec::new(), 0);
+        loop {
+            let (page, next) = p.online_uids(129, cursor, 50).await.unwrap();
+            seen.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        seen.sort();
+        let mut expected: Vec<String> = (0..500).map(|i| format!("u{i}")).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
     }
 }

@@ -6,6 +6,16 @@
 //! `GatePush`, `longlink_logic::Logic` implements `LogicService`); in a cluster the same traits
 //! get remote implementations, chosen by `longlink-server` alone. This crate depends only on
 //! `longlink-proto`, so neither side depends on the other.
+//!
+//! [`push`] holds the contract of s2c pushes ([`PushService`], implemented by logic, called by
+//! the API) and their delivery statistics.
+
+pub mod push;
+
+pub use push::{
+    DeliveryCounters, PushAccepted, PushRefusal, PushRequest, PushService, PushStats, PushTargets,
+    RecipientOutcome, RecipientState,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -123,6 +133,12 @@ pub enum PushError {
     SlowConsumer,
 }
 
+/// Told when a tracked frame (see [`GatePush::push_tracked`]) reached the socket.
+pub trait WriteReceipt: Send + Sync + 'static {
+    /// The frame pushed with `tag` was written to the session's socket.
+    fn written(&self, tag: u64);
+}
+
 /// Logic's view of a gate: queue frames for sessions, or kick them.
 #[async_trait]
 pub trait GatePush: Send + Sync + 'static {
@@ -131,6 +147,19 @@ pub trait GatePush: Send + Sync + 'static {
     /// # Errors
     /// [`PushError::NoSession`] or [`PushError::SlowConsumer`] (the session is then closed).
     async fn push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError>;
+
+    /// Like [`GatePush::push`], and once the frame is written to the socket the gate calls
+    /// `receipt.written(tag)` (never if the connection dies first).
+    ///
+    /// # Errors
+    /// As [`GatePush::push`].
+    async fn push_tracked(
+        &self,
+        session_id: u64,
+        frame: Bytes,
+        receipt: std::sync::Arc<dyn WriteReceipt>,
+        tag: u64,
+    ) -> Result<(), PushError>;
 
     /// Queues `frame` only if the session's queue has room; never closes the session. For
     /// best-effort pushes (redelivery at login) whose messages the client also pulls.
