@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use longlink_proto::{Cmd, Frame, KickReason, wire};
-use longlink_rpc::{GatePush, PushError};
+use longlink_rpc::{GatePush, PushError, WriteReceipt};
 use tokio_util::sync::CancellationToken;
 
 use crate::CloseReason;
-use crate::write_queue::{QueueError, WriteQueue};
+use crate::write_queue::{Outgoing, QueueError, WriteQueue};
 
 const SHARDS: usize = 64;
 
@@ -123,8 +123,12 @@ impl SessionTable {
     /// # Errors
     /// [`PushError::NoSession`], or [`PushError::SlowConsumer`] after which the session is closed.
     pub fn try_push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError> {
+        self.try_push_outgoing(session_id, Outgoing::plain(frame))
+    }
+
+    fn try_push_outgoing(&self, session_id: u64, frame: Outgoing) -> Result<(), PushError> {
         let handle = self.get(session_id).ok_or(PushError::NoSession)?;
-        match handle.queue.try_push(frame) {
+        match handle.queue.try_push_outgoing(frame) {
             Ok(()) => Ok(()),
             Err(QueueError::Full) => {
                 handle.conn.close(CloseReason::SlowConsumer);
@@ -154,6 +158,16 @@ pub(crate) fn kick_frame(reason: KickReason, message: &str, backoff_ms: u32) -> 
 impl GatePush for SessionTable {
     async fn push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError> {
         self.try_push(session_id, frame)
+    }
+
+    async fn push_tracked(
+        &self,
+        session_id: u64,
+        frame: Bytes,
+        receipt: Arc<dyn WriteReceipt>,
+        tag: u64,
+    ) -> Result<(), PushError> {
+        self.try_push_outgoing(session_id, Outgoing::tracked(frame, receipt, tag))
     }
 
     async fn offer(&self, session_id: u64, frame: Bytes) -> Result<(), PushError> {

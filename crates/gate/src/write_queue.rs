@@ -16,6 +16,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use longlink_proto::KickReason;
+use longlink_rpc::WriteReceipt;
 
 use crate::CloseReason;
 use crate::session_table::{ConnShared, kick_frame};
@@ -29,9 +30,42 @@ pub(crate) enum QueueError {
     Closed,
 }
 
+/// A queued frame, with the receipt to call once it is written (tracked pushes only).
+pub(crate) struct Outgoing {
+    frame: Bytes,
+    receipt: Option<(Arc<dyn WriteReceipt>, u64)>,
+}
+
+impl Outgoing {
+    /// A frame nobody waits for.
+    pub(crate) fn plain(frame: Bytes) -> Self {
+        Self {
+            frame,
+            receipt: None,
+        }
+    }
+
+    /// A frame whose writing is reported to `receipt` with `tag`.
+    pub(crate) fn tracked(frame: Bytes, receipt: Arc<dyn WriteReceipt>, tag: u64) -> Self {
+        Self {
+            frame,
+            receipt: Some((receipt, tag)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("frame", &self.frame)
+            .field("tracked", &self.receipt.is_some())
+            .finish()
+    }
+}
+
 #[derive(Debug, Default)]
 struct QueueState {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Outgoing>,
     closed: bool,
 }
 
@@ -58,6 +92,11 @@ impl WriteQueue {
 
     /// Queues `frame` if there is room.
     pub(crate) fn try_push(&self, frame: Bytes) -> Result<(), QueueError> {
+        self.try_push_outgoing(Outgoing::plain(frame))
+    }
+
+    /// Queues `frame` (maybe tracked) if there is room.
+    pub(crate) fn try_push_outgoing(&self, frame: Outgoing) -> Result<(), QueueError> {
         {
             let mut state = self.state.lock().map_err(|_| QueueError::Closed)?;
             if state.closed {
@@ -99,7 +138,7 @@ impl WriteQueue {
     }
 
     /// Moves up to `max` queued frames into `out` without waiting.
-    fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> (usize, bool) {
+    fn drain_into(&self, out: &mut Vec<Outgoing>, max: usize) -> (usize, bool) {
         let Ok(mut state) = self.state.lock() else {
             return (0, true);
         };
@@ -114,7 +153,7 @@ impl WriteQueue {
 
     /// Waits for frames and moves up to `max` of them into `out`; `false` once the queue is
     /// closed and empty. Cancel-safe: frames are moved only when it returns.
-    async fn next_batch(&self, out: &mut Vec<Bytes>, max: usize) -> bool {
+    async fn next_batch(&self, out: &mut Vec<Outgoing>, max: usize) -> bool {
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
@@ -147,7 +186,7 @@ pub(crate) async fn run(
     conn: Arc<ConnShared>,
     write_timeout: Duration,
 ) {
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     loop {
         let closing = tokio::select! {
             // Queued frames first: a KICK queued just before the close must still go out.
@@ -158,11 +197,11 @@ pub(crate) async fn run(
                 queue.drain_into(&mut batch, MAX_BATCH);
                 if conn.reason() == CloseReason::SlowConsumer {
                     // The queue was full, so the KICK could not be queued: it goes last, here.
-                    batch.push(kick_frame(
+                    batch.push(Outgoing::plain(kick_frame(
                         KickReason::SlowConsumer,
                         "write queue full: the client does not read fast enough",
                         SLOW_CONSUMER_BACKOFF_MS,
-                    ));
+                    )));
                 }
                 true
             }
@@ -170,10 +209,14 @@ pub(crate) async fn run(
         if !batch.is_empty() {
             let written =
                 tokio::time::timeout(write_timeout, write_batch(&mut write, &batch)).await;
-            batch.clear();
             if !matches!(written, Ok(Ok(()))) {
                 conn.close(CloseReason::Io);
                 return;
+            }
+            for sent in batch.drain(..) {
+                if let Some((receipt, tag)) = sent.receipt {
+                    receipt.written(tag);
+                }
             }
         }
         if closing {
@@ -187,13 +230,13 @@ pub(crate) async fn run(
     }
 }
 
-async fn write_batch(write: &mut OwnedWriteHalf, batch: &[Bytes]) -> std::io::Result<()> {
+async fn write_batch(write: &mut OwnedWriteHalf, batch: &[Outgoing]) -> std::io::Result<()> {
     if let [only] = batch {
-        return write.write_all(only).await;
+        return write.write_all(&only.frame).await;
     }
-    let mut out = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-    for frame in batch {
-        out.extend_from_slice(frame);
+    let mut out = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
+    for sent in batch {
+        out.extend_from_slice(&sent.frame);
     }
     write.write_all(&out).await
 }
@@ -206,6 +249,10 @@ mod tests {
         Bytes::from(vec![n])
     }
 
+    fn frames(out: &[Outgoing]) -> Vec<Bytes> {
+        out.iter().map(|o| o.frame.clone()).collect()
+    }
+
     #[tokio::test]
     async fn bounded_fifo_that_refuses_after_close() {
         let queue = WriteQueue::new(2);
@@ -214,14 +261,14 @@ mod tests {
         assert_eq!(queue.try_push(frame(3)), Err(QueueError::Full));
         let mut out = Vec::new();
         assert!(queue.next_batch(&mut out, 64).await);
-        assert_eq!(out, vec![frame(1), frame(2)]);
+        assert_eq!(frames(&out), vec![frame(1), frame(2)]);
         queue.try_push(frame(4)).unwrap();
         queue.close();
         assert_eq!(queue.try_push(frame(5)), Err(QueueError::Closed));
         // What was queued before the close is still handed out, then the end.
         out.clear();
         assert!(queue.next_batch(&mut out, 64).await);
-        assert_eq!(out, vec![frame(4)]);
+        assert_eq!(frames(&out), vec![frame(4)]);
         out.clear();
         assert!(!queue.next_batch(&mut out, 64).await);
     }
@@ -238,7 +285,7 @@ mod tests {
         assert!(queue.next_batch(&mut out, 64).await);
         assert_eq!(sender.await.unwrap(), Ok(()));
         assert!(queue.next_batch(&mut out, 64).await);
-        assert_eq!(out, vec![frame(1), frame(2)]);
+        assert_eq!(frames(&out), vec![frame(1), frame(2)]);
     }
 
     #[tokio::test(start_paused = true)]
