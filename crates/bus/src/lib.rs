@@ -11,9 +11,11 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod json;
 pub mod local;
 pub mod routes;
 
+pub use json::ConsumedMessage;
 pub use local::{BusSubscription, Delivery, LocalBus};
 pub use routes::{Routes, Unrouted};
 
