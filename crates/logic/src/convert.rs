@@ -29,7 +29,11 @@ pub(crate) fn wire_msg(message: &StoredMessage) -> wire::Msg {
         client_msg_id: message.client_msg_id.clone(),
         from_device: message.from_device.clone(),
         log_id: message.log_id,
-        kind: wire::MsgKind::C2c as i32,
+        kind: if message.is_s2c() {
+            wire::MsgKind::S2c as i32
+        } else {
+            wire::MsgKind::C2c as i32
+        },
         prev_msgid: message.prev_msgid,
     }
 }

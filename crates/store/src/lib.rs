@@ -100,6 +100,44 @@ pub struct StoredMessage {
     pub prev_msgid: u64,
 }
 
+impl StoredMessage {
+    /// Whether this is an s2c push (no sender device; see [`NewS2c`]).
+    pub fn is_s2c(&self) -> bool {
+        self.from_device.is_empty()
+    }
+}
+
+/// An s2c push as stored: one message row (msgid shared by every recipient, `to.uid` empty)
+/// and one inbox row per recipient. An s2c message has an empty `from_device` (every c2c
+/// message has one), which is how [`StoredMessage::is_s2c`] tells it apart; a pull fills `to`
+/// with the owner.
+#[derive(Debug, Clone)]
+pub struct NewS2c {
+    /// The receivers' appcode.
+    pub appcode: u32,
+    /// Sender label (stored as `from.uid`, with `from.appcode = appcode`).
+    pub from: String,
+    /// Business message type.
+    pub msgtype: u32,
+    /// Content type.
+    pub content_type: i32,
+    /// Message body.
+    pub content: bytes::Bytes,
+    /// Trace id of the push.
+    pub log_id: u64,
+    /// Users whose inbox gets it (empty: an online-only push, stored only as a record).
+    pub recipients: Vec<String>,
+}
+
+/// Result of [`MessageStore::append_s2c`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S2cOutcome {
+    /// The message's msgid (shared by all recipients).
+    pub msgid: u64,
+    /// Server time when it was stored, Unix ms.
+    pub senddate_ms: u64,
+}
+
 /// Result of [`MessageStore::append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -204,6 +242,14 @@ pub trait MessageStore: Send + Sync + 'static {
     /// commit did not answer in time (then the message may or may not be stored: retry with the
     /// same `client_msg_id`), [`StoreError::Closed`] after close.
     async fn append(&self, msg: NewMessage) -> Result<AppendOutcome, StoreError>;
+
+    /// Stores an s2c push durably (one message, one inbox row per recipient) and returns only
+    /// after the commit.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidArgument`] for an empty or oversized recipient or label,
+    /// [`StoreError::Unavailable`], [`StoreError::Closed`].
+    async fn append_s2c(&self, msg: NewS2c) -> Result<S2cOutcome, StoreError>;
 
     /// Inbox of `owner`: messages to owner with msgid > cursor not yet acked by `device`,
     /// ascending, at most `limit` (0 → 50, capped at 500).

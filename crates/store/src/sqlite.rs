@@ -24,8 +24,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::{
-    AckOutcome, AppendOutcome, DeliveryState, Direction, MAX_ACK_IDS, MessageStore, NewMessage,
-    Page, StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
+    AckOutcome, AppendOutcome, DeliveryState, Direction, MAX_ACK_IDS, MessageStore, NewMessage, NewS2c,
+    Page, S2cOutcome, StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
 };
 
 /// File name of the database inside the store directory.
@@ -327,6 +327,21 @@ impl MessageStore for SqliteStore {
         self.await_reply(reply_rx).await
     }
 
+    async fn append_s2c(&self, msg: NewS2c) -> Result<S2cOutcome, StoreError> {
+        validate_user(&UserKey::new(msg.appcode, msg.from.as_str()), "from")?;
+        for uid in &msg.recipients {
+            validate_user(&UserKey::new(msg.appcode, uid.as_str()), "recipient")?;
+        }
+        let (reply, reply_rx) = oneshot::channel();
+        self.submit(WriteOp::AppendS2c {
+            msg,
+            reply,
+            outcome: None,
+        })
+        .await?;
+        self.await_reply(reply_rx).await
+    }
+
     async fn pull_offline(
         &self,
         owner: &UserKey,
@@ -352,7 +367,16 @@ impl MessageStore for SqliteStore {
                     ],
                     read_message,
                 )?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
+                rows.map(|row| {
+                    row.map(|mut message| {
+                        if message.is_s2c() {
+                            // One s2c row serves every recipient: this copy is the owner's.
+                            message.to.uid.clone_from(&owner.uid);
+                        }
+                        message
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         Ok(Page::from_overfetched(messages, limit, cursor))
@@ -792,6 +816,11 @@ enum WriteOp {
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
         outcome: Option<AppendOutcome>,
     },
+    AppendS2c {
+        msg: NewS2c,
+        reply: oneshot::Sender<Result<S2cOutcome, StoreError>>,
+        outcome: Option<S2cOutcome>,
+    },
     Ack {
         owner: UserKey,
         device: String,
@@ -828,6 +857,9 @@ impl WriteOp {
                 }
                 let _ = reply.send(outcome.ok_or_else(missing));
             }
+            Self::AppendS2c { reply, outcome, .. } => {
+                let _ = reply.send(outcome.ok_or_else(missing));
+            }
             Self::Ack { reply, outcome, .. } => {
                 let _ = reply.send(outcome.ok_or_else(missing));
             }
@@ -838,6 +870,9 @@ impl WriteOp {
     fn reply_error(self, err: StoreError) {
         match self {
             Self::Append { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Self::AppendS2c { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             Self::Ack { reply, .. } => {
@@ -940,6 +975,9 @@ impl Writer {
             match op {
                 WriteOp::Append { msg, outcome, .. } => {
                     *outcome = Some(append_in_tx(&tx, msg, last_msgid, now_ms)?);
+                }
+                WriteOp::AppendS2c { msg, outcome, .. } => {
+                    *outcome = Some(append_s2c_in_tx(&tx, msg, last_msgid, now_ms)?);
                 }
                 WriteOp::Ack {
                     owner,
@@ -1111,6 +1149,43 @@ fn pushed_in_tx(
         }
     }
     Ok(())
+}
+
+/// One message row (empty `to_uid` marks s2c) and one inbox row per distinct recipient.
+fn append_s2c_in_tx(
+    tx: &Transaction<'_>,
+    msg: &NewS2c,
+    last_msgid: &mut i64,
+    now_ms: u64,
+) -> Result<S2cOutcome, WriteError> {
+    let msgid = next_msgid(*last_msgid, now_ms)?;
+    *last_msgid = msgid;
+    let senddate = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "INSERT INTO messages (msgid, to_appcode, to_uid, from_appcode, from_uid, from_device, \
+         client_msg_id, msgtype, content_type, senddate, state, msgcontent, log_id, prev_msgid) \
+         VALUES (?1, ?2, '', ?2, ?3, '', '', ?4, ?5, ?6, 0, ?7, ?8, 0)",
+    )?
+    .execute(params![
+        msgid,
+        msg.appcode,
+        msg.from,
+        msg.msgtype,
+        msg.content_type,
+        senddate,
+        &msg.content[..],
+        bits_from_u64(msg.log_id),
+    ])?;
+    let mut inbox = tx.prepare_cached(
+        "INSERT OR IGNORE INTO inbox (owner_appcode, owner_uid, msgid) VALUES (?1, ?2, ?3)",
+    )?;
+    for uid in &msg.recipients {
+        inbox.execute(params![msg.appcode, uid, msgid])?;
+    }
+    Ok(S2cOutcome {
+        msgid: u64::try_from(msgid).map_err(|_| WriteError::Corrupt)?,
+        senddate_ms: now_ms,
+    })
 }
 
 fn ack_in_tx(

@@ -40,6 +40,7 @@ macro_rules! store_testsuite {
             random_operations_match_a_model,
             prev_msgid_links_each_conversation,
             delivery_state_moves_stored_pushed_acked_per_device,
+            s2c_reaches_each_recipients_inbox_once_with_one_msgid,
         );
     };
     (@cases $new_store:path; $($case:ident),* $(,)?) => {
@@ -1106,4 +1107,78 @@ pub(crate) async fn delivery_state_moves_stored_pushed_acked_per_device<S: Messa
     store.record_pushed(&a, "phone", &[m1]).await.unwrap();
     store.ack(&b, "phone", &[m2]).await.unwrap();
     assert_eq!(store.delivery_state(&a, "phone", m1).await.unwrap(), None);
+}
+
+pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: MessageStore>(
+    store: S,
+) {
+    let (alice, bob, carol) = (user(11, "alice"), user(11, "bob"), user(11, "carol"));
+    let outcome = store
+        .append_s2c(crate::NewS2c {
+            appcode: 11,
+            from: "order-service".to_owned(),
+            msgtype: 7,
+            content_type: 0,
+            content: Bytes::from_static(b"order 42 is near you"),
+            log_id: 99,
+            recipients: vec!["alice".into(), "bob".into(), "alice".into()],
+        })
+        .await
+        .expect("append_s2c");
+    for owner in [&alice, &bob] {
+        let page = store
+            .pull_offline(owner, "phone", 0, 50)
+            .await
+            .expect("pull");
+        assert_eq!(msgids(&page), vec![outcome.msgid], "{owner:?}");
+        let m = &page.messages[0];
+        assert!(m.is_s2c());
+        assert_eq!(m.from, user(11, "order-service"));
+        assert_eq!(&m.to, owner);
+        assert_eq!(m.msgtype, 7);
+        assert_eq!(&m.content[..], b"order 42 is near you");
+        assert_eq!(m.log_id, 99);
+        assert_eq!(m.senddate_ms, outcome.senddate_ms);
+    }
+    assert!(pull_all(&store, &carol, "phone", 50).await.is_empty());
+    // Each recipient acks for itself; the other still has it.
+    let ack = store.ack(&alice, "phone", &[outcome.msgid]).await.expect("ack");
+    assert_eq!(ack.acked, 1);
+    assert!(pull_all(&store, &alice, "phone", 50).await.is_empty());
+    assert_eq!(pull_all(&store, &bob, "phone", 50).await, vec![outcome.msgid]);
+    // Carol is not a recipient: her ack finds nothing.
+    let ack = store.ack(&carol, "phone", &[outcome.msgid]).await.expect("ack");
+    assert_eq!(ack.not_found, vec![outcome.msgid]);
+
+    // Online-only: a record with a fresh, larger msgid and no inbox rows.
+    let online_only = store
+        .append_s2c(crate::NewS2c {
+            recipients: Vec::new(),
+            ..crate::NewS2c {
+                appcode: 11,
+                from: "system".to_owned(),
+                msgtype: 8,
+                content_type: 0,
+                content: Bytes::from_static(b"offer"),
+                log_id: 100,
+                recipients: Vec::new(),
+            }
+        })
+        .await
+        .expect("append_s2c");
+    assert!(online_only.msgid > outcome.msgid);
+    assert_eq!(pull_all(&store, &bob, "phone", 50).await, vec![outcome.msgid]);
+
+    let bad = store
+        .append_s2c(crate::NewS2c {
+            appcode: 11,
+            from: "system".to_owned(),
+            msgtype: 1,
+            content_type: 0,
+            content: Bytes::new(),
+            log_id: 0,
+            recipients: vec![String::new()],
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidArgument(_))), "{bad:?}");
 }
