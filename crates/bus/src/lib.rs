@@ -6,7 +6,14 @@
 //! (at-least-once), and a dead-letter list after too many attempts. [`Routes`] maps
 //! (appcode, msgtype) to a topic (seed 003's routing table).
 //!
-//! Modules: [`local`] (LocalBus, an in-memory broadcast kept for tests), [`routes`].
+//! Modules:
+//! - [`sqlite`]: [`SqliteQueue`], the single-node durable bus (one SQLite file, group commit,
+//!   leases in memory); it is both the [`Bus`] and the [`TopicQueue`].
+//! - [`webhook`]: [`spawn_webhook`], a consumer of a [`TopicQueue`] that POSTs each message to
+//!   a business server's URL, acking on 2xx and retrying with backoff otherwise.
+//! - [`json`]: [`ConsumedMessage`], the JSON form of a message for consumers and webhooks.
+//! - [`routes`]: [`Routes`], the (appcode, msgtype) → topic table.
+//! - [`local`]: [`LocalBus`], an in-memory broadcast kept for tests.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,10 +21,14 @@ use bytes::Bytes;
 pub mod json;
 pub mod local;
 pub mod routes;
+pub mod sqlite;
+pub mod webhook;
 
 pub use json::ConsumedMessage;
 pub use local::{BusSubscription, Delivery, LocalBus};
 pub use routes::{Routes, Unrouted};
+pub use sqlite::{QueueOptions, SqliteQueue};
+pub use webhook::{WebhookConfig, spawn_webhook};
 
 /// A c2s message on its way to a business server.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -147,7 +147,10 @@ mod tests {
         let default = table(Unrouted::Topic("c2s.default".into()));
         assert_eq!(default.topic_for(129, 9).as_deref(), Some("c2s.default"));
         assert_eq!(table(Unrouted::Refuse).topic_for(129, 9), None);
-        assert_eq!(table(Unrouted::Refuse).topic_for(129, 5).as_deref(), Some("orders"));
+        assert_eq!(
+            table(Unrouted::Refuse).topic_for(129, 5).as_deref(),
+            Some("orders")
+        );
     }
 
     #[test]

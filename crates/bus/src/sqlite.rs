@@ -1,0 +1,1451 @@
+//! [`SqliteQueue`]: the single-node durable bus, one SQLite file.
+//!
+//! What must survive a crash is small: which messages exist, with every field, and which of
+//! them are dead-lettered. That goes to SQLite in WAL mode with `synchronous=FULL`, written by
+//! ONE writer thread that owns the only write connection and does group commit (the same
+//! design as the message store): callers queue requests on a bounded channel, the writer
+//! takes a first one, drains what else is queued (up to `max_batch`), applies all of it in one
+//! transaction, commits (one fsync) and only then answers each caller. So `publish` returns
+//! after its message is on disk, and many concurrent publishes share one fsync.
+//!
+//! Everything that changes on every delivery lives in memory: per topic, the ids of the
+//! ready messages (in id = publish order), the leases (id → deadline, attempt) and the nacked
+//! messages waiting for their retry time, plus a [`Notify`] that wakes waiting fetchers. A
+//! fetch leases ids under a short lock and reads the bodies on a read-only connection, so it
+//! never waits behind a commit. Leases have no timer of their own: every call first moves
+//! expired leases back to ready (or to the dead letters), and a waiting fetch sleeps until the
+//! earliest lease or retry deadline of its topic (or a notification), never polling.
+//!
+//! Consequences, by design: delivery is at-least-once. After a restart every message that
+//! was not acked and not dead-lettered is ready again with its attempt count back at 0 (a
+//! lease held before the restart is void, so its message is delivered again). An ack deletes
+//! the row before it returns; a dead-letter or replay is written right after the in-memory
+//! change, and if that write fails or the process dies first the message comes back *ready*
+//! after a restart, never lost. The writer re-reads the in-memory dead flag when it applies
+//! such a write, so writes queued in any order still leave the last state on disk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, TryLockError};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use crate::routes::{MAX_TOPIC_BYTES, valid_topic};
+use crate::{Bus, BusError, BusMessage, Leased, TopicQueue, TopicStats};
+
+/// Most messages one `fetch` leases and one `dead_letters` call lists; larger requests are
+/// cut to this.
+pub const MAX_FETCH: usize = 1000;
+/// Most ids in one `ack`, `nack` or `replay`; more is [`BusError::InvalidArgument`].
+pub const MAX_IDS: usize = 10_000;
+/// Longest `fetch` wait; longer waits are cut to this.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Longest lease and longest nack `retry_after`; longer ones are cut to this.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// `id` is AUTOINCREMENT so an id is never reused, not even after the newest message was
+/// acked (deleted) and the process restarted: a late ack of an old id must not hit a new
+/// message. `log_id` and `received_ms` keep the u64 bit pattern (SQLite integers are signed).
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic         TEXT    NOT NULL,
+    appcode       INTEGER NOT NULL,
+    uid           TEXT    NOT NULL,
+    device_id     TEXT    NOT NULL,
+    msgtype       INTEGER NOT NULL,
+    client_msg_id TEXT    NOT NULL,
+    payload       BLOB    NOT NULL,
+    log_id        INTEGER NOT NULL,
+    received_ms   INTEGER NOT NULL,
+    dead          INTEGER NOT NULL DEFAULT 0,  -- 1: in the topic's dead-letter list
+    attempts      INTEGER NOT NULL DEFAULT 0   -- attempts made, kept for dead letters only
+) STRICT;
+";
+
+/// How long a write waits for room in a full write queue before `Unavailable`.
+const WRITE_QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long a write waits for its commit; after that its outcome is unknown to the caller.
+const WRITE_REPLY_WAIT: Duration = Duration::from_secs(30);
+/// How long a read waits for a pooled connection plus its query.
+const READ_WAIT: Duration = Duration::from_secs(10);
+/// How long `close` waits for the writer to drain.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// SQLite busy handler timeout (checkpoints, a foreign process).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read-only connections in the read pool.
+const READ_CONNECTIONS: usize = 4;
+/// How often the checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
+
+/// Tuning of a [`SqliteQueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Deliveries of a message before it is dead-lettered; default 5.
+    pub max_attempts: u32,
+    /// Most messages one topic holds (ready, in flight and dead-lettered); a publish beyond
+    /// is refused with [`BusError::Full`]. Default 1,000,000.
+    pub max_backlog: u64,
+    /// Capacity of the channel to the writer thread, in requests; default 4096.
+    pub write_queue: usize,
+    /// Most requests committed in one transaction; default 512.
+    pub max_batch: usize,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            max_backlog: 1_000_000,
+            write_queue: 4096,
+            max_batch: 512,
+        }
+    }
+}
+
+/// The single-node durable bus: a [`Bus`] to publish c2s messages to and a [`TopicQueue`] to
+/// consume them from, kept in one SQLite file. See the module docs for the design.
+///
+/// Dropping the queue stops the writer after it has drained its queue and blocks until it
+/// has; [`SqliteQueue::close`] does the same without blocking an async worker.
+pub struct SqliteQueue {
+    options: QueueOptions,
+    topics: Arc<Mutex<Topics>>,
+    /// `None` only while dropping: dropping the sender lets the writer drain and stop.
+    write_tx: Option<mpsc::Sender<Command>>,
+    /// Joined on drop.
+    writer_thread: Option<JoinHandle<()>>,
+    closed: AtomicBool,
+    readers: Arc<ReadPool>,
+    /// Stopped by `close` or on drop.
+    checkpointer: Mutex<Option<Checkpointer>>,
+    /// Held (locked) until closed: a second queue on the same file would hand out leases of
+    /// its own.
+    file_lock: Mutex<Option<File>>,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("path", &self.readers.path)
+            .field("options", &self.options)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteQueue {
+    /// Opens (creating) the database file at `path` and starts the writer thread. Every
+    /// message on disk that is not dead-lettered is ready, with attempt count 0.
+    ///
+    /// Also creates `<path>.lock`, locked while the queue is open.
+    ///
+    /// # Errors
+    /// [`BusError::InvalidArgument`] if an option is 0; [`BusError::Unavailable`] if the file
+    /// is in use by another open queue, or cannot be created, opened or put in WAL mode, or
+    /// has a newer schema.
+    pub fn open(path: &Path, options: QueueOptions) -> Result<Self, BusError> {
+        for (name, zero) in [
+            ("max_attempts", options.max_attempts == 0),
+            ("max_backlog", options.max_backlog == 0),
+            ("write_queue", options.write_queue == 0),
+            ("max_batch", options.max_batch == 0),
+        ] {
+            if zero {
+                return Err(BusError::InvalidArgument(format!(
+                    "{name} must be at least 1"
+                )));
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BusError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let file_lock = lock_file(path)?;
+        let conn = open_writer_connection(path).map_err(|e| sqlite_unavailable("open", &e))?;
+        let topics = load_topics(&conn).map_err(|e| sqlite_unavailable("load", &e))?;
+        let topics = Arc::new(Mutex::new(topics));
+        let checkpointer =
+            Checkpointer::spawn(path).map_err(|e| sqlite_unavailable("open checkpointer", &e))?;
+        let readers = Arc::new(ReadPool::open(path.to_path_buf(), READ_CONNECTIONS)?);
+        let (write_tx, write_rx) = mpsc::channel(options.write_queue);
+        let writer = Writer {
+            conn,
+            topics: Arc::clone(&topics),
+        };
+        let max_batch = options.max_batch;
+        let writer_thread = std::thread::Builder::new()
+            .name("longlink-bus-writer".to_owned())
+            .spawn(move || writer.run(write_rx, max_batch))
+            .map_err(|e| BusError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            options,
+            topics,
+            write_tx: Some(write_tx),
+            writer_thread: Some(writer_thread),
+            closed: AtomicBool::new(false),
+            readers,
+            checkpointer: Mutex::new(Some(checkpointer)),
+            file_lock: Mutex::new(Some(file_lock)),
+        })
+    }
+
+    /// Stops accepting requests, lets the writer commit everything queued before this call,
+    /// and returns when the writer thread has closed its connection; then releases the file,
+    /// which another `open` may take. Waiting fetches return [`BusError::Unavailable`]. Later
+    /// calls return `Ok(())` at once; every other method then returns `Unavailable`.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the writer did not finish within 30 s.
+    pub async fn close(&self) -> Result<(), BusError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let notifies: Vec<Arc<Notify>> = lock(&self.topics)
+            .values()
+            .map(|t| Arc::clone(&t.notify))
+            .collect();
+        notifies.iter().for_each(|n| n.notify_waiters());
+        if let Some(write_tx) = &self.write_tx {
+            let (done_tx, done_rx) = oneshot::channel();
+            match write_tx
+                .send_timeout(Command::Close(done_tx), CLOSE_WAIT)
+                .await
+            {
+                // The writer is gone already: nothing left to drain.
+                Ok(()) | Err(SendTimeoutError::Closed(_)) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    return Err(BusError::Unavailable(
+                        "close: write queue stayed full".to_owned(),
+                    ));
+                }
+            }
+            // A dropped `done` means the writer thread ended anyway.
+            if tokio::time::timeout(CLOSE_WAIT, done_rx).await.is_err() {
+                return Err(BusError::Unavailable(
+                    "close: writer did not drain in time".to_owned(),
+                ));
+            }
+        }
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            // Joining waits for at most one running PASSIVE checkpoint.
+            let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
+        }
+        self.readers.close();
+        drop(
+            self.file_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues a write op, waiting at most [`WRITE_QUEUE_WAIT`] for room.
+    async fn submit(&self, op: WriteOp) -> Result<(), BusError> {
+        self.check_open()?;
+        let write_tx = self.write_tx.as_ref().ok_or_else(closed_error)?;
+        match write_tx
+            .send_timeout(Command::Write(op), WRITE_QUEUE_WAIT)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                Err(BusError::Unavailable("write queue full".to_owned()))
+            }
+            Err(SendTimeoutError::Closed(_)) => Err(self.stopped_error()),
+        }
+    }
+
+    /// Waits for the writer's answer, at most [`WRITE_REPLY_WAIT`].
+    async fn await_reply(&self, reply_rx: Reply) -> Result<(), BusError> {
+        match tokio::time::timeout(WRITE_REPLY_WAIT, reply_rx).await {
+            Ok(Ok(result)) => result,
+            // Dropped unanswered: the writer stopped before it took the request.
+            Ok(Err(_)) => Err(self.stopped_error()),
+            Err(_) => Err(BusError::Unavailable(
+                "commit did not complete in time, outcome unknown".to_owned(),
+            )),
+        }
+    }
+
+    /// Queues `op` built around a fresh reply channel and waits for its commit.
+    async fn write(&self, op: impl FnOnce(ReplyTx) -> WriteOp) -> Result<(), BusError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.submit(op(reply)).await?;
+        self.await_reply(reply_rx).await
+    }
+
+    fn stopped_error(&self) -> BusError {
+        if self.closed.load(Ordering::Acquire) {
+            closed_error()
+        } else {
+            BusError::Unavailable("bus writer stopped".to_owned())
+        }
+    }
+
+    /// Writes the in-memory dead flag (and attempts) of `ids` of `topic` to disk.
+    async fn persist_dead(&self, topic: &str, ids: &[u64]) -> Result<(), BusError> {
+        for chunk in ids.chunks(MAX_IDS) {
+            self.write(|reply| WriteOp::SyncDead {
+                topic: topic.to_owned(),
+                ids: chunk.to_vec(),
+                reply,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::persist_dead`] for messages that expired into the dead letters on the way;
+    /// a failure is logged (the message would come back ready after a restart).
+    async fn persist_expired(&self, topic: &str, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        debug!(
+            topic,
+            count = ids.len(),
+            "leases expired into the dead letters"
+        );
+        if let Err(err) = self.persist_dead(topic, ids).await {
+            warn!(topic, error = %err, "could not persist dead letters");
+        }
+    }
+
+    /// Runs `query` on a pooled read-only connection in the blocking pool.
+    async fn read<T, F>(&self, query: F) -> Result<T, BusError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.check_open()?;
+        let pool = Arc::clone(&self.readers);
+        let run = async move {
+            let permit = Arc::clone(&pool.permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| closed_error())?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                pool.run(query)
+            })
+            .await
+            .map_err(|e| BusError::Unavailable(format!("read task failed: {e}")))?
+        };
+        tokio::time::timeout(READ_WAIT, run)
+            .await
+            .map_err(|_| BusError::Unavailable("read timed out".to_owned()))?
+    }
+
+    /// The messages of `ids` ((id, attempt)), in that order. Ids whose row is gone (acked
+    /// meanwhile) are left out, and dropped from memory if still there.
+    async fn read_messages(
+        &self,
+        topic: &str,
+        ids: Vec<(u64, u32)>,
+    ) -> Result<Vec<Leased>, BusError> {
+        let wanted: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
+        let found = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(SELECT_MESSAGE_SQL)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for (id, attempt) in ids {
+                    let Ok(key) = i64::try_from(id) else { continue };
+                    if let Some(message) = stmt.query_row([key], read_message).optional()? {
+                        out.push(Leased {
+                            id,
+                            attempt,
+                            message,
+                        });
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        if found.len() < wanted.len() {
+            let found_ids: BTreeSet<u64> = found.iter().map(|l| l.id).collect();
+            let mut topics = lock(&self.topics);
+            if let Some(t) = topics.get_mut(topic) {
+                for id in wanted.iter().filter(|id| !found_ids.contains(id)) {
+                    if t.remove(*id).is_some() {
+                        warn!(topic, id, "message row missing, dropped from the queue");
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Drop for SqliteQueue {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the only sender ends the writer's loop once the queue is drained.
+        drop(self.write_tx.take());
+        if let Some(handle) = self.writer_thread.take()
+            && handle.join().is_err()
+        {
+            error!("bus writer thread panicked");
+        }
+        let checkpointer = self
+            .checkpointer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.stop();
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for SqliteQueue {
+    async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
+        check_topic(&message.topic)?;
+        self.check_open()?;
+        let mut reservation = Reservation::new(
+            &self.topics,
+            message.topic.clone(),
+            self.options.max_backlog,
+        )?;
+        let (reply, reply_rx) = oneshot::channel();
+        self.submit(WriteOp::Publish {
+            message,
+            reply,
+            id: None,
+        })
+        .await?;
+        // The writer releases the reservation from here on, committed or not.
+        reservation.disarm();
+        self.await_reply(reply_rx).await
+    }
+}
+
+#[async_trait]
+impl TopicQueue for SqliteQueue {
+    async fn fetch(
+        &self,
+        topic: &str,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Leased>, BusError> {
+        check_topic(topic)?;
+        if max == 0 {
+            return Err(BusError::InvalidArgument(
+                "max must be at least 1".to_owned(),
+            ));
+        }
+        if lease.is_zero() {
+            return Err(BusError::InvalidArgument(
+                "lease must be longer than 0".to_owned(),
+            ));
+        }
+        self.check_open()?;
+        let max = max.min(MAX_FETCH);
+        let lease = lease.min(MAX_LEASE);
+        let deadline = Instant::now() + wait.min(MAX_WAIT);
+        let waiting = Waiting::new(&self.topics, topic);
+        loop {
+            let notified = waiting.notify.notified();
+            tokio::pin!(notified);
+            // Registered before looking at the state, so a publish right after is not missed.
+            notified.as_mut().enable();
+            self.check_open()?;
+            let now = Instant::now();
+            let (taken, expired, next_due) = {
+                let mut topics = lock(&self.topics);
+                let t = topics.entry(topic.to_owned()).or_default();
+                let expired = t.promote(now, self.options.max_attempts);
+                let taken = t.take(max, now + lease);
+                if !taken.is_empty() {
+                    // Other waiters recompute their wake-up time with the new lease deadline.
+                    t.notify.notify_waiters();
+                }
+                (taken, expired, t.next_due())
+            };
+            self.persist_expired(topic, &expired).await;
+            if !taken.is_empty() {
+                let ids: Vec<u64> = taken.iter().map(|(id, _)| *id).collect();
+                match self.read_messages(topic, taken).await {
+                    Ok(found) if !found.is_empty() => return Ok(found),
+                    // Every one was acked meanwhile: look again.
+                    Ok(_) => continue,
+                    Err(err) => {
+                        self.unlease(topic, &ids);
+                        return Err(err);
+                    }
+                }
+            }
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let until = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError> {
+        check_topic(topic)?;
+        check_ids(ids)?;
+        self.check_open()?;
+        // Out of memory first, so nobody leases them while the delete commits; back in (as
+        // ready) if the delete fails or this call is dropped before it is through.
+        let mut removed = Removed {
+            topics: &self.topics,
+            topic,
+            entries: Vec::new(),
+        };
+        {
+            let mut topics = lock(&self.topics);
+            let Some(t) = topics.get_mut(topic) else {
+                return Ok(0);
+            };
+            for &id in ids {
+                if t.entries.get(&id).is_some_and(|e| e.status != Status::Dead)
+                    && let Some(entry) = t.remove(id)
+                {
+                    removed.entries.push((id, entry));
+                }
+            }
+        }
+        if removed.entries.is_empty() {
+            return Ok(0);
+        }
+        let delete: Vec<u64> = removed.entries.iter().map(|(id, _)| *id).collect();
+        self.write(|reply| WriteOp::Delete { ids: delete, reply })
+            .await?;
+        let count = removed.entries.len() as u64;
+        removed.entries.clear();
+        Ok(count)
+    }
+
+    async fn nack(&self, topic: &str, ids: &[u64], retry_after: Duration) -> Result<u64, BusError> {
+        check_topic(topic)?;
+        check_ids(ids)?;
+        self.check_open()?;
+        let now = Instant::now();
+        let retry_after = retry_after.min(MAX_LEASE);
+        let (count, mut dead) = {
+            let mut topics = lock(&self.topics);
+            let Some(t) = topics.get_mut(topic) else {
+                return Ok(0);
+            };
+            let mut dead = t.promote(now, self.options.max_attempts);
+            let mut count = 0;
+            for &id in ids {
+                let Some(entry) = t.entries.get(&id) else {
+                    continue;
+                };
+                if !matches!(entry.status, Status::Leased(_)) {
+                    continue;
+                }
+                count += 1;
+                let status = if entry.attempt >= self.options.max_attempts {
+                    dead.push(id);
+                    Status::Dead
+                } else if retry_after.is_zero() {
+                    Status::Ready
+                } else {
+                    Status::Delayed(now + retry_after)
+                };
+                t.set_status(id, status);
+            }
+            if count > 0 {
+                t.notify.notify_waiters();
+            }
+            (count, dead)
+        };
+        dead.sort_unstable();
+        dead.dedup();
+        self.persist_expired(topic, &dead).await;
+        Ok(count)
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Leased>, BusError> {
+        check_topic(topic)?;
+        self.check_open()?;
+        let limit = limit.min(MAX_FETCH);
+        let (wanted, expired) = {
+            let mut topics = lock(&self.topics);
+            let Some(t) = topics.get_mut(topic) else {
+                return Ok(Vec::new());
+            };
+            let expired = t.promote(Instant::now(), self.options.max_attempts);
+            let wanted: Vec<(u64, u32)> = t
+                .dead
+                .range((Bound::Excluded(after), Bound::Unbounded))
+                .take(limit)
+                .map(|id| (*id, t.entries.get(id).map_or(0, |e| e.attempt)))
+                .collect();
+            (wanted, expired)
+        };
+        self.persist_expired(topic, &expired).await;
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read_messages(topic, wanted).await
+    }
+
+    async fn replay(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError> {
+        check_topic(topic)?;
+        check_ids(ids)?;
+        self.check_open()?;
+        let (replayed, expired) = {
+            let mut topics = lock(&self.topics);
+            let Some(t) = topics.get_mut(topic) else {
+                return Ok(0);
+            };
+            let expired = t.promote(Instant::now(), self.options.max_attempts);
+            let candidates: Vec<u64> = if ids.is_empty() {
+                t.dead.iter().copied().collect()
+            } else {
+                ids.iter()
+                    .copied()
+                    .filter(|id| t.dead.contains(id))
+                    .collect()
+            };
+            let mut replayed = Vec::with_capacity(candidates.len());
+            for id in candidates {
+                if let Some(entry) = t.entries.get_mut(&id)
+                    && entry.status == Status::Dead
+                {
+                    entry.attempt = 0;
+                    t.set_status(id, Status::Ready);
+                    replayed.push(id);
+                }
+            }
+            if !replayed.is_empty() {
+                t.notify.notify_waiters();
+            }
+            (replayed, expired)
+        };
+        self.persist_expired(topic, &expired).await;
+        self.persist_dead(topic, &replayed).await?;
+        Ok(replayed.len() as u64)
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicStats>, BusError> {
+        self.check_open()?;
+        let now = Instant::now();
+        let (mut stats, expired) = {
+            let mut topics = lock(&self.topics);
+            let mut stats = Vec::new();
+            let mut expired = Vec::new();
+            for (name, t) in topics.iter_mut() {
+                let dead = t.promote(now, self.options.max_attempts);
+                if !dead.is_empty() {
+                    expired.push((name.clone(), dead));
+                }
+                if t.held {
+                    stats.push(TopicStats {
+                        topic: name.clone(),
+                        ready: (t.ready.len() + t.delayed.len()) as u64,
+                        in_flight: t.leases.len() as u64,
+                        dead: t.dead.len() as u64,
+                    });
+                }
+            }
+            (stats, expired)
+        };
+        for (topic, ids) in expired {
+            self.persist_expired(&topic, &ids).await;
+        }
+        stats.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(stats)
+    }
+}
+
+impl SqliteQueue {
+    /// Gives back leases taken by a fetch that could not read the messages: ready again,
+    /// the attempt not counted.
+    fn unlease(&self, topic: &str, ids: &[u64]) {
+        let mut topics = lock(&self.topics);
+        let Some(t) = topics.get_mut(topic) else {
+            return;
+        };
+        for &id in ids {
+            if let Some(entry) = t.entries.get_mut(&id)
+                && matches!(entry.status, Status::Leased(_))
+            {
+                entry.attempt = entry.attempt.saturating_sub(1);
+                t.set_status(id, Status::Ready);
+            }
+        }
+        t.notify.notify_waiters();
+    }
+}
+
+fn closed_error() -> BusError {
+    BusError::Unavailable("bus closed".to_owned())
+}
+
+fn check_topic(topic: &str) -> Result<(), BusError> {
+    if valid_topic(topic) {
+        Ok(())
+    } else {
+        Err(BusError::InvalidArgument(format!(
+            "topic must be 1..={MAX_TOPIC_BYTES} bytes of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+fn check_ids(ids: &[u64]) -> Result<(), BusError> {
+    if ids.len() > MAX_IDS {
+        Err(BusError::InvalidArgument(format!(
+            "{} ids in one call, more than {MAX_IDS}",
+            ids.len()
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-memory state.
+
+type Topics = HashMap<String, TopicState>;
+
+fn lock(topics: &Mutex<Topics>) -> MutexGuard<'_, Topics> {
+    topics.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a held message is. `Ready` and `Delayed` are "ready" in [`TopicStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Can be leased now.
+    Ready,
+    /// Nacked; ready again at this time.
+    Delayed(Instant),
+    /// Leased until this time.
+    Leased(Instant),
+    /// In the dead-letter list.
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Deliveries so far (since open or replay).
+    attempt: u32,
+    status: Status,
+}
+
+/// One topic: every held message by id, indexed by status.
+#[derive(Debug, Default)]
+struct TopicState {
+    /// Woken on anything that may let a waiting fetch lease or change its wake-up time.
+    notify: Arc<Notify>,
+    /// Holds or held a message since open (listed by `topics`).
+    held: bool,
+    entries: HashMap<u64, Entry>,
+    ready: BTreeSet<u64>,
+    delayed: BTreeSet<(Instant, u64)>,
+    leases: BTreeSet<(Instant, u64)>,
+    dead: BTreeSet<u64>,
+    /// Publishes counted against the backlog, not committed yet.
+    pending: u64,
+}
+
+impl TopicState {
+    fn index(&mut self, id: u64, status: Status) {
+        match status {
+            Status::Ready => self.ready.insert(id),
+            Status::Delayed(at) => self.delayed.insert((at, id)),
+            Status::Leased(until) => self.leases.insert((until, id)),
+            Status::Dead => self.dead.insert(id),
+        };
+    }
+
+    fn unindex(&mut self, id: u64, status: Status) {
+        match status {
+            Status::Ready => self.ready.remove(&id),
+            Status::Delayed(at) => self.delayed.remove(&(at, id)),
+            Status::Leased(until) => self.leases.remove(&(until, id)),
+            Status::Dead => self.dead.remove(&id),
+        };
+    }
+
+    fn insert(&mut self, id: u64, entry: Entry) {
+        if let Some(old) = self.entries.insert(id, entry) {
+            self.unindex(id, old.status);
+        }
+        self.index(id, entry.status);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        self.unindex(id, entry.status);
+        Some(entry)
+    }
+
+    /// Moves a held message to `status` (nothing if it is not held).
+    fn set_status(&mut self, id: u64, status: Status) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.status, status);
+        self.unindex(id, old);
+        self.index(id, status);
+    }
+
+    /// Expired leases go back to ready, or to the dead letters when they used the last
+    /// attempt; nacked messages whose time has come are ready. Returns the newly dead ids.
+    fn promote(&mut self, now: Instant, max_attempts: u32) -> Vec<u64> {
+        let mut dead = Vec::new();
+        while let Some(&(until, id)) = self.leases.first() {
+            if until > now {
+                break;
+            }
+            let attempt = self.entries.get(&id).map_or(0, |e| e.attempt);
+            if attempt >= max_attempts {
+                self.set_status(id, Status::Dead);
+                dead.push(id);
+            } else {
+                self.set_status(id, Status::Ready);
+            }
+            // A lease without an entry cannot happen; never loop on it anyway.
+            self.leases.remove(&(until, id));
+        }
+        while let Some(&(at, id)) = self.delayed.first() {
+            if at > now {
+                break;
+            }
+            self.set_status(id, Status::Ready);
+            self.delayed.remove(&(at, id));
+        }
+        dead
+    }
+
+    /// Leases up to `max` ready messages (lowest ids first) until `until`; returns
+    /// (id, attempt) of each.
+    fn take(&mut self, max: usize, until: Instant) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(id) = self.ready.pop_first() else {
+                break;
+            };
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            entry.attempt = entry.attempt.saturating_add(1);
+            entry.status = Status::Leased(until);
+            self.leases.insert((until, id));
+            out.push((id, entry.attempt));
+        }
+        out
+    }
+
+    /// The earliest lease end or retry time: when something may become ready.
+    fn next_due(&self) -> Option<Instant> {
+        let lease = self.leases.first().map(|(t, _)| *t);
+        let delayed = self.delayed.first().map(|(t, _)| *t);
+        match (lease, delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Nothing held, nothing coming: the entry exists only for a waiting fetch.
+    fn is_unused(&self) -> bool {
+        !self.held && self.entries.is_empty() && self.pending == 0
+    }
+}
+
+/// A publish counted against its topic's backlog until the writer takes over.
+struct Reservation<'a> {
+    topics: &'a Mutex<Topics>,
+    topic: String,
+    armed: bool,
+}
+
+impl<'a> Reservation<'a> {
+    fn new(topics: &'a Mutex<Topics>, topic: String, max_backlog: u64) -> Result<Self, BusError> {
+        let mut guard = lock(topics);
+        let t = guard.entry(topic.clone()).or_default();
+        if t.entries.len() as u64 + t.pending >= max_backlog {
+            return Err(BusError::Full(topic));
+        }
+        t.pending += 1;
+        Ok(Self {
+            topics,
+            topic,
+            armed: true,
+        })
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(t) = lock(self.topics).get_mut(&self.topic)
+        {
+            t.pending = t.pending.saturating_sub(1);
+        }
+    }
+}
+
+/// Acked entries taken out of memory; put back as ready on drop unless cleared.
+struct Removed<'a> {
+    topics: &'a Mutex<Topics>,
+    topic: &'a str,
+    entries: Vec<(u64, Entry)>,
+}
+
+impl Drop for Removed<'_> {
+    fn drop(&mut self) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let mut topics = lock(self.topics);
+        let t = topics.entry(self.topic.to_owned()).or_default();
+        for (id, entry) in self.entries.drain(..) {
+            t.insert(
+                id,
+                Entry {
+                    attempt: entry.attempt,
+                    status: Status::Ready,
+                },
+            );
+        }
+        t.notify.notify_waiters();
+    }
+}
+
+/// A fetch's hold on its topic's [`Notify`]. On drop, removes the topic's entry if it was
+/// made only for waiting fetches and no other fetch waits on it, so fetches on topics that
+/// never get a message do not pile up entries.
+struct Waiting<'a> {
+    topics: &'a Mutex<Topics>,
+    topic: &'a str,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(topics: &'a Mutex<Topics>, topic: &'a str) -> Self {
+        let notify = Arc::clone(&lock(topics).entry(topic.to_owned()).or_default().notify);
+        Self {
+            topics,
+            topic,
+            notify,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut topics = lock(self.topics);
+        // 2 = the map's and ours. Other holders only make it larger (the entry stays), and
+        // every live `Waiting` holds one, so an entry someone waits on is never removed.
+        if topics.get(self.topic).is_some_and(|t| {
+            t.is_unused()
+                && Arc::ptr_eq(&t.notify, &self.notify)
+                && Arc::strong_count(&t.notify) == 2
+        }) {
+            topics.remove(self.topic);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite.
+
+const SELECT_MESSAGE_SQL: &str = "SELECT topic, appcode, uid, device_id, msgtype, client_msg_id, \
+     payload, log_id, received_ms FROM messages WHERE id = ?1";
+
+const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (topic, appcode, uid, device_id, msgtype, \
+     client_msg_id, payload, log_id, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Maps a row of [`SELECT_MESSAGE_SQL`]; out-of-range values become errors, never panics.
+fn read_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<BusMessage> {
+    Ok(BusMessage {
+        topic: row.get(0)?,
+        appcode: row.get(1)?,
+        uid: row.get(2)?,
+        device_id: row.get(3)?,
+        msgtype: row.get(4)?,
+        client_msg_id: row.get(5)?,
+        payload: Bytes::from(row.get::<_, Vec<u8>>(6)?),
+        log_id: u64_from_bits(row.get(7)?),
+        received_ms: u64_from_bits(row.get(8)?),
+    })
+}
+
+/// A u64 kept as its i64 bit pattern (SQLite integers are signed).
+fn bits_from_u64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn u64_from_bits(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn sqlite_unavailable(what: &str, e: &rusqlite::Error) -> BusError {
+    BusError::Unavailable(format!("sqlite {what}: {e}"))
+}
+
+/// Every message on disk: non-dead ones ready with attempt 0, dead ones dead.
+fn load_topics(conn: &Connection) -> rusqlite::Result<Topics> {
+    let mut topics = Topics::new();
+    let mut stmt = conn.prepare("SELECT id, topic, dead, attempts FROM messages ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let id = u64::try_from(id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, id))?;
+        let topic: String = row.get(1)?;
+        let dead: bool = row.get::<_, i64>(2)? != 0;
+        let attempts: i64 = row.get(3)?;
+        let t = topics.entry(topic).or_default();
+        t.held = true;
+        t.insert(
+            id,
+            if dead {
+                Entry {
+                    attempt: u32::try_from(attempts).unwrap_or(0),
+                    status: Status::Dead,
+                }
+            } else {
+                Entry {
+                    attempt: 0,
+                    status: Status::Ready,
+                }
+            },
+        );
+    }
+    Ok(topics)
+}
+
+fn lock_file(path: &Path) -> Result<File, BusError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| BusError::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(BusError::Unavailable(format!(
+            "{} is in use by another open queue",
+            path.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(BusError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+/// Opens the write connection: WAL, `synchronous=FULL`, schema created or checked.
+fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    // FULL: the WAL is fsync'd at every commit, so a returned commit survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+    if synchronous != 2 {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "synchronous is {synchronous}, FULL (2) is required"
+        )));
+    }
+    // Checkpoints run on their own thread, never inside a commit (a checkpoint fsyncs the
+    // database file and would stall every publish waiting on that commit).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.set_prepared_statement_cache_capacity(16);
+
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    match version {
+        0 => {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA_SQL)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        }
+        SCHEMA_VERSION => {}
+        newer => {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {newer} is not this build's {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    Ok(conn)
+}
+
+fn open_reader_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(4);
+    Ok(conn)
+}
+
+/// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` every
+/// [`CHECKPOINT_EVERY`]. PASSIVE never waits for the writer or readers.
+struct Checkpointer {
+    stop_tx: std::sync::mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("longlink-bus-checkpoint".to_owned())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(err) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        warn!(error = %err, "bus wal checkpoint failed; retrying");
+                    }
+                }
+            })
+            .map_err(|e| {
+                rusqlite::Error::InvalidParameterName(format!("checkpoint thread: {e}"))
+            })?;
+        Ok(Self { stop_tx, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop_tx.try_send(());
+        if self.thread.join().is_err() {
+            error!("bus checkpoint thread panicked");
+        }
+    }
+}
+
+/// Read-only connections, at most `permits` in use at once.
+struct ReadPool {
+    path: PathBuf,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn open(path: PathBuf, size: usize) -> Result<Self, BusError> {
+        let idle = (0..size)
+            .map(|_| open_reader_connection(&path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlite_unavailable("open reader", &e))?;
+        Ok(Self {
+            path,
+            permits: Arc::new(Semaphore::new(size)),
+            idle: Mutex::new(idle),
+        })
+    }
+
+    /// Refuses further reads and closes the idle connections.
+    fn close(&self) {
+        self.permits.close();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Runs `query` on an idle connection (blocking), opening one if none is idle.
+    fn run<T>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BusError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader_connection(&self.path)
+                .map_err(|e| sqlite_unavailable("open reader", &e))?,
+        };
+        let result = query(&conn);
+        if !self.permits.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+        }
+        result.map_err(|e| sqlite_unavailable("read", &e))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer thread.
+
+type ReplyTx = oneshot::Sender<Result<(), BusError>>;
+type Reply = oneshot::Receiver<Result<(), BusError>>;
+
+enum Command {
+    Write(WriteOp),
+    /// Commit what came before, refuse what comes after, close the connection, then signal.
+    Close(oneshot::Sender<()>),
+}
+
+/// A queued write, answered only after its transaction committed.
+enum WriteOp {
+    /// Insert; after the commit the writer adds the id to the topic's ready set.
+    Publish {
+        message: BusMessage,
+        reply: ReplyTx,
+        /// Filled inside the transaction.
+        id: Option<u64>,
+    },
+    /// Acked: delete the rows.
+    Delete { ids: Vec<u64>, reply: ReplyTx },
+    /// Write the current in-memory dead flag and attempts of these messages.
+    SyncDead {
+        topic: String,
+        ids: Vec<u64>,
+        reply: ReplyTx,
+    },
+}
+
+impl WriteOp {
+    fn reply(self, result: Result<(), BusError>) {
+        let reply = match self {
+            Self::Publish { reply, .. }
+            | Self::Delete { reply, .. }
+            | Self::SyncDead { reply, .. } => reply,
+        };
+        // A caller that gave up waiting is not an error.
+        let _ = reply.send(result);
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    topics: Arc<Mutex<Topics>>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+        let mut close_done = None;
+        let mut batch = Vec::new();
+        // `None` once every sender is dropped and the queue is empty (queue dropped).
+        while let Some(first) = rx.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write(op) => batch.push(op),
+                    Command::Close(done) => {
+                        close_done = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(std::mem::take(&mut batch));
+            }
+            if close_done.is_some() {
+                break;
+            }
+        }
+        // Anything queued after a close is refused; nothing of it was written.
+        rx.close();
+        let mut refused = Vec::new();
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command::Write(op) => refused.push(op),
+                Command::Close(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.release_publishes(&refused);
+        refused
+            .into_iter()
+            .for_each(|op| op.reply(Err(closed_error())));
+        if let Err((_, e)) = self.conn.close() {
+            warn!(error = %e, "bus database close failed");
+        }
+        if let Some(done) = close_done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Applies `batch` in one transaction; answers every op after the commit, or every op
+    /// with `Unavailable` if anything failed (the transaction is rolled back as a whole).
+    fn commit_batch(&mut self, mut batch: Vec<WriteOp>) {
+        match self.apply_batch(&mut batch) {
+            Ok(()) => {
+                self.publish_committed(&batch);
+                batch.into_iter().for_each(|op| op.reply(Ok(())));
+            }
+            Err(e) => {
+                warn!(error = %e, requests = batch.len(), "bus batch rolled back");
+                self.release_publishes(&batch);
+                for op in batch {
+                    op.reply(Err(BusError::Unavailable(format!("write failed: {e}"))));
+                }
+            }
+        }
+    }
+
+    fn apply_batch(&mut self, batch: &mut [WriteOp]) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for op in batch.iter_mut() {
+            match op {
+                WriteOp::Publish { message, id, .. } => {
+                    tx.prepare_cached(INSERT_MESSAGE_SQL)?.execute(params![
+                        message.topic,
+                        message.appcode,
+                        message.uid,
+                        message.device_id,
+                        message.msgtype,
+                        message.client_msg_id,
+                        message.payload.as_ref(),
+                        bits_from_u64(message.log_id),
+                        bits_from_u64(message.received_ms),
+                    ])?;
+                    let rowid = tx.last_insert_rowid();
+                    *id = Some(
+                        u64::try_from(rowid)
+                            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, rowid))?,
+                    );
+                }
+                WriteOp::Delete { ids, .. } => {
+                    let mut stmt = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+                    for id in ids.iter().filter_map(|id| i64::try_from(*id).ok()) {
+                        stmt.execute([id])?;
+                    }
+                }
+                WriteOp::SyncDead { topic, ids, .. } => {
+                    // The state now, not when the op was queued: the last write wins on disk
+                    // whatever order the ops were queued in.
+                    let states: Vec<(i64, bool, u32)> = {
+                        let topics = lock(&self.topics);
+                        let Some(t) = topics.get(topic.as_str()) else {
+                            continue;
+                        };
+                        ids.iter()
+                            .filter_map(|id| {
+                                let entry = t.entries.get(id)?;
+                                Some((
+                                    i64::try_from(*id).ok()?,
+                                    entry.status == Status::Dead,
+                                    entry.attempt,
+                                ))
+                            })
+                            .collect()
+                    };
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE messages SET dead = ?2, attempts = ?3 WHERE id = ?1",
+                    )?;
+                    for (id, dead, attempts) in states {
+                        stmt.execute(params![id, dead, attempts])?;
+                    }
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    /// Makes committed publishes visible to fetchers, in id order, and wakes them.
+    fn publish_committed(&self, batch: &[WriteOp]) {
+        let mut notifies: Vec<Arc<Notify>> = Vec::new();
+        {
+            let mut topics = lock(&self.topics);
+            for op in batch {
+                if let WriteOp::Publish {
+                    message,
+                    id: Some(id),
+                    ..
+                } = op
+                {
+                    let t = topics.entry(message.topic.clone()).or_default();
+                    t.pending = t.pending.saturating_sub(1);
+                    t.held = true;
+                    t.insert(
+                        *id,
+                        Entry {
+                            attempt: 0,
+                            status: Status::Ready,
+                        },
+                    );
+                    if !notifies.iter().any(|n| Arc::ptr_eq(n, &t.notify)) {
+                        notifies.push(Arc::clone(&t.notify));
+                    }
+                    debug!(
+                        log_id = message.log_id,
+                        topic = %message.topic,
+                        id,
+                        "c2s message queued"
+                    );
+                }
+            }
+        }
+        notifies.iter().for_each(|n| n.notify_waiters());
+    }
+
+    /// Releases the backlog reservations of publishes that were not committed.
+    fn release_publishes(&self, ops: &[WriteOp]) {
+        let mut topics = lock(&self.topics);
+        for op in ops {
+            if let WriteOp::Publish { message, .. } = op
+                && let Some(t) = topics.get_mut(message.topic.as_str())
+            {
+                t.pending = t.pending.saturating_sub(1);
+            }
+        }
+    }
+}
