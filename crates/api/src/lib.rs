@@ -1,17 +1,50 @@
-//! The HTTP API of longlink, served by axum: today `GET /healthz`; push, presence, stats,
-//! `/metrics` and the dashboard join it as their issues land.
+//! The business API of longlink (docs/api.md): HTTP/JSON (axum) and gRPC (tonic) with the same
+//! semantics, plus `GET /healthz` and `GET /openapi.json`.
 //!
-//! The API never reaches into other roles' internals: it reads what it shows through
-//! [`StatsSource`], which the server implements over the gate and presence.
+//! Business app-servers push s2c messages and read their delivery statistics, look up
+//! presence, and consume the c2s messages routed to their topics. Every `/v1` call is
+//! authorised by an API key ([`ApiKeys`]) scoped to appcodes.
+//!
+//! The API never reaches into other roles' internals: it works through the contracts in
+//! [`ApiContext`] (logic's `PushService`, `Presence`, the bus's `TopicQueue` and `Routes`, and
+//! [`StatsSource`] for health). Each operation is one function in `ops`, called by both
+//! surfaces, so HTTP and gRPC validate, authorise and answer alike.
+//!
+//! Modules: [`keys`] (API keys and scopes), [`error`] (the error table), [`model`] (JSON bodies
+//! and their OpenAPI schemas), `http` (axum routes, extractors, SSE, OpenAPI; [`openapi`]),
+//! `grpc` (the tonic service), `ops` (the operations both call), [`pb`] (the generated protobuf
+//! code, client and server).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use longlink_bus::{Routes, TopicQueue};
+use longlink_presence::Presence;
+use longlink_rpc::push::PushService;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub mod error;
+mod grpc;
+mod http;
+pub mod keys;
+pub mod model;
+mod ops;
+
+/// The gRPC messages, client and server generated from `proto/api.proto` (see
+/// `tests/codegen.rs`).
+#[allow(missing_docs, unreachable_pub, clippy::all)] // generated code: the .proto file carries the docs
+pub mod pb {
+    include!("gen/longlink.api.v1.rs");
+}
+
+pub use error::{ApiError, ErrorKind};
+pub use http::openapi::openapi;
+pub use keys::{ApiKeys, KeyScope};
 
 /// A point-in-time view of the node, as `/healthz` reports it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -28,34 +61,84 @@ pub trait StatsSource: Send + Sync + 'static {
     fn stats(&self) -> Stats;
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    version: &'static str,
-    #[serde(flatten)]
-    stats: Stats,
+/// Limits of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Largest request body (HTTP) or message (gRPC), in bytes.
+    pub max_body_bytes: usize,
+    /// Largest push content, in bytes (`logic.max_content_bytes`).
+    pub max_content_bytes: usize,
+    /// Lease of consumed messages when the call names none.
+    pub default_lease: Duration,
 }
 
-async fn healthz(State(source): State<Arc<dyn StatsSource>>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-        stats: source.stats(),
-    })
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_content_bytes: 61_440,
+            default_lease: Duration::from_secs(30),
+        }
+    }
 }
 
-/// The API's routes.
+/// What the API works with; cheap to clone.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// Logic's push side.
+    pub push: Arc<dyn PushService>,
+    /// Who is online.
+    pub presence: Arc<dyn Presence>,
+    /// The consuming side of the bus.
+    pub queue: Arc<dyn TopicQueue>,
+    /// The c2s routing table (to resolve and authorise topics).
+    pub routes: Arc<Routes>,
+    /// The API keys.
+    pub keys: Arc<ApiKeys>,
+    /// The node's figures for `/healthz`.
+    pub stats: Arc<dyn StatsSource>,
+    /// Limits.
+    pub limits: ApiLimits,
+}
+
+impl std::fmt::Debug for ApiContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiContext")
+            .field("routes", &self.routes)
+            .field("keys", &self.keys.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `/healthz` answer from `source`.
+pub(crate) fn health(source: &dyn StatsSource) -> model::HealthBody {
+    let stats = source.stats();
+    model::HealthBody {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        connections: stats.connections,
+        sessions: stats.sessions,
+    }
+}
+
+async fn healthz(State(source): State<Arc<dyn StatsSource>>) -> Json<model::HealthBody> {
+    Json(health(source.as_ref()))
+}
+
+/// The health route alone (`GET /healthz`), as served before the business API existed.
 pub fn router(source: Arc<dyn StatsSource>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .with_state(source)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves only `GET /healthz` on `listener` until `shutdown` is cancelled (the API before the
+/// business routes; [`serve`] serves everything).
 ///
 /// # Errors
 /// The listener failed.
-pub async fn serve(
+pub async fn serve_health(
     listener: TcpListener,
     source: Arc<dyn StatsSource>,
     shutdown: CancellationToken,
@@ -63,4 +146,46 @@ pub async fn serve(
     axum::serve(listener, router(source))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// Serves the HTTP API on `http` and, when given, the gRPC API on `grpc`, until `shutdown` is
+/// cancelled. Open long-polls answer, SSE and gRPC consume streams end, and the call returns
+/// once both servers have drained. If one server fails, the other is shut down too.
+///
+/// # Errors
+/// A listener failed.
+pub async fn serve(
+    http: TcpListener,
+    grpc: Option<TcpListener>,
+    ctx: ApiContext,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // A child token: a failing server stops its sibling without cancelling the caller's token.
+    let stop = shutdown.child_token();
+    let shared = Arc::new(ops::Shared::new(ctx, stop.clone()));
+    let http_server = {
+        let stop = stop.clone();
+        let app = http::app(Arc::clone(&shared));
+        async move {
+            let result = axum::serve(http, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await;
+            stop.cancel();
+            result
+        }
+    };
+    let grpc_server = {
+        let stop = stop.clone();
+        let shared = Arc::clone(&shared);
+        async move {
+            let Some(listener) = grpc else {
+                return Ok(());
+            };
+            let result = grpc::serve(listener, shared, stop.clone()).await;
+            stop.cancel();
+            result
+        }
+    };
+    let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
+    http_result.and(grpc_result)
 }

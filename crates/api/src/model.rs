@@ -1,0 +1,511 @@
+//! The JSON bodies and query strings of the HTTP API (docs/api.md), with their OpenAPI schemas.
+//!
+//! Requests refuse unknown fields (`deny_unknown_fields`) so a misspelt option is a 400, not a
+//! silently ignored default. Several of these are also the inputs of the shared operations in
+//! [`crate::ops`], which the gRPC surface fills from its protobuf messages.
+//!
+//! Numbers: ids that can exceed 2^53 (a stored msgid, a session id) are strings, because a JSON
+//! number loses precision there in most clients; push ids and counters stay numbers.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+pub use longlink_bus::ConsumedMessage;
+
+/// Error body of every failed call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_argument`, `unauthenticated`, `permission_denied`, `not_found`,
+    /// `payload_too_large`, `unsupported_media_type`, `unavailable` or `overloaded`.
+    pub code: String,
+    /// What went wrong, one line.
+    pub message: String,
+}
+
+/// How the content of a push is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentTypeName {
+    /// UTF-8 plain text (the default).
+    #[default]
+    Text,
+    /// UTF-8 markup.
+    Rich,
+    /// Opaque bytes whose meaning the msgtype defines.
+    Business,
+}
+
+impl ContentTypeName {
+    /// The wire value (`longlink_proto::ContentType` as i32).
+    pub fn wire(self) -> i32 {
+        use longlink_proto::ContentType;
+        match self {
+            ContentTypeName::Text => ContentType::Text as i32,
+            ContentTypeName::Rich => ContentType::Rich as i32,
+            ContentTypeName::Business => ContentType::Business as i32,
+        }
+    }
+}
+
+/// `POST /v1/push`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushBody {
+    /// The receivers' appcode.
+    pub appcode: u32,
+    /// The receivers: 1..=100,000 uids of 1..=256 bytes (duplicates ignored). Exactly one of
+    /// `uids` and `all: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uids: Option<Vec<String>>,
+    /// `true`: every user of the appcode online when the push starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    /// Business message type.
+    pub msgtype: u32,
+    /// The body as UTF-8 text (exactly one of `content` and `content_base64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The body as base64 (standard alphabet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// How the body is to be read; default `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<ContentTypeName>,
+    /// Stored for every target so offline users get it at their next login (default `true`);
+    /// `false`: online only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist: Option<bool>,
+    /// Online-only pushes: a user who logs in within this many seconds still gets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u32>,
+    /// Sender label shown to the app as `from.uid` (default `"system"`), at most 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// `202 Accepted` answer to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushAcceptedBody {
+    /// Id to read the statistics with (`GET /v1/push/{push_id}`).
+    pub push_id: u64,
+    /// Number of target users.
+    pub targets: u64,
+}
+
+/// Where one recipient's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipientStateName {
+    /// Not handled yet.
+    Pending,
+    /// Not reached online; in the inbox, arrives by pull at the next login.
+    StoredOffline,
+    /// Queued to at least one session.
+    Queued,
+    /// Written to at least one session's socket.
+    Written,
+    /// At least one device acknowledged it.
+    Acked,
+    /// Online-only and not reached within the TTL.
+    Expired,
+    /// Neither reached nor stored.
+    Failed,
+}
+
+impl From<longlink_rpc::push::RecipientState> for RecipientStateName {
+    fn from(state: longlink_rpc::push::RecipientState) -> Self {
+        use longlink_rpc::push::RecipientState as S;
+        match state {
+            S::Pending => Self::Pending,
+            S::StoredOffline => Self::StoredOffline,
+            S::Queued => Self::Queued,
+            S::Written => Self::Written,
+            S::Acked => Self::Acked,
+            S::Expired => Self::Expired,
+            S::Failed => Self::Failed,
+        }
+    }
+}
+
+/// One recipient of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecipientBody {
+    /// The user.
+    pub uid: String,
+    /// Where its delivery stands.
+    pub state: RecipientStateName,
+    /// Sessions it had online when the push reached it.
+    pub sessions: u32,
+}
+
+/// `GET /v1/push/{push_id}`: delivery statistics of one push. Counters count users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PushStatsBody {
+    /// The push.
+    pub push_id: u64,
+    /// The receivers' appcode.
+    pub appcode: u32,
+    /// Business message type.
+    pub msgtype: u32,
+    /// Stored for offline users.
+    pub persist: bool,
+    /// TTL of an online-only push.
+    pub ttl_secs: u32,
+    /// The stored message's msgid as a decimal string ("0" when not stored).
+    pub msgid: String,
+    /// Unix ms when the push was accepted.
+    pub created_ms: u64,
+    /// Unix ms when the fan-out finished (0 while running).
+    pub finished_ms: u64,
+    /// Whether the fan-out finished.
+    pub done: bool,
+    /// Target users.
+    pub targets: u64,
+    /// Targets with a session online when the push reached them.
+    pub online: u64,
+    /// Targets written to at least one socket.
+    pub written: u64,
+    /// Targets with at least one device's MSG_ACK.
+    pub acked: u64,
+    /// Targets not reached online whose inbox holds the message.
+    pub stored_offline: u64,
+    /// Online-only targets not reached within the TTL.
+    pub expired: u64,
+    /// Targets neither reached nor stored.
+    pub failed: u64,
+    /// Sessions presence listed but the gate no longer had.
+    pub stale_sessions: u64,
+    /// acked / targets (0 without targets).
+    pub delivery_rate: f64,
+    /// Per recipient, for pushes to at most 1,000 users (else empty).
+    pub recipients: Vec<RecipientBody>,
+}
+
+/// Query of `GET /v1/stats/delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// Only this appcode (default: every appcode of the key).
+    pub appcode: Option<u32>,
+}
+
+/// Delivery counters of one (appcode, msgtype), summed since the node started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryCounterBody {
+    /// The receivers' appcode.
+    pub appcode: u32,
+    /// Business message type.
+    pub msgtype: u32,
+    /// Pushes.
+    pub pushes: u64,
+    /// Target users over all pushes.
+    pub targets: u64,
+    /// Summed as in the push statistics.
+    pub online: u64,
+    /// Summed as in the push statistics.
+    pub written: u64,
+    /// Summed as in the push statistics.
+    pub acked: u64,
+    /// Summed as in the push statistics.
+    pub stored_offline: u64,
+    /// Summed as in the push statistics.
+    pub expired: u64,
+    /// Summed as in the push statistics.
+    pub failed: u64,
+    /// acked / targets (0 without targets).
+    pub delivery_rate: f64,
+}
+
+/// `GET /v1/stats/delivery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryCountersBody {
+    /// One entry per (appcode, msgtype).
+    pub counters: Vec<DeliveryCounterBody>,
+}
+
+/// One online session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionBody {
+    /// The device.
+    pub device: String,
+    /// The gate holding the connection.
+    pub gate: String,
+    /// The session id on that gate, as a decimal string.
+    pub session_id: String,
+    /// Unix ms when the session logged in.
+    pub since_ms: u64,
+}
+
+/// The presence of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserPresenceBody {
+    /// The user's appcode.
+    pub appcode: u32,
+    /// The user.
+    pub uid: String,
+    /// Whether at least one session is online.
+    pub online: bool,
+    /// The online sessions.
+    pub sessions: Vec<SessionBody>,
+}
+
+/// `POST /v1/presence/query`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQueryBody {
+    /// The users' appcode.
+    pub appcode: u32,
+    /// 1..=1,000 uids.
+    pub uids: Vec<String>,
+}
+
+/// Answer to `POST /v1/presence/query`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PresenceUsersBody {
+    /// One entry per requested uid, in request order.
+    pub users: Vec<UserPresenceBody>,
+}
+
+/// `GET /v1/presence/{appcode}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OnlineCountBody {
+    /// The appcode.
+    pub appcode: u32,
+    /// Users with at least one session.
+    pub online_users: u64,
+    /// Sessions.
+    pub sessions: u64,
+}
+
+/// Query of `GET /v1/consume` (long-poll).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsumeQuery {
+    /// The topic (or give `appcode` and `msgtype`).
+    pub topic: Option<String>,
+    /// With `msgtype`: the topic this pair is routed to.
+    pub appcode: Option<u32>,
+    /// With `appcode`.
+    pub msgtype: Option<u32>,
+    /// Most messages to lease, 1..=1000 (default 100).
+    pub max: Option<u32>,
+    /// Longest wait for the first message, 0..=60 s (default 20).
+    pub wait_secs: Option<u32>,
+    /// Lease of the messages, 1..=3600 s (default 30).
+    pub lease_secs: Option<u32>,
+}
+
+/// Query of `GET /v1/consume/sse`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The topic (or give `appcode` and `msgtype`).
+    pub topic: Option<String>,
+    /// With `msgtype`: the topic this pair is routed to.
+    pub appcode: Option<u32>,
+    /// With `appcode`.
+    pub msgtype: Option<u32>,
+    /// Most messages sent and not yet acked, 1..=1000 (default 100).
+    pub max_in_flight: Option<u32>,
+    /// Lease of the messages, 1..=3600 s (default 30).
+    pub lease_secs: Option<u32>,
+}
+
+/// Leased or dead-lettered messages of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessagesBody {
+    /// The topic.
+    pub topic: String,
+    /// The messages, in id order.
+    pub messages: Vec<ConsumedMessage>,
+}
+
+/// `POST /v1/consume/ack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    /// The topic (or give `appcode` and `msgtype`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// With `msgtype`: the topic this pair is routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appcode: Option<u32>,
+    /// With `appcode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msgtype: Option<u32>,
+    /// Delivery ids (at most 10,000); ids not leased are ignored.
+    pub ids: Vec<u64>,
+}
+
+/// Answer to an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AckedBody {
+    /// How many of the ids were leased (and are now gone).
+    pub acked: u64,
+}
+
+/// `POST /v1/consume/nack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NackBody {
+    /// The topic (or give `appcode` and `msgtype`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// With `msgtype`: the topic this pair is routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appcode: Option<u32>,
+    /// With `appcode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msgtype: Option<u32>,
+    /// Delivery ids (at most 10,000).
+    pub ids: Vec<u64>,
+    /// Ready again after this many seconds, 0..=3600 (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u32>,
+}
+
+/// Answer to a nack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NackedBody {
+    /// How many of the ids were leased (and are given back).
+    pub nacked: u64,
+}
+
+/// Query of `GET /v1/deadletter`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// The topic (or give `appcode` and `msgtype`).
+    pub topic: Option<String>,
+    /// With `msgtype`: the topic this pair is routed to.
+    pub appcode: Option<u32>,
+    /// With `appcode`.
+    pub msgtype: Option<u32>,
+    /// Only ids above this one (default 0), to page through the list.
+    pub after: Option<u64>,
+    /// Most messages, 1..=1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// `POST /v1/deadletter/replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    /// The topic (or give `appcode` and `msgtype`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// With `msgtype`: the topic this pair is routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appcode: Option<u32>,
+    /// With `appcode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msgtype: Option<u32>,
+    /// Dead-lettered ids to put back (at most 10,000); empty = all of them.
+    #[serde(default)]
+    pub ids: Vec<u64>,
+}
+
+/// Answer to a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplayedBody {
+    /// How many messages are back on the topic.
+    pub replayed: u64,
+}
+
+/// Counts of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TopicBody {
+    /// The topic.
+    pub topic: String,
+    /// Waiting for a consumer.
+    pub ready: u64,
+    /// Leased, not acked yet.
+    pub in_flight: u64,
+    /// In the dead-letter list.
+    pub dead: u64,
+}
+
+/// `GET /v1/topics`: the topics the key may consume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TopicsBody {
+    /// The topics.
+    pub topics: Vec<TopicBody>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthBody {
+    /// Always `"ok"`.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+    /// Open client connections.
+    pub connections: u64,
+    /// Logged-in sessions.
+    pub sessions: u64,
+}
+
+impl From<longlink_rpc::push::PushStats> for PushStatsBody {
+    fn from(stats: longlink_rpc::push::PushStats) -> Self {
+        Self {
+            push_id: stats.push_id,
+            appcode: stats.appcode,
+            msgtype: stats.msgtype,
+            persist: stats.persist,
+            ttl_secs: stats.ttl_secs,
+            msgid: stats.msgid.to_string(),
+            created_ms: stats.created_ms,
+            finished_ms: stats.finished_ms,
+            done: stats.finished_ms != 0,
+            targets: stats.targets,
+            online: stats.online,
+            written: stats.written,
+            acked: stats.acked,
+            stored_offline: stats.stored_offline,
+            expired: stats.expired,
+            failed: stats.failed,
+            stale_sessions: stats.stale_sessions,
+            delivery_rate: crate::ops::rate(stats.acked, stats.targets),
+            recipients: stats
+                .recipients
+                .into_iter()
+                .map(|r| RecipientBody {
+                    uid: r.uid,
+                    state: r.state.into(),
+                    sessions: r.sessions,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<crate::ops::UserPresence> for UserPresenceBody {
+    fn from(user: crate::ops::UserPresence) -> Self {
+        Self {
+            appcode: user.appcode,
+            uid: user.uid,
+            online: !user.sessions.is_empty(),
+            sessions: user
+                .sessions
+                .into_iter()
+                .map(|s| SessionBody {
+                    device: s.device_id,
+                    gate: s.gate_id,
+                    session_id: s.session_id.to_string(),
+                    since_ms: s.since_ms,
+                })
+                .collect(),
+        }
+    }
+}
