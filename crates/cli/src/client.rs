@@ -1,4 +1,5 @@
-//! `longlink client …`: a terminal client over the SDK — send, pull, listen, history, chat.
+//! `longlink client …`: a terminal client over the SDK — send, c2s, pull, listen, history,
+//! chat.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use crate::token::mint;
 pub(crate) enum ClientCommand {
     /// Sends c2c text; prints one line per acknowledged message.
     Send(SendArgs),
+    /// Sends a c2s message (to the business servers consuming its topic); prints the topic.
+    C2s(C2sArgs),
     /// Prints every offline message (pages of 50 until none is left), one per line.
     Pull(PullArgs),
     /// Stays connected and prints each message as it arrives.
@@ -39,8 +42,9 @@ pub(crate) struct Identity {
     #[arg(long)]
     uid: String,
     /// Device id: one session per (appcode, uid, device), and offline messages are
-    /// acknowledged per device. Default: `cli-<subcommand>` (cli-send, cli-pull, cli-listen,
-    /// cli-history, cli-chat), so a one-shot `send` never kicks your `listen` or `chat`.
+    /// acknowledged per device. Default: `cli-<subcommand>` (cli-send, cli-c2s, cli-pull,
+    /// cli-listen, cli-history, cli-chat), so a one-shot `send` never kicks your `listen` or
+    /// `chat`.
     #[arg(long)]
     device: Option<String>,
     /// Login token; without it a development token is minted from the config.
@@ -71,6 +75,24 @@ pub(crate) struct SendArgs {
     #[arg(long)]
     client_msg_id: Option<String>,
     /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct C2sArgs {
+    #[command(flatten)]
+    identity: Identity,
+    /// Business message type: with the appcode it picks the topic (the routing table).
+    #[arg(long)]
+    msgtype: u32,
+    /// The payload, as text.
+    text: String,
+    /// Client message id: the server's dedup key, and what makes a retry after a lost answer
+    /// safe. Default: one made up for this call.
+    #[arg(long)]
+    client_msg_id: Option<String>,
+    /// Print a JSON line.
     #[arg(long)]
     json: bool,
 }
@@ -123,6 +145,7 @@ pub(crate) struct ChatArgs {
 pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Send(args) => send(args).await,
+        ClientCommand::C2s(args) => c2s(args).await,
         ClientCommand::Pull(args) => pull(args).await,
         ClientCommand::Listen(args) => listen(args).await,
         ClientCommand::History(args) => history(args).await,
@@ -204,6 +227,37 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn c2s(args: C2sArgs) -> anyhow::Result<()> {
+    let (client, _incoming) = connect(&args.identity, "c2s").await?;
+    // The SDK retries a request after a reconnect only when it carries a client message id
+    // (the server dedups on it), so one is always sent.
+    let client_msg_id = args.client_msg_id.clone().unwrap_or_else(|| {
+        format!(
+            "cli-{}-{}",
+            longlink_sdk::longlink_proto::unix_ms(),
+            std::process::id()
+        )
+    });
+    let topic = client
+        .c2s(
+            args.msgtype,
+            bytes::Bytes::from(args.text.clone().into_bytes()),
+            &client_msg_id,
+        )
+        .await
+        .with_context(|| format!("c2s msgtype {} failed", args.msgtype))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "topic": topic, "client_msg_id": client_msg_id })
+        );
+    } else {
+        println!("{topic}");
     }
     client.close().await;
     Ok(())

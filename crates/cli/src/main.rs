@@ -2,6 +2,7 @@
 //! module per subcommand. Errors print as one line on stderr with a non-zero exit code
 //! (64 for bad configuration or usage).
 
+mod api_cmd;
 mod bench_cmd;
 mod client;
 mod serve;
@@ -29,9 +30,17 @@ enum Command {
     Config(serve::ConfigCommand),
     /// Mints a login token the server with the same config accepts.
     Token(token::TokenArgs),
-    /// A terminal client: send, pull, listen, history, chat.
+    /// A terminal client: send, c2s, pull, listen, history, chat.
     #[command(subcommand)]
     Client(client::ClientCommand),
+    /// Pushes a server-to-client message through the API (`push TEXT`, `push send TEXT`), or
+    /// prints a push's delivery statistics (`push stats ID`).
+    Push(api_cmd::PushCommand),
+    /// Who is online, through the API: one user, several, or an appcode's counts.
+    Presence(api_cmd::PresenceArgs),
+    /// Reads a c2s topic through the API like a business server: prints each message, then
+    /// acks it.
+    Consume(api_cmd::ConsumeArgs),
     /// Load generators and measurements (not tests).
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -69,12 +78,20 @@ fn main() -> ExitCode {
             Command::Config(command) => serve::config(command),
             Command::Token(args) => token::token(args),
             Command::Client(command) => client::run(command).await,
+            Command::Push(command) => api_cmd::push(command).await,
+            Command::Presence(args) => api_cmd::presence(args).await,
+            Command::Consume(args) => api_cmd::consume(args).await,
             Command::Bench(command) => bench_cmd::run(command).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // An API error is already the one line to print (`error: 401 unauthenticated: …`).
+            if let Some(failure) = err.downcast_ref::<api_cmd::ApiFailure>() {
+                eprintln!("{failure}");
+                return ExitCode::from(failure.code);
+            }
             let code = err.downcast_ref::<CliExit>().map_or(1, |exit| exit.0);
             eprintln!("longlink: {}", one_line(&err));
             ExitCode::from(code)
