@@ -119,6 +119,18 @@ impl Default for QueueOptions {
 /// The single-node durable bus: a [`Bus`] to publish c2s messages to and a [`TopicQueue`] to
 /// consume them from, kept in one SQLite file. See the module docs for the design.
 ///
+/// Details of this implementation of the [`TopicQueue`] contract:
+/// - `publish` returns once the message is committed (fsync'd); [`BusError::Full`] when its
+///   topic holds `max_backlog` messages, dead letters included (they take disk too).
+/// - `ack` removes any held, not dead-lettered message of the topic by id, also one whose
+///   lease already ran out (its consumer did finish it) or was leased before a restart;
+///   dead letters are left alone (only `replay` takes them back).
+/// - `nack` counts only messages currently leased.
+/// - A fetch that is dropped before it returns gives its leases back uncounted.
+/// - In [`TopicStats`], nacked messages waiting for their retry time count as `ready`.
+/// - Limits: [`MAX_FETCH`], [`MAX_IDS`], [`MAX_WAIT`], [`MAX_LEASE`]; `max` and `lease` of a
+///   fetch must not be 0.
+///
 /// Dropping the queue stops the writer after it has drained its queue and blocks until it
 /// has; [`SqliteQueue::close`] does the same without blocking an async worker.
 pub struct SqliteQueue {
@@ -481,29 +493,34 @@ impl TopicQueue for SqliteQueue {
             notified.as_mut().enable();
             self.check_open()?;
             let now = Instant::now();
+            let lease_until = now + lease;
             let (taken, expired, next_due) = {
                 let mut topics = lock(&self.topics);
                 let t = topics.entry(topic.to_owned()).or_default();
                 let expired = t.promote(now, self.options.max_attempts);
-                let taken = t.take(max, now + lease);
+                let taken = t.take(max, lease_until);
                 if !taken.is_empty() {
                     // Other waiters recompute their wake-up time with the new lease deadline.
                     t.notify.notify_waiters();
                 }
                 (taken, expired, t.next_due())
             };
+            // Given back if this fetch does not return them (read failed, or dropped).
+            let mut giveback = Taken {
+                topics: &self.topics,
+                topic,
+                until: lease_until,
+                ids: taken.iter().map(|(id, _)| *id).collect(),
+            };
             self.persist_expired(topic, &expired).await;
             if !taken.is_empty() {
-                let ids: Vec<u64> = taken.iter().map(|(id, _)| *id).collect();
-                match self.read_messages(topic, taken).await {
-                    Ok(found) if !found.is_empty() => return Ok(found),
-                    // Every one was acked meanwhile: look again.
-                    Ok(_) => continue,
-                    Err(err) => {
-                        self.unlease(topic, &ids);
-                        return Err(err);
-                    }
+                let found = self.read_messages(topic, taken).await?;
+                // Ids not found were acked meanwhile (and are out of memory now).
+                giveback.ids.clear();
+                if !found.is_empty() {
+                    return Ok(found);
                 }
+                continue;
             }
             if now >= deadline {
                 return Ok(Vec::new());
@@ -689,26 +706,6 @@ impl TopicQueue for SqliteQueue {
         }
         stats.sort_by(|a, b| a.topic.cmp(&b.topic));
         Ok(stats)
-    }
-}
-
-impl SqliteQueue {
-    /// Gives back leases taken by a fetch that could not read the messages: ready again,
-    /// the attempt not counted.
-    fn unlease(&self, topic: &str, ids: &[u64]) {
-        let mut topics = lock(&self.topics);
-        let Some(t) = topics.get_mut(topic) else {
-            return;
-        };
-        for &id in ids {
-            if let Some(entry) = t.entries.get_mut(&id)
-                && matches!(entry.status, Status::Leased(_))
-            {
-                entry.attempt = entry.attempt.saturating_sub(1);
-                t.set_status(id, Status::Ready);
-            }
-        }
-        t.notify.notify_waiters();
     }
 }
 
@@ -948,6 +945,44 @@ impl Drop for Removed<'_> {
             );
         }
         t.notify.notify_waiters();
+    }
+}
+
+/// Leases taken by a fetch, given back on drop unless cleared: ready again, the attempt not
+/// counted (only those still under this very lease).
+struct Taken<'a> {
+    topics: &'a Mutex<Topics>,
+    topic: &'a str,
+    until: Instant,
+    ids: Vec<u64>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let mut topics = lock(self.topics);
+        let Some(t) = topics.get_mut(self.topic) else {
+            return;
+        };
+        let mut given_back = false;
+        for &id in &self.ids {
+            let ours = match t.entries.get_mut(&id) {
+                Some(entry) if entry.status == Status::Leased(self.until) => {
+                    entry.attempt = entry.attempt.saturating_sub(1);
+                    true
+                }
+                _ => false,
+            };
+            if ours {
+                t.set_status(id, Status::Ready);
+                given_back = true;
+            }
+        }
+        if given_back {
+            t.notify.notify_waiters();
+        }
     }
 }
 

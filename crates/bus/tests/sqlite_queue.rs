@@ -697,3 +697,36 @@ async fn a_publish_is_committed_when_it_returns() {
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+#[tokio::test]
+async fn a_fetch_dropped_before_it_returns_gives_its_leases_back() {
+    let f = Fixture::new(QueueOptions::default());
+    let mut dropped_mid_fetch = false;
+    for n in 0..10 {
+        f.queue.publish(message("orders", n)).await.unwrap();
+        // Polled once: it leases the message and then waits for the read of its body.
+        let outcome = tokio::select! {
+            biased;
+            got = f.queue.fetch("orders", 10, Duration::ZERO, LONG) => Some(got.unwrap()),
+            () = std::future::ready(()) => None,
+        };
+        match outcome {
+            // The read finished within the first poll (rare): try again with a new message.
+            Some(got) => {
+                assert_eq!(f.queue.ack("orders", &[got[0].id]).await.unwrap(), 1);
+            }
+            None => {
+                dropped_mid_fetch = true;
+                break;
+            }
+        }
+    }
+    assert!(dropped_mid_fetch, "never caught a fetch mid-read");
+    assert_eq!(stats(&f.queue, "orders").await, counts(1, 0, 0, "orders"));
+    let got = fetch(&f.queue, "orders", 10, Duration::ZERO).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].attempt, 1,
+        "the dropped fetch's attempt is not counted"
+    );
+}
