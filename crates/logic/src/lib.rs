@@ -14,11 +14,12 @@
 pub mod auth;
 mod convert;
 mod handlers;
+mod push;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use longlink_bus::Bus;
+use longlink_bus::{Bus, Routes};
 use longlink_presence::Presence;
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameType};
 use longlink_rpc::{GatePush, LogicService, LoginAccepted, Refusal, Reply, SessionInfo};
@@ -55,6 +56,8 @@ pub struct Logic {
     store: Arc<dyn MessageStore>,
     bus: Arc<dyn Bus>,
     gate: Arc<dyn GatePush>,
+    routes: Arc<Routes>,
+    pushes: push::PushEngine,
 }
 
 impl std::fmt::Debug for Logic {
@@ -67,15 +70,24 @@ impl std::fmt::Debug for Logic {
 }
 
 impl Logic {
-    /// Assembles logic over its backends and the gate(s) it pushes through.
+    /// Assembles logic over its backends, the c2s routing table and the gate(s) it pushes
+    /// through.
     pub fn new(
         config: LogicConfig,
         apps: Arc<Apps>,
         presence: Arc<dyn Presence>,
         store: Arc<dyn MessageStore>,
         bus: Arc<dyn Bus>,
+        routes: Arc<Routes>,
         gate: Arc<dyn GatePush>,
     ) -> Self {
+        let pushes = push::PushEngine::new(
+            apps.clone(),
+            presence.clone(),
+            store.clone(),
+            gate.clone(),
+            config.max_content_bytes,
+        );
         Self {
             config,
             apps,
@@ -83,6 +95,8 @@ impl Logic {
             store,
             bus,
             gate,
+            routes,
+            pushes,
         }
     }
 }
@@ -122,6 +136,7 @@ impl LogicService for Logic {
 
     async fn session_ready(&self, session: &SessionInfo) {
         handlers::redeliver::redeliver_unacked(self, session).await;
+        self.pushes.session_ready(session).await;
     }
 
     async fn handle(&self, session: &SessionInfo, frame: Frame) -> Reply {

@@ -51,6 +51,20 @@ pub struct GateSection {
 #[allow(missing_docs)] // each field is documented in default.toml
 pub struct ApiSection {
     pub listen: SocketAddr,
+    /// `None` when configured as "" (gRPC disabled).
+    #[serde(deserialize_with = "optional_addr")]
+    pub grpc_listen: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+}
+
+fn optional_addr<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `[store]`.
@@ -77,7 +91,71 @@ pub struct LogicSection {
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)] // each field is documented in default.toml
 pub struct BusSection {
-    pub subscriber_queue: usize,
+    pub max_attempts: u32,
+    pub lease_secs: u64,
+    pub max_backlog: u64,
+    pub unrouted: UnroutedPolicy,
+    pub default_topic: String,
+}
+
+/// `bus.unrouted`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)] // documented in default.toml
+pub enum UnroutedPolicy {
+    PerType,
+    Default,
+    Refuse,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // documented in default.toml
+pub struct RouteSection {
+    pub appcode: u32,
+    pub msgtype: u32,
+    pub topic: String,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // documented in default.toml
+pub struct WebhookSection {
+    pub topic: String,
+    pub url: String,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    #[serde(default = "default_webhook_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_webhook_timeout() -> u64 {
+    10
+}
+fn default_backoff_base() -> u64 {
+    500
+}
+fn default_backoff_max() -> u64 {
+    60_000
+}
+fn default_webhook_in_flight() -> usize {
+    16
+}
+
+/// One `[[api_keys]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // documented in default.toml
+pub struct ApiKeySection {
+    pub name: String,
+    pub key: String,
+    pub appcodes: Vec<u32>,
 }
 
 /// One `[[apps]]` entry.
@@ -101,6 +179,12 @@ pub struct Config {
     pub logic: LogicSection,
     pub bus: BusSection,
     pub apps: Vec<AppSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySection>,
 }
 
 impl Default for Config {
@@ -181,6 +265,60 @@ impl Config {
                 "must be at least 8 bytes",
             );
         }
+        if self.bus.max_attempts == 0 || self.bus.lease_secs == 0 || self.bus.max_backlog == 0 {
+            return bad(
+                "bus.max_attempts / bus.lease_secs / bus.max_backlog",
+                "must be at least 1",
+            );
+        }
+        if let Err(why) = self.routes() {
+            return bad("routes", &why);
+        }
+        for hook in &self.webhooks {
+            if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {
+                return bad(
+                    &format!("webhooks[topic={}].url", hook.topic),
+                    "must start with http:// or https://",
+                );
+            }
+            if !longlink_bus::routes::valid_topic(&hook.topic) {
+                return bad(
+                    &format!("webhooks[topic={}].topic", hook.topic),
+                    "must be 1..=200 bytes of [A-Za-z0-9._-]",
+                );
+            }
+            if hook.timeout_secs == 0 || hook.max_in_flight == 0 {
+                return bad(
+                    &format!("webhooks[topic={}]", hook.topic),
+                    "timeout_secs and max_in_flight must be at least 1",
+                );
+            }
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for key in &self.api_keys {
+            if key.key.len() < 16 {
+                return bad(
+                    &format!("api_keys[name={}].key", key.name),
+                    "must be at least 16 bytes",
+                );
+            }
+            if !keys.insert(key.key.as_str()) {
+                return bad(
+                    &format!("api_keys[name={}].key", key.name),
+                    "is used by two entries",
+                );
+            }
+            if let Some(unknown) = key
+                .appcodes
+                .iter()
+                .find(|a| !self.apps.iter().any(|app| app.appcode == **a))
+            {
+                return bad(
+                    &format!("api_keys[name={}].appcodes", key.name),
+                    &format!("appcode {unknown} is not configured in [[apps]]"),
+                );
+            }
+        }
         Ok(self)
     }
 
@@ -195,6 +333,27 @@ impl Config {
             write_timeout: Duration::from_secs(self.gate.write_timeout_secs),
             max_connections: self.gate.max_connections,
         }
+    }
+
+    /// The c2s routing table.
+    ///
+    /// # Errors
+    /// A route is invalid (the reason names it).
+    pub fn routes(&self) -> Result<longlink_bus::Routes, String> {
+        let unrouted = match self.bus.unrouted {
+            UnroutedPolicy::PerType => longlink_bus::Unrouted::PerType,
+            UnroutedPolicy::Default => {
+                longlink_bus::Unrouted::Topic(self.bus.default_topic.clone())
+            }
+            UnroutedPolicy::Refuse => longlink_bus::Unrouted::Refuse,
+        };
+        longlink_bus::Routes::new(
+            self.routes
+                .iter()
+                .map(|r| (r.appcode, r.msgtype, r.topic.clone())),
+            unrouted,
+            self.apps.iter().map(|a| a.appcode),
+        )
     }
 
     /// The token keys of every configured appcode.

@@ -1,11 +1,12 @@
 //! The composition root of a longlink node: it reads the [`Config`], chooses the backends
-//! (single node: SQLite store, in-memory presence, local bus), wires logic to the gate, binds
-//! every listener *before* spawning anything, and stops the roles in order.
+//! (single node: SQLite store, in-memory presence, a durable SQLite bus), wires logic to the
+//! gate and the business API to logic, presence and the bus, binds every listener *before*
+//! spawning anything, and stops the roles in order.
 //!
 //! Shutdown order ([`RunningServer::stop`]): the gate stops accepting and sends every client a
 //! KICK (SERVER_SHUTDOWN, with a backoff), flushes the write queues and waits for the
-//! connections to end; then the API stops; then the store's writer commits what it holds and
-//! closes. Each stage has a timeout.
+//! connections to end; then the API and the webhooks stop; then the bus and the store commit
+//! what they hold and close. Each stage has a timeout.
 //!
 //! Modules: [`config`] (Config, the embedded default file, env overrides).
 
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use longlink_api::{Stats, StatsSource};
-use longlink_bus::LocalBus;
+use longlink_api::{ApiContext, ApiKeys, ApiLimits, Stats, StatsSource};
+use longlink_bus::{QueueOptions, SqliteQueue, TopicQueue, WebhookConfig};
 use longlink_gate::Gate;
 use longlink_logic::{Logic, LogicConfig};
 use longlink_presence::{MemoryPresence, Presence};
@@ -26,6 +27,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, DEFAULT_CONFIG};
+
+/// The API key of the default config (a warning is logged while it is enabled).
+pub const DEV_API_KEY: &str = "dev-api-key-change-me";
 
 /// How long each shutdown stage may take.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,8 +43,11 @@ pub struct RunningServer {
     gate_task: JoinHandle<()>,
     api_task: JoinHandle<()>,
     api_shutdown: CancellationToken,
+    webhooks: Vec<JoinHandle<()>>,
+    grpc_addr: Option<std::net::SocketAddr>,
     store: Arc<SqliteStore>,
-    bus: LocalBus,
+    bus: Arc<SqliteQueue>,
+    presence: Arc<MemoryPresence>,
 }
 
 struct NodeStats {
@@ -87,11 +94,53 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let api_listener = TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot bind api.listen {}", config.api.listen))?;
+    let grpc_listener = match config.api.grpc_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind api.grpc_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let gate_addr = gate_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    let grpc_addr = grpc_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
+    let bus_path = config.store.data_dir.join("bus.sqlite");
+    let bus = Arc::new(
+        SqliteQueue::open(
+            &bus_path,
+            QueueOptions {
+                max_attempts: config.bus.max_attempts,
+                max_backlog: config.bus.max_backlog,
+                ..QueueOptions::default()
+            },
+        )
+        .with_context(|| format!("cannot open bus {}", bus_path.display()))?,
+    );
     let presence = Arc::new(MemoryPresence::new());
-    let bus = LocalBus::new(config.bus.subscriber_queue);
+    let routes = Arc::new(
+        config
+            .routes()
+            .map_err(|why| anyhow::anyhow!("invalid routes: {why}"))?,
+    );
+    let keys = Arc::new(
+        ApiKeys::new(
+            config
+                .api_keys
+                .iter()
+                .map(|k| (k.name.clone(), k.key.clone(), k.appcodes.clone())),
+        )
+        .map_err(|why| anyhow::anyhow!("invalid api_keys: {why}"))?,
+    );
+    if config.api_keys.iter().any(|k| k.key == DEV_API_KEY) {
+        tracing::warn!(
+            "the development API key is enabled: change [[api_keys]] before exposing the API"
+        );
+    }
     let gate = Gate::new(config.gate_config());
     let logic = Arc::new(Logic::new(
         LogicConfig {
@@ -100,9 +149,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             max_response_bytes: config.gate.max_body_bytes as usize,
         },
         Arc::new(config.apps()),
-        presence as Arc<dyn Presence>,
+        presence.clone() as Arc<dyn Presence>,
         store.clone(),
-        Arc::new(bus.clone()),
+        bus.clone(),
+        routes.clone(),
         gate.sessions(),
     ));
 
@@ -110,19 +160,53 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let gate_task = {
         let gate = gate.clone();
         let shutdown = shutdown.clone();
+        let logic = logic.clone();
         tokio::spawn(async move { gate.serve(gate_listener, logic, shutdown).await })
     };
     let api_shutdown = CancellationToken::new();
     let api_task = {
-        let source = Arc::new(NodeStats { gate });
+        let ctx = ApiContext {
+            push: logic.clone(),
+            presence: presence.clone() as Arc<dyn Presence>,
+            queue: bus.clone(),
+            routes,
+            keys,
+            stats: Arc::new(NodeStats { gate }),
+            limits: ApiLimits {
+                max_body_bytes: config.api.max_body_bytes,
+                max_content_bytes: config.logic.max_content_bytes,
+                default_lease: Duration::from_secs(config.bus.lease_secs),
+            },
+        };
         let api_shutdown = api_shutdown.clone();
         tokio::spawn(async move {
-            if let Err(err) = longlink_api::serve(api_listener, source, api_shutdown).await {
+            if let Err(err) =
+                longlink_api::serve(api_listener, grpc_listener, ctx, api_shutdown).await
+            {
                 tracing::error!(error = %err, "api server failed");
             }
         })
     };
-    tracing::info!(gate = %gate_addr, api = %api_addr, data_dir = %config.store.data_dir.display(), "longlink ready");
+    let webhooks = config
+        .webhooks
+        .iter()
+        .map(|hook| {
+            longlink_bus::spawn_webhook(
+                bus.clone() as Arc<dyn TopicQueue>,
+                WebhookConfig {
+                    topic: hook.topic.clone(),
+                    url: hook.url.clone(),
+                    timeout: Duration::from_secs(hook.timeout_secs),
+                    backoff_base: Duration::from_millis(hook.backoff_base_ms),
+                    backoff_max: Duration::from_millis(hook.backoff_max_ms),
+                    max_in_flight: hook.max_in_flight,
+                },
+                api_shutdown.clone(),
+            )
+        })
+        .collect();
+    let grpc_shown = grpc_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(gate = %gate_addr, api = %api_addr, grpc = %grpc_shown, data_dir = %config.store.data_dir.display(), "longlink ready");
     Ok(RunningServer {
         gate_addr,
         api_addr,
@@ -130,8 +214,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         gate_task,
         api_task,
         api_shutdown,
+        webhooks,
+        grpc_addr,
         store,
         bus,
+        presence,
     })
 }
 
@@ -141,14 +228,24 @@ impl RunningServer {
         self.gate_addr
     }
 
+    /// The bound gRPC API address, when enabled.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc_addr
+    }
+
+    /// The node's presence (single node: in memory).
+    pub fn presence(&self) -> Arc<dyn Presence> {
+        self.presence.clone()
+    }
+
     /// The bound HTTP API address.
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.api_addr
     }
 
-    /// The local bus (single node): subscribe to see c2s messages.
-    pub fn bus(&self) -> &LocalBus {
-        &self.bus
+    /// The node's bus (single node: durable SQLite topics), as consumers see it.
+    pub fn bus(&self) -> Arc<dyn TopicQueue> {
+        self.bus.clone()
     }
 
     /// The node's message store (for inspection: delivery states, tests).
@@ -171,6 +268,16 @@ impl RunningServer {
             .is_err()
         {
             tracing::warn!("api did not stop within the stage timeout");
+        }
+        for hook in self.webhooks {
+            if tokio::time::timeout(STAGE_TIMEOUT, hook).await.is_err() {
+                tracing::warn!("a webhook did not stop within the stage timeout");
+            }
+        }
+        match tokio::time::timeout(STAGE_TIMEOUT, self.bus.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "bus close failed"),
+            Err(_) => tracing::warn!("bus did not close within the stage timeout"),
         }
         match tokio::time::timeout(STAGE_TIMEOUT, self.store.close()).await {
             Ok(Ok(())) => {}

@@ -143,20 +143,22 @@ async fn a_newer_login_of_the_same_device_kicks_the_older() {
 #[tokio::test]
 async fn c2s_lands_on_the_bus_topic_of_appcode_and_msgtype() {
     let server = TestServer::start().await;
-    let mut subscription = server.server().bus().subscribe("c2s.130.");
     let (driver, _in) = server.client(130, "driver7", "phone").await;
     let topic = driver
         .c2s(7, bytes::Bytes::from_static(b"lat=31.2,lng=121.5"), "gps-1")
         .await
         .unwrap();
     assert_eq!(topic, "c2s.130.7");
-    match tokio::time::timeout(WAIT, subscription.next()).await {
-        Ok(Some(longlink_bus::Delivery::Message(message))) => {
-            assert_eq!(message.uid, "driver7");
-            assert_eq!(message.client_msg_id, "gps-1");
-            assert_eq!(&message.payload[..], b"lat=31.2,lng=121.5");
-        }
-        other => panic!("expected the c2s message on the bus, got {other:?}"),
-    }
+    let leased = server
+        .server()
+        .bus()
+        .fetch("c2s.130.7", 10, WAIT, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1, "{leased:?}");
+    let message = &leased[0].message;
+    assert_eq!(message.uid, "driver7");
+    assert_eq!(message.client_msg_id, "gps-1");
+    assert_eq!(&message.payload[..], b"lat=31.2,lng=121.5");
     server.stop().await;
 }

@@ -44,6 +44,7 @@ impl TestServer {
         let mut config = Config::default();
         config.gate.listen = "127.0.0.1:0".parse().expect("addr");
         config.api.listen = "127.0.0.1:0".parse().expect("addr");
+        config.api.grpc_listen = Some("127.0.0.1:0".parse().expect("addr"));
         config.store.data_dir = data.path().to_owned();
         adjust(&mut config);
         let server = longlink_server::start(&config)
@@ -58,6 +59,16 @@ impl TestServer {
 
     fn running(&self) -> &RunningServer {
         self.server.as_ref().expect("server is running")
+    }
+
+    /// The gRPC API's address (the tests' config always enables it).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.running().grpc_addr().expect("grpc is enabled")
+    }
+
+    /// An HTTP API client with the development key.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(self.api_addr(), DEV_API_KEY)
     }
 
     /// The gate's address.
@@ -131,6 +142,7 @@ impl TestServer {
         let server = self.server.take().expect("server is running");
         self.config.gate.listen = server.gate_addr();
         self.config.api.listen = server.api_addr();
+        self.config.api.grpc_listen = server.grpc_addr();
         server.stop().await;
         self.server = Some(
             longlink_server::start(&self.config)
@@ -393,8 +405,91 @@ pub fn config_on_free_ports(data_dir: &Path) -> String {
     longlink_server::DEFAULT_CONFIG
         .replace("listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"")
         .replace("listen = \"127.0.0.1:7780\"", "listen = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:7790\"", "listen = \"127.0.0.1:0\"")
         .replace(
             "data_dir = \"./longlink-data\"",
             &format!("data_dir = {:?}", data_dir.display().to_string()),
         )
+}
+
+/// The API key of the default config.
+pub const DEV_API_KEY: &str = "dev-api-key-change-me";
+
+/// A small JSON client of the HTTP API, for tests: every call has a deadline ([`WAIT`]) and
+/// returns the status with the parsed body (`Value::Null` for an empty or non-JSON body).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client of the API at `addr` using `key`.
+    pub fn new(addr: SocketAddr, key: &str) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            key: Some(key.to_owned()),
+            http: reqwest::Client::builder()
+                .timeout(WAIT)
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// The same client with another key (`None`: no key at all).
+    pub fn with_key(&self, key: Option<&str>) -> Self {
+        Self {
+            key: key.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    /// The base URL, `http://addr`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::finish(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// `POST path` with `body` as JSON.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        Self::finish(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    /// `POST path` with raw bytes and a content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        Self::finish(
+            self.request(reqwest::Method::POST, path)
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    async fn finish(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = request.send().await.expect("API answers");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("API body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
 }

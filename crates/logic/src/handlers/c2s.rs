@@ -1,7 +1,8 @@
-//! C2S: an upstream message for the business server, onto the bus topic chosen by
-//! (appcode, msgtype) (seed 003). Answered once the bus holds it.
+//! C2S: an upstream message for the business server, onto the bus topic the routing table
+//! chooses for (appcode, msgtype) (seed 003). Answered only once the bus holds it durably; an
+//! unrouted pair is refused when the table says so.
 
-use longlink_bus::{BusMessage, c2s_topic};
+use longlink_bus::{BusError, BusMessage};
 use longlink_proto::{ErrorCode, Frame, wire};
 use longlink_rpc::{Refusal, SessionInfo};
 
@@ -23,7 +24,15 @@ pub(crate) async fn c2s(
             "payload too large",
         ));
     }
-    let topic = c2s_topic(session.appcode, request.msgtype);
+    let Some(topic) = logic.routes.topic_for(session.appcode, request.msgtype) else {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "no c2s route for appcode {} msgtype {}",
+                session.appcode, request.msgtype
+            ),
+        ));
+    };
     logic
         .bus
         .publish(BusMessage {
@@ -38,7 +47,13 @@ pub(crate) async fn c2s(
             received_ms: longlink_proto::unix_ms(),
         })
         .await
-        .map_err(|err| Refusal::new(ErrorCode::BusUnavailable, err.to_string()))?;
+        .map_err(|err| match err {
+            BusError::Full(_) => Refusal::new(ErrorCode::Overloaded, err.to_string()),
+            BusError::InvalidArgument(_) => {
+                Refusal::new(ErrorCode::InvalidArgument, err.to_string())
+            }
+            BusError::Unavailable(_) => Refusal::new(ErrorCode::BusUnavailable, err.to_string()),
+        })?;
     tracing::debug!(log_id = frame.header.log_id, %topic, "c2s published");
     Ok(Frame::response(&frame.header, &wire::C2sResponse { topic }))
 }

@@ -38,9 +38,21 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
         appcode: session.appcode,
         uid: session.uid.clone(),
     };
+    // Online-only s2c pushes have no inbox row: the push statistics take their acks.
+    let online_only = logic.pushes.acked(&owner, &request.msgids);
+    let stored: Vec<u64> = request
+        .msgids
+        .iter()
+        .copied()
+        .filter(|m| !online_only.contains(m))
+        .collect();
+    let acked_online_only = u32::try_from(request.msgids.len() - stored.len()).unwrap_or(0);
+    if stored.is_empty() {
+        return Ok(acked_online_only);
+    }
     let outcome = logic
         .store
-        .ack(&owner, &session.device_id, &request.msgids)
+        .ack(&owner, &session.device_id, &stored)
         .await
         .map_err(store_unavailable)?;
     if !outcome.not_found.is_empty() {
@@ -49,5 +61,5 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
             format!("no such message for you: {:?}", outcome.not_found),
         ));
     }
-    Ok(outcome.acked)
+    Ok(outcome.acked + acked_online_only)
 }

@@ -1,0 +1,780 @@
+//! s2c push (seed 003 "云到端") and its delivery statistics ("消息到达率统计").
+//!
+//! [`PushEngine::push`] validates a request, resolves its targets (a broadcast takes a snapshot
+//! of the appcode's online users from presence), answers with a push id and fans out in a
+//! background task:
+//!
+//! 1. Store: a persisted push is committed first (one message, one inbox row per target), so a
+//!    target that is offline — or whose session dies before it reads the frame — pulls it at its
+//!    next login. An online-only push is stored as a record without inbox rows, only to get a
+//!    msgid from the same generator (clients dedup by msgid).
+//! 2. Deliver in waves of [`WAVE`] targets, yielding between waves so the gate's other work
+//!    (logins, c2c) keeps going during a broadcast to every user. Each frame is pushed
+//!    *tracked*: the gate reports when it reached the socket ("written").
+//! 3. Account: every recipient has a set of flags (online, queued, written, acked, stored,
+//!    expired, failed); a counter moves only when its flag is first set, so the statistics
+//!    count users exactly once however many sessions or acks they have.
+//!
+//! A session presence lists but the gate no longer holds (the "unreachable" path of seed 004)
+//! is removed from presence and counted in `stale_sessions`; its user follows the offline
+//! path. Online-only pushes with a TTL wait in memory for targets that log in before the
+//! deadline ([`PushEngine::session_ready`]), then count as expired.
+//!
+//! Statistics live in memory on the node that ran the push: the most recent [`MAX_PUSHES`]
+//! pushes (and at most [`MAX_RETAINED_RECIPIENTS`] recipients over all of them) are kept.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use longlink_presence::Presence;
+use longlink_proto::{Cmd, Frame, wire};
+use longlink_rpc::push::{MAX_DETAILED_RECIPIENTS, MAX_PUSH_TARGETS};
+use longlink_rpc::{
+    DeliveryCounters, GatePush, PushAccepted, PushError, PushRefusal, PushRequest, PushStats,
+    PushTargets, RecipientOutcome, RecipientState, SessionInfo, WriteReceipt,
+};
+use longlink_store::{MessageStore, NewS2c, UserKey};
+
+use crate::Apps;
+use crate::auth::MAX_ID_BYTES;
+
+/// Targets handled between two yields of a fan-out.
+pub(crate) const WAVE: usize = 1024;
+/// Pushes whose statistics are kept.
+pub(crate) const MAX_PUSHES: usize = 10_000;
+/// Recipients kept over all retained pushes (the oldest pushes are forgotten first).
+pub(crate) const MAX_RETAINED_RECIPIENTS: usize = 4_000_000;
+/// Fan-outs running or waiting at once; more are refused as overloaded.
+const MAX_RUNNING: usize = 256;
+/// Longest TTL of an online-only push.
+pub(crate) const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
+
+const ONLINE: u8 = 1;
+const QUEUED: u8 = 2;
+const WRITTEN: u8 = 4;
+const ACKED: u8 = 8;
+const STORED: u8 = 16;
+const EXPIRED: u8 = 32;
+const FAILED: u8 = 64;
+
+#[derive(Debug, Default)]
+struct Counters {
+    pushes: AtomicU64,
+    targets: AtomicU64,
+    online: AtomicU64,
+    written: AtomicU64,
+    acked: AtomicU64,
+    stored_offline: AtomicU64,
+    expired: AtomicU64,
+    failed: AtomicU64,
+    stale_sessions: AtomicU64,
+}
+
+impl Counters {
+    fn of_flag(&self, flag: u8) -> Option<&AtomicU64> {
+        match flag {
+            ONLINE => Some(&self.online),
+            WRITTEN => Some(&self.written),
+            ACKED => Some(&self.acked),
+            STORED => Some(&self.stored_offline),
+            EXPIRED => Some(&self.expired),
+            FAILED => Some(&self.failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Recipient {
+    uid: String,
+    flags: AtomicU8,
+    sessions: AtomicU32,
+}
+
+/// One push: what it sends, to whom, and how far each recipient got.
+#[derive(Debug)]
+pub(crate) struct PushRecord {
+    id: u64,
+    appcode: u32,
+    msgtype: u32,
+    content_type: i32,
+    content: Bytes,
+    from: String,
+    persist: bool,
+    ttl_secs: u32,
+    log_id: u64,
+    created_ms: u64,
+    msgid: AtomicU64,
+    senddate_ms: AtomicU64,
+    finished_ms: AtomicU64,
+    /// Sorted by uid (binary search on MSG_ACK); a recipient's index is its write tag.
+    recipients: Vec<Recipient>,
+    counters: Counters,
+    totals: Arc<Counters>,
+}
+
+impl PushRecord {
+    /// Sets `flag` for recipient `index`; counts it (here and in the totals) the first time.
+    fn mark(&self, index: usize, flag: u8) {
+        let Some(recipient) = self.recipients.get(index) else {
+            return;
+        };
+        let before = recipient.flags.fetch_or(flag, Ordering::AcqRel);
+        if before & flag == 0 {
+            if let Some(counter) = self.counters.of_flag(flag) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(counter) = self.totals.of_flag(flag) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn index_of(&self, uid: &str) -> Option<usize> {
+        self.recipients
+            .binary_search_by(|r| r.uid.as_str().cmp(uid))
+            .ok()
+    }
+
+    /// The MSG frame for recipient `uid`.
+    fn frame(&self, uid: &str) -> Bytes {
+        let msg = wire::Msg {
+            msgid: self.msgid.load(Ordering::Acquire),
+            from: Some(wire::UserRef {
+                appcode: self.appcode,
+                uid: self.from.clone(),
+            }),
+            to: Some(wire::UserRef {
+                appcode: self.appcode,
+                uid: uid.to_owned(),
+            }),
+            msgtype: self.msgtype,
+            content_type: self.content_type,
+            content: self.content.clone(),
+            senddate_ms: self.senddate_ms.load(Ordering::Acquire),
+            client_msg_id: String::new(),
+            from_device: String::new(),
+            log_id: self.log_id,
+            kind: wire::MsgKind::S2c as i32,
+            prev_msgid: 0,
+        };
+        Frame::push(Cmd::Msg, self.log_id, &msg).to_bytes()
+    }
+
+    fn stats(&self) -> PushStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let recipients = if self.recipients.len() <= MAX_DETAILED_RECIPIENTS {
+            self.recipients
+                .iter()
+                .map(|r| RecipientOutcome {
+                    uid: r.uid.clone(),
+                    state: state_of(r.flags.load(Ordering::Acquire)),
+                    sessions: r.sessions.load(Ordering::Relaxed),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        PushStats {
+            push_id: self.id,
+            appcode: self.appcode,
+            msgtype: self.msgtype,
+            persist: self.persist,
+            ttl_secs: self.ttl_secs,
+            msgid: self.msgid.load(Ordering::Acquire),
+            created_ms: self.created_ms,
+            finished_ms: self.finished_ms.load(Ordering::Acquire),
+            targets: self.recipients.len() as u64,
+            online: load(&self.counters.online),
+            written: load(&self.counters.written),
+            acked: load(&self.counters.acked),
+            stored_offline: load(&self.counters.stored_offline),
+            expired: load(&self.counters.expired),
+            failed: load(&self.counters.failed),
+            stale_sessions: load(&self.counters.stale_sessions),
+            recipients,
+        }
+    }
+}
+
+impl WriteReceipt for PushRecord {
+    fn written(&self, tag: u64) {
+        if let Ok(index) = usize::try_from(tag) {
+            self.mark(index, WRITTEN);
+        }
+    }
+}
+
+/// The most advanced state a recipient's flags show.
+fn state_of(flags: u8) -> RecipientState {
+    if flags & ACKED != 0 {
+        RecipientState::Acked
+    } else if flags & WRITTEN != 0 {
+        RecipientState::Written
+    } else if flags & QUEUED != 0 {
+        RecipientState::Queued
+    } else if flags & STORED != 0 {
+        RecipientState::StoredOffline
+    } else if flags & EXPIRED != 0 {
+        RecipientState::Expired
+    } else if flags & FAILED != 0 {
+        RecipientState::Failed
+    } else {
+        RecipientState::Pending
+    }
+}
+
+#[derive(Debug, Default)]
+struct Retained {
+    order: VecDeque<u64>,
+    by_id: HashMap<u64, Arc<PushRecord>>,
+    by_msgid: HashMap<u64, Weak<PushRecord>>,
+    recipients: usize,
+}
+
+impl Retained {
+    fn insert(&mut self, record: Arc<PushRecord>) {
+        self.recipients += record.recipients.len();
+        self.order.push_back(record.id);
+        self.by_id.insert(record.id, record);
+        while self.order.len() > MAX_PUSHES
+            || (self.recipients > MAX_RETAINED_RECIPIENTS && self.order.len() > 1)
+        {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.by_id.remove(&oldest) {
+                self.recipients -= old.recipients.len();
+                self.by_msgid.remove(&old.msgid.load(Ordering::Acquire));
+            }
+        }
+    }
+}
+
+/// Online-only pushes waiting for targets to log in, by (appcode, uid).
+type Waiting = HashMap<(u32, String), Vec<(Arc<PushRecord>, usize)>>;
+
+struct EngineInner {
+    apps: Arc<Apps>,
+    presence: Arc<dyn Presence>,
+    store: Arc<dyn MessageStore>,
+    gate: Arc<dyn GatePush>,
+    max_content_bytes: usize,
+    next_id: AtomicU64,
+    running: AtomicUsize,
+    retained: Mutex<Retained>,
+    totals: Mutex<HashMap<(u32, u32), Arc<Counters>>>,
+    waiting: Mutex<Waiting>,
+}
+
+/// s2c fan-out and statistics; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct PushEngine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for PushEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushEngine")
+            .field("running", &self.inner.running.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> PushRefusal {
+    PushRefusal::InvalidArgument(message.into())
+}
+
+impl PushEngine {
+    pub(crate) fn new(
+        apps: Arc<Apps>,
+        presence: Arc<dyn Presence>,
+        store: Arc<dyn MessageStore>,
+        gate: Arc<dyn GatePush>,
+        max_content_bytes: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(EngineInner {
+                apps,
+                presence,
+                store,
+                gate,
+                max_content_bytes,
+                // Unique across restarts of a node unless it made 1,000 pushes per ms, and
+                // below 2^53, so JSON clients read it exactly.
+                next_id: AtomicU64::new(longlink_proto::unix_ms().saturating_mul(1000)),
+                running: AtomicUsize::new(0),
+                retained: Mutex::new(Retained::default()),
+                totals: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Validates and accepts `request`; the fan-out runs in a spawned task.
+    pub(crate) async fn push(&self, request: PushRequest) -> Result<PushAccepted, PushRefusal> {
+        let inner = &self.inner;
+        if !inner.apps.contains(request.appcode) {
+            return Err(PushRefusal::UnknownAppcode(request.appcode));
+        }
+        if request.content.len() > inner.max_content_bytes {
+            return Err(invalid(format!(
+                "content is {} bytes, more than {}",
+                request.content.len(),
+                inner.max_content_bytes
+            )));
+        }
+        if request.from.len() > MAX_ID_BYTES {
+            return Err(invalid(format!(
+                "from must be at most {MAX_ID_BYTES} bytes"
+            )));
+        }
+        if !request.persist && request.ttl_secs > MAX_TTL_SECS {
+            return Err(invalid(format!("ttl_secs must be at most {MAX_TTL_SECS}")));
+        }
+        let uids = match request.targets {
+            PushTargets::Users(uids) => {
+                if uids.is_empty() || uids.len() > MAX_PUSH_TARGETS {
+                    return Err(invalid(format!(
+                        "uids must hold 1..={MAX_PUSH_TARGETS} users"
+                    )));
+                }
+                if let Some(bad) = uids.iter().find(|u| u.is_empty() || u.len() > MAX_ID_BYTES) {
+                    return Err(invalid(format!(
+                        "uid {bad:?} must be 1..={MAX_ID_BYTES} bytes"
+                    )));
+                }
+                uids
+            }
+            PushTargets::AllOnline => self.online_snapshot(request.appcode).await?,
+        };
+        if inner.running.fetch_add(1, Ordering::AcqRel) >= MAX_RUNNING {
+            inner.running.fetch_sub(1, Ordering::AcqRel);
+            return Err(PushRefusal::Overloaded(format!(
+                "{MAX_RUNNING} pushes are in progress"
+            )));
+        }
+        let mut uids = uids;
+        uids.sort_unstable();
+        uids.dedup();
+        let totals = {
+            let mut totals = inner.totals.lock().unwrap_or_else(|p| p.into_inner());
+            totals
+                .entry((request.appcode, request.msgtype))
+                .or_default()
+                .clone()
+        };
+        totals.pushes.fetch_add(1, Ordering::Relaxed);
+        totals
+            .targets
+            .fetch_add(uids.len() as u64, Ordering::Relaxed);
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let record = Arc::new(PushRecord {
+            id,
+            appcode: request.appcode,
+            msgtype: request.msgtype,
+            content_type: request.content_type,
+            content: request.content,
+            from: if request.from.is_empty() {
+                "system".to_owned()
+            } else {
+                request.from
+            },
+            persist: request.persist,
+            ttl_secs: if request.persist { 0 } else { request.ttl_secs },
+            log_id: request.log_id,
+            created_ms: longlink_proto::unix_ms(),
+            msgid: AtomicU64::new(0),
+            senddate_ms: AtomicU64::new(0),
+            finished_ms: AtomicU64::new(0),
+            recipients: uids
+                .into_iter()
+                .map(|uid| Recipient {
+                    uid,
+                    flags: AtomicU8::new(0),
+                    sessions: AtomicU32::new(0),
+                })
+                .collect(),
+            counters: Counters::default(),
+            totals,
+        });
+        let accepted = PushAccepted {
+            push_id: id,
+            targets: record.recipients.len() as u64,
+        };
+        inner
+            .retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.clone());
+        tracing::info!(
+            log_id = record.log_id,
+            push_id = id,
+            appcode = record.appcode,
+            msgtype = record.msgtype,
+            targets = accepted.targets,
+            persist = record.persist,
+            "push accepted"
+        );
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine.fan_out(&record).await;
+            record
+                .finished_ms
+                .store(longlink_proto::unix_ms(), Ordering::Release);
+            engine.inner.running.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(
+                log_id = record.log_id,
+                push_id = record.id,
+                online = record.counters.online.load(Ordering::Relaxed),
+                stored_offline = record.counters.stored_offline.load(Ordering::Relaxed),
+                "push fanned out"
+            );
+        });
+        Ok(accepted)
+    }
+
+    async fn online_snapshot(&self, appcode: u32) -> Result<Vec<String>, PushRefusal> {
+        let mut seen = HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (page, next) = self
+                .inner
+                .presence
+                .online_uids(appcode, cursor, WAVE)
+                .await
+                .map_err(|err| PushRefusal::Unavailable(err.to_string()))?;
+            seen.extend(page);
+            if seen.len() > MAX_PUSH_TARGETS * 10 {
+                return Err(PushRefusal::Overloaded(
+                    "too many online users for one broadcast".into(),
+                ));
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(seen.into_iter().collect())
+    }
+
+    async fn fan_out(&self, record: &Arc<PushRecord>) {
+        let inner = &self.inner;
+        let stored = inner
+            .store
+            .append_s2c(NewS2c {
+                appcode: record.appcode,
+                from: record.from.clone(),
+                msgtype: record.msgtype,
+                content_type: record.content_type,
+                content: record.content.clone(),
+                log_id: record.log_id,
+                recipients: if record.persist {
+                    record.recipients.iter().map(|r| r.uid.clone()).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+            .await;
+        let outcome = match stored {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::warn!(log_id = record.log_id, push_id = record.id, error = %err, "push not stored; nothing sent");
+                for index in 0..record.recipients.len() {
+                    record.mark(index, FAILED);
+                }
+                return;
+            }
+        };
+        record.msgid.store(outcome.msgid, Ordering::Release);
+        record
+            .senddate_ms
+            .store(outcome.senddate_ms, Ordering::Release);
+        inner
+            .retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_msgid
+            .insert(outcome.msgid, Arc::downgrade(record));
+        let receipt: Arc<dyn WriteReceipt> = record.clone();
+        for wave_start in (0..record.recipients.len()).step_by(WAVE) {
+            let wave_end = (wave_start + WAVE).min(record.recipients.len());
+            for index in wave_start..wave_end {
+                let reached = self.deliver_online(record, &receipt, index).await;
+                if !reached {
+                    self.offline(record, index).await;
+                }
+            }
+            // Let the gate's own work (reads, logins, other pushes) run between waves.
+            tokio::task::yield_now().await;
+        }
+        if !record.persist && record.ttl_secs > 0 {
+            let engine = self.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(record.ttl_secs))).await;
+                engine.expire(&record);
+            });
+        }
+    }
+
+    /// Pushes to every online session of recipient `index`; whether at least one took it.
+    async fn deliver_online(
+        &self,
+        record: &PushRecord,
+        receipt: &Arc<dyn WriteReceipt>,
+        index: usize,
+    ) -> bool {
+        let inner = &self.inner;
+        let uid = &record.recipients[index].uid;
+        let sessions = match inner.presence.sessions(record.appcode, uid).await {
+            Ok(sessions) => sessions,
+            Err(err) => {
+                tracing::warn!(log_id = record.log_id, error = %err, "presence lookup failed; treated as offline");
+                return false;
+            }
+        };
+        if sessions.is_empty() {
+            return false;
+        }
+        let frame = record.frame(uid);
+        let mut reached = false;
+        for entry in sessions {
+            match inner
+                .gate
+                .push_tracked(
+                    entry.session_id,
+                    frame.clone(),
+                    receipt.clone(),
+                    index as u64,
+                )
+                .await
+            {
+                Ok(()) => {
+                    reached = true;
+                    record.recipients[index]
+                        .sessions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(PushError::NoSession) => {
+                    // Seed 004's unreachable callback: presence was stale; clear it.
+                    record
+                        .counters
+                        .stale_sessions
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = inner
+                        .presence
+                        .unregister(entry.appcode, &entry.uid, entry.session_id)
+                        .await;
+                    tracing::info!(
+                        log_id = record.log_id,
+                        session.id = entry.session_id,
+                        "stale presence cleared"
+                    );
+                }
+                Err(PushError::SlowConsumer) => {
+                    tracing::info!(
+                        log_id = record.log_id,
+                        session.id = entry.session_id,
+                        "slow consumer; push not queued"
+                    );
+                }
+            }
+        }
+        if reached {
+            record.mark(index, ONLINE);
+            record.mark(index, QUEUED);
+        }
+        reached
+    }
+
+    /// Recipient `index` was not reached online: stored, waiting for a login, or expired.
+    async fn offline(&self, record: &Arc<PushRecord>, index: usize) {
+        if record.persist {
+            record.mark(index, STORED);
+            return;
+        }
+        if record.ttl_secs == 0 {
+            record.mark(index, EXPIRED);
+            return;
+        }
+        let key = (record.appcode, record.recipients[index].uid.clone());
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .push((record.clone(), index));
+        // The user may have logged in between the lookup and the line above; a login after
+        // it finds the entry (session_ready), one before it is caught here.
+        if let Ok(sessions) = self.inner.presence.sessions(key.0, &key.1).await
+            && let Some(entry) = sessions.first()
+            && self.take_waiting(&key, record.id).is_some()
+        {
+            let receipt: Arc<dyn WriteReceipt> = record.clone();
+            self.deliver_waiting_one(record, &receipt, index, entry.session_id)
+                .await;
+        }
+    }
+
+    fn take_waiting(&self, key: &(u32, String), push_id: u64) -> Option<(Arc<PushRecord>, usize)> {
+        let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let list = waiting.get_mut(key)?;
+        let position = list.iter().position(|(r, _)| r.id == push_id)?;
+        let taken = list.swap_remove(position);
+        if list.is_empty() {
+            waiting.remove(key);
+        }
+        Some(taken)
+    }
+
+    async fn deliver_waiting_one(
+        &self,
+        record: &Arc<PushRecord>,
+        receipt: &Arc<dyn WriteReceipt>,
+        index: usize,
+        session_id: u64,
+    ) {
+        let frame = record.frame(&record.recipients[index].uid);
+        match self
+            .inner
+            .gate
+            .push_tracked(session_id, frame, receipt.clone(), index as u64)
+            .await
+        {
+            Ok(()) => {
+                record.recipients[index]
+                    .sessions
+                    .fetch_add(1, Ordering::Relaxed);
+                record.mark(index, ONLINE);
+                record.mark(index, QUEUED);
+            }
+            Err(_) => record.mark(index, EXPIRED),
+        }
+    }
+
+    /// The TTL of `record` ran out: whoever still waits for it expires.
+    fn expire(&self, record: &Arc<PushRecord>) {
+        let mut expired = Vec::new();
+        {
+            let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.retain(|_, list| {
+                list.retain(|(r, index)| {
+                    if r.id == record.id {
+                        expired.push(*index);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                !list.is_empty()
+            });
+        }
+        for index in expired {
+            record.mark(index, EXPIRED);
+        }
+    }
+
+    /// A session logged in: online-only pushes waiting for its user are delivered now.
+    pub(crate) async fn session_ready(&self, session: &SessionInfo) {
+        let key = (session.appcode, session.uid.clone());
+        let Some(list) = self
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        else {
+            return;
+        };
+        for (record, index) in list {
+            let receipt: Arc<dyn WriteReceipt> = record.clone();
+            self.deliver_waiting_one(&record, &receipt, index, session.session_id)
+                .await;
+        }
+    }
+
+    /// A device acked `msgids`: recipients of pushes among them count as acked. Returns the
+    /// msgids of online-only pushes (they have no inbox row for the store to ack).
+    pub(crate) fn acked(&self, owner: &UserKey, msgids: &[u64]) -> Vec<u64> {
+        let records: Vec<Arc<PushRecord>> = {
+            let retained = self
+                .inner
+                .retained
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if retained.by_msgid.is_empty() {
+                return Vec::new();
+            }
+            msgids
+                .iter()
+                .filter_map(|m| retained.by_msgid.get(m).and_then(Weak::upgrade))
+                .collect()
+        };
+        let mut online_only = Vec::new();
+        for record in records {
+            if record.appcode != owner.appcode {
+                continue;
+            }
+            if let Some(index) = record.index_of(&owner.uid) {
+                record.mark(index, ACKED);
+                if !record.persist {
+                    online_only.push(record.msgid.load(Ordering::Acquire));
+                }
+            }
+        }
+        online_only
+    }
+
+    pub(crate) fn stats(&self, push_id: u64) -> Option<PushStats> {
+        let retained = self
+            .inner
+            .retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        retained.by_id.get(&push_id).map(|r| r.stats())
+    }
+
+    pub(crate) fn counters(&self, appcodes: &[u32]) -> Vec<DeliveryCounters> {
+        let totals = self.inner.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out: Vec<DeliveryCounters> = totals
+            .iter()
+            .filter(|((appcode, _), _)| appcodes.is_empty() || appcodes.contains(appcode))
+            .map(|(&(appcode, msgtype), c)| DeliveryCounters {
+                appcode,
+                msgtype,
+                pushes: load(&c.pushes),
+                targets: load(&c.targets),
+                online: load(&c.online),
+                written: load(&c.written),
+                acked: load(&c.acked),
+                stored_offline: load(&c.stored_offline),
+                expired: load(&c.expired),
+                failed: load(&c.failed),
+            })
+            .collect();
+        out.sort_by_key(|c| (c.appcode, c.msgtype));
+        out
+    }
+}
+
+#[async_trait]
+impl longlink_rpc::PushService for crate::Logic {
+    async fn push(&self, request: PushRequest) -> Result<PushAccepted, PushRefusal> {
+        self.pushes.push(request).await
+    }
+
+    async fn push_stats(&self, push_id: u64) -> Option<PushStats> {
+        self.pushes.stats(push_id)
+    }
+
+    async fn delivery_counters(&self, appcodes: &[u32]) -> Vec<DeliveryCounters> {
+        self.pushes.counters(appcodes)
+    }
+}
