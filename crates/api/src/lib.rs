@@ -167,6 +167,10 @@ pub async fn serve(
         let stop = stop.clone();
         let app = http::app(Arc::clone(&shared));
         async move {
+            // Small answers and SSE events go out at once instead of waiting on Nagle.
+            let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let result = axum::serve(http, app)
                 .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .await;

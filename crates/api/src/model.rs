@@ -67,7 +67,8 @@ pub struct PushBody {
     /// `true`: every user of the appcode online when the push starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all: Option<bool>,
-    /// Business message type.
+    /// Business message type (default 0).
+    #[serde(default)]
     pub msgtype: u32,
     /// The body as UTF-8 text (exactly one of `content` and `content_base64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
