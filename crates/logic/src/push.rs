@@ -1,8 +1,10 @@
 //! s2c push (seed 003 "云到端") and its delivery statistics ("消息到达率统计").
 //!
 //! [`PushEngine::push`] validates a request, resolves its targets (a broadcast takes a snapshot
-//! of the appcode's online users from presence), answers with a push id and fans out in a
-//! background task:
+//! of the appcode's online users from presence), answers with a push id and queues it on its
+//! appcode's FIFO. One worker per appcode takes the queued pushes, stores them together (one
+//! group commit), then fans them out one after the other — so two pushes to the same user
+//! arrive in the order they were accepted:
 //!
 //! 1. Store: a persisted push is committed first (one message, one inbox row per target), so a
 //!    target that is offline — or whose session dies before it reads the frame — pulls it at its
@@ -24,7 +26,7 @@
 //! pushes (and at most [`MAX_RETAINED_RECIPIENTS`] recipients over all of them) are kept.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ use longlink_rpc::{
     PushTargets, RecipientOutcome, RecipientState, SessionInfo, WriteReceipt,
 };
 use longlink_store::{MessageStore, NewS2c, UserKey};
+use tokio::sync::mpsc;
 
 use crate::Apps;
 use crate::auth::MAX_ID_BYTES;
@@ -48,8 +51,10 @@ pub(crate) const WAVE: usize = 1024;
 pub(crate) const MAX_PUSHES: usize = 10_000;
 /// Recipients kept over all retained pushes (the oldest pushes are forgotten first).
 pub(crate) const MAX_RETAINED_RECIPIENTS: usize = 4_000_000;
-/// Fan-outs running or waiting at once; more are refused as overloaded.
-const MAX_RUNNING: usize = 256;
+/// Pushes of one appcode accepted and not yet fanned out; more are refused as overloaded.
+const PUSH_QUEUE: usize = 1024;
+/// Queued pushes of one appcode stored together (one group commit) before their fan-outs.
+const STORE_BATCH: usize = 64;
 /// Longest TTL of an online-only push.
 pub(crate) const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
 
@@ -237,6 +242,14 @@ struct Retained {
 }
 
 impl Retained {
+    /// Drops a push that was never queued.
+    fn forget(&mut self, id: u64) {
+        if let Some(record) = self.by_id.remove(&id) {
+            self.recipients -= record.recipients.len();
+            self.order.retain(|&queued| queued != id);
+        }
+    }
+
     fn insert(&mut self, record: Arc<PushRecord>) {
         self.recipients += record.recipients.len();
         self.order.push_back(record.id);
@@ -265,7 +278,9 @@ struct EngineInner {
     gate: Arc<dyn GatePush>,
     max_content_bytes: usize,
     next_id: AtomicU64,
-    running: AtomicUsize,
+    /// One FIFO (and one worker task) per appcode: pushes to an appcode reach each user in
+    /// the order they were accepted.
+    queues: Mutex<HashMap<u32, mpsc::Sender<Arc<PushRecord>>>>,
     retained: Mutex<Retained>,
     totals: Mutex<HashMap<(u32, u32), Arc<Counters>>>,
     waiting: Mutex<Waiting>,
@@ -279,9 +294,7 @@ pub(crate) struct PushEngine {
 
 impl std::fmt::Debug for PushEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushEngine")
-            .field("running", &self.inner.running.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("PushEngine").finish_non_exhaustive()
     }
 }
 
@@ -307,7 +320,7 @@ impl PushEngine {
                 // Unique across restarts of a node unless it made 1,000 pushes per ms, and
                 // below 2^53, so JSON clients read it exactly.
                 next_id: AtomicU64::new(longlink_proto::unix_ms().saturating_mul(1000)),
-                running: AtomicUsize::new(0),
+                queues: Mutex::new(HashMap::new()),
                 retained: Mutex::new(Retained::default()),
                 totals: Mutex::new(HashMap::new()),
                 waiting: Mutex::new(HashMap::new()),
@@ -352,12 +365,6 @@ impl PushEngine {
             }
             PushTargets::AllOnline => self.online_snapshot(request.appcode).await?,
         };
-        if inner.running.fetch_add(1, Ordering::AcqRel) >= MAX_RUNNING {
-            inner.running.fetch_sub(1, Ordering::AcqRel);
-            return Err(PushRefusal::Overloaded(format!(
-                "{MAX_RUNNING} pushes are in progress"
-            )));
-        }
         let mut uids = uids;
         uids.sort_unstable();
         uids.dedup();
@@ -368,10 +375,6 @@ impl PushEngine {
                 .or_default()
                 .clone()
         };
-        totals.pushes.fetch_add(1, Ordering::Relaxed);
-        totals
-            .targets
-            .fetch_add(uids.len() as u64, Ordering::Relaxed);
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(PushRecord {
             id,
@@ -406,11 +409,32 @@ impl PushEngine {
             push_id: id,
             targets: record.recipients.len() as u64,
         };
+        // Retained before it is queued, so its statistics can be read as soon as the id is.
         inner
             .retained
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.clone());
+        if self
+            .queue_of(record.appcode)
+            .try_send(record.clone())
+            .is_err()
+        {
+            inner
+                .retained
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(id);
+            return Err(PushRefusal::Overloaded(format!(
+                "{PUSH_QUEUE} pushes to appcode {} are waiting",
+                record.appcode
+            )));
+        }
+        record.totals.pushes.fetch_add(1, Ordering::Relaxed);
+        record
+            .totals
+            .targets
+            .fetch_add(accepted.targets, Ordering::Relaxed);
         tracing::info!(
             log_id = record.log_id,
             push_id = id,
@@ -420,22 +444,45 @@ impl PushEngine {
             persist = record.persist,
             "push accepted"
         );
-        let engine = self.clone();
-        tokio::spawn(async move {
-            engine.fan_out(&record).await;
-            record
-                .finished_ms
-                .store(longlink_proto::unix_ms(), Ordering::Release);
-            engine.inner.running.fetch_sub(1, Ordering::AcqRel);
-            tracing::info!(
-                log_id = record.log_id,
-                push_id = record.id,
-                online = record.counters.online.load(Ordering::Relaxed),
-                stored_offline = record.counters.stored_offline.load(Ordering::Relaxed),
-                "push fanned out"
-            );
-        });
         Ok(accepted)
+    }
+
+    /// The FIFO of `appcode`'s pushes, starting its worker on first use.
+    fn queue_of(&self, appcode: u32) -> mpsc::Sender<Arc<PushRecord>> {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues
+            .entry(appcode)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+                tokio::spawn(self.clone().work(rx));
+                tx
+            })
+            .clone()
+    }
+
+    /// One appcode's worker: stores the queued pushes together (they share a group commit),
+    /// then fans them out one after the other, in the order they were accepted.
+    async fn work(self, mut rx: mpsc::Receiver<Arc<PushRecord>>) {
+        let mut batch = Vec::with_capacity(STORE_BATCH);
+        while rx.recv_many(&mut batch, STORE_BATCH).await > 0 {
+            let stored =
+                futures::future::join_all(batch.iter().map(|record| self.store(record))).await;
+            for (record, stored) in batch.drain(..).zip(stored) {
+                if stored {
+                    self.fan_out(&record).await;
+                }
+                record
+                    .finished_ms
+                    .store(longlink_proto::unix_ms(), Ordering::Release);
+                tracing::info!(
+                    log_id = record.log_id,
+                    push_id = record.id,
+                    online = record.counters.online.load(Ordering::Relaxed),
+                    stored_offline = record.counters.stored_offline.load(Ordering::Relaxed),
+                    "push fanned out"
+                );
+            }
+        }
     }
 
     async fn online_snapshot(&self, appcode: u32) -> Result<Vec<String>, PushRefusal> {
@@ -462,7 +509,8 @@ impl PushEngine {
         Ok(seen.into_iter().collect())
     }
 
-    async fn fan_out(&self, record: &Arc<PushRecord>) {
+    /// Commits the push (see the module docs); on failure every recipient is failed.
+    async fn store(&self, record: &Arc<PushRecord>) -> bool {
         let inner = &self.inner;
         let stored = inner
             .store
@@ -487,7 +535,7 @@ impl PushEngine {
                 for index in 0..record.recipients.len() {
                     record.mark(index, FAILED);
                 }
-                return;
+                return false;
             }
         };
         record.msgid.store(outcome.msgid, Ordering::Release);
@@ -500,6 +548,11 @@ impl PushEngine {
             .unwrap_or_else(|p| p.into_inner())
             .by_msgid
             .insert(outcome.msgid, Arc::downgrade(record));
+        true
+    }
+
+    /// Delivers a stored push in waves.
+    async fn fan_out(&self, record: &Arc<PushRecord>) {
         let receipt: Arc<dyn WriteReceipt> = record.clone();
         for wave_start in (0..record.recipients.len()).step_by(WAVE) {
             let wave_end = (wave_start + WAVE).min(record.recipients.len());
