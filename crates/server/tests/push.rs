@@ -173,7 +173,8 @@ async fn a_broadcast_reaches_every_online_user_of_the_appcode_once() {
         json!({"appcode": 130, "all": true, "content": "surge pricing off", "persist": false}),
     )
     .await;
-    let first_msgid = stats(&api, first).await["msgid"].clone();
+    // The msgid is known once the push is stored.
+    let first_msgid = stats_when(&api, first, |s| s["msgid"] != "0").await["msgid"].clone();
     for (_client, incoming) in drivers.iter_mut().chain(std::iter::once(&mut tablet)) {
         // Exactly the two broadcasts, in order: no duplicate of the first in between.
         let a = next_message(incoming).await;
