@@ -13,19 +13,16 @@
 //!   a business server's URL, acking on 2xx and retrying with backoff otherwise.
 //! - [`json`]: [`ConsumedMessage`], the JSON form of a message for consumers and webhooks.
 //! - [`routes`]: [`Routes`], the (appcode, msgtype) → topic table.
-//! - [`local`]: [`LocalBus`], an in-memory broadcast kept for tests.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod json;
-pub mod local;
 pub mod routes;
 pub mod sqlite;
 pub mod webhook;
 
 pub use json::ConsumedMessage;
-pub use local::{BusSubscription, Delivery, LocalBus};
 pub use routes::{Routes, Unrouted};
 pub use sqlite::{QueueOptions, SqliteQueue};
 pub use webhook::{WebhookConfig, spawn_webhook};

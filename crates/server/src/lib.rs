@@ -136,6 +136,24 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         )
         .map_err(|why| anyhow::anyhow!("invalid api_keys: {why}"))?,
     );
+    let webhook_configs = config
+        .webhooks
+        .iter()
+        .map(|hook| {
+            let webhook = WebhookConfig {
+                topic: hook.topic.clone(),
+                url: hook.url.clone(),
+                timeout: Duration::from_secs(hook.timeout_secs),
+                backoff_base: Duration::from_millis(hook.backoff_base_ms),
+                backoff_max: Duration::from_millis(hook.backoff_max_ms),
+                max_in_flight: hook.max_in_flight,
+            };
+            webhook
+                .validate()
+                .map(|()| webhook)
+                .map_err(|err| anyhow::anyhow!("invalid webhook for {}: {err}", hook.topic))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if config.api_keys.iter().any(|k| k.key == DEV_API_KEY) {
         tracing::warn!(
             "the development API key is enabled: change [[api_keys]] before exposing the API"
@@ -187,20 +205,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             }
         })
     };
-    let webhooks = config
-        .webhooks
-        .iter()
+    let webhooks = webhook_configs
+        .into_iter()
         .map(|hook| {
             longlink_bus::spawn_webhook(
                 bus.clone() as Arc<dyn TopicQueue>,
-                WebhookConfig {
-                    topic: hook.topic.clone(),
-                    url: hook.url.clone(),
-                    timeout: Duration::from_secs(hook.timeout_secs),
-                    backoff_base: Duration::from_millis(hook.backoff_base_ms),
-                    backoff_max: Duration::from_millis(hook.backoff_max_ms),
-                    max_in_flight: hook.max_in_flight,
-                },
+                hook,
                 api_shutdown.clone(),
             )
         })
