@@ -2,7 +2,7 @@
 //!
 //! Requests refuse unknown fields (`deny_unknown_fields`) so a misspelt option is a 400, not a
 //! silently ignored default. Several of these are also the inputs of the shared operations in
-//! [`crate::ops`], which the gRPC surface fills from its protobuf messages.
+//! `ops`, which the gRPC surface fills from its protobuf messages.
 //!
 //! Numbers: ids that can exceed 2^53 (a stored msgid, a session id) are strings, because a JSON
 //! number loses precision there in most clients; push ids and counters stay numbers.
