@@ -411,7 +411,7 @@ pub enum ContentType {
     Unspecified = 0,
     /// UTF-8 plain text
     Text = 1,
-    /// UTF-8 markup: <font size= color=>, <img url= />, <shake /> (seed 003)
+    /// UTF-8 markup: \<font size= color=>, <img url= />, <shake /> (seed 003)
     Rich = 2,
     /// typing indicator: pushed to online sessions only, never stored, no msgid
     Typing = 3,
@@ -476,7 +476,7 @@ impl MsgKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum HistoryDirection {
-    /// msgid < cursor, newest first (cursor 0 = from the newest)
+    /// msgid \< cursor, newest first (cursor 0 = from the newest)
     Older = 0,
     /// msgid > cursor, oldest first
     Newer = 1,
