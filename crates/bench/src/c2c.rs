@@ -1776,6 +1776,11 @@ fn latency_plot(
             series("ACK p99", |p| p.ack_p99_ms),
         ],
         target_ms: Some(TARGET_E2E_P99_MS),
+        target_label: format!("target: p99 ≤ {TARGET_E2E_P99_MS} ms"),
+        distribution_caption: "latency by percentile, measured from each message's due time"
+            .to_owned(),
+        over_time_caption: "latency over the run, by due time".to_owned(),
+        over_time_x: "seconds after t0 (due time)".to_owned(),
     }
 }
 

@@ -11,18 +11,28 @@
 //! files.
 //!
 //! Modules: [`idle`] (N idle logged-in connections, the server's RSS per connection),
-//! [`c2c`] (open-loop durable messages at a fixed rate: ACK and end-to-end latency), `plot`
-//! (SVG/PNG latency plots),
+//! [`c2c`] (open-loop durable messages at a fixed rate: ACK and end-to-end latency), [`push`]
+//! (s2c pushes to lists of online users through the HTTP API: deliveries per server
+//! CPU-second), [`broadcast`] (one push to every online user: time to the last delivery),
+//! [`fanout`] (the receiving clients of those two, in worker processes), `s2c` (what push and
+//! broadcast share), `api` (the HTTP API calls they make), `latency` (histogram summaries),
+//! `plot` (SVG/PNG latency plots),
 //! `client` (a lean wire-protocol client), `server` (a spawned or external server under
 //! test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`), `report` (dates).
 
+mod api;
+pub mod broadcast;
 pub mod c2c;
 mod client;
+pub mod fanout;
 mod http;
 pub mod idle;
+mod latency;
 mod plot;
 mod procfs;
+pub mod push;
 mod report;
+pub mod s2c;
 mod server;
 
 /// The scenarios `longlink bench` knows, with a one-line description each.
@@ -35,6 +45,14 @@ pub fn scenarios() -> &'static [(&'static str, &'static str)] {
         (
             "c2c",
             "durable c2c messages at a fixed rate (open loop); ACK and end-to-end latency, messages per server CPU-second",
+        ),
+        (
+            "push",
+            "s2c pushes to lists of online users through POST /v1/push; deliveries per server CPU-second, API call → receipt latency",
+        ),
+        (
+            "broadcast",
+            "one `all: true` push to every online user (15,000), R rounds; time to the last delivery",
         ),
     ]
 }

@@ -43,6 +43,14 @@ pub(crate) struct LatencyPlot {
     pub(crate) over_time: Vec<(String, Vec<(f64, f64)>)>,
     /// A horizontal line: the target.
     pub(crate) target_ms: Option<f64>,
+    /// The target line's legend, e.g. "target: p99 ≤ 10 ms".
+    pub(crate) target_label: String,
+    /// Caption of the upper chart (what the latency is measured from).
+    pub(crate) distribution_caption: String,
+    /// Caption of the lower chart.
+    pub(crate) over_time_caption: String,
+    /// The lower chart's x axis.
+    pub(crate) over_time_x: String,
 }
 
 /// The quantiles at which distributions are sampled: evenly spaced in nines, 0 … 99.999%.
@@ -174,10 +182,7 @@ fn draw<DB: DrawingBackend>(
     let mut chart = ChartBuilder::on(&top)
         .margin(12)
         .margin_right(40)
-        .caption(
-            "latency by percentile, measured from each message's due time",
-            (FONT, 16),
-        )
+        .caption(plot.distribution_caption.as_str(), (FONT, 16))
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..MAX_NINES, (low..high).log_scale())
@@ -215,7 +220,7 @@ fn draw<DB: DrawingBackend>(
                 RED.stroke_width(1),
             ))
             .map_err(plotting)?
-            .label(format!("target: p99 ≤ {target} ms"))
+            .label(plot.target_label.as_str())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     }
     chart
@@ -238,14 +243,14 @@ fn draw<DB: DrawingBackend>(
     let mut chart = ChartBuilder::on(&bottom)
         .margin(12)
         .margin_right(40)
-        .caption("latency over the run, by due time", (FONT, 16))
+        .caption(plot.over_time_caption.as_str(), (FONT, 16))
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..end, (low..high).log_scale())
         .map_err(plotting)?;
     chart
         .configure_mesh()
-        .x_desc("seconds after t0 (due time)")
+        .x_desc(plot.over_time_x.as_str())
         .y_desc("latency (ms)")
         .y_label_formatter(&|y| format!("{y}"))
         .label_style((FONT, 13))
@@ -300,6 +305,10 @@ mod tests {
                     .collect(),
             )],
             target_ms: Some(10.0),
+            target_label: "target: p99 ≤ 10 ms".to_owned(),
+            distribution_caption: "by percentile".to_owned(),
+            over_time_caption: "over time".to_owned(),
+            over_time_x: "seconds".to_owned(),
         }
     }
 

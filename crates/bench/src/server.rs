@@ -94,6 +94,20 @@ impl Target {
         let data_dir = dir.path().join("data");
         set(&mut config, "gate", "listen", gate.to_string())?;
         set(&mut config, "api", "listen", api.to_string())?;
+        // The gRPC API too: on its default port, two spawned servers (parallel tests, or a
+        // `longlink serve` already running) would collide.
+        if config
+            .get("api")
+            .and_then(|api| api.get("grpc_listen"))
+            .is_some()
+        {
+            set(
+                &mut config,
+                "api",
+                "grpc_listen",
+                free_loopback_addr()?.to_string(),
+            )?;
+        }
         set(
             &mut config,
             "store",

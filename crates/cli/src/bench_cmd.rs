@@ -2,8 +2,11 @@
 //! `longlink-bench`; this module only wires them to the command line.
 
 use clap::Subcommand;
+use longlink_bench::broadcast::BroadcastArgs;
 use longlink_bench::c2c::C2cArgs;
+use longlink_bench::fanout::FanoutWorkerArgs;
 use longlink_bench::idle::{IdleArgs, IdleWorkerArgs};
+use longlink_bench::push::PushArgs;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -14,21 +17,33 @@ pub(crate) enum BenchCommand {
     /// Durable c2c messages at a fixed rate (open loop): sender-ACK and end-to-end latency
     /// percentiles, messages per server CPU-second.
     C2c(C2cArgs),
+    /// s2c pushes to lists of online users through the HTTP API: deliveries per server
+    /// CPU-second, API call → client receipt latency.
+    Push(PushArgs),
+    /// One push to every online user of an appcode (15,000 by default), R rounds: time from
+    /// the API call to the last delivery.
+    Broadcast(BroadcastArgs),
     /// One worker process of `bench idle` (started by it; not for direct use).
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
+    /// One client worker process of `bench push` and `bench broadcast` (not for direct use).
+    #[command(hide = true)]
+    FanoutWorker(FanoutWorkerArgs),
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::List => {
             for (name, about) in longlink_bench::scenarios() {
-                println!("{name:<8} {about}");
+                println!("{name:<10} {about}");
             }
             Ok(())
         }
         BenchCommand::Idle(args) => longlink_bench::idle::run(args).await,
         BenchCommand::C2c(args) => longlink_bench::c2c::run(args).await,
+        BenchCommand::Push(args) => longlink_bench::push::run(args).await,
+        BenchCommand::Broadcast(args) => longlink_bench::broadcast::run(args).await,
         BenchCommand::IdleWorker(args) => longlink_bench::idle::run_worker(args).await,
+        BenchCommand::FanoutWorker(args) => longlink_bench::fanout::run_worker(args).await,
     }
 }

@@ -1,4 +1,4 @@
-//! `longlink bench` keeps working: each scenario runs small against its own spawned server,
+//! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast) runs small against its own spawned server,
 //! exits 0 and writes the JSON it documents. (No timing is asserted: figures live in
 //! docs/benchmarks.md.)
 
@@ -68,4 +68,71 @@ async fn c2c_scenario_delivers_everything_it_acknowledged() {
     assert_eq!(results["lost"], 0, "{results}");
     assert_eq!(results["duplicate_deliveries"], 0, "{results}");
     assert!(results["e2e_latency_ms"]["p99"].is_number(), "{results}");
+}
+
+#[tokio::test]
+async fn push_scenario_delivers_every_push_to_its_online_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "push",
+            "--users",
+            "20",
+            "--pushes",
+            "30",
+            "--batch",
+            "5",
+            "--in-flight",
+            "4",
+        ],
+        &dir.path().join("push.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "push");
+    let results = &report["results"];
+    assert_eq!(results["pushes_accepted"], 30, "{results}");
+    assert_eq!(results["targets"], 150, "{results}");
+    assert_eq!(results["delivered"], 150, "{results}");
+    assert_eq!(results["missing"], 0, "{results}");
+    assert_eq!(results["duplicates"], 0, "{results}");
+    assert_eq!(results["e2e_latency_ms"]["count"], 150, "{results}");
+    assert_eq!(results["server_counters"]["written"], 150, "{results}");
+    assert!(
+        results["deliveries_per_server_cpu_sec"].is_number(),
+        "{results}"
+    );
+}
+
+#[tokio::test]
+async fn broadcast_scenario_reaches_every_online_user_each_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "broadcast",
+            "--users",
+            "20",
+            "--rounds",
+            "2",
+            "--pause-ms",
+            "50",
+            "--persist",
+        ],
+        &dir.path().join("broadcast.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "broadcast");
+    let results = &report["results"];
+    assert_eq!(results["delivered"], 40, "{results}");
+    assert_eq!(results["missing"], 0, "{results}");
+    let rounds = results["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{results}");
+    for round in rounds {
+        assert_eq!(round["targets"], 20, "{results}");
+        assert_eq!(round["delivered"], 20, "{results}");
+        assert!(round["last_delivery_ms"].is_number(), "{results}");
+    }
+    assert!(
+        results["last_delivery_ms"]["median"].is_number(),
+        "{results}"
+    );
 }

@@ -1,0 +1,642 @@
+//! Scenario `broadcast`: one `POST /v1/push` with `"all": true` to 15,000 online users; the
+//! time from the API call to the **last** delivery (DESIGN.md: ≤ 100 ms; nats 275 ms,
+//! mosquitto 730 ms) and the latency of every delivery, over R rounds.
+//!
+//! 1. The server under test: by default the bench starts its own (`<exe> serve`, default
+//!    config on free loopback ports, a temporary data dir), or it measures a running one
+//!    (`--server ADDR --server-pid PID --api ADDR`). One server process holds the 15,000
+//!    sessions (its limit is 20,000 open files).
+//! 2. N clients of appcode 130 log in over worker processes ([`crate::fanout`]); the API must
+//!    count all N online first.
+//! 3. Round r: the bench takes the wall clock, calls `POST /v1/push` (`all: true`, online-only
+//!    unless `--persist`), and waits until every client received the push (at most
+//!    `--round-timeout-secs`), then `--pause-ms` more so the clients' MSG_ACKs are processed
+//!    inside the round. Each client records its receipt − the API call; the round's largest
+//!    latency is the time to the last delivery. The server's CPU time over the round (call →
+//!    end of the pause) gives deliveries per server CPU-second; `GET /v1/push/{id}` after the
+//!    round gives the server's own fan-out time and counters.
+//! 4. R rounds (default 5): min, median and max of the last-delivery time, and the
+//!    distribution of all deliveries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::api::{PushAnswer, PushBody, PushStats};
+use crate::fanout::{self, FleetSpec, SeriesAcc};
+use crate::latency::{self, Latency, round};
+use crate::plot;
+use crate::report::thousands;
+use crate::s2c::{self, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
+
+/// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
+const TARGET_LAST_MS: f64 = 100.0;
+/// DESIGN.md's peers, same broadcast: nats and mosquitto.
+const NATS_LAST_MS: f64 = 275.0;
+const MOSQUITTO_LAST_MS: f64 = 730.0;
+/// Wait before retrying a push the server refused as overloaded.
+const RETRY_AFTER: Duration = Duration::from_millis(5);
+/// Per-round distributions drawn in the plot (beyond, only "all rounds").
+const PLOTTED_ROUNDS: usize = 5;
+
+/// `longlink bench broadcast`: one push to every online user of an appcode, R times.
+#[derive(Debug, Clone, Args)]
+pub struct BroadcastArgs {
+    /// Logged-in clients (one user each) — all of them get every broadcast.
+    #[arg(long, default_value_t = 15_000)]
+    pub users: u32,
+    /// Broadcasts to send, one at a time.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Persisted broadcasts (stored for every target); without it online-only.
+    #[arg(long)]
+    pub persist: bool,
+    /// After a round's last delivery, wait this long (MSG_ACKs, a quiet server) before the
+    /// next; the round's CPU figure includes it.
+    #[arg(long, default_value_t = 500)]
+    pub pause_ms: u64,
+    /// A round not fully delivered within this many seconds is given up on.
+    #[arg(long, default_value_t = 30)]
+    pub round_timeout_secs: u64,
+    /// The clients' appcode.
+    #[arg(long, default_value_t = 130)]
+    pub appcode: u32,
+    /// msgtype of the broadcasts.
+    #[arg(long, default_value_t = 1)]
+    pub msgtype: u32,
+    /// uids are this prefix, a per-run tag, then a number.
+    #[arg(long, default_value = "bench-bcast-")]
+    pub uid_prefix: String,
+    /// The whole run is abandoned after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub deadline_secs: u64,
+    /// Clients, server and output: the options every s2c scenario takes.
+    #[command(flatten)]
+    pub options: S2cOptions,
+}
+
+/// Runs the scenario: prints the figures, writes `--json` and `--plot`.
+///
+/// # Errors
+/// Bad arguments, a server that does not start or answer, failed logins, a refused push,
+/// the deadline.
+pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
+    if args.users == 0 || args.rounds == 0 {
+        bail!("--users and --rounds must be at least 1");
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
+    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
+    let bench = s2c::start(&args.options, &exe, args.appcode, deadline).await?;
+    let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &bench, deadline)).await;
+    if !matches!(&outcome, Ok(Ok(_)))
+        && let Some(tail) = bench.target.log_tail()
+    {
+        eprintln!("note: the spawned server's last log lines: {tail}");
+    }
+    let stopped = bench.target.stop().await;
+    let report = match outcome {
+        Ok(report) => report?,
+        Err(_) => bail!(
+            "the bench passed its deadline of {}s (--deadline-secs); workers and server stopped",
+            args.deadline_secs
+        ),
+    };
+    if let Err(err) = stopped {
+        eprintln!("note: stopping the server: {err:#}");
+    }
+    report.print();
+    if let Some(path) = &args.options.json {
+        s2c::write_json(path, &report.json)?;
+    }
+    if let Some(path) = &args.options.plot {
+        plot::latency(path, &report.plot)?;
+        println!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// What the bench saw of one round while it ran.
+struct RoundRun {
+    push_id: u64,
+    targets: u64,
+    expected: u32,
+    complete: bool,
+    overloaded_retries: u64,
+    usage: Usage,
+    stats: Option<PushStats>,
+}
+
+struct Report {
+    json: BroadcastJson,
+    plot: plot::LatencyPlot,
+}
+
+#[derive(Debug, Serialize)]
+struct BroadcastJson {
+    scenario: &'static str,
+    date: String,
+    command: String,
+    bench_version: &'static str,
+    inputs: Inputs,
+    server: ServerInfo,
+    machine: Machine,
+    results: Results,
+    targets: Targets,
+    verdict: Verdict,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Inputs {
+    users: u32,
+    rounds: u32,
+    persist: bool,
+    pause_ms: u64,
+    round_timeout_secs: u64,
+    appcode: u32,
+    msgtype: u32,
+    client_ack: bool,
+    workers: usize,
+    per_worker: u32,
+    uid_prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    logged_in: u32,
+    login_secs: f64,
+    online_users_reported: u64,
+    rounds: Vec<RoundResult>,
+    /// API call → last delivery, over the rounds.
+    last_delivery_ms: MinMedMax,
+    /// Every delivery of every round.
+    all_deliveries_ms: Latency,
+    delivered: u64,
+    expected: u64,
+    missing: u64,
+    duplicates: u64,
+    foreign: u64,
+    dropped: u32,
+    server_cpu_secs: f64,
+    deliveries_per_server_cpu_sec: f64,
+    server_cpu_us_per_delivery: f64,
+    server_threads_cpu_secs: std::collections::BTreeMap<String, f64>,
+    client_cpu_secs: f64,
+    /// (percentile, ms) of all deliveries.
+    percentiles: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoundResult {
+    round: u32,
+    push_id: u64,
+    /// Targets the API answered (online users of the appcode).
+    targets: u64,
+    delivered: u64,
+    complete: bool,
+    overloaded_retries: u64,
+    last_delivery_ms: f64,
+    latency_ms: Latency,
+    /// The server's `finished_ms − created_ms` of the push.
+    server_fanout_ms: Option<u64>,
+    server_written: Option<u64>,
+    server_acked: Option<u64>,
+    /// Server CPU from the call to the end of the pause.
+    server_cpu_secs: f64,
+    round_secs: f64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct MinMedMax {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Targets {
+    last_delivery_ms: f64,
+    nats_last_delivery_ms: f64,
+    mosquitto_last_delivery_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Verdict {
+    /// Every round's last delivery within the target.
+    every_round_met: bool,
+    /// The median round within the target.
+    median_met: bool,
+    /// Median last delivery ÷ the peers'.
+    ratio_to_nats: f64,
+    ratio_to_mosquitto: f64,
+    everything_delivered: bool,
+}
+
+async fn measure(
+    args: &BroadcastArgs,
+    exe: &Path,
+    bench: &s2c::Bench,
+    deadline: Instant,
+) -> anyhow::Result<Report> {
+    let tag = longlink_proto::unix_ms();
+    let prefix = format!("{}{tag}-", args.uid_prefix);
+    println!(
+        "longlink bench broadcast: {} {} broadcast(s) (`all: true`) to {} online users of appcode {}; clients {}",
+        args.rounds,
+        if args.persist {
+            "persisted"
+        } else {
+            "online-only"
+        },
+        thousands(u64::from(args.users)),
+        args.appcode,
+        if args.options.no_client_ack {
+            "do not ack"
+        } else {
+            "ack each push (MSG_ACK)"
+        }
+    );
+    println!("{}", s2c::describe_server(bench, &args.options));
+    let spec = FleetSpec {
+        exe,
+        target: &bench.target,
+        secret: &bench.secret,
+        users: args.users,
+        per_worker: args.options.per_worker,
+        concurrency: args.options.login_concurrency,
+        appcode: args.appcode,
+        prefix: &prefix,
+        tag,
+        login_timeout_secs: args.options.login_timeout_secs,
+        client_ack: !args.options.no_client_ack,
+        pushes: args.rounds as usize,
+        deadline,
+    };
+    let online = s2c::go_online(bench, &spec).await?;
+    let login = Login {
+        users: args.users,
+        secs: online.login_secs,
+        online_users_reported: online.online_users_reported,
+        workers: args.users.div_ceil(args.options.per_worker) as usize,
+    };
+    let mut fleet = online.fleet;
+    let bar = ProgressBar::new(u64::from(args.rounds) * u64::from(args.users));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} deliveries, {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut runs = Vec::new();
+    let mut failure = None;
+    for r in 0..args.rounds {
+        bar.set_message(format!("round {} of {}", r + 1, args.rounds));
+        match round_run(args, bench, &mut fleet, tag, r, &bar).await {
+            Ok(run) => runs.push(run),
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let report = fleet.finish().await;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    Ok(summarize(args, bench, &login, runs, report))
+}
+
+/// Login figures carried into the report.
+struct Login {
+    users: u32,
+    secs: f64,
+    online_users_reported: u64,
+    workers: usize,
+}
+
+/// One broadcast: the call, the wait for every delivery, the pause, the readings.
+async fn round_run(
+    args: &BroadcastArgs,
+    bench: &s2c::Bench,
+    fleet: &mut fanout::Fleet,
+    tag: u64,
+    r: u32,
+    bar: &ProgressBar,
+) -> anyhow::Result<RoundRun> {
+    fleet.drain();
+    let expected = args.users.saturating_sub(fleet.dropped());
+    let window = Window::open(bench.target.pid, fleet)?;
+    let t_call = fanout::unix_us();
+    let content = fanout::content(tag, r, r, t_call);
+    let body = PushBody {
+        appcode: args.appcode,
+        uids: None,
+        all: Some(true),
+        msgtype: args.msgtype,
+        content: &content,
+        persist: args.persist,
+        from: "bench",
+    };
+    let round_timeout = Duration::from_secs(args.round_timeout_secs);
+    let giving_up = Instant::now() + round_timeout;
+    let mut overloaded_retries = 0;
+    let (push_id, targets) = loop {
+        match bench.api.push(&body).await? {
+            PushAnswer::Accepted { push_id, targets } => break (push_id, targets),
+            PushAnswer::Refused { status: 503, .. } if Instant::now() < giving_up => {
+                overloaded_retries += 1;
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            PushAnswer::Refused { status, code } => {
+                bail!("round {}: POST /v1/push refused: {status} {code}", r + 1)
+            }
+        }
+    };
+    let done_before = u64::from(r) * u64::from(args.users);
+    let delivered = fleet.delivered.clone();
+    let waiting = delivered.wait_for(r as usize, expected, giving_up);
+    tokio::pin!(waiting);
+    let complete = loop {
+        tokio::select! {
+            complete = &mut waiting => break complete,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                bar.set_position(done_before + u64::from(delivered.of(r as usize)));
+            }
+        }
+    };
+    bar.set_position(done_before + u64::from(delivered.of(r as usize)));
+    tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
+    let usage = window.close(bench.target.pid, fleet)?;
+    let stats = bench.api.push_stats(push_id).await.ok();
+    if targets < u64::from(expected) {
+        return Err(anyhow!(
+            "round {}: the push had {targets} targets, fewer than the {expected} clients online",
+            r + 1
+        ));
+    }
+    Ok(RoundRun {
+        push_id,
+        targets,
+        expected,
+        complete,
+        overloaded_retries,
+        usage,
+        stats,
+    })
+}
+
+fn summarize(
+    args: &BroadcastArgs,
+    bench: &s2c::Bench,
+    login: &Login,
+    runs: Vec<RoundRun>,
+    fleet: fanout::FleetReport,
+) -> Report {
+    let mut notes = Vec::new();
+    let mut all = SeriesAcc::empty();
+    let mut usage = Usage::default();
+    let mut rounds = Vec::new();
+    let mut expected = 0u64;
+    for (r, run) in runs.iter().enumerate() {
+        let acc = fleet
+            .series
+            .get(&(r as u32))
+            .cloned()
+            .unwrap_or_else(SeriesAcc::empty);
+        all.merge(&acc);
+        usage.add(&run.usage);
+        expected += u64::from(run.expected);
+        rounds.push(RoundResult {
+            round: r as u32 + 1,
+            push_id: run.push_id,
+            targets: run.targets,
+            delivered: acc.hist.len(),
+            complete: run.complete,
+            overloaded_retries: run.overloaded_retries,
+            last_delivery_ms: latency::ms(acc.max_us),
+            latency_ms: latency::summary(&acc.hist),
+            server_fanout_ms: run
+                .stats
+                .map(|s| s.finished_ms.saturating_sub(s.created_ms)),
+            server_written: run.stats.map(|s| s.written),
+            server_acked: run.stats.map(|s| s.acked),
+            server_cpu_secs: round(run.usage.server_cpu.as_secs_f64(), 3),
+            round_secs: round(run.usage.secs, 3),
+        });
+    }
+    let lasts: Vec<f64> = rounds.iter().map(|r| r.last_delivery_ms).collect();
+    let last = if lasts.is_empty() {
+        MinMedMax::default()
+    } else {
+        MinMedMax {
+            min: lasts.iter().copied().fold(f64::INFINITY, f64::min),
+            median: latency::median(&lasts),
+            max: lasts.iter().copied().fold(0.0, f64::max),
+        }
+    };
+    let delivered = all.hist.len();
+    let missing = expected.saturating_sub(delivered);
+    if missing > 0 {
+        notes.push(format!(
+            "{missing} of {expected} deliveries did not arrive within --round-timeout-secs ({} s)",
+            args.round_timeout_secs
+        ));
+    }
+    if fleet.dropped > 0 {
+        notes.push(format!(
+            "the server closed {} client connection(s) during the run",
+            fleet.dropped
+        ));
+    }
+    if fleet.silent_workers > 0 {
+        notes.push(format!(
+            "{} worker(s) did not report their latencies: the histograms miss their clients",
+            fleet.silent_workers
+        ));
+    }
+    if bench.target.is_spawned()
+        && args.options.server_log != "warn"
+        && args.options.server_log != "error"
+    {
+        notes.push(format!(
+            "the server logged at LONGLINK_LOG={}",
+            args.options.server_log
+        ));
+    }
+    notes.push(format!(
+        "the {} clients run in worker processes on the same {} cores as the server: the time a worker takes to read its share of a broadcast is part of the last-delivery time",
+        thousands(u64::from(login.users)),
+        crate::procfs::cpus()
+    ));
+    let server_cpu = usage.server_cpu.as_secs_f64();
+    let per_cpu = per(delivered, server_cpu);
+    let distribution = latency::distribution(&all.hist);
+    let mut distributions = vec![("all rounds".to_owned(), distribution.clone())];
+    for (r, acc) in fleet.series.iter().take(PLOTTED_ROUNDS) {
+        distributions.push((format!("round {}", r + 1), latency::distribution(&acc.hist)));
+    }
+    let by_round = |value: fn(&RoundResult) -> f64| -> Vec<(f64, f64)> {
+        rounds
+            .iter()
+            .map(|r| (f64::from(r.round), value(r)))
+            .collect()
+    };
+    let plot = plot::LatencyPlot {
+        title: format!(
+            "longlink broadcast to {} online users, {} {} rounds: last delivery min {:.1} / median {:.1} / max {:.1} ms",
+            thousands(u64::from(login.users)),
+            runs.len(),
+            if args.persist {
+                "persisted"
+            } else {
+                "online-only"
+            },
+            last.min,
+            last.median,
+            last.max
+        ),
+        distributions,
+        over_time: vec![
+            ("last delivery".to_owned(), by_round(|r| r.last_delivery_ms)),
+            ("p99".to_owned(), by_round(|r| r.latency_ms.p99)),
+            ("p50".to_owned(), by_round(|r| r.latency_ms.p50)),
+        ],
+        target_ms: Some(TARGET_LAST_MS),
+        target_label: format!("target: last delivery ≤ {TARGET_LAST_MS} ms"),
+        distribution_caption: "latency by percentile, from the API call to each client's receipt"
+            .to_owned(),
+        over_time_caption: "per round".to_owned(),
+        over_time_x: "round".to_owned(),
+    };
+    let json = BroadcastJson {
+        scenario: "broadcast",
+        date: crate::report::utc_now(),
+        command: crate::report::command_line(),
+        bench_version: env!("CARGO_PKG_VERSION"),
+        inputs: Inputs {
+            users: args.users,
+            rounds: args.rounds,
+            persist: args.persist,
+            pause_ms: args.pause_ms,
+            round_timeout_secs: args.round_timeout_secs,
+            appcode: args.appcode,
+            msgtype: args.msgtype,
+            client_ack: !args.options.no_client_ack,
+            workers: login.workers,
+            per_worker: args.options.per_worker,
+            uid_prefix: args.uid_prefix.clone(),
+        },
+        server: ServerInfo::of(bench, &args.options),
+        machine: Machine::now(&bench.loadavg),
+        results: Results {
+            logged_in: login.users,
+            login_secs: round(login.secs, 2),
+            online_users_reported: login.online_users_reported,
+            last_delivery_ms: last,
+            all_deliveries_ms: latency::summary(&all.hist),
+            delivered,
+            expected,
+            missing,
+            duplicates: fleet.totals.duplicates,
+            foreign: fleet.totals.foreign,
+            dropped: fleet.dropped,
+            server_cpu_secs: round(server_cpu, 3),
+            deliveries_per_server_cpu_sec: round(per_cpu, 0),
+            server_cpu_us_per_delivery: round(server_cpu * 1e6 / delivered.max(1) as f64, 2),
+            server_threads_cpu_secs: usage.threads_secs(),
+            client_cpu_secs: round(usage.client_cpu.as_secs_f64(), 3),
+            percentiles: distribution
+                .iter()
+                .map(|(q, ms)| (round(q * 100.0, 4), *ms))
+                .collect(),
+            rounds,
+        },
+        targets: Targets {
+            last_delivery_ms: TARGET_LAST_MS,
+            nats_last_delivery_ms: NATS_LAST_MS,
+            mosquitto_last_delivery_ms: MOSQUITTO_LAST_MS,
+        },
+        verdict: Verdict {
+            every_round_met: !lasts.is_empty() && last.max <= TARGET_LAST_MS,
+            median_met: !lasts.is_empty() && last.median <= TARGET_LAST_MS,
+            ratio_to_nats: round(last.median / NATS_LAST_MS, 3),
+            ratio_to_mosquitto: round(last.median / MOSQUITTO_LAST_MS, 3),
+            everything_delivered: missing == 0,
+        },
+        notes,
+    };
+    Report { json, plot }
+}
+
+impl Report {
+    fn print(&self) {
+        let j = &self.json;
+        let r = &j.results;
+        for round in &r.rounds {
+            println!(
+                "round {:<6} {} of {} delivered: last {:.1} ms, p50 {:.1}, p99 {:.1} ms; server fan-out {} ms, {:.3} s CPU{}",
+                round.round,
+                thousands(round.delivered),
+                thousands(round.targets),
+                round.last_delivery_ms,
+                round.latency_ms.p50,
+                round.latency_ms.p99,
+                round
+                    .server_fanout_ms
+                    .map_or_else(|| "?".to_owned(), |ms| ms.to_string()),
+                round.server_cpu_secs,
+                if round.overloaded_retries > 0 {
+                    format!(" ({} overloaded retries)", round.overloaded_retries)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!(
+            "last delivery min {:.1}  median {:.1}  max {:.1} ms over {} rounds",
+            r.last_delivery_ms.min,
+            r.last_delivery_ms.median,
+            r.last_delivery_ms.max,
+            r.rounds.len()
+        );
+        let l = &r.all_deliveries_ms;
+        println!(
+            "all          p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  ({} deliveries, {} missing, {} duplicates)",
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            thousands(r.delivered),
+            thousands(r.missing),
+            thousands(r.duplicates)
+        );
+        println!(
+            "server CPU   {:.2} s over the rounds: {:.2} µs per delivery, {} deliveries per server CPU-second; client CPU {:.2} s",
+            r.server_cpu_secs,
+            r.server_cpu_us_per_delivery,
+            thousands(r.deliveries_per_server_cpu_sec as u64),
+            r.client_cpu_secs
+        );
+        println!(
+            "target       last delivery ≤ {} ms: median {}, every round {}; median ÷ nats ({} ms) {:.2}, ÷ mosquitto ({} ms) {:.2}",
+            j.targets.last_delivery_ms,
+            verdict(j.verdict.median_met),
+            verdict(j.verdict.every_round_met),
+            j.targets.nats_last_delivery_ms,
+            j.verdict.ratio_to_nats,
+            j.targets.mosquitto_last_delivery_ms,
+            j.verdict.ratio_to_mosquitto
+        );
+        for note in &j.notes {
+            println!("note: {note}");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Latency summaries of HDR histograms in µs, as the s2c scenarios report them (ms, rounded).
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::plot;
+
+/// A latency distribution's summary, in ms.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) count: u64,
+    pub(crate) min: f64,
+    pub(crate) mean: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) max: f64,
+}
+
+/// The summary of `h` (µs); all zeros for an empty histogram.
+pub(crate) fn summary(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        count: h.len(),
+        min: ms(h.min()),
+        mean: round(h.mean() / 1000.0, 3),
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+    }
+}
+
+/// `h` at [`plot::nines_points`]: (quantile, ms) pairs, for the plot and the JSON.
+pub(crate) fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    plot::nines_points()
+        .into_iter()
+        .map(|q| (q, ms(h.value_at_quantile(q))))
+        .collect()
+}
+
+/// µs → ms, three decimals.
+pub(crate) fn ms(us: u64) -> f64 {
+    round(us as f64 / 1000.0, 3)
+}
+
+/// `value` rounded to `decimals` decimals.
+pub(crate) fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn summaries() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 1_000_000, 3).unwrap();
+        for us in [1000, 2000, 3000] {
+            h.record(us).unwrap();
+        }
+        let l = summary(&h);
+        assert_eq!(l.count, 3);
+        // HDR values are exact to 3 significant figures.
+        assert!((l.p50 - 2.0).abs() < 0.01, "{l:?}");
+        assert!((l.max - 3.0).abs() < 0.01, "{l:?}");
+        assert_eq!(summary(&histogram_empty()).count, 0);
+    }
+
+    fn histogram_empty() -> Histogram<u64> {
+        Histogram::new(3).unwrap()
+    }
+}

@@ -1,0 +1,365 @@
+//! What the s2c scenarios (`push`, `broadcast`) share: their common options, the server under
+//! test and its API, N clients logged in over [`fanout`] workers and confirmed online through
+//! the API, and the server's CPU over a measured window.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::api::{Api, DEV_API_KEY};
+use crate::fanout::{Fleet, FleetSpec};
+use crate::latency::round;
+use crate::procfs;
+use crate::report::thousands;
+use crate::server::{ServerTarget, Target};
+
+/// The default configuration's secrets, used with `--server` unless overridden.
+const DEV_SECRETS: [(u32, &str); 4] = [
+    (129, "dev-secret-129-change-me"),
+    (130, "dev-secret-130-change-me"),
+    (131, "dev-secret-131-change-me"),
+    (132, "dev-secret-132-change-me"),
+];
+/// How long the API may take to count every logged-in client as online.
+const PRESENCE_WAIT: Duration = Duration::from_secs(15);
+
+/// Options every s2c scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct S2cOptions {
+    /// Most clients per worker process (one process may open 20,000 files here).
+    #[arg(long, default_value_t = 10_000)]
+    pub per_worker: u32,
+    /// Logins in flight at once, over all workers.
+    #[arg(long, default_value_t = 100)]
+    pub login_concurrency: u32,
+    /// Timeout of each connect + LOGIN, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub login_timeout_secs: u64,
+    /// Clients do not send MSG_ACK (by default they acknowledge each push, as the SDK does).
+    #[arg(long)]
+    pub no_client_ack: bool,
+    /// The server measured: one started by the bench, or --server/--server-pid/--api (the API
+    /// address is required with --server: pushes go through it).
+    #[command(flatten)]
+    pub target: ServerTarget,
+    /// API key of the server (default: the default config's development key).
+    #[arg(long, env = "LONGLINK_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// HS256 secret of the clients' appcode on the server at --server (default: the default
+    /// config's). A spawned server's secrets are read from its config.
+    #[arg(long, env = "LONGLINK_BENCH_CLIENT_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// LONGLINK_LOG of a spawned server (`info` is `longlink serve`'s default).
+    #[arg(long, default_value = "info")]
+    pub server_log: String,
+    /// Write the inputs and figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Plot the latency distributions to this file (.svg or .png).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// The server under test, with its API.
+pub(crate) struct Bench {
+    pub(crate) target: Target,
+    pub(crate) api: Api,
+    pub(crate) secret: String,
+    pub(crate) version: String,
+    pub(crate) loadavg: String,
+}
+
+/// Starts (or finds) the server for `appcode`'s clients; checks the options first.
+pub(crate) async fn start(
+    options: &S2cOptions,
+    exe: &Path,
+    appcode: u32,
+    deadline: Instant,
+) -> anyhow::Result<Bench> {
+    if let Some(plot) = &options.plot {
+        crate::plot::check_path(plot)?;
+    }
+    if options.per_worker == 0 || options.login_concurrency == 0 {
+        bail!("--per-worker and --login-concurrency must be at least 1");
+    }
+    let target = match (options.target.server, options.target.server_pid) {
+        (Some(gate), Some(pid)) => {
+            if options.target.api.is_none() {
+                bail!("--api is required with --server: the pushes go through the HTTP API");
+            }
+            let secret = match &options.token_secret {
+                Some(secret) => secret.clone(),
+                None => DEV_SECRETS
+                    .iter()
+                    .find(|(code, _)| *code == appcode)
+                    .map(|(_, secret)| (*secret).to_owned())
+                    .ok_or_else(|| anyhow!("--token-secret is needed for appcode {appcode}"))?,
+            };
+            Target::external(gate, options.target.api, pid, secret)?
+        }
+        (None, None) => {
+            tokio::time::timeout_at(deadline, Target::spawn(exe, appcode, &options.server_log))
+                .await
+                .map_err(|_| anyhow!("the server did not start before the deadline"))??
+        }
+        _ => bail!("--server and --server-pid go together"),
+    };
+    let api_addr = target
+        .api
+        .ok_or_else(|| anyhow!("the server's API address is unknown"))?;
+    let api = Api::new(api_addr, options.api_key.as_deref().unwrap_or(DEV_API_KEY))?;
+    let secret = target.secret.clone();
+    let loadavg = procfs::loadavg();
+    let version = target
+        .health()
+        .await
+        .map_or_else(|| "unknown".to_owned(), |health| health.version);
+    Ok(Bench {
+        target,
+        api,
+        secret,
+        version,
+        loadavg,
+    })
+}
+
+/// Clients online, confirmed by the API.
+pub(crate) struct Online {
+    pub(crate) fleet: Fleet,
+    /// `GET /v1/presence/{appcode}` once every client was counted (or at the timeout).
+    pub(crate) online_users_reported: u64,
+    pub(crate) login_secs: f64,
+}
+
+/// Logs `spec.users` clients in over the workers (a progress bar shows it), then waits until
+/// the API counts them online. Fails when any login failed: the figures assume N online users.
+pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Result<Online> {
+    let started = Instant::now();
+    let mut fleet = Fleet::spawn(spec)?;
+    let bar = ProgressBar::new(u64::from(spec.users));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} logged in, {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let logged = fleet.wait_logged_in(&bar).await;
+    bar.finish_and_clear();
+    if let Err(err) = logged {
+        fleet.finish().await;
+        return Err(err);
+    }
+    let login_secs = started.elapsed().as_secs_f64();
+    if fleet.failed() > 0 || fleet.logged_in() < spec.users {
+        let samples = fleet.failure_samples();
+        let (ok, failed) = (fleet.logged_in(), fleet.failed());
+        fleet.finish().await;
+        bail!(
+            "{failed} of {} logins failed ({ok} logged in){}",
+            spec.users,
+            samples
+                .first()
+                .map(|s| format!("; first: {s}"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "online       {} clients (appcode {}) in {} worker process(es), logged in in {login_secs:.1} s",
+        thousands(u64::from(spec.users)),
+        spec.appcode,
+        fleet.workers()
+    );
+    // Presence is written as each LOGIN completes; make sure the API sees all of them before
+    // the first push, so `all: true` and the targets' online state cover every client.
+    let until = Instant::now() + PRESENCE_WAIT;
+    let mut users = 0;
+    while Instant::now() < until {
+        (users, _) = bench
+            .api
+            .online(spec.appcode)
+            .await
+            .context("GET /v1/presence")?;
+        if users >= u64::from(spec.users) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if users < u64::from(spec.users) {
+        fleet.finish().await;
+        bail!(
+            "the API counts {users} online users of appcode {} after {} s; {} clients are logged in",
+            spec.appcode,
+            PRESENCE_WAIT.as_secs(),
+            spec.users
+        );
+    }
+    Ok(Online {
+        fleet,
+        online_users_reported: users,
+        login_secs,
+    })
+}
+
+/// Readings at the start of a measured window.
+pub(crate) struct Window {
+    started: Instant,
+    server_cpu: Duration,
+    threads: Vec<procfs::ThreadCpu>,
+    client_cpu: Duration,
+}
+
+/// Server and client CPU over a window.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Usage {
+    pub(crate) secs: f64,
+    pub(crate) server_cpu: Duration,
+    pub(crate) server_threads: Vec<(String, Duration)>,
+    pub(crate) client_cpu: Duration,
+}
+
+impl Window {
+    pub(crate) fn open(pid: u32, fleet: &Fleet) -> anyhow::Result<Window> {
+        Ok(Window {
+            started: Instant::now(),
+            server_cpu: procfs::cpu_time(pid)?,
+            threads: procfs::threads(pid).unwrap_or_default(),
+            client_cpu: fleet.cpu_time() + procfs::cpu_time(std::process::id())?,
+        })
+    }
+
+    pub(crate) fn close(&self, pid: u32, fleet: &Fleet) -> anyhow::Result<Usage> {
+        Ok(Usage {
+            secs: self.started.elapsed().as_secs_f64(),
+            server_cpu: procfs::cpu_time(pid)?.saturating_sub(self.server_cpu),
+            server_threads: procfs::cpu_by_thread_name(
+                &self.threads,
+                &procfs::threads(pid).unwrap_or_default(),
+            ),
+            client_cpu: (fleet.cpu_time() + procfs::cpu_time(std::process::id())?)
+                .saturating_sub(self.client_cpu),
+        })
+    }
+}
+
+impl Usage {
+    /// Adds another window's figures (thread times by name).
+    pub(crate) fn add(&mut self, other: &Usage) {
+        self.secs += other.secs;
+        self.server_cpu += other.server_cpu;
+        self.client_cpu += other.client_cpu;
+        let mut by_name: BTreeMap<String, Duration> = self.server_threads.drain(..).collect();
+        for (name, cpu) in &other.server_threads {
+            *by_name.entry(name.clone()).or_default() += *cpu;
+        }
+        self.server_threads = by_name.into_iter().collect();
+    }
+
+    /// Server CPU per thread name, seconds, threads that used none left out.
+    pub(crate) fn threads_secs(&self) -> BTreeMap<String, f64> {
+        self.server_threads
+            .iter()
+            .filter(|(_, cpu)| !cpu.is_zero())
+            .map(|(name, cpu)| (name.clone(), round(cpu.as_secs_f64(), 3)))
+            .collect()
+    }
+}
+
+/// About the server, for the JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct ServerInfo {
+    pub(crate) spawned: bool,
+    pub(crate) version: String,
+    pub(crate) pid: u32,
+    pub(crate) gate: String,
+    pub(crate) api: String,
+    pub(crate) log_level: Option<String>,
+}
+
+impl ServerInfo {
+    pub(crate) fn of(bench: &Bench, options: &S2cOptions) -> ServerInfo {
+        ServerInfo {
+            spawned: bench.target.is_spawned(),
+            version: bench.version.clone(),
+            pid: bench.target.pid,
+            gate: bench.target.gate.to_string(),
+            api: bench
+                .target
+                .api
+                .map(|api| api.to_string())
+                .unwrap_or_default(),
+            log_level: bench
+                .target
+                .is_spawned()
+                .then(|| options.server_log.clone()),
+        }
+    }
+}
+
+/// About the machine, for the JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cpus: usize,
+    pub(crate) kernel: String,
+    pub(crate) clock_ticks_per_second: u64,
+    /// `/proc/loadavg` when the run began: other work sharing the cores.
+    pub(crate) loadavg_before: String,
+}
+
+impl Machine {
+    pub(crate) fn now(loadavg: &str) -> Machine {
+        Machine {
+            cpus: procfs::cpus(),
+            kernel: procfs::kernel(),
+            clock_ticks_per_second: procfs::clock_ticks_per_second(),
+            loadavg_before: loadavg.to_owned(),
+        }
+    }
+}
+
+/// The server line of a run's header.
+pub(crate) fn describe_server(bench: &Bench, options: &S2cOptions) -> String {
+    format!(
+        "server: pid {}, {}, longlink {}, gate {}, API {}",
+        bench.target.pid,
+        if bench.target.is_spawned() {
+            format!(
+                "started by the bench (serve, LONGLINK_LOG={})",
+                options.server_log
+            )
+        } else {
+            "already running".to_owned()
+        },
+        bench.version,
+        bench.target.gate,
+        bench
+            .target
+            .api
+            .map_or_else(|| "?".to_owned(), |api| api.to_string())
+    )
+}
+
+/// Writes `json` to `path`.
+pub(crate) fn write_json<T: Serialize>(path: &Path, json: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(json)?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+/// `n / secs`, 0 for no time.
+pub(crate) fn per(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// "meets" / "MISSES".
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met { "meets" } else { "MISSES" }
+}
