@@ -1,6 +1,11 @@
-//! Why a connection ended.
+//! Why and how a connection ends: [`CloseReason`], the close state its reader, writer and
+//! the session table share ([`ConnShared`]), and the KICK frame sent before a close.
 
-use longlink_proto::ErrorCode;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::Bytes;
+use longlink_proto::{Cmd, ErrorCode, Frame, KickReason, wire};
+use tokio_util::sync::CancellationToken;
 
 /// Why a connection ended: logged once, when the session is unregistered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,4 +45,58 @@ impl CloseReason {
             CloseReason::Io => "io",
         }
     }
+}
+
+/// What one connection shares between its reader, its writer and the session table.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    /// Cancelled to close the connection from outside its reader (kick, slow consumer).
+    pub(crate) token: CancellationToken,
+    reason: AtomicU8,
+}
+
+impl ConnShared {
+    pub(crate) fn new() -> Self {
+        Self {
+            token: CancellationToken::new(),
+            reason: AtomicU8::new(0),
+        }
+    }
+
+    /// Closes the connection for `reason` (the first reason given wins).
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let code = match reason {
+            CloseReason::Kicked => 1,
+            CloseReason::SlowConsumer => 2,
+            _ => 3,
+        };
+        let _ = self
+            .reason
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    /// Why [`ConnShared::close`] was called.
+    pub(crate) fn reason(&self) -> CloseReason {
+        match self.reason.load(Ordering::Acquire) {
+            1 => CloseReason::Kicked,
+            2 => CloseReason::SlowConsumer,
+            _ => CloseReason::Io,
+        }
+    }
+}
+
+/// The KICK push for `reason`.
+pub(crate) fn kick_frame(reason: KickReason, message: &str, backoff_ms: u32) -> Bytes {
+    Frame::push(
+        Cmd::Kick,
+        0,
+        &wire::Kick {
+            reason: reason as i32,
+            message: message.to_owned(),
+            reconnect_to: String::new(),
+            backoff_ms,
+        },
+    )
+    .to_bytes()
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::session_table::{ConnShared, kick_frame};
+use crate::close::{ConnShared, kick_frame};
 use crate::write_queue::{QueueError, WriteQueue};
 use crate::{CloseReason, GateShared, write_queue};
 

@@ -2,58 +2,18 @@
 //! [`GatePush`] so logic can push and kick.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use longlink_proto::{Cmd, Frame, KickReason, wire};
+use longlink_proto::KickReason;
 use longlink_rpc::{GatePush, PushError, WriteReceipt};
-use tokio_util::sync::CancellationToken;
 
 use crate::CloseReason;
+use crate::close::{ConnShared, kick_frame};
 use crate::write_queue::{Outgoing, QueueError, WriteQueue};
 
 const SHARDS: usize = 64;
-
-/// What one connection shares between its reader, its writer and the session table.
-#[derive(Debug)]
-pub(crate) struct ConnShared {
-    /// Cancelled to close the connection from outside its reader (kick, slow consumer).
-    pub(crate) token: CancellationToken,
-    reason: AtomicU8,
-}
-
-impl ConnShared {
-    pub(crate) fn new() -> Self {
-        Self {
-            token: CancellationToken::new(),
-            reason: AtomicU8::new(0),
-        }
-    }
-
-    /// Closes the connection for `reason` (the first reason given wins).
-    pub(crate) fn close(&self, reason: CloseReason) {
-        let code = match reason {
-            CloseReason::Kicked => 1,
-            CloseReason::SlowConsumer => 2,
-            _ => 3,
-        };
-        let _ = self
-            .reason
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
-    }
-
-    /// Why [`ConnShared::close`] was called.
-    pub(crate) fn reason(&self) -> CloseReason {
-        match self.reason.load(Ordering::Acquire) {
-            1 => CloseReason::Kicked,
-            2 => CloseReason::SlowConsumer,
-            _ => CloseReason::Io,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 struct SessionHandle {
@@ -137,21 +97,6 @@ impl SessionTable {
             Err(QueueError::Closed) => Err(PushError::NoSession),
         }
     }
-}
-
-/// The KICK push for `reason`.
-pub(crate) fn kick_frame(reason: KickReason, message: &str, backoff_ms: u32) -> Bytes {
-    Frame::push(
-        Cmd::Kick,
-        0,
-        &wire::Kick {
-            reason: reason as i32,
-            message: message.to_owned(),
-            reconnect_to: String::new(),
-            backoff_ms,
-        },
-    )
-    .to_bytes()
 }
 
 #[async_trait]

@@ -19,7 +19,7 @@ use longlink_proto::KickReason;
 use longlink_rpc::WriteReceipt;
 
 use crate::CloseReason;
-use crate::session_table::{ConnShared, kick_frame};
+use crate::close::{ConnShared, kick_frame};
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
