@@ -474,4 +474,43 @@ mod tests {
             .to_string();
         assert!(err.contains("login_timeout_secs"), "{err}");
     }
+
+    #[test]
+    fn api_keys_routes_and_webhooks_are_checked_and_named() {
+        let config = Config::default();
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.api.grpc_listen.map(|a| a.port()), Some(7790));
+        assert_eq!(
+            config.routes().unwrap().topic_for(130, 1).as_deref(),
+            Some("c2s.130.1")
+        );
+        let cases = [
+            (
+                "[[api_keys]]\nname = \"x\"\nkey = \"short\"\nappcodes = [129]\n",
+                "api_keys[name=x].key",
+            ),
+            (
+                "[[api_keys]]\nname = \"x\"\nkey = \"0123456789abcdef\"\nappcodes = [7]\n",
+                "appcode 7",
+            ),
+            (
+                "[[routes]]\nappcode = 130\nmsgtype = 1\ntopic = \"no spaces\"\n",
+                "routes",
+            ),
+            (
+                "[[webhooks]]\ntopic = \"t\"\nurl = \"ftp://x\"\n",
+                "webhooks[topic=t].url",
+            ),
+            ("[bus]\nunrouted = \"sometimes\"\n", "unrouted"),
+            ("[api]\ngrpc_listen = \"nowhere\"\n", "grpc_listen"),
+        ];
+        for (text, named) in cases {
+            let err = Config::from_toml(text, &BTreeMap::new())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{text:?} -> {err}");
+        }
+        let off = Config::from_toml("[api]\ngrpc_listen = \"\"\n", &BTreeMap::new()).unwrap();
+        assert_eq!(off.api.grpc_listen, None);
+    }
 }
