@@ -9,23 +9,24 @@
 //! consistent snapshot while the writer commits.
 
 use std::collections::HashSet;
-use std::fs::{File, TryLockError};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+use longlink_sqlite::{
+    Checkpointer, LockError, ReadError, ReadPool, WriterError, WriterHandle, bits_from_u64,
+    u64_from_bits,
 };
-use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{debug, error, warn};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
 
 use crate::{
-    AckOutcome, AppendOutcome, DeliveryState, Direction, MAX_ACK_IDS, MessageStore, NewMessage, NewS2c,
-    Page, S2cOutcome, StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
+    AckOutcome, AppendOutcome, DeliveryState, Direction, MAX_ACK_IDS, MessageStore, NewMessage,
+    NewS2c, Page, S2cOutcome, StoreError, StoredMessage, UserKey, effective_limit, validate_id,
+    validate_user,
 };
 
 /// File name of the database inside the store directory.
@@ -46,8 +47,6 @@ const WRITE_REPLY_WAIT: Duration = Duration::from_secs(30);
 const READ_WAIT: Duration = Duration::from_secs(10);
 /// How long `close` waits for the writer to drain.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
-/// SQLite busy handler timeout (another process holding the write lock, checkpoints).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// msgid = max(last + 1, unix_ms << MSGID_TIME_SHIFT): about a million ids per millisecond.
 const MSGID_TIME_SHIFT: u32 = 20;
 
@@ -96,11 +95,8 @@ struct WriterCounters {
 /// Dropping the store stops the writer after it has drained its queue, and blocks until it
 /// has; [`SqliteStore::close`] does the same without blocking an async worker.
 pub struct SqliteStore {
-    /// `None` only while dropping: dropping the sender lets the writer drain and stop.
-    write_tx: Option<mpsc::Sender<Command>>,
-    /// Joined on drop.
-    writer_thread: Option<JoinHandle<()>>,
-    closed: AtomicBool,
+    /// The queue to the writer thread; stopped (drained and joined) on drop.
+    writes: WriterHandle<WriteOp>,
     readers: Arc<ReadPool>,
     counters: Arc<WriterCounters>,
     /// Stopped and joined on drop.
@@ -112,8 +108,8 @@ pub struct SqliteStore {
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.readers.path)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("path", &self.readers.path())
+            .field("closed", &self.writes.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -149,26 +145,25 @@ impl SqliteStore {
             })
             .map_err(|e| sqlite_unavailable("read last msgid", &e))?;
 
-        let checkpointer =
-            Checkpointer::spawn(&path).map_err(|e| sqlite_unavailable("open checkpointer", &e))?;
-        let readers = Arc::new(ReadPool::open(path, opts.read_connections)?);
+        let checkpointer = Checkpointer::spawn(&path, "longlink-store-checkpoint")
+            .map_err(|e| sqlite_unavailable("open checkpointer", &e))?;
+        let readers = ReadPool::open(path, opts.read_connections, open_reader_connection)
+            .map_err(|e| sqlite_unavailable("open reader", &e))?;
+        let readers = Arc::new(readers);
         let counters = Arc::new(WriterCounters::default());
-        let (write_tx, write_rx) = mpsc::channel(opts.write_queue);
         let writer = Writer {
             conn,
             last_msgid,
             counters: Arc::clone(&counters),
         };
         let max_batch = opts.max_batch;
-        let writer_thread = std::thread::Builder::new()
-            .name("longlink-store-writer".to_owned())
-            .spawn(move || writer.run(write_rx, max_batch))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        let writes = WriterHandle::spawn("longlink-store-writer", opts.write_queue, move |rx| {
+            writer.run(rx, max_batch);
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
 
         Ok(Self {
-            write_tx: Some(write_tx),
-            writer_thread: Some(writer_thread),
-            closed: AtomicBool::new(false),
+            writes,
             readers,
             counters,
             checkpointer: Some(checkpointer),
@@ -183,33 +178,10 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Unavailable`] if the writer did not finish within 30 s.
     pub async fn close(&self) -> Result<(), StoreError> {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if !self.writes.mark_closed() {
             return Ok(());
         }
-        let Some(write_tx) = &self.write_tx else {
-            return Ok(());
-        };
-        let (done_tx, done_rx) = oneshot::channel();
-        match write_tx
-            .send_timeout(Command::Close(done_tx), CLOSE_WAIT)
-            .await
-        {
-            Ok(()) => {}
-            // The writer is gone already: nothing left to drain.
-            Err(SendTimeoutError::Closed(_)) => return Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
-                return Err(StoreError::Unavailable(
-                    "close: write queue stayed full".to_owned(),
-                ));
-            }
-        }
-        match tokio::time::timeout(CLOSE_WAIT, done_rx).await {
-            // A dropped `done` means the writer thread ended anyway.
-            Ok(_) => Ok(()),
-            Err(_) => Err(StoreError::Unavailable(
-                "close: writer did not drain in time".to_owned(),
-            )),
-        }
+        self.writes.drain(CLOSE_WAIT).await.map_err(writer_error)
     }
 
     /// Counters of the writer thread since open.
@@ -222,27 +194,15 @@ impl SqliteStore {
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(StoreError::Closed)
-        } else {
-            Ok(())
-        }
+        self.writes.check_open().map_err(writer_error)
     }
 
     /// Queues a write op, waiting at most [`WRITE_QUEUE_WAIT`] for room.
     async fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.check_open()?;
-        let write_tx = self.write_tx.as_ref().ok_or(StoreError::Closed)?;
-        match write_tx
-            .send_timeout(Command::Write(op), WRITE_QUEUE_WAIT)
+        self.writes
+            .submit(op, WRITE_QUEUE_WAIT)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
-                Err(StoreError::Unavailable("write queue full".to_owned()))
-            }
-            Err(SendTimeoutError::Closed(_)) => Err(self.stopped_error()),
-        }
+            .map_err(writer_error)
     }
 
     /// Waits for the writer's answer, at most [`WRITE_REPLY_WAIT`].
@@ -250,22 +210,10 @@ impl SqliteStore {
         &self,
         reply_rx: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(WRITE_REPLY_WAIT, reply_rx).await {
-            Ok(Ok(result)) => result,
-            // Dropped unanswered: the writer stopped before it took the request.
-            Ok(Err(_)) => Err(self.stopped_error()),
-            Err(_) => Err(StoreError::Unavailable(
-                "commit did not complete in time, outcome unknown".to_owned(),
-            )),
-        }
-    }
-
-    fn stopped_error(&self) -> StoreError {
-        if self.closed.load(Ordering::Acquire) {
-            StoreError::Closed
-        } else {
-            StoreError::Unavailable("writer stopped".to_owned())
-        }
+        self.writes
+            .await_reply(reply_rx, WRITE_REPLY_WAIT)
+            .await
+            .map_err(writer_error)?
     }
 
     /// Runs `query` on a pooled read-only connection in the blocking pool.
@@ -275,35 +223,28 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         self.check_open()?;
-        let pool = Arc::clone(&self.readers);
-        let run = async move {
-            let permit = Arc::clone(&pool.permits)
-                .acquire_owned()
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                pool.run(query)
+        Arc::clone(&self.readers)
+            .read(READ_WAIT, query)
+            .await
+            .map_err(|e| match e {
+                ReadError::Closed => StoreError::Closed,
+                other => StoreError::Unavailable(other.to_string()),
             })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
-        };
-        tokio::time::timeout(READ_WAIT, run)
-            .await
-            .map_err(|_| StoreError::Unavailable("read timed out".to_owned()))?
+    }
+}
+
+/// The store's error for a writer queue error: `Closed`, or `Unavailable` with its text.
+fn writer_error(e: WriterError) -> StoreError {
+    match e {
+        WriterError::Closed => StoreError::Closed,
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
-        // Dropping the only sender ends the writer's loop once the queue is drained.
-        drop(self.write_tx.take());
-        if let Some(handle) = self.writer_thread.take()
-            && handle.join().is_err()
-        {
-            error!("store writer thread panicked");
-        }
+        // Ends the writer's loop once the queue is drained, and joins it.
+        self.writes.stop();
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.stop();
         }
@@ -600,15 +541,6 @@ fn non_negative(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
 }
 
-/// log_id is an opaque u64 kept as its i64 bit pattern (SQLite integers are signed).
-fn bits_from_u64(value: u64) -> i64 {
-    i64::from_ne_bytes(value.to_ne_bytes())
-}
-
-fn u64_from_bits(value: i64) -> u64 {
-    u64::from_ne_bytes(value.to_ne_bytes())
-}
-
 fn sqlite_unavailable(what: &str, e: &rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite {what}: {e}"))
 }
@@ -617,126 +549,32 @@ fn sqlite_unavailable(what: &str, e: &rusqlite::Error) -> StoreError {
 // Connections.
 
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
-            "{} is in use by another open store",
-            dir.display()
-        ))),
-        Err(TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
-    }
+    longlink_sqlite::lock_exclusive(&dir.join(LOCK_FILE)).map_err(|e| match e {
+        LockError::InUse { .. } => {
+            StoreError::Unavailable(format!("{} is in use by another open store", dir.display()))
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    })
 }
 
-/// Opens the write connection: WAL, `synchronous=FULL`, schema created or checked.
+/// Opens the write connection ([`longlink_sqlite::open_writer`]: WAL, `synchronous=FULL`,
+/// checkpoints off the commit path) with the store's caches; schema created or checked.
 fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let mut conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "journal_mode is {mode}, WAL is required"
-        )));
-    }
-    // FULL: the WAL is fsync'd at every commit, so a returned commit survives power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
-    if synchronous != 2 {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "synchronous is {synchronous}, FULL (2) is required"
-        )));
-    }
+    let mut conn = longlink_sqlite::open_writer(path)?;
     // Each append dirties a random leaf in three or four B-trees (inbox, both histories,
-    // idempotency key), so commits are page-heavy: a 64 MiB page cache, and a checkpoint per
-    // 64 MiB of WAL instead of per 4 MiB, gave ~1.5x the appends/s of the defaults in
-    // store_bench. The WAL file is cut back to 64 MiB after a checkpoint resets it.
+    // idempotency key), so commits are page-heavy: a 64 MiB page cache gave ~1.5x the
+    // appends/s of the defaults in store_bench (measured together with a checkpoint per 64 MiB
+    // of WAL instead of per 4 MiB, before checkpoints moved off the commit path).
     conn.pragma_update(None, "cache_size", -64 * 1024)?;
-    // Checkpoints run on their own thread (`Checkpointer`), never inside a commit: a checkpoint
-    // fsyncs the database file, and on the commit path it stalled every ACK by 10–26 ms every
-    // ~1.6 s at 1,000 msg/s (bench c2c). The writer restarts the WAL from its start once a
-    // checkpoint has copied all of it.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     disable_reprepare_on_bind(&conn)?;
     conn.set_prepared_statement_cache_capacity(32);
-
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    match version {
-        0 => {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA_SQL)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-        }
-        SCHEMA_VERSION => {}
-        newer => {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "schema version {newer} is newer than this build's {SCHEMA_VERSION}"
-            )));
-        }
-    }
+    longlink_sqlite::ensure_schema(&mut conn, SCHEMA_VERSION, SCHEMA_SQL)?;
     Ok(conn)
 }
 
-/// How often the checkpointer copies committed WAL pages into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
-
-/// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` every
-/// [`CHECKPOINT_EVERY`]. PASSIVE never waits for the writer or readers, so commits are never
-/// held up by a checkpoint; whatever a checkpoint cannot copy yet, the next one does.
-struct Checkpointer {
-    stop_tx: std::sync::mpsc::SyncSender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn spawn(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("longlink-store-checkpoint".to_owned())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(err) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        warn!(error = %err, "wal checkpoint failed; retrying");
-                    }
-                }
-            })
-            .map_err(|e| {
-                rusqlite::Error::InvalidParameterName(format!("checkpoint thread: {e}"))
-            })?;
-        Ok(Self { stop_tx, thread })
-    }
-
-    fn stop(self) {
-        let _ = self.stop_tx.try_send(());
-        if self.thread.join().is_err() {
-            error!("store checkpoint thread panicked");
-        }
-    }
-}
-
+/// Opens a connection of the read pool ([`longlink_sqlite::open_read_only`]).
 fn open_reader_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let conn = longlink_sqlite::open_read_only(path)?;
     disable_reprepare_on_bind(&conn)?;
     conn.set_prepared_statement_cache_capacity(8);
     Ok(conn)
@@ -755,59 +593,10 @@ fn disable_reprepare_on_bind(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
-/// Read-only connections, at most `permits` in use at once.
-struct ReadPool {
-    path: PathBuf,
-    permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl ReadPool {
-    fn open(path: PathBuf, size: usize) -> Result<Self, StoreError> {
-        let idle = (0..size)
-            .map(|_| open_reader_connection(&path))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| sqlite_unavailable("open reader", &e))?;
-        Ok(Self {
-            path,
-            permits: Arc::new(Semaphore::new(size)),
-            idle: Mutex::new(idle),
-        })
-    }
-
-    /// Runs `query` on an idle connection (blocking). The caller holds a permit, so one is
-    /// normally idle; if a query panicked earlier and lost its connection, a new one is opened.
-    fn run<T>(
-        &self,
-        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => open_reader_connection(&self.path)
-                .map_err(|e| sqlite_unavailable("open reader", &e))?,
-        };
-        let result = query(&conn);
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
-        result.map_err(|e| sqlite_unavailable("read", &e))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The writer thread.
 
-enum Command {
-    Write(WriteOp),
-    /// Commit what came before, refuse what comes after, close the connection, then signal.
-    Close(oneshot::Sender<()>),
-}
+type Command = longlink_sqlite::Command<WriteOp>;
 
 /// A queued write. `outcome` is filled inside the transaction and sent only after the commit.
 enum WriteOp {
@@ -901,45 +690,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
-        let mut close_done = None;
-        let mut batch = Vec::new();
-        // `None` once every sender is dropped and the queue is empty (store dropped).
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Write(op) => batch.push(op),
-                    Command::Close(done) => {
-                        close_done = Some(done);
-                        break;
-                    }
-                }
-                if batch.len() < max_batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.commit_batch(std::mem::take(&mut batch));
-            }
-            if close_done.is_some() {
-                break;
-            }
-        }
-        // Anything queued after a close is refused; nothing of it was written.
-        rx.close();
-        while let Ok(command) = rx.try_recv() {
-            match command {
-                Command::Write(op) => op.reply_error(StoreError::Closed),
-                Command::Close(done) => {
-                    let _ = done.send(());
-                }
-            }
+    /// The writer thread: group commit until a close or the store's drop
+    /// ([`longlink_sqlite::run_group_commit`]), then refuses what came after, closes the
+    /// connection and signals the close.
+    fn run(mut self, rx: mpsc::Receiver<Command>, max_batch: usize) {
+        let stopped =
+            longlink_sqlite::run_group_commit(rx, max_batch, |batch| self.commit_batch(batch));
+        for op in stopped.refused {
+            op.reply_error(StoreError::Closed);
         }
         if let Err((_, e)) = self.conn.close() {
             warn!(error = %e, "store close failed");
         }
-        if let Some(done) = close_done {
+        if let Some(done) = stopped.close_done {
             let _ = done.send(());
         }
     }
