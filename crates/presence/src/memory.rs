@@ -204,14 +204,22 @@ mod tests {
     async fn a_scan_sees_every_online_user_of_the_appcode_once() {
         let p = MemoryPresence::new();
         for i in 0..500 {
-            p.register(entry(&format!("u{i}"), "phone", i)).await.unwrap();
+            p.register(entry(&format!("u{i}"), "phone", i))
+                .await
+                .unwrap();
         }
         p.register(entry("u0", "web", 1000)).await.unwrap();
         let mut other = entry("x", "phone", 2000);
         other.appcode = 130;
         p.register(other).await.unwrap();
         let counts = p.appcode_counts(129).await.unwrap();
-        assert_eq!(counts, AppcodeCounts { users: 500, sessions: 501 });
+        assert_eq!(
+            counts,
+            AppcodeCounts {
+                users: 500,
+                sessions: 501
+            }
+        );
         let (mut seen, mut cursor) = (Vec::new(), 0);
         loop {
             let (page, next) = p.online_uids(129, cursor, 50).await.unwrap();
