@@ -25,21 +25,22 @@
 //! such a write, so writes queued in any order still leave the last state on disk.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use longlink_sqlite::{
+    Checkpointer, LockError, ReadError, ReadPool, WriterError, WriterHandle, bits_from_u64,
+    u64_from_bits,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::routes::{MAX_TOPIC_BYTES, valid_topic};
 use crate::{Bus, BusError, BusMessage, Leased, TopicQueue, TopicStats};
@@ -84,12 +85,8 @@ const WRITE_REPLY_WAIT: Duration = Duration::from_secs(30);
 const READ_WAIT: Duration = Duration::from_secs(10);
 /// How long `close` waits for the writer to drain.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
-/// SQLite busy handler timeout (checkpoints, a foreign process).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read-only connections in the read pool.
 const READ_CONNECTIONS: usize = 4;
-/// How often the checkpointer copies committed WAL pages into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
 /// Tuning of a [`SqliteQueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,11 +133,8 @@ impl Default for QueueOptions {
 pub struct SqliteQueue {
     options: QueueOptions,
     topics: Arc<Mutex<Topics>>,
-    /// `None` only while dropping: dropping the sender lets the writer drain and stop.
-    write_tx: Option<mpsc::Sender<Command>>,
-    /// Joined on drop.
-    writer_thread: Option<JoinHandle<()>>,
-    closed: AtomicBool,
+    /// The queue to the writer thread; stopped (drained and joined) on drop.
+    writes: WriterHandle<WriteOp>,
     readers: Arc<ReadPool>,
     /// Stopped by `close` or on drop.
     checkpointer: Mutex<Option<Checkpointer>>,
@@ -152,9 +146,9 @@ pub struct SqliteQueue {
 impl std::fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteQueue")
-            .field("path", &self.readers.path)
+            .field("path", &self.readers.path())
             .field("options", &self.options)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("closed", &self.writes.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -191,25 +185,24 @@ impl SqliteQueue {
         let conn = open_writer_connection(path).map_err(|e| sqlite_unavailable("open", &e))?;
         let topics = load_topics(&conn).map_err(|e| sqlite_unavailable("load", &e))?;
         let topics = Arc::new(Mutex::new(topics));
-        let checkpointer =
-            Checkpointer::spawn(path).map_err(|e| sqlite_unavailable("open checkpointer", &e))?;
-        let readers = Arc::new(ReadPool::open(path.to_path_buf(), READ_CONNECTIONS)?);
-        let (write_tx, write_rx) = mpsc::channel(options.write_queue);
+        let checkpointer = Checkpointer::spawn(path, "longlink-bus-checkpoint")
+            .map_err(|e| sqlite_unavailable("open checkpointer", &e))?;
+        let readers = ReadPool::open(path.to_path_buf(), READ_CONNECTIONS, open_reader_connection)
+            .map_err(|e| sqlite_unavailable("open reader", &e))?;
+        let readers = Arc::new(readers);
         let writer = Writer {
             conn,
             topics: Arc::clone(&topics),
         };
         let max_batch = options.max_batch;
-        let writer_thread = std::thread::Builder::new()
-            .name("longlink-bus-writer".to_owned())
-            .spawn(move || writer.run(write_rx, max_batch))
-            .map_err(|e| BusError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        let writes = WriterHandle::spawn("longlink-bus-writer", options.write_queue, move |rx| {
+            writer.run(rx, max_batch);
+        })
+        .map_err(|e| BusError::Unavailable(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             options,
             topics,
-            write_tx: Some(write_tx),
-            writer_thread: Some(writer_thread),
-            closed: AtomicBool::new(false),
+            writes,
             readers,
             checkpointer: Mutex::new(Some(checkpointer)),
             file_lock: Mutex::new(Some(file_lock)),
@@ -224,7 +217,7 @@ impl SqliteQueue {
     /// # Errors
     /// [`BusError::Unavailable`] if the writer did not finish within 30 s.
     pub async fn close(&self) -> Result<(), BusError> {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if !self.writes.mark_closed() {
             return Ok(());
         }
         let notifies: Vec<Arc<Notify>> = lock(&self.topics)
@@ -232,27 +225,7 @@ impl SqliteQueue {
             .map(|t| Arc::clone(&t.notify))
             .collect();
         notifies.iter().for_each(|n| n.notify_waiters());
-        if let Some(write_tx) = &self.write_tx {
-            let (done_tx, done_rx) = oneshot::channel();
-            match write_tx
-                .send_timeout(Command::Close(done_tx), CLOSE_WAIT)
-                .await
-            {
-                // The writer is gone already: nothing left to drain.
-                Ok(()) | Err(SendTimeoutError::Closed(_)) => {}
-                Err(SendTimeoutError::Timeout(_)) => {
-                    return Err(BusError::Unavailable(
-                        "close: write queue stayed full".to_owned(),
-                    ));
-                }
-            }
-            // A dropped `done` means the writer thread ended anyway.
-            if tokio::time::timeout(CLOSE_WAIT, done_rx).await.is_err() {
-                return Err(BusError::Unavailable(
-                    "close: writer did not drain in time".to_owned(),
-                ));
-            }
-        }
+        self.writes.drain(CLOSE_WAIT).await.map_err(writer_error)?;
         let checkpointer = self
             .checkpointer
             .lock()
@@ -273,39 +246,23 @@ impl SqliteQueue {
     }
 
     fn check_open(&self) -> Result<(), BusError> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(closed_error())
-        } else {
-            Ok(())
-        }
+        self.writes.check_open().map_err(writer_error)
     }
 
     /// Queues a write op, waiting at most [`WRITE_QUEUE_WAIT`] for room.
     async fn submit(&self, op: WriteOp) -> Result<(), BusError> {
-        self.check_open()?;
-        let write_tx = self.write_tx.as_ref().ok_or_else(closed_error)?;
-        match write_tx
-            .send_timeout(Command::Write(op), WRITE_QUEUE_WAIT)
+        self.writes
+            .submit(op, WRITE_QUEUE_WAIT)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
-                Err(BusError::Unavailable("write queue full".to_owned()))
-            }
-            Err(SendTimeoutError::Closed(_)) => Err(self.stopped_error()),
-        }
+            .map_err(writer_error)
     }
 
     /// Waits for the writer's answer, at most [`WRITE_REPLY_WAIT`].
     async fn await_reply(&self, reply_rx: Reply) -> Result<(), BusError> {
-        match tokio::time::timeout(WRITE_REPLY_WAIT, reply_rx).await {
-            Ok(Ok(result)) => result,
-            // Dropped unanswered: the writer stopped before it took the request.
-            Ok(Err(_)) => Err(self.stopped_error()),
-            Err(_) => Err(BusError::Unavailable(
-                "commit did not complete in time, outcome unknown".to_owned(),
-            )),
-        }
+        self.writes
+            .await_reply(reply_rx, WRITE_REPLY_WAIT)
+            .await
+            .map_err(writer_error)?
     }
 
     /// Queues `op` built around a fresh reply channel and waits for its commit.
@@ -313,14 +270,6 @@ impl SqliteQueue {
         let (reply, reply_rx) = oneshot::channel();
         self.submit(op(reply)).await?;
         self.await_reply(reply_rx).await
-    }
-
-    fn stopped_error(&self) -> BusError {
-        if self.closed.load(Ordering::Acquire) {
-            closed_error()
-        } else {
-            BusError::Unavailable("bus writer stopped".to_owned())
-        }
     }
 
     /// Writes the in-memory dead flag (and attempts) of `ids` of `topic` to disk.
@@ -359,22 +308,13 @@ impl SqliteQueue {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         self.check_open()?;
-        let pool = Arc::clone(&self.readers);
-        let run = async move {
-            let permit = Arc::clone(&pool.permits)
-                .acquire_owned()
-                .await
-                .map_err(|_| closed_error())?;
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                pool.run(query)
+        Arc::clone(&self.readers)
+            .read(READ_WAIT, query)
+            .await
+            .map_err(|e| match e {
+                ReadError::Closed => closed_error(),
+                other => BusError::Unavailable(other.to_string()),
             })
-            .await
-            .map_err(|e| BusError::Unavailable(format!("read task failed: {e}")))?
-        };
-        tokio::time::timeout(READ_WAIT, run)
-            .await
-            .map_err(|_| BusError::Unavailable("read timed out".to_owned()))?
     }
 
     /// The messages of `ids` ((id, attempt)), in that order. Ids whose row is gone (acked
@@ -419,14 +359,8 @@ impl SqliteQueue {
 
 impl Drop for SqliteQueue {
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
-        // Dropping the only sender ends the writer's loop once the queue is drained.
-        drop(self.write_tx.take());
-        if let Some(handle) = self.writer_thread.take()
-            && handle.join().is_err()
-        {
-            error!("bus writer thread panicked");
-        }
+        // Ends the writer's loop once the queue is drained, and joins it.
+        self.writes.stop();
         let checkpointer = self
             .checkpointer
             .get_mut()
@@ -711,6 +645,15 @@ impl TopicQueue for SqliteQueue {
 
 fn closed_error() -> BusError {
     BusError::Unavailable("bus closed".to_owned())
+}
+
+/// The bus's error for a writer queue error: all are `Unavailable`.
+fn writer_error(e: WriterError) -> BusError {
+    match e {
+        WriterError::Closed => closed_error(),
+        WriterError::WriterStopped => BusError::Unavailable("bus writer stopped".to_owned()),
+        other => BusError::Unavailable(other.to_string()),
+    }
 }
 
 fn check_topic(topic: &str) -> Result<(), BusError> {
@@ -1045,15 +988,6 @@ fn read_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<BusMessage> {
     })
 }
 
-/// A u64 kept as its i64 bit pattern (SQLite integers are signed).
-fn bits_from_u64(value: u64) -> i64 {
-    i64::from_ne_bytes(value.to_ne_bytes())
-}
-
-fn u64_from_bits(value: i64) -> u64 {
-    u64::from_ne_bytes(value.to_ne_bytes())
-}
-
 fn sqlite_unavailable(what: &str, e: &rusqlite::Error) -> BusError {
     BusError::Unavailable(format!("sqlite {what}: {e}"))
 }
@@ -1092,171 +1026,30 @@ fn load_topics(conn: &Connection) -> rusqlite::Result<Topics> {
 fn lock_file(path: &Path) -> Result<File, BusError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
-    let lock_path = PathBuf::from(name);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| BusError::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(BusError::Unavailable(format!(
+    longlink_sqlite::lock_exclusive(&PathBuf::from(name)).map_err(|e| match e {
+        LockError::InUse { .. } => BusError::Unavailable(format!(
             "{} is in use by another open queue",
             path.display()
-        ))),
-        Err(TryLockError::Error(e)) => Err(BusError::Unavailable(format!(
-            "cannot lock {}: {e}",
-            lock_path.display()
-        ))),
-    }
+        )),
+        other => BusError::Unavailable(other.to_string()),
+    })
 }
 
-/// Opens the write connection: WAL, `synchronous=FULL`, schema created or checked.
+/// Opens the write connection ([`longlink_sqlite::open_writer`]: WAL, `synchronous=FULL`,
+/// checkpoints off the commit path, so none stalls a publish waiting on its commit); schema
+/// created or checked.
 fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let mut conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "journal_mode is {mode}, WAL is required"
-        )));
-    }
-    // FULL: the WAL is fsync'd at every commit, so a returned commit survives power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
-    if synchronous != 2 {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "synchronous is {synchronous}, FULL (2) is required"
-        )));
-    }
-    // Checkpoints run on their own thread, never inside a commit (a checkpoint fsyncs the
-    // database file and would stall every publish waiting on that commit).
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    let mut conn = longlink_sqlite::open_writer(path)?;
     conn.set_prepared_statement_cache_capacity(16);
-
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    match version {
-        0 => {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA_SQL)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-        }
-        SCHEMA_VERSION => {}
-        newer => {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "schema version {newer} is not this build's {SCHEMA_VERSION}"
-            )));
-        }
-    }
+    longlink_sqlite::ensure_schema(&mut conn, SCHEMA_VERSION, SCHEMA_SQL)?;
     Ok(conn)
 }
 
+/// Opens a connection of the read pool ([`longlink_sqlite::open_read_only`]).
 fn open_reader_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let conn = longlink_sqlite::open_read_only(path)?;
     conn.set_prepared_statement_cache_capacity(4);
     Ok(conn)
-}
-
-/// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` every
-/// [`CHECKPOINT_EVERY`]. PASSIVE never waits for the writer or readers.
-struct Checkpointer {
-    stop_tx: std::sync::mpsc::SyncSender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn spawn(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("longlink-bus-checkpoint".to_owned())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(err) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        warn!(error = %err, "bus wal checkpoint failed; retrying");
-                    }
-                }
-            })
-            .map_err(|e| {
-                rusqlite::Error::InvalidParameterName(format!("checkpoint thread: {e}"))
-            })?;
-        Ok(Self { stop_tx, thread })
-    }
-
-    fn stop(self) {
-        let _ = self.stop_tx.try_send(());
-        if self.thread.join().is_err() {
-            error!("bus checkpoint thread panicked");
-        }
-    }
-}
-
-/// Read-only connections, at most `permits` in use at once.
-struct ReadPool {
-    path: PathBuf,
-    permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl ReadPool {
-    fn open(path: PathBuf, size: usize) -> Result<Self, BusError> {
-        let idle = (0..size)
-            .map(|_| open_reader_connection(&path))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| sqlite_unavailable("open reader", &e))?;
-        Ok(Self {
-            path,
-            permits: Arc::new(Semaphore::new(size)),
-            idle: Mutex::new(idle),
-        })
-    }
-
-    /// Refuses further reads and closes the idle connections.
-    fn close(&self) {
-        self.permits.close();
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    /// Runs `query` on an idle connection (blocking), opening one if none is idle.
-    fn run<T>(
-        &self,
-        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, BusError> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => open_reader_connection(&self.path)
-                .map_err(|e| sqlite_unavailable("open reader", &e))?,
-        };
-        let result = query(&conn);
-        if !self.permits.is_closed() {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
-        }
-        result.map_err(|e| sqlite_unavailable("read", &e))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1265,11 +1058,7 @@ impl ReadPool {
 type ReplyTx = oneshot::Sender<Result<(), BusError>>;
 type Reply = oneshot::Receiver<Result<(), BusError>>;
 
-enum Command {
-    Write(WriteOp),
-    /// Commit what came before, refuse what comes after, close the connection, then signal.
-    Close(oneshot::Sender<()>),
-}
+type Command = longlink_sqlite::Command<WriteOp>;
 
 /// A queued write, answered only after its transaction committed.
 enum WriteOp {
@@ -1308,50 +1097,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
-        let mut close_done = None;
-        let mut batch = Vec::new();
-        // `None` once every sender is dropped and the queue is empty (queue dropped).
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Write(op) => batch.push(op),
-                    Command::Close(done) => {
-                        close_done = Some(done);
-                        break;
-                    }
-                }
-                if batch.len() < max_batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.commit_batch(std::mem::take(&mut batch));
-            }
-            if close_done.is_some() {
-                break;
-            }
-        }
-        // Anything queued after a close is refused; nothing of it was written.
-        rx.close();
-        let mut refused = Vec::new();
-        while let Ok(command) = rx.try_recv() {
-            match command {
-                Command::Write(op) => refused.push(op),
-                Command::Close(done) => {
-                    let _ = done.send(());
-                }
-            }
-        }
-        self.release_publishes(&refused);
-        refused
+    /// The writer thread: group commit until a close or the queue's drop
+    /// ([`longlink_sqlite::run_group_commit`]), then refuses what came after (releasing the
+    /// backlog of refused publishes), closes the connection and signals the close.
+    fn run(mut self, rx: mpsc::Receiver<Command>, max_batch: usize) {
+        let stopped =
+            longlink_sqlite::run_group_commit(rx, max_batch, |batch| self.commit_batch(batch));
+        self.release_publishes(&stopped.refused);
+        stopped
+            .refused
             .into_iter()
             .for_each(|op| op.reply(Err(closed_error())));
         if let Err((_, e)) = self.conn.close() {
             warn!(error = %e, "bus database close failed");
         }
-        if let Some(done) = close_done {
+        if let Some(done) = stopped.close_done {
             let _ = done.send(());
         }
     }
