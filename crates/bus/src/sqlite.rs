@@ -1096,24 +1096,31 @@ struct Writer {
     topics: Arc<Mutex<Topics>>,
 }
 
-impl Writer {
-    /// The writer thread: group commit until a close or the queue's drop
-    /// ([`longlink_sqlite::run_group_commit`]), then refuses what came after (releasing the
-    /// backlog of refused publishes), closes the connection and signals the close.
-    fn run(mut self, rx: mpsc::Receiver<Command>, max_batch: usize) {
-        let stopped =
-            longlink_sqlite::run_group_commit(rx, max_batch, |batch| self.commit_batch(batch));
-        self.release_publishes(&stopped.refused);
-        stopped
-            .refused
+impl longlink_sqlite::BatchWriter for Writer {
+    type Op = WriteOp;
+
+    fn commit(&mut self, batch: Vec<WriteOp>) {
+        self.commit_batch(batch);
+    }
+
+    /// Queued after a close: "bus closed", nothing of them was written; the backlog
+    /// reservations of refused publishes are released.
+    fn refuse(&mut self, refused: Vec<WriteOp>) {
+        self.release_publishes(&refused);
+        refused
             .into_iter()
             .for_each(|op| op.reply(Err(closed_error())));
-        if let Err((_, e)) = self.conn.close() {
-            warn!(error = %e, "bus database close failed");
-        }
-        if let Some(done) = stopped.close_done {
-            let _ = done.send(());
-        }
+    }
+
+    fn into_connection(self) -> Connection {
+        self.conn
+    }
+}
+
+impl Writer {
+    /// The writer thread ([`longlink_sqlite::run_writer`]).
+    fn run(self, rx: mpsc::Receiver<Command>, max_batch: usize) {
+        longlink_sqlite::run_writer(self, rx, max_batch);
     }
 
     /// Applies `batch` in one transaction; answers every op after the commit, or every op

@@ -24,7 +24,7 @@
 //!   ([`BUSY_TIMEOUT`], [`JOURNAL_SIZE_LIMIT`]).
 //! - [`Checkpointer`]: the checkpoint thread ([`CHECKPOINT_EVERY`]).
 //! - [`ReadPool`]: read-only connections used from async code ([`OpenReader`], [`ReadError`]).
-//! - [`WriterHandle`], [`Command`], [`run_group_commit`], [`Stopped`]: the bounded queue to
+//! - [`WriterHandle`], [`Command`], [`run_writer`], [`BatchWriter`]: the bounded queue to
 //!   the writer thread, its group-commit loop and the close protocol ([`WriterError`]).
 //! - [`lock_exclusive`]: the lock file that keeps a second process off a database
 //!   ([`LockError`]).
@@ -42,7 +42,7 @@ pub use connection::{
 };
 pub use lock::{LockError, lock_exclusive};
 pub use read_pool::{OpenReader, ReadError, ReadPool};
-pub use writer::{Command, Stopped, WriterError, WriterHandle, run_group_commit};
+pub use writer::{BatchWriter, Command, WriterError, WriterHandle, run_writer};
 
 /// A u64 (an opaque id, a timestamp) as the i64 with the same bits, to store it in an
 /// SQLite integer (which is signed): values above `i64::MAX` become negative. The inverse

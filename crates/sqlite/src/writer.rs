@@ -1,20 +1,21 @@
-//! The group-commit writer thread: its queue ([`WriterHandle`]), its loop
-//! ([`run_group_commit`]) and the close protocol ([`Command::Close`], [`Stopped`]).
+//! The group-commit writer thread: its queue ([`WriterHandle`]), its loop ([`run_writer`])
+//! and the close protocol ([`Command::Close`]).
 //!
 //! One thread owns the only write connection. Callers queue requests on a bounded channel;
 //! the thread blocks for a first one, drains what else is queued (up to `max_batch`),
 //! applies all of it in one transaction, commits (one fsync) and only then answers each
 //! request. What a request is, how a batch is applied and how it is answered is the
-//! backend's; this module has the queue, the loop and the close.
+//! backend's ([`BatchWriter`]); this module has the queue, the loop and the close.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rusqlite::Connection;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot};
-use tracing::error;
+use tracing::{error, warn};
 
 /// A message to the writer thread.
 #[derive(Debug)]
@@ -26,29 +27,69 @@ pub enum Command<Op> {
     Close(oneshot::Sender<()>),
 }
 
-/// What [`run_group_commit`] hands back once it has stopped taking requests.
-#[derive(Debug)]
-pub struct Stopped<Op> {
-    /// Requests queued after a close, in queue order. None of them was applied; the caller
-    /// refuses them.
-    pub refused: Vec<Op>,
-    /// The close that stopped the loop; `None` if every sender was dropped. The caller
-    /// signals it once its connection is closed.
-    pub close_done: Option<oneshot::Sender<()>>,
+/// A backend's side of the writer thread, driven by [`run_writer`].
+pub trait BatchWriter {
+    /// A queued request, carrying its reply channel (if anyone waits for it).
+    type Op;
+
+    /// Applies `batch` (in queue order, never empty) in one transaction and answers every
+    /// request of it: after the commit, or all of them with an error if the transaction
+    /// failed and was rolled back.
+    fn commit(&mut self, batch: Vec<Self::Op>);
+
+    /// Answers the requests queued after a close (in queue order). None of them was
+    /// applied.
+    fn refuse(&mut self, refused: Vec<Self::Op>);
+
+    /// Gives up the write connection, which [`run_writer`] then closes.
+    fn into_connection(self) -> Connection;
 }
 
-/// The writer thread's loop: blocks for a first command, takes what else is queued without
-/// waiting until the batch holds `max_batch` requests, hands the batch to `commit`, and
-/// again, until a [`Command::Close`] arrives (the requests before it are committed, in
-/// batches as usual) or every sender is dropped and the queue is empty.
+/// The body of a writer thread: group commit with `writer` until a [`Command::Close`]
+/// arrives (the requests before it are committed, in batches as usual) or every sender is
+/// dropped and the queue is empty (the owner was dropped: everything queued is committed).
+/// Then it refuses the requests queued after the close ([`BatchWriter::refuse`]), closes the
+/// connection, and only then signals the close, so a `close` that returns has released the
+/// database file.
 ///
-/// Then it closes the queue (further sends fail) and returns what was left in it: the
-/// requests in [`Stopped::refused`]; any further `Close` is signalled at once (the first
-/// close is doing the work).
-///
-/// `commit` gets each batch in queue order, never empty. It must answer every request of it
-/// (committed, or failed as a whole).
-pub fn run_group_commit<Op>(
+/// Each batch holds the requests queued by the time the writer takes the first one, up to
+/// `max_batch`.
+pub fn run_writer<W: BatchWriter>(
+    mut writer: W,
+    rx: mpsc::Receiver<Command<W::Op>>,
+    max_batch: usize,
+) {
+    let stopped = run_group_commit(rx, max_batch, |batch| writer.commit(batch));
+    writer.refuse(stopped.refused);
+    if let Err((_, e)) = writer.into_connection().close() {
+        let thread = std::thread::current();
+        warn!(
+            thread = thread.name().unwrap_or("writer"),
+            error = %e,
+            "database close failed"
+        );
+    }
+    if let Some(done) = stopped.close_done {
+        let _ = done.send(());
+    }
+}
+
+/// What [`run_group_commit`] hands back once it has stopped taking requests.
+#[derive(Debug)]
+struct Stopped<Op> {
+    /// Requests queued after a close, in queue order. None of them was applied.
+    refused: Vec<Op>,
+    /// The close that stopped the loop; `None` if every sender was dropped. Signalled once
+    /// the connection is closed.
+    close_done: Option<oneshot::Sender<()>>,
+}
+
+/// The loop of [`run_writer`]: blocks for a first command, takes what else is queued
+/// without waiting until the batch holds `max_batch` requests, hands the batch to `commit`,
+/// and again, until a close or the last sender's drop. Then it closes the queue (further
+/// sends fail) and returns what was left in it; any further `Close` is signalled at once
+/// (the first close is doing the work).
+fn run_group_commit<Op>(
     mut rx: mpsc::Receiver<Command<Op>>,
     max_batch: usize,
     mut commit: impl FnMut(Vec<Op>),
@@ -317,7 +358,7 @@ mod tests {
             }
         }
 
-        fn commit(&mut self, batch: Vec<Insert>) {
+        fn commit_batch(&mut self, batch: Vec<Insert>) {
             let values: Vec<i64> = batch.iter().map(|op| op.value).collect();
             let number = {
                 let mut batches = self.batches.lock().expect("batches");
@@ -340,17 +381,23 @@ mod tests {
                 });
             }
         }
+    }
 
-        /// What a backend's writer thread does: the loop, then refuse, close, signal.
-        fn run(mut self, rx: mpsc::Receiver<Command<Insert>>, max_batch: usize) {
-            let stopped = run_group_commit(rx, max_batch, |batch| self.commit(batch));
-            for op in stopped.refused {
+    impl BatchWriter for TestWriter {
+        type Op = Insert;
+
+        fn commit(&mut self, batch: Vec<Insert>) {
+            self.commit_batch(batch);
+        }
+
+        fn refuse(&mut self, refused: Vec<Insert>) {
+            for op in refused {
                 let _ = op.reply.send(Err("closed".to_owned()));
             }
-            drop(self.conn);
-            if let Some(done) = stopped.close_done {
-                let _ = done.send(());
-            }
+        }
+
+        fn into_connection(self) -> Connection {
+            self.conn
         }
     }
 
@@ -424,7 +471,7 @@ mod tests {
             replies.push(reply);
         }
         drop(tx);
-        writer.run(rx, 512);
+        run_writer(writer, rx, 512);
         for reply in replies {
             assert_eq!(reply.blocking_recv().expect("answered"), Ok(1));
         }
@@ -439,7 +486,8 @@ mod tests {
         let writer = TestWriter::new(&path);
         let batches = Arc::clone(&writer.batches);
         let handle = Arc::new(
-            WriterHandle::spawn("test-writer", 64, move |rx| writer.run(rx, 512)).expect("spawn"),
+            WriterHandle::spawn("test-writer", 64, move |rx| run_writer(writer, rx, 512))
+                .expect("spawn"),
         );
         let mut tasks = tokio::task::JoinSet::new();
         for v in 1..=50 {
@@ -469,6 +517,14 @@ mod tests {
         let (late, _late_reply) = insert(51);
         assert_eq!(handle.submit(late, WAIT).await, Err(WriterError::Closed));
         handle.drain(WAIT).await.expect("drained");
+        // The close is signalled after the connection is closed: the last connection's close
+        // checkpointed and removed the WAL file.
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        assert!(
+            !std::path::Path::new(&wal).exists(),
+            "connection still open"
+        );
         handle
             .drain(WAIT)
             .await
@@ -563,7 +619,7 @@ mod tests {
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let mut handle = WriterHandle::spawn("test-writer", 64, move |rx| {
             let _ = go_rx.recv();
-            writer.run(rx, 512);
+            run_writer(writer, rx, 512);
         })
         .expect("spawn");
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -689,22 +689,29 @@ struct Writer {
     counters: Arc<WriterCounters>,
 }
 
-impl Writer {
-    /// The writer thread: group commit until a close or the store's drop
-    /// ([`longlink_sqlite::run_group_commit`]), then refuses what came after, closes the
-    /// connection and signals the close.
-    fn run(mut self, rx: mpsc::Receiver<Command>, max_batch: usize) {
-        let stopped =
-            longlink_sqlite::run_group_commit(rx, max_batch, |batch| self.commit_batch(batch));
-        for op in stopped.refused {
+impl longlink_sqlite::BatchWriter for Writer {
+    type Op = WriteOp;
+
+    fn commit(&mut self, batch: Vec<WriteOp>) {
+        self.commit_batch(batch);
+    }
+
+    /// Queued after a close: `Closed`, nothing of them was written.
+    fn refuse(&mut self, refused: Vec<WriteOp>) {
+        for op in refused {
             op.reply_error(StoreError::Closed);
         }
-        if let Err((_, e)) = self.conn.close() {
-            warn!(error = %e, "store close failed");
-        }
-        if let Some(done) = stopped.close_done {
-            let _ = done.send(());
-        }
+    }
+
+    fn into_connection(self) -> Connection {
+        self.conn
+    }
+}
+
+impl Writer {
+    /// The writer thread ([`longlink_sqlite::run_writer`]).
+    fn run(self, rx: mpsc::Receiver<Command>, max_batch: usize) {
+        longlink_sqlite::run_writer(self, rx, max_batch);
     }
 
     /// Applies `batch` in one transaction; answers every op after the commit, or every op with
