@@ -75,19 +75,16 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::{ensure_schema, open_writer};
+    use crate::test_support::{new_database, query_i64};
 
     #[test]
     fn commits_reach_the_database_file_and_stop_joins() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("ck.sqlite3");
-        let mut writer = open_writer(&path).expect("open");
-        ensure_schema(
-            &mut writer,
-            1,
+        let (path, writer) = new_database(
+            &dir,
+            "ck.sqlite3",
             "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL) STRICT;",
-        )
-        .expect("schema");
+        );
         let checkpointer = Checkpointer::spawn(&path, "test-checkpoint").expect("spawn");
         let before = std::fs::metadata(&path).expect("db file").len();
         for i in 0..200 {
@@ -111,10 +108,7 @@ mod tests {
         writer
             .execute("INSERT INTO t (v) VALUES (x'00')", [])
             .expect("insert");
-        let rows: i64 = writer
-            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
-            .expect("count");
-        assert_eq!(rows, 201);
+        assert_eq!(query_i64(&writer, "SELECT COUNT(*) FROM t"), 201);
     }
 
     #[test]

@@ -102,6 +102,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::test_support::query_i64;
 
     const SCHEMA: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL) STRICT;";
 
@@ -110,8 +111,7 @@ mod tests {
     }
 
     fn pragma_i64(conn: &Connection, name: &str) -> i64 {
-        conn.pragma_query_value(None, name, |row| row.get(0))
-            .expect("pragma")
+        query_i64(conn, &format!("PRAGMA {name}"))
     }
 
     #[test]
@@ -159,10 +159,7 @@ mod tests {
         drop(conn);
         let mut conn = open_writer(&db(&dir)).expect("reopen");
         ensure_schema(&mut conn, 3, SCHEMA).expect("reopen, same version");
-        let rows: i64 = conn
-            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
-            .expect("count");
-        assert_eq!(rows, 1);
+        assert_eq!(query_i64(&conn, "SELECT COUNT(*) FROM t"), 1);
     }
 
     #[test]
@@ -188,10 +185,11 @@ mod tests {
         let broken = "CREATE TABLE a (x INTEGER) STRICT; CREATE TABLE oops (";
         assert!(ensure_schema(&mut conn, 1, broken).is_err());
         assert_eq!(pragma_i64(&conn, "user_version"), 0);
-        let tables: i64 = conn
-            .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0))
-            .expect("count");
-        assert_eq!(tables, 0, "the first statement was rolled back");
+        assert_eq!(
+            query_i64(&conn, "SELECT COUNT(*) FROM sqlite_schema"),
+            0,
+            "the first statement was rolled back"
+        );
         ensure_schema(&mut conn, 1, SCHEMA).expect("a good schema afterwards");
     }
 

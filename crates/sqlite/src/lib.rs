@@ -34,6 +34,8 @@ mod checkpoint;
 mod connection;
 mod lock;
 mod read_pool;
+#[cfg(test)]
+mod test_support;
 mod writer;
 
 pub use checkpoint::{CHECKPOINT_EVERY, Checkpointer};

@@ -135,21 +135,18 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::{ensure_schema, open_read_only, open_writer};
+    use crate::open_read_only;
+    use crate::test_support::new_database;
 
     const WAIT: Duration = Duration::from_secs(10);
 
     /// A database with table `t` holding 1, 2, 3, and its writer.
     fn database(dir: &TempDir) -> (PathBuf, Connection) {
-        let path = dir.path().join("read.sqlite3");
-        let mut writer = open_writer(&path).expect("open");
-        ensure_schema(
-            &mut writer,
-            1,
+        new_database(
+            dir,
+            "read.sqlite3",
             "CREATE TABLE t (v INTEGER NOT NULL) STRICT; INSERT INTO t VALUES (1), (2), (3);",
         )
-        .expect("schema");
-        (path, writer)
     }
 
     fn idle(pool: &ReadPool) -> usize {

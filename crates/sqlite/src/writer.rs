@@ -321,7 +321,7 @@ mod tests {
     use rusqlite::{Connection, TransactionBehavior};
 
     use super::*;
-    use crate::{ensure_schema, open_writer};
+    use crate::test_support::{new_database, query_i64};
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -344,18 +344,18 @@ mod tests {
     }
 
     impl TestWriter {
-        fn new(path: &std::path::Path) -> Self {
-            let mut conn = open_writer(path).expect("open");
-            ensure_schema(
-                &mut conn,
-                1,
+        /// A writer on a new database in `dir`, and the database's path.
+        fn new(dir: &tempfile::TempDir) -> (std::path::PathBuf, Self) {
+            let (path, conn) = new_database(
+                dir,
+                "w.sqlite3",
                 "CREATE TABLE t (v INTEGER NOT NULL CHECK (v != 666)) STRICT;",
-            )
-            .expect("schema");
-            Self {
+            );
+            let writer = Self {
                 conn,
                 batches: Arc::default(),
-            }
+            };
+            (path, writer)
         }
 
         fn commit_batch(&mut self, batch: Vec<Insert>) {
@@ -401,24 +401,35 @@ mod tests {
         }
     }
 
+    /// Rows in `t`, read on a connection of its own.
     fn rows(path: &std::path::Path) -> i64 {
-        Connection::open(path)
-            .expect("inspect")
-            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
-            .expect("count")
+        query_i64(
+            &Connection::open(path).expect("inspect"),
+            "SELECT COUNT(*) FROM t",
+        )
+    }
+
+    /// Queues an insert of each of `values` on `tx` (which has room); their replies.
+    fn queue_inserts(
+        tx: &mpsc::Sender<Command<Insert>>,
+        values: impl IntoIterator<Item = i64>,
+    ) -> Vec<oneshot::Receiver<Result<usize, String>>> {
+        values
+            .into_iter()
+            .map(|v| {
+                let (op, reply) = insert(v);
+                tx.try_send(Command::Write(op))
+                    .map_err(|_| "queue")
+                    .expect("queue");
+                reply
+            })
+            .collect()
     }
 
     #[test]
     fn the_loop_batches_up_to_max_batch_and_stops_at_a_close() {
         let (tx, rx) = mpsc::channel(16);
-        let mut replies = Vec::new();
-        for v in 1..=5 {
-            let (op, reply) = insert(v);
-            tx.try_send(Command::Write(op))
-                .map_err(|_| "queue")
-                .expect("queue");
-            replies.push(reply);
-        }
+        let replies = queue_inserts(&tx, 1..=5);
         let (done_tx, mut done_rx) = oneshot::channel();
         let (late, _late_reply) = insert(6);
         let (second_close, second_done) = oneshot::channel();
@@ -458,18 +469,10 @@ mod tests {
     #[test]
     fn the_loop_drains_the_queue_when_every_sender_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("w.sqlite3");
-        let writer = TestWriter::new(&path);
+        let (path, writer) = TestWriter::new(&dir);
         let batches = Arc::clone(&writer.batches);
         let (tx, rx) = mpsc::channel(16);
-        let mut replies = Vec::new();
-        for v in 1..=3 {
-            let (op, reply) = insert(v);
-            tx.try_send(Command::Write(op))
-                .map_err(|_| "queue")
-                .expect("queue");
-            replies.push(reply);
-        }
+        let replies = queue_inserts(&tx, 1..=3);
         drop(tx);
         run_writer(writer, rx, 512);
         for reply in replies {
@@ -482,8 +485,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_commit_close_drains_and_later_requests_are_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("w.sqlite3");
-        let writer = TestWriter::new(&path);
+        let (path, writer) = TestWriter::new(&dir);
         let batches = Arc::clone(&writer.batches);
         let handle = Arc::new(
             WriterHandle::spawn("test-writer", 64, move |rx| run_writer(writer, rx, 512))
@@ -614,8 +616,7 @@ mod tests {
     #[test]
     fn stop_commits_what_is_queued_and_joins() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("w.sqlite3");
-        let writer = TestWriter::new(&path);
+        let (path, writer) = TestWriter::new(&dir);
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let mut handle = WriterHandle::spawn("test-writer", 64, move |rx| {
             let _ = go_rx.recv();
