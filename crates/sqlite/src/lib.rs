@@ -12,12 +12,12 @@
 //! go on otherwise.
 //!
 //! Why checkpoints run off the commit path: a checkpoint copies the WAL into the database
-//! file and fsyncs it. Inside a commit (SQLite's default auto-checkpoint) it stalled every
-//! commit waiting on it: measured in the c2c bench at 1,000 msg/s, every ACK was held up by
-//! 10–26 ms every ~1.6 s, and the ACK p99 was 24–55 ms; with `wal_autocheckpoint=0` on the
-//! writer and a [`Checkpointer`] thread running `PRAGMA wal_checkpoint(PASSIVE)` every second
-//! on its own connection it fell to 12 ms, with no change of the store's append throughput
-//! (`crates/store/README.md`, "Measured").
+//! file and fsyncs it. Inside a commit (SQLite's default auto-checkpoint) it holds up that
+//! commit and every caller waiting on it: measured in the c2c bench at 1,000 msg/s, every ACK
+//! was held up by 10–26 ms every ~1.6 s, and the ACK p99 was 24–55 ms; with
+//! `wal_autocheckpoint=0` on the writer and a [`Checkpointer`] thread running
+//! `PRAGMA wal_checkpoint(PASSIVE)` every second on its own connection it fell to 12 ms, with
+//! no change of the store's append throughput (`crates/store/README.md`, "Measured").
 //!
 //! The pieces:
 //! - [`open_writer`], [`ensure_schema`], [`open_read_only`]: opening connections

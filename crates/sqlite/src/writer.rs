@@ -178,8 +178,8 @@ pub struct WriterHandle<Op> {
 
 impl<Op: Send + 'static> WriterHandle<Op> {
     /// Creates a queue of `capacity` commands and starts the writer thread, named
-    /// `thread_name`, running `run` on the queue's receiving end (normally a loop around
-    /// [`run_group_commit`]).
+    /// `thread_name`, running `run` on the queue's receiving end (normally calling
+    /// [`run_writer`]).
     ///
     /// # Errors
     /// The thread could not be started.
