@@ -1142,12 +1142,21 @@ pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: Mes
     }
     assert!(pull_all(&store, &carol, "phone", 50).await.is_empty());
     // Each recipient acks for itself; the other still has it.
-    let ack = store.ack(&alice, "phone", &[outcome.msgid]).await.expect("ack");
+    let ack = store
+        .ack(&alice, "phone", &[outcome.msgid])
+        .await
+        .expect("ack");
     assert_eq!(ack.acked, 1);
     assert!(pull_all(&store, &alice, "phone", 50).await.is_empty());
-    assert_eq!(pull_all(&store, &bob, "phone", 50).await, vec![outcome.msgid]);
+    assert_eq!(
+        pull_all(&store, &bob, "phone", 50).await,
+        vec![outcome.msgid]
+    );
     // Carol is not a recipient: her ack finds nothing.
-    let ack = store.ack(&carol, "phone", &[outcome.msgid]).await.expect("ack");
+    let ack = store
+        .ack(&carol, "phone", &[outcome.msgid])
+        .await
+        .expect("ack");
     assert_eq!(ack.not_found, vec![outcome.msgid]);
 
     // Online-only: a record with a fresh, larger msgid and no inbox rows.
@@ -1167,7 +1176,10 @@ pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: Mes
         .await
         .expect("append_s2c");
     assert!(online_only.msgid > outcome.msgid);
-    assert_eq!(pull_all(&store, &bob, "phone", 50).await, vec![outcome.msgid]);
+    assert_eq!(
+        pull_all(&store, &bob, "phone", 50).await,
+        vec![outcome.msgid]
+    );
 
     let bad = store
         .append_s2c(crate::NewS2c {
@@ -1180,5 +1192,8 @@ pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: Mes
             recipients: vec![String::new()],
         })
         .await;
-    assert!(matches!(bad, Err(StoreError::InvalidArgument(_))), "{bad:?}");
+    assert!(
+        matches!(bad, Err(StoreError::InvalidArgument(_))),
+        "{bad:?}"
+    );
 }
