@@ -395,13 +395,22 @@ fn content_text(content: &Content) -> String {
         }
         Content::Unknown {
             content_type,
+            msgtype,
             bytes,
-            ..
         } => {
-            format!(
-                "(unsupported content type {content_type}, {} bytes)",
-                bytes.len()
-            )
+            // TEXT/RICH with a business msgtype (typical of s2c pushes) is still text.
+            let texty = [
+                longlink_sdk::ContentType::Text as i32,
+                longlink_sdk::ContentType::Rich as i32,
+            ]
+            .contains(content_type);
+            match std::str::from_utf8(bytes) {
+                Ok(text) if texty => format!("[msgtype {msgtype}] {text}"),
+                _ => format!(
+                    "(unsupported content type {content_type}, {} bytes)",
+                    bytes.len()
+                ),
+            }
         }
     }
 }
