@@ -268,8 +268,19 @@ impl Retained {
     }
 }
 
+/// Most (push, recipient) pairs held for a login at once; beyond, an offline target of an
+/// online-only push expires at once (memory stays bounded whatever TTLs callers choose).
+pub(crate) const MAX_WAITING: usize = 1_000_000;
+
+/// A push and the index of one of its recipients.
+type Held = (Arc<PushRecord>, usize);
+
 /// Online-only pushes waiting for targets to log in, by (appcode, uid).
-type Waiting = HashMap<(u32, String), Vec<(Arc<PushRecord>, usize)>>;
+#[derive(Debug, Default)]
+struct Waiting {
+    by_user: HashMap<(u32, String), Vec<Held>>,
+    len: usize,
+}
 
 struct EngineInner {
     apps: Arc<Apps>,
@@ -323,7 +334,7 @@ impl PushEngine {
                 queues: Mutex::new(HashMap::new()),
                 retained: Mutex::new(Retained::default()),
                 totals: Mutex::new(HashMap::new()),
-                waiting: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(Waiting::default()),
             }),
         }
     }
@@ -656,13 +667,20 @@ impl PushEngine {
             return;
         }
         let key = (record.appcode, record.recipients[index].uid.clone());
-        self.inner
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .push((record.clone(), index));
+        {
+            let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.len >= MAX_WAITING {
+                drop(waiting);
+                record.mark(index, EXPIRED);
+                return;
+            }
+            waiting.len += 1;
+            waiting
+                .by_user
+                .entry(key.clone())
+                .or_default()
+                .push((record.clone(), index));
+        }
         // The user may have logged in between the lookup and the line above; a login after
         // it finds the entry (session_ready), one before it is caught here.
         if let Ok(sessions) = self.inner.presence.sessions(key.0, &key.1).await
@@ -675,14 +693,15 @@ impl PushEngine {
         }
     }
 
-    fn take_waiting(&self, key: &(u32, String), push_id: u64) -> Option<(Arc<PushRecord>, usize)> {
+    fn take_waiting(&self, key: &(u32, String), push_id: u64) -> Option<Held> {
         let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let list = waiting.get_mut(key)?;
+        let list = waiting.by_user.get_mut(key)?;
         let position = list.iter().position(|(r, _)| r.id == push_id)?;
         let taken = list.swap_remove(position);
         if list.is_empty() {
-            waiting.remove(key);
+            waiting.by_user.remove(key);
         }
+        waiting.len -= 1;
         Some(taken)
     }
 
@@ -711,39 +730,30 @@ impl PushEngine {
         }
     }
 
-    /// The TTL of `record` ran out: whoever still waits for it expires.
+    /// The TTL of `record` ran out: whoever still waits for it expires. Looks up only this
+    /// push's own recipients that were never queued, not the whole waiting table.
     fn expire(&self, record: &Arc<PushRecord>) {
-        let mut expired = Vec::new();
-        {
-            let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            waiting.retain(|_, list| {
-                list.retain(|(r, index)| {
-                    if r.id == record.id {
-                        expired.push(*index);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                !list.is_empty()
-            });
-        }
-        for index in expired {
-            record.mark(index, EXPIRED);
+        for (index, recipient) in record.recipients.iter().enumerate() {
+            if recipient.flags.load(Ordering::Acquire) & (QUEUED | EXPIRED | STORED) != 0 {
+                continue;
+            }
+            let key = (record.appcode, recipient.uid.clone());
+            if self.take_waiting(&key, record.id).is_some() {
+                record.mark(index, EXPIRED);
+            }
         }
     }
 
     /// A session logged in: online-only pushes waiting for its user are delivered now.
     pub(crate) async fn session_ready(&self, session: &SessionInfo) {
         let key = (session.appcode, session.uid.clone());
-        let Some(list) = self
-            .inner
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        else {
-            return;
+        let list = {
+            let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(list) = waiting.by_user.remove(&key) else {
+                return;
+            };
+            waiting.len -= list.len();
+            list
         };
         for (record, index) in list {
             let receipt: Arc<dyn WriteReceipt> = record.clone();
