@@ -33,6 +33,7 @@ use crate::latency::{self, Latency, round};
 use crate::plot;
 use crate::report::thousands;
 use crate::s2c::{self, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
+use crate::workers::WorkerSpec;
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
@@ -263,19 +264,21 @@ async fn measure(
     );
     println!("{}", s2c::describe_server(bench, &args.options));
     let spec = FleetSpec {
-        exe,
-        target: &bench.target,
-        secret: &bench.secret,
-        users: args.users,
-        per_worker: args.options.per_worker,
-        concurrency: args.options.login_concurrency,
-        appcode: args.appcode,
-        prefix: &prefix,
+        clients: WorkerSpec {
+            exe,
+            gate: bench.target.gate,
+            secret: &bench.secret,
+            appcode: args.appcode,
+            uid_prefix: &prefix,
+            connections: args.users,
+            per_worker: args.options.per_worker,
+            concurrency: args.options.login_concurrency,
+            login_timeout_secs: args.options.login_timeout_secs,
+            deadline,
+        },
         tag,
-        login_timeout_secs: args.options.login_timeout_secs,
         client_ack: !args.options.no_client_ack,
         pushes: args.rounds as usize,
-        deadline,
     };
     let online = s2c::go_online(bench, &spec).await?;
     let login = Login {
@@ -330,8 +333,8 @@ async fn round_run(
     r: u32,
     bar: &ProgressBar,
 ) -> anyhow::Result<RoundRun> {
-    fleet.drain();
-    let expected = args.users.saturating_sub(fleet.dropped());
+    fleet.workers.drain();
+    let expected = args.users.saturating_sub(fleet.workers.dropped());
     let window = Window::open(bench.target.pid, fleet)?;
     let t_call = fanout::unix_us();
     let content = fanout::content(tag, r, r, t_call);

@@ -4,7 +4,8 @@
 //!
 //! Why processes: one process may open 20,000 files here, and the server under test is a
 //! process of its own; a worker holds at most `--per-worker` connections (default 10,000), so
-//! none comes near the limit.
+//! none comes near the limit. Starting them, their logins and their progress are
+//! [`crate::workers`]'s; this module adds what they receive.
 //!
 //! Every push the scenarios send carries its own coordinates as text content:
 //! `llb <tag> <series> <k> <t_call_us>` — the run tag (so a message of another run is never
@@ -15,59 +16,41 @@
 //! HDR histogram per series. Workers acknowledge each MSG with MSG_ACK (type 3), as the SDK
 //! does, unless told not to.
 //!
-//! Worker protocol, one line each on the worker's stdout: `progress <ok> <failed>`,
-//! `ready <ok> <failed> <µs>`, `failure <message>`, `dropped <n>` (during the run);
-//! `got <k>:<n> …` (new deliveries per push, sent within ~1 ms of them, so the parent can pace
-//! pushes on completions); at the end `series <s> <count> <max µs> <last unix µs> <histogram>`
+//! Worker protocol, one line each on the worker's stdout: during the run the status lines of
+//! [`crate::workers`] (`progress <ok> <failed>`, `ready <ok> <failed> <µs>`,
+//! `failure <message>`, `dropped <n>`) and `got <k>:<n> …` (new deliveries per push, sent
+//! within ~1 ms of them, so the parent can pace pushes on completions); at the end `series <s> <count> <max µs> <last unix µs> <histogram>`
 //! (V2 serialized, base64), `totals <delivered> <duplicates> <foreign> <ack frames>` and `done`.
 //! The parent stops a worker by closing its stdin; a worker also stops at its own deadline.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::Stdio;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use bytes::BytesMut;
 use clap::Args;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
-use indicatif::ProgressBar;
 use longlink_proto::{Cmd, Frame, FrameCodec, FrameType, wire};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::process::{ChildStdin, Command};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::client::{self, Minter, Session, SourcePorts};
-use crate::procfs;
-use crate::server::Target;
+use crate::client::{HoldEnd, Session};
+use crate::workers::{self, LoginWorker, REPORT_INTERVAL, Tally, WorkerArgs, WorkerSpec, Workers};
 
-/// Environment variable carrying the token secret to workers (kept off their command line).
-const SECRET_ENV: &str = "LONGLINK_BENCH_TOKEN_SECRET";
 /// First word of every bench push's content.
 const MAGIC: &str = "llb";
 /// Highest latency the histograms hold (longer ones are clamped to it), µs: 10 minutes.
 pub(crate) const HIST_MAX_US: u64 = 600_000_000;
-/// How often a worker reports login progress.
-const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 /// A worker batches the deliveries of this long into one `got` line.
 const GOT_BATCH: Duration = Duration::from_millis(1);
 /// Most `k:n` pairs on one `got` line.
 const GOT_PER_LINE: usize = 512;
-/// First explicit source port of a worker (below the ephemeral range 32768–60999).
-const FIRST_SOURCE_PORT: u16 = 16_384;
-/// Distinct failure messages a worker reports.
-const MAX_FAILURE_SAMPLES: usize = 5;
-/// How long workers may take to report and exit once told to stop.
-const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// seq_ids of the workers' own requests (KEEPALIVE) and MSG_ACKs.
 const OWN_SEQ_BASE: u32 = u32::MAX - 1000;
 
@@ -107,45 +90,15 @@ pub(crate) fn histogram() -> Histogram<u64> {
 /// `longlink bench fanout-worker` (hidden): one worker process of `bench push` / `broadcast`.
 #[derive(Debug, Clone, Args)]
 pub struct FanoutWorkerArgs {
-    /// The gate's address.
-    #[arg(long)]
-    pub server: SocketAddr,
-    /// The appcode to log in with.
-    #[arg(long)]
-    pub appcode: u32,
-    /// uid prefix (the uids are the prefix and a number).
-    #[arg(long)]
-    pub uid_prefix: String,
-    /// First uid number.
-    #[arg(long)]
-    pub first: u32,
-    /// Connections to open: uids first .. first + count.
-    #[arg(long)]
-    pub count: u32,
-    /// Logins in flight at once.
-    #[arg(long)]
-    pub concurrency: u32,
-    /// Timeout of each connect + LOGIN, in seconds.
-    #[arg(long)]
-    pub login_timeout_secs: u64,
-    /// The worker stops by itself after this many seconds.
-    #[arg(long)]
-    pub deadline_secs: u64,
-    /// Source address of the connections (default: chosen by the kernel).
-    #[arg(long)]
-    pub source: Option<IpAddr>,
-    /// With --source: the first source port; each connection takes the next free one.
-    #[arg(long, default_value_t = FIRST_SOURCE_PORT)]
-    pub first_port: u16,
+    /// Where to log in, as whom, how many.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
     /// The run tag in the content of the pushes to count.
     #[arg(long)]
     pub tag: u64,
     /// Do not send MSG_ACK for what arrives.
     #[arg(long)]
     pub no_ack: bool,
-    /// The HS256 secret of the appcode (from the environment, not the command line).
-    #[arg(long, env = SECRET_ENV, hide_env_values = true)]
-    pub token_secret: String,
 }
 
 /// One series' deliveries.
@@ -188,30 +141,16 @@ struct Deliveries {
     ack_frames: u64,
 }
 
+/// What a worker's connections share.
 #[derive(Default)]
 struct WorkerShared {
     tag: u64,
-    ok: AtomicU32,
-    failed: AtomicU32,
-    dropped: AtomicU32,
-    last_done_micros: AtomicU64,
-    failures: Mutex<Vec<String>>,
     deliveries: Mutex<Deliveries>,
     /// Woken by each delivery (the reporter batches them into `got` lines).
     delivered: Notify,
 }
 
 impl WorkerShared {
-    fn fail(&self, message: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut failures) = self.failures.lock()
-            && failures.len() < MAX_FAILURE_SAMPLES
-            && !failures.contains(&message)
-        {
-            failures.push(message);
-        }
-    }
-
     /// Records one MSG read at `at_us`; `false` when it was no push of this run.
     fn record(&self, content: &[u8], at_us: u64) -> bool {
         let Ok(mut d) = self.deliveries.lock() else {
@@ -232,17 +171,6 @@ impl WorkerShared {
         self.delivered.notify_one();
         true
     }
-}
-
-/// Writes protocol lines to stdout; `false` when the parent is gone.
-fn emit(lines: &[String]) -> bool {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    lines
-        .iter()
-        .try_for_each(|line| writeln!(out, "{line}"))
-        .and_then(|()| out.flush())
-        .is_ok()
 }
 
 /// `got` lines for the deliveries not yet reported.
@@ -267,88 +195,22 @@ fn got_lines(shared: &WorkerShared) -> Vec<String> {
 /// # Errors
 /// Never in practice: failures are counted and reported on stdout.
 pub async fn run_worker(args: FanoutWorkerArgs) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) if line.trim() != "stop" => continue,
-                    _ => break,
-                }
-            }
-            stop.cancel();
-        });
-    }
-    {
-        let stop = stop.clone();
-        let deadline = Duration::from_secs(args.deadline_secs);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(deadline) => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
     let shared = Arc::new(WorkerShared {
         tag: args.tag,
         ..WorkerShared::default()
     });
-    let minter = Arc::new(Minter::new(args.appcode, &args.token_secret));
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
-    let timeout = Duration::from_secs(args.login_timeout_secs);
-    let source = args
-        .source
-        .map(|ip| Arc::new(SourcePorts::new(ip, args.first_port)));
-    let start = Instant::now();
-    {
-        let (stop, shared, tracker, args) =
-            (stop.clone(), shared.clone(), tracker.clone(), args.clone());
-        tokio::spawn(async move {
-            for i in args.first..args.first.saturating_add(args.count) {
-                let permit = tokio::select! {
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    _ = stop.cancelled() => break,
-                };
-                let (stop, shared, minter, source) =
-                    (stop.clone(), shared.clone(), minter.clone(), source.clone());
-                let uid = format!("{}{i}", args.uid_prefix);
-                let ack = !args.no_ack;
-                tracker.spawn(async move {
-                    let result = tokio::select! {
-                        result = client::login(args.server, source.as_deref(), &minter, &uid, timeout) => result,
-                        _ = stop.cancelled() => return,
-                    };
-                    drop(permit);
-                    shared
-                        .last_done_micros
-                        .fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    match result {
-                        Ok(session) => {
-                            shared.ok.fetch_add(1, Ordering::Relaxed);
-                            if !receive(&shared, session, ack, stop).await {
-                                shared.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(message) => shared.fail(message),
-                    }
-                });
-            }
-        });
-    }
-
-    let mut reported = (u32::MAX, u32::MAX, 0u32);
-    let mut failures_reported = 0;
-    let mut ready = false;
+    let ack = !args.no_ack;
+    let mut worker = {
+        let shared = shared.clone();
+        LoginWorker::start(&args.worker, move |session, stop| {
+            let shared = shared.clone();
+            async move { receive(&shared, session, ack, stop).await }
+        })
+    };
     let mut next_report = Instant::now();
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = worker.stop.cancelled() => break,
             () = shared.delivered.notified() => {
                 // Let the rest of a fan-out arrive: one line for a burst, not one per message.
                 tokio::time::sleep(GOT_BATCH).await;
@@ -358,41 +220,19 @@ pub async fn run_worker(args: FanoutWorkerArgs) -> anyhow::Result<()> {
         let mut lines = got_lines(&shared);
         if Instant::now() >= next_report {
             next_report = Instant::now() + REPORT_INTERVAL;
-            let ok = shared.ok.load(Ordering::Relaxed);
-            let failed = shared.failed.load(Ordering::Relaxed);
-            let dropped = shared.dropped.load(Ordering::Relaxed);
-            if let Ok(failures) = shared.failures.lock() {
-                for failure in failures.iter().skip(failures_reported) {
-                    lines.push(format!("failure {}", failure.replace('\n', " ")));
-                }
-                failures_reported = failures.len();
-            }
-            if (ok, failed) != (reported.0, reported.1) {
-                lines.push(format!("progress {ok} {failed}"));
-            }
-            if !ready && ok + failed >= args.count {
-                let micros = shared.last_done_micros.load(Ordering::Relaxed);
-                lines.push(format!("ready {ok} {failed} {micros}"));
-                ready = true;
+            if worker.status(&mut lines) {
                 // The parent waits for this line: say it now, not at the next interval.
                 next_report = Instant::now();
             }
-            if dropped != reported.2 {
-                lines.push(format!("dropped {dropped}"));
-            }
-            reported = (ok, failed, dropped);
         }
-        if !lines.is_empty() && !emit(&lines) {
-            stop.cancel();
+        if !lines.is_empty() && !workers::emit(&lines) {
+            worker.stop.cancel();
         }
     }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    worker.wind_down().await;
     let mut lines = got_lines(&shared);
-    lines.push(format!(
-        "dropped {}",
-        shared.dropped.load(Ordering::Relaxed)
-    ));
+    let (_, _, dropped) = worker.counts();
+    lines.push(format!("dropped {dropped}"));
     if let Ok(d) = shared.deliveries.lock() {
         for (series, acc) in &d.series {
             let mut bytes = Vec::new();
@@ -412,7 +252,7 @@ pub async fn run_worker(args: FanoutWorkerArgs) -> anyhow::Result<()> {
         ));
     }
     lines.push("done".to_owned());
-    emit(&lines);
+    workers::emit(&lines);
     // The stdin reader may still sit in a blocking read that would hold up the runtime's
     // shutdown: leave at once.
     std::process::exit(0)
@@ -420,14 +260,14 @@ pub async fn run_worker(args: FanoutWorkerArgs) -> anyhow::Result<()> {
 
 /// Reads one logged-in connection until `stop`: records each bench MSG, acknowledges what
 /// arrived in one read with one MSG_ACK, sends KEEPALIVE at the interval the server asked for.
-/// Returns `false` when the connection ended before `stop` (the server closed it, or it
-/// failed). On `stop` the connection is reset, leaving no TIME_WAIT behind.
+/// Returns [`HoldEnd::Dropped`] when the connection ended before `stop` (the server closed it,
+/// or it failed). On `stop` the connection is reset, leaving no TIME_WAIT behind.
 async fn receive(
     shared: &WorkerShared,
     session: Session,
     ack: bool,
     stop: CancellationToken,
-) -> bool {
+) -> HoldEnd {
     let Session {
         mut stream,
         keepalive,
@@ -444,17 +284,17 @@ async fn receive(
             biased;
             _ = stop.cancelled() => {
                 let _ = stream.set_zero_linger();
-                return true;
+                return HoldEnd::Stopped;
             }
             ready = stream.readable() => {
                 if ready.is_err() {
-                    return false;
+                    return HoldEnd::Dropped;
                 }
                 let read = match stream.try_read(&mut chunk) {
-                    Ok(0) => return false,
+                    Ok(0) => return HoldEnd::Dropped,
                     Ok(read) => read,
                     Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return false,
+                    Err(_) => return HoldEnd::Dropped,
                 };
                 let at = unix_us();
                 buf.extend_from_slice(&chunk[..read]);
@@ -463,7 +303,7 @@ async fn receive(
                     let frame = match tokio_util::codec::Decoder::decode(&mut codec, &mut buf) {
                         Ok(Some(frame)) => frame,
                         Ok(None) => break,
-                        Err(_) => return false,
+                        Err(_) => return HoldEnd::Dropped,
                     };
                     if (frame.cmd(), frame.header.frame_type) != (Some(Cmd::Msg), FrameType::Push) {
                         continue;
@@ -492,7 +332,7 @@ async fn receive(
                         &wire::MsgAck { msgids },
                     );
                     if !write(&mut stream, &frame, keepalive).await {
-                        return false;
+                        return HoldEnd::Dropped;
                     }
                     if let Ok(mut d) = shared.deliveries.lock() {
                         d.ack_frames += 1;
@@ -508,7 +348,7 @@ async fn receive(
                     &wire::KeepaliveRequest { client_time_ms: longlink_proto::unix_ms() },
                 );
                 if !write(&mut stream, &ping, keepalive).await {
-                    return false;
+                    return HoldEnd::Dropped;
                 }
                 next_ping += keepalive;
             }
@@ -526,23 +366,15 @@ async fn write(stream: &mut TcpStream, frame: &Frame, timeout: Duration) -> bool
 // ---------------------------------------------------------------------------------------------
 // The parent's side.
 
-/// How many clients, where, as whom.
+/// The receiving clients of one run.
 pub(crate) struct FleetSpec<'a> {
-    pub(crate) exe: &'a Path,
-    pub(crate) target: &'a Target,
-    pub(crate) secret: &'a str,
-    pub(crate) users: u32,
-    pub(crate) per_worker: u32,
-    pub(crate) concurrency: u32,
-    pub(crate) appcode: u32,
-    /// uids are this prefix and 0 … users − 1.
-    pub(crate) prefix: &'a str,
+    /// How many, where, as whom.
+    pub(crate) clients: WorkerSpec<'a>,
+    /// The run tag in the pushes' content.
     pub(crate) tag: u64,
-    pub(crate) login_timeout_secs: u64,
     pub(crate) client_ack: bool,
     /// Pushes the parent will send (k = 0 … pushes − 1).
     pub(crate) pushes: usize,
-    pub(crate) deadline: Instant,
 }
 
 /// Deliveries per push, as the workers report them.
@@ -587,16 +419,11 @@ impl Delivered {
     }
 }
 
-/// What a worker said (other than `got`, which goes straight to [`Delivered`]).
+/// A worker's own line at the end of its run (`got` lines go straight to [`Delivered`]).
 #[derive(Debug)]
-enum Event {
-    Progress { ok: u32, failed: u32 },
-    Ready { ok: u32, failed: u32 },
-    Failure(String),
-    Dropped(u32),
+pub(crate) enum FinalLine {
     Series(u32, SeriesAcc),
     Totals(Totals),
-    Exited { stderr: String },
 }
 
 /// A worker's (or all workers') final counts.
@@ -609,26 +436,41 @@ pub(crate) struct Totals {
     pub(crate) ack_frames: u64,
 }
 
-#[derive(Debug, Default, Clone)]
-struct WorkerState {
-    pid: u32,
-    ok: u32,
-    failed: u32,
-    dropped: u32,
-    ready: bool,
-    exited: bool,
-    stderr: String,
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.delivered += other.delivered;
+        self.duplicates += other.duplicates;
+        self.foreign += other.foreign;
+        self.ack_frames += other.ack_frames;
+    }
+}
+
+/// What one worker reported at the end of its run.
+#[derive(Default)]
+pub(crate) struct Received {
+    series: BTreeMap<u32, SeriesAcc>,
+    /// `None` until its `totals` line came.
     totals: Option<Totals>,
 }
 
-/// The worker processes of one run.
+impl Tally for Received {
+    type Line = FinalLine;
+
+    fn add(&mut self, line: FinalLine) {
+        match line {
+            FinalLine::Series(series, acc) => self
+                .series
+                .entry(series)
+                .or_insert_with(SeriesAcc::empty)
+                .merge(&acc),
+            FinalLine::Totals(totals) => self.totals = Some(totals),
+        }
+    }
+}
+
+/// The receiving worker processes of one run.
 pub(crate) struct Fleet {
-    states: Vec<WorkerState>,
-    stdins: Vec<Option<ChildStdin>>,
-    children: Vec<tokio::process::Child>,
-    events: mpsc::UnboundedReceiver<(usize, Event)>,
-    failures: BTreeSet<String>,
-    series: BTreeMap<u32, SeriesAcc>,
+    pub(crate) workers: Workers<Received>,
     /// Deliveries per push.
     pub(crate) delivered: Arc<Delivered>,
 }
@@ -644,263 +486,53 @@ pub(crate) struct FleetReport {
 }
 
 impl Fleet {
-    /// Starts the workers, at most `per_worker` clients each, uids spread evenly.
+    /// Starts the workers (`<exe> bench fanout-worker`).
     pub(crate) fn spawn(spec: &FleetSpec<'_>) -> anyhow::Result<Fleet> {
-        let n = spec.users;
-        let count = n.div_ceil(spec.per_worker.max(1));
-        let concurrency = spec.concurrency.div_ceil(count).max(1);
-        let worker_deadline =
-            spec.deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
-        let (tx, events) = mpsc::unbounded_channel();
         let (changed, _) = watch::channel(0);
         let delivered = Arc::new(Delivered {
             per_push: (0..spec.pushes).map(|_| AtomicU32::new(0)).collect(),
             total: AtomicU64::new(0),
             changed,
         });
-        let mut fleet = Fleet {
-            states: Vec::new(),
-            stdins: Vec::new(),
-            children: Vec::new(),
-            events,
-            failures: BTreeSet::new(),
-            series: BTreeMap::new(),
-            delivered: delivered.clone(),
-        };
-        let mut first = 0;
-        for index in 0..count {
-            let share = n / count + u32::from(index < n % count);
-            let mut command = Command::new(spec.exe);
-            command
-                .args(["bench", "fanout-worker"])
-                .arg("--server")
-                .arg(spec.target.gate.to_string())
-                .arg("--appcode")
-                .arg(spec.appcode.to_string())
-                .arg("--uid-prefix")
-                .arg(spec.prefix)
-                .arg("--first")
-                .arg(first.to_string())
-                .arg("--count")
-                .arg(share.to_string())
-                .arg("--concurrency")
-                .arg(concurrency.to_string())
-                .arg("--login-timeout-secs")
-                .arg(spec.login_timeout_secs.to_string())
-                .arg("--deadline-secs")
-                .arg(worker_deadline.as_secs().to_string())
-                .arg("--tag")
-                .arg(spec.tag.to_string())
-                .env(SECRET_ENV, spec.secret)
-                .env("LONGLINK_LOG", "warn")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            if !spec.client_ack {
-                command.arg("--no-ack");
-            }
-            if let Some(source) = source_address(spec.target.gate, index) {
-                command.arg("--source").arg(source.to_string());
-            }
-            let mut child = command.spawn().with_context(|| {
-                format!(
-                    "cannot start worker {index} ({} bench fanout-worker)",
-                    spec.exe.display()
-                )
-            })?;
-            first += share;
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow!("worker {index}: no stdout"))?;
-            let stderr = child
-                .stderr
-                .take()
-                .ok_or_else(|| anyhow!("worker {index}: no stderr"))?;
-            fleet.stdins.push(child.stdin.take());
-            fleet.states.push(WorkerState {
-                pid: child.id().unwrap_or(0),
-                ..WorkerState::default()
-            });
-            fleet.children.push(child);
-            let (tx, delivered) = (tx.clone(), delivered.clone());
-            let index = index as usize;
-            tokio::spawn(async move {
-                let errors = tokio::spawn(async move {
-                    let mut text = String::new();
-                    let _ = stderr.take(8192).read_to_string(&mut text).await;
-                    text
-                });
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(pairs) = line.strip_prefix("got ") {
-                        for (k, n) in pairs.split(' ').filter_map(parse_pair) {
-                            delivered.add(k, n);
-                        }
-                        delivered.changed.send_modify(|version| *version += 1);
-                    } else if let Some(event) = parse_event(&line) {
-                        let _ = tx.send((index, event));
-                    }
-                }
-                let stderr = errors.await.unwrap_or_default();
-                let _ = tx.send((index, Event::Exited { stderr }));
-            });
+        let mut own_args = vec!["--tag".to_owned(), spec.tag.to_string()];
+        if !spec.client_ack {
+            own_args.push("--no-ack".to_owned());
         }
-        Ok(fleet)
-    }
-
-    fn apply(&mut self, index: usize, event: Event) {
-        if let Event::Series(series, acc) = &event {
-            self.series
-                .entry(*series)
-                .or_insert_with(SeriesAcc::empty)
-                .merge(acc);
-            return;
-        }
-        if let Event::Failure(message) = &event {
-            if self.failures.len() < MAX_FAILURE_SAMPLES {
-                self.failures.insert(message.clone());
+        let got = delivered.clone();
+        let workers = Workers::spawn(&spec.clients, "fanout-worker", &own_args, move |line| {
+            let Some(pairs) = line.strip_prefix("got ") else {
+                return parse_final(line);
+            };
+            for (k, n) in pairs.split(' ').filter_map(parse_pair) {
+                got.add(k, n);
             }
-            return;
-        }
-        let Some(state) = self.states.get_mut(index) else {
-            return;
-        };
-        match event {
-            Event::Progress { ok, failed } => (state.ok, state.failed) = (ok, failed),
-            Event::Ready { ok, failed } => {
-                (state.ok, state.failed) = (ok, failed);
-                state.ready = true;
-            }
-            Event::Dropped(dropped) => state.dropped = dropped,
-            Event::Totals(totals) => state.totals = Some(totals),
-            Event::Exited { stderr } => {
-                state.exited = true;
-                state.stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
-            }
-            Event::Series(..) | Event::Failure(_) => {}
-        }
+            got.changed.send_modify(|version| *version += 1);
+            None
+        })?;
+        Ok(Fleet { workers, delivered })
     }
 
-    /// Applies every event already received.
-    pub(crate) fn drain(&mut self) {
-        while let Ok((index, event)) = self.events.try_recv() {
-            self.apply(index, event);
-        }
-    }
-
-    /// Waits for the next event; `false` when no worker can send any more.
-    async fn next(&mut self) -> bool {
-        match self.events.recv().await {
-            Some((index, event)) => {
-                self.apply(index, event);
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub(crate) fn logged_in(&self) -> u32 {
-        self.states.iter().map(|s| s.ok).sum()
-    }
-
-    pub(crate) fn failed(&self) -> u32 {
-        self.states.iter().map(|s| s.failed).sum()
-    }
-
-    pub(crate) fn dropped(&self) -> u32 {
-        self.states.iter().map(|s| s.dropped).sum()
-    }
-
-    pub(crate) fn workers(&self) -> usize {
-        self.states.len()
-    }
-
-    /// The first few distinct login failures.
-    pub(crate) fn failure_samples(&self) -> Vec<String> {
-        self.failures.iter().cloned().collect()
-    }
-
-    /// Waits until every worker attempted all its logins, showing them on `bar`; fails when a
-    /// worker exits before that.
-    pub(crate) async fn wait_logged_in(&mut self, bar: &ProgressBar) -> anyhow::Result<()> {
-        while !self.states.iter().all(|s| s.ready) {
-            if let Some((i, s)) = self
-                .states
-                .iter()
-                .enumerate()
-                .find(|(_, s)| s.exited && !s.ready)
-            {
-                let said = if s.stderr.is_empty() {
-                    "(nothing on stderr)".to_owned()
-                } else {
-                    s.stderr.clone()
-                };
-                bail!("worker {i} exited before its logins were done: {said}");
-            }
-            if !self.next().await {
-                bail!("every worker exited before the logins were done");
-            }
-            bar.set_position(u64::from(self.logged_in()));
-            if self.failed() > 0 {
-                bar.set_message(format!("({} failed)", self.failed()));
-            }
-        }
-        Ok(())
-    }
-
-    /// CPU time the workers have used so far.
-    pub(crate) fn cpu_time(&self) -> Duration {
-        self.states
-            .iter()
-            .filter_map(|s| procfs::cpu_time(s.pid).ok())
-            .sum()
-    }
-
-    /// Tells every worker to stop (closes its stdin), collects their final reports and waits
-    /// for them to exit (killing any that take longer than [`WORKER_STOP_TIMEOUT`]).
+    /// Tells every worker to stop, collects their final reports and waits for them to exit.
     pub(crate) async fn finish(mut self) -> FleetReport {
-        self.stdins.clear();
-        let all_exited = async {
-            while !self.states.iter().all(|s| s.exited) {
-                if !self.next().await {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(WORKER_STOP_TIMEOUT, all_exited).await;
-        for child in &mut self.children {
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill().await;
-            }
-        }
-        self.drain();
+        self.workers.stop().await;
+        let mut series: BTreeMap<u32, SeriesAcc> = BTreeMap::new();
         let mut totals = Totals::default();
-        for t in self.states.iter().filter_map(|s| s.totals) {
-            totals.delivered += t.delivered;
-            totals.duplicates += t.duplicates;
-            totals.foreign += t.foreign;
-            totals.ack_frames += t.ack_frames;
+        let mut silent_workers = 0;
+        for received in self.workers.tallies() {
+            for (s, acc) in &received.series {
+                series.entry(*s).or_insert_with(SeriesAcc::empty).merge(acc);
+            }
+            match &received.totals {
+                Some(t) => totals.add(t),
+                None => silent_workers += 1,
+            }
         }
         FleetReport {
-            dropped: self.dropped(),
-            silent_workers: self.states.iter().filter(|s| s.totals.is_none()).count(),
-            series: std::mem::take(&mut self.series),
+            dropped: self.workers.dropped(),
+            silent_workers,
+            series,
             totals,
         }
-    }
-}
-
-/// The source address of worker `index`'s connections: against a loopback server, worker k
-/// uses 127.0.0.(k + 2) with explicit ports (see [`SourcePorts`]); otherwise the kernel picks.
-fn source_address(server: SocketAddr, index: u32) -> Option<IpAddr> {
-    match server.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => {
-            let last = u8::try_from(index + 2).ok().filter(|last| *last < 255)?;
-            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-        }
-        _ => None,
     }
 }
 
@@ -909,22 +541,12 @@ fn parse_pair(pair: &str) -> Option<(usize, u32)> {
     Some((k.parse().ok()?, n.parse().ok()?))
 }
 
-fn parse_event(line: &str) -> Option<Event> {
+/// A `series` or `totals` line.
+fn parse_final(line: &str) -> Option<FinalLine> {
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
     let words: Vec<&str> = rest.split_whitespace().collect();
     let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
-    let count = |i: usize| number(i).and_then(|n| u32::try_from(n).ok());
     match word {
-        "progress" => Some(Event::Progress {
-            ok: count(0)?,
-            failed: count(1)?,
-        }),
-        "ready" => Some(Event::Ready {
-            ok: count(0)?,
-            failed: count(1)?,
-        }),
-        "dropped" => Some(Event::Dropped(count(0)?)),
-        "failure" => Some(Event::Failure(rest.to_owned())),
         "series" => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(words.get(4)?)
@@ -936,9 +558,9 @@ fn parse_event(line: &str) -> Option<Event> {
             let _ = acc.hist.add(&hist);
             acc.max_us = number(2)?;
             acc.last_unix_us = number(3)?;
-            Some(Event::Series(count(0)?, acc))
+            Some(FinalLine::Series(u32::try_from(number(0)?).ok()?, acc))
         }
-        "totals" => Some(Event::Totals(Totals {
+        "totals" => Some(FinalLine::Totals(Totals {
             delivered: number(0)?,
             duplicates: number(1)?,
             foreign: number(2)?,
@@ -974,8 +596,8 @@ mod tests {
             "series 4 2 2500 99 {}",
             base64::engine::general_purpose::STANDARD.encode(&bytes)
         );
-        match parse_event(&line) {
-            Some(Event::Series(4, acc)) => {
+        match parse_final(&line) {
+            Some(FinalLine::Series(4, acc)) => {
                 assert_eq!(acc.hist.len(), 2);
                 assert_eq!(acc.max_us, 2500);
                 assert_eq!(acc.last_unix_us, 99);
@@ -983,19 +605,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            parse_event("totals 5 1 2 3"),
-            Some(Event::Totals(Totals {
+            parse_final("totals 5 1 2 3"),
+            Some(FinalLine::Totals(Totals {
                 delivered: 5,
                 duplicates: 1,
                 foreign: 2,
                 ack_frames: 3
             }))
         ));
-        assert!(matches!(
-            parse_event("ready 3 1 77"),
-            Some(Event::Ready { ok: 3, failed: 1 })
-        ));
         assert_eq!(parse_pair("12:7"), Some((12, 7)));
-        assert!(parse_event("nonsense").is_none());
+        assert!(parse_final("nonsense").is_none());
+        assert!(parse_final("done").is_none());
     }
 }

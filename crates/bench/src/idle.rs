@@ -15,40 +15,34 @@
 //! 5. Workers are told to stop by closing their stdin (they also stop at their own
 //!    deadline); a spawned server gets SIGTERM.
 //!
-//! Worker protocol (one line each on the worker's stdout): `progress <ok> <failed>`,
-//! `ready <ok> <failed> <µs>` (every login attempted, the last one done this long after the
-//! worker began: the login wall time is the longest of these), `failure <message>` (the first few distinct
-//! ones), `dropped <n>` (held connections the server closed), `done <ok> <failed> <dropped>`.
+//! Worker protocol ([`crate::workers`]; one line each on the worker's stdout):
+//! `progress <ok> <failed>`, `ready <ok> <failed> <µs>` (every login attempted, the last one
+//! done this long after the worker began: the login wall time is the longest of these),
+//! `failure <message>` (the first few distinct ones), `dropped <n>` (held connections the
+//! server closed), `done <ok> <failed> <dropped>`.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{ChildStdin, Command};
-use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::client::{self, HoldEnd, Minter, SourcePorts};
+use crate::client::{self, Minter};
 use crate::procfs::{self, Rss};
 use crate::report::{mib, thousands};
 use crate::server::{ServerTarget, Target};
+use crate::workers::{
+    self, LoginWorker, REPORT_INTERVAL, SECRET_ENV, WorkerArgs, WorkerSpec, Workers,
+};
 
 /// The default configuration's secret for appcode 129, used with `--server` unless
 /// `--token-secret` says otherwise.
 const DEV_SECRET_129: &str = "dev-secret-129-change-me";
-/// Environment variable carrying the token secret to workers (kept off their command line).
-const SECRET_ENV: &str = "LONGLINK_BENCH_TOKEN_SECRET";
 /// DESIGN.md target: user-space memory per logged-in idle connection.
 const TARGET_RSS_PER_CONNECTION: u64 = 2048;
 /// DESIGN.md target: server CPU per login.
@@ -57,15 +51,6 @@ const TARGET_CPU_US_PER_LOGIN: f64 = 50.0;
 const SETTLE_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait for the RSS to settle; past it the last sample is used (and said so).
 const SETTLE_MAX: Duration = Duration::from_secs(30);
-/// How long workers may take to close their connections and exit once told to stop.
-const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a worker reports progress.
-const WORKER_REPORT_INTERVAL: Duration = Duration::from_millis(200);
-/// First explicit source port of a worker (below the ephemeral range 32768–60999, so the
-/// kernel's own choices elsewhere rarely collide with it).
-const FIRST_SOURCE_PORT: u16 = 16_384;
-/// Distinct failure messages a worker reports.
-const MAX_FAILURE_SAMPLES: usize = 5;
 
 /// `longlink bench idle`: N idle logged-in connections; the server's RSS per connection.
 #[derive(Debug, Clone, Args)]
@@ -122,39 +107,9 @@ pub struct IdleArgs {
 /// `longlink bench idle-worker` (hidden): one worker process of the idle scenario.
 #[derive(Debug, Clone, Args)]
 pub struct IdleWorkerArgs {
-    /// The gate's address.
-    #[arg(long)]
-    pub server: SocketAddr,
-    /// The appcode to log in with.
-    #[arg(long)]
-    pub appcode: u32,
-    /// uid prefix.
-    #[arg(long)]
-    pub uid_prefix: String,
-    /// First uid number.
-    #[arg(long)]
-    pub first: u32,
-    /// Connections to open: uids first .. first + count.
-    #[arg(long)]
-    pub count: u32,
-    /// Logins in flight at once.
-    #[arg(long)]
-    pub concurrency: u32,
-    /// Timeout of each connect + LOGIN, in seconds.
-    #[arg(long)]
-    pub login_timeout_secs: u64,
-    /// The worker stops by itself after this many seconds.
-    #[arg(long)]
-    pub deadline_secs: u64,
-    /// Source address of the connections (default: chosen by the kernel).
-    #[arg(long)]
-    pub source: Option<IpAddr>,
-    /// With --source: the first source port; each connection takes the next free one.
-    #[arg(long, default_value_t = FIRST_SOURCE_PORT)]
-    pub first_port: u16,
-    /// The HS256 secret of the appcode (from the environment, not the command line).
-    #[arg(long, env = SECRET_ENV, hide_env_values = true)]
-    pub token_secret: String,
+    /// Where to log in, as whom, how many.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 /// Runs the scenario: prints the figures, writes `--json`, and fails (one line) when the
@@ -424,275 +379,6 @@ async fn warm_up(args: &IdleArgs, gate: SocketAddr, minter: &Arc<Minter>) -> any
     Ok(())
 }
 
-/// What a worker said, tagged with its index.
-#[derive(Debug)]
-enum Event {
-    Progress { ok: u32, failed: u32 },
-    Ready { ok: u32, failed: u32, micros: u64 },
-    Failure(String),
-    Dropped(u32),
-    Done { ok: u32, failed: u32, dropped: u32 },
-    Exited { stderr: String },
-}
-
-#[derive(Debug, Default, Clone)]
-struct WorkerState {
-    pid: u32,
-    ok: u32,
-    failed: u32,
-    dropped: u32,
-    ready: bool,
-    login_micros: u64,
-    exited: bool,
-    stderr: String,
-}
-
-struct Workers {
-    states: Vec<WorkerState>,
-    stdins: Vec<Option<ChildStdin>>,
-    children: Vec<tokio::process::Child>,
-    events: mpsc::UnboundedReceiver<(usize, Event)>,
-    failures: BTreeSet<String>,
-}
-
-impl Workers {
-    /// Starts workers for `n` connections, at most `per_worker` each, uids spread evenly.
-    fn spawn(
-        args: &IdleArgs,
-        exe: &Path,
-        target: &Target,
-        deadline: Instant,
-    ) -> anyhow::Result<Workers> {
-        let n = args.connections;
-        let count = n.div_ceil(args.per_worker);
-        let concurrency = args.concurrency.div_ceil(count).max(1);
-        let worker_deadline =
-            deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
-        let (tx, events) = mpsc::unbounded_channel();
-        let mut workers = Workers {
-            states: Vec::new(),
-            stdins: Vec::new(),
-            children: Vec::new(),
-            events,
-            failures: BTreeSet::new(),
-        };
-        let mut first = 0;
-        for index in 0..count {
-            let share = n / count + u32::from(index < n % count);
-            let mut command = Command::new(exe);
-            command
-                .args(["bench", "idle-worker"])
-                .arg("--server")
-                .arg(target.gate.to_string())
-                .arg("--appcode")
-                .arg(args.appcode.to_string())
-                .arg("--uid-prefix")
-                .arg(&args.uid_prefix)
-                .arg("--first")
-                .arg(first.to_string())
-                .arg("--count")
-                .arg(share.to_string())
-                .arg("--concurrency")
-                .arg(concurrency.to_string())
-                .arg("--login-timeout-secs")
-                .arg(args.login_timeout_secs.to_string())
-                .arg("--deadline-secs")
-                .arg(worker_deadline.as_secs().to_string())
-                .env(SECRET_ENV, &target.secret)
-                .env("LONGLINK_LOG", "warn")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            if let Some(source) = source_address(target.gate, index) {
-                command.arg("--source").arg(source.to_string());
-            }
-            let mut child = command.spawn().with_context(|| {
-                format!(
-                    "cannot start worker {index} ({} bench idle-worker)",
-                    exe.display()
-                )
-            })?;
-            first += share;
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow!("worker {index}: no stdout"))?;
-            let stderr = child
-                .stderr
-                .take()
-                .ok_or_else(|| anyhow!("worker {index}: no stderr"))?;
-            workers.stdins.push(child.stdin.take());
-            workers.states.push(WorkerState {
-                pid: child.id().unwrap_or(0),
-                ..WorkerState::default()
-            });
-            workers.children.push(child);
-            let tx = tx.clone();
-            let index = index as usize;
-            tokio::spawn(async move {
-                let errors = tokio::spawn(async move {
-                    let mut text = String::new();
-                    let _ = stderr.take(8192).read_to_string(&mut text).await;
-                    text
-                });
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(event) = parse_event(&line) {
-                        let _ = tx.send((index, event));
-                    }
-                }
-                let stderr = errors.await.unwrap_or_default();
-                let _ = tx.send((index, Event::Exited { stderr }));
-            });
-        }
-        Ok(workers)
-    }
-
-    fn apply(&mut self, index: usize, event: Event) {
-        let Some(state) = self.states.get_mut(index) else {
-            return;
-        };
-        match event {
-            Event::Progress { ok, failed } => (state.ok, state.failed) = (ok, failed),
-            Event::Ready { ok, failed, micros } => {
-                state.login_micros = micros;
-                (state.ok, state.failed) = (ok, failed);
-                state.ready = true;
-            }
-            Event::Failure(message) => {
-                if self.failures.len() < MAX_FAILURE_SAMPLES {
-                    self.failures.insert(message);
-                }
-            }
-            Event::Dropped(dropped) => state.dropped = dropped,
-            Event::Done {
-                ok,
-                failed,
-                dropped,
-            } => {
-                (state.ok, state.failed, state.dropped) = (ok, failed, dropped);
-            }
-            Event::Exited { stderr } => {
-                state.exited = true;
-                state.stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
-            }
-        }
-    }
-
-    /// Applies every event already received.
-    fn drain(&mut self) {
-        while let Ok((index, event)) = self.events.try_recv() {
-            self.apply(index, event);
-        }
-    }
-
-    /// Waits for the next event; `false` when no worker can send any more.
-    async fn next(&mut self) -> bool {
-        match self.events.recv().await {
-            Some((index, event)) => {
-                self.apply(index, event);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn ok(&self) -> u32 {
-        self.states.iter().map(|s| s.ok).sum()
-    }
-
-    fn failed(&self) -> u32 {
-        self.states.iter().map(|s| s.failed).sum()
-    }
-
-    fn dropped(&self) -> u32 {
-        self.states.iter().map(|s| s.dropped).sum()
-    }
-
-    /// A worker that exited before all its logins were attempted, with what it said.
-    fn crashed(&self) -> Option<String> {
-        self.states
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.exited && !s.ready)
-            .map(|(i, s)| {
-                let said = if s.stderr.is_empty() {
-                    "(nothing on stderr)"
-                } else {
-                    s.stderr.as_str()
-                };
-                format!("worker {i} exited before its logins were done: {said}")
-            })
-    }
-
-    /// CPU time the workers have used so far.
-    fn cpu_time(&self) -> Duration {
-        self.states
-            .iter()
-            .filter_map(|s| procfs::cpu_time(s.pid).ok())
-            .sum()
-    }
-
-    /// Closes every worker's stdin (the stop signal) and waits for them to exit.
-    async fn stop(&mut self) {
-        self.stdins.clear();
-        let all_exited = async {
-            while !self.states.iter().all(|s| s.exited) {
-                if !self.next().await {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(WORKER_STOP_TIMEOUT, all_exited).await;
-        for child in &mut self.children {
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill().await;
-            }
-        }
-    }
-}
-
-/// The source address of worker `index`'s connections: against a loopback server, worker k
-/// uses 127.0.0.(k + 2) with explicit ports (see [`SourcePorts`]); otherwise the kernel picks.
-fn source_address(server: SocketAddr, index: u32) -> Option<IpAddr> {
-    match server.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => {
-            let last = u8::try_from(index + 2).ok().filter(|last| *last < 255)?;
-            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-        }
-        _ => None,
-    }
-}
-
-fn parse_event(line: &str) -> Option<Event> {
-    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-    let numbers: Vec<u64> = rest
-        .split_whitespace()
-        .map_while(|n| n.parse().ok())
-        .collect();
-    let count = |n: u64| u32::try_from(n).ok();
-    match (word, numbers.as_slice()) {
-        ("progress", [ok, failed]) => Some(Event::Progress {
-            ok: count(*ok)?,
-            failed: count(*failed)?,
-        }),
-        ("ready", [ok, failed, micros]) => Some(Event::Ready {
-            ok: count(*ok)?,
-            failed: count(*failed)?,
-            micros: *micros,
-        }),
-        ("dropped", [dropped]) => Some(Event::Dropped(count(*dropped)?)),
-        ("done", [ok, failed, dropped]) => Some(Event::Done {
-            ok: count(*ok)?,
-            failed: count(*failed)?,
-            dropped: count(*dropped)?,
-        }),
-        ("failure", _) => Some(Event::Failure(rest.to_owned())),
-        _ => None,
-    }
-}
-
 async fn measure(
     args: &IdleArgs,
     exe: &Path,
@@ -701,7 +387,7 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let n = args.connections;
     let pid = target.pid;
-    let workers_count = n.div_ceil(args.per_worker);
+    let workers_count = workers::count(n, args.per_worker);
     let mut notes = Vec::new();
     let version = target
         .health()
@@ -710,7 +396,7 @@ async fn measure(
     let sessions_before = target.health().await.map(|h| h.sessions);
     let open_files = procfs::open_files(pid).ok();
     let sources: Vec<IpAddr> = (0..workers_count)
-        .filter_map(|index| source_address(target.gate, index))
+        .filter_map(|index| workers::source_address(target.gate, index))
         .collect();
     println!(
         "longlink bench idle: {} connections over {workers_count} worker process(es){}, {} logins in flight",
@@ -777,7 +463,23 @@ async fn measure(
     let overflows_before = procfs::listen_overflows();
     let cpu_before = procfs::cpu_time(pid)?;
     let login_start = Instant::now();
-    let mut workers = Workers::spawn(args, exe, target, deadline)?;
+    let mut workers: Workers<()> = Workers::spawn(
+        &WorkerSpec {
+            exe,
+            gate: target.gate,
+            secret: &target.secret,
+            appcode: args.appcode,
+            uid_prefix: &args.uid_prefix,
+            connections: n,
+            per_worker: args.per_worker,
+            concurrency: args.concurrency,
+            login_timeout_secs: args.login_timeout_secs,
+            deadline,
+        },
+        "idle-worker",
+        &[],
+        |_| None,
+    )?;
     let bar = ProgressBar::new(u64::from(n));
     bar.set_style(
         ProgressStyle::with_template(
@@ -786,28 +488,15 @@ async fn measure(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    while !workers.states.iter().all(|s| s.ready) {
-        if let Some(crash) = workers.crashed() {
-            bar.abandon();
-            workers.stop().await;
-            bail!("{crash}");
-        }
-        if !workers.next().await {
-            break;
-        }
-        bar.set_position(u64::from(workers.ok()));
-        if workers.failed() > 0 {
-            bar.set_message(format!("({} failed)", workers.failed()));
-        }
+    if let Err(crash) = workers.wait_logged_in(&bar).await {
+        bar.abandon();
+        workers.stop().await;
+        return Err(crash);
     }
     // The workers time their own logins (their start-up and the 200 ms report interval are
     // not login time); the parent's clock is the fallback.
     let login_wall = workers
-        .states
-        .iter()
-        .map(|s| Duration::from_micros(s.login_micros))
-        .max()
-        .filter(|wall| !wall.is_zero())
+        .login_wall()
         .unwrap_or_else(|| login_start.elapsed());
     let cpu_after = procfs::cpu_time(pid)?;
     let client_cpu = workers.cpu_time();
@@ -815,7 +504,7 @@ async fn measure(
         .zip(procfs::listen_overflows())
         .map(|(before, after)| after.saturating_sub(before));
     bar.finish_and_clear();
-    let logged_in = workers.ok();
+    let logged_in = workers.logged_in();
     let failed = workers.failed();
 
     // Idle: measure.
@@ -889,9 +578,8 @@ async fn measure(
                 "{failed} of {n} logins failed (more than --max-failed-pct {}%){}",
                 args.max_failed_pct,
                 workers
-                    .failures
-                    .iter()
-                    .next()
+                    .failure_samples()
+                    .first()
                     .map(|f| format!("; first: {f}"))
                     .unwrap_or_default()
             ))
@@ -946,7 +634,7 @@ async fn measure(
             logged_in,
             failed,
             dropped,
-            failure_samples: workers.failures.iter().cloned().collect(),
+            failure_samples: workers.failure_samples(),
             login_wall_secs: round(login_secs, 3),
             logins_per_sec: round(f64::from(logged_in) / login_secs, 1),
             server_cpu_secs: round(server_cpu, 3),
@@ -985,200 +673,28 @@ fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-/// Counters shared by a worker's connection tasks and its reporter.
-#[derive(Default)]
-struct Counters {
-    ok: AtomicU32,
-    failed: AtomicU32,
-    dropped: AtomicU32,
-    /// When the latest login attempt ended, µs after the worker began.
-    last_done_micros: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Counters {
-    fn fail(&self, message: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut failures) = self.failures.lock()
-            && failures.len() < MAX_FAILURE_SAMPLES
-            && !failures.contains(&message)
-        {
-            failures.push(message);
-        }
-    }
-}
-
-/// Writes one protocol line to stdout; `false` when the parent is gone.
-fn emit(line: &str) -> bool {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
-}
-
 /// Runs one worker: opens `count` logged-in connections, reports on stdout, holds them until
 /// stdin closes (or says `stop`) or the deadline passes, then exits the process.
 ///
 /// # Errors
 /// Never in practice: failures are counted and reported on stdout.
 pub async fn run_worker(args: IdleWorkerArgs) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) if line.trim() != "stop" => continue,
-                    _ => break,
-                }
-            }
-            stop.cancel();
-        });
-    }
-    {
-        let stop = stop.clone();
-        let deadline = Duration::from_secs(args.deadline_secs);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(deadline) => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
-    let counters = Arc::new(Counters::default());
-    let minter = Arc::new(Minter::new(args.appcode, &args.token_secret));
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
-    let timeout = Duration::from_secs(args.login_timeout_secs);
-    let source = args
-        .source
-        .map(|ip| Arc::new(SourcePorts::new(ip, args.first_port)));
-    let start = Instant::now();
-    {
-        let (stop, counters, tracker, args) = (
-            stop.clone(),
-            counters.clone(),
-            tracker.clone(),
-            args.clone(),
-        );
-        tokio::spawn(async move {
-            for i in args.first..args.first.saturating_add(args.count) {
-                let permit = tokio::select! {
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    _ = stop.cancelled() => break,
-                };
-                let (stop, counters, minter, source) = (
-                    stop.clone(),
-                    counters.clone(),
-                    minter.clone(),
-                    source.clone(),
-                );
-                let uid = format!("{}{i}", args.uid_prefix);
-                tracker.spawn(async move {
-                    let result = tokio::select! {
-                        result = client::login(args.server, source.as_deref(), &minter, &uid, timeout) => result,
-                        _ = stop.cancelled() => return,
-                    };
-                    drop(permit);
-                    drop(uid);
-                    counters
-                        .last_done_micros
-                        .fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    match result {
-                        Ok(session) => {
-                            counters.ok.fetch_add(1, Ordering::Relaxed);
-                            if client::hold(session, stop).await == HoldEnd::Dropped {
-                                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(message) => counters.fail(message),
-                    }
-                });
-            }
-        });
-    }
-
-    let mut reported = (u32::MAX, u32::MAX, 0u32);
-    let mut failures_reported = 0;
-    let mut ready = false;
+    let mut worker = LoginWorker::start(&args.worker, client::hold);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(WORKER_REPORT_INTERVAL) => {}
+            _ = worker.stop.cancelled() => break,
+            _ = tokio::time::sleep(REPORT_INTERVAL) => {}
         }
-        let ok = counters.ok.load(Ordering::Relaxed);
-        let failed = counters.failed.load(Ordering::Relaxed);
-        let dropped = counters.dropped.load(Ordering::Relaxed);
         let mut lines = Vec::new();
-        if let Ok(failures) = counters.failures.lock() {
-            for failure in failures.iter().skip(failures_reported) {
-                lines.push(format!("failure {}", failure.replace('\n', " ")));
-            }
-            failures_reported = failures.len();
-        }
-        if (ok, failed) != (reported.0, reported.1) {
-            lines.push(format!("progress {ok} {failed}"));
-        }
-        if !ready && ok + failed >= args.count {
-            let micros = counters.last_done_micros.load(Ordering::Relaxed);
-            lines.push(format!("ready {ok} {failed} {micros}"));
-            ready = true;
-        }
-        if dropped != reported.2 {
-            lines.push(format!("dropped {dropped}"));
-        }
-        reported = (ok, failed, dropped);
-        if !lines.iter().all(|line| emit(line)) {
-            stop.cancel();
+        worker.status(&mut lines);
+        if !workers::emit(&lines) {
+            worker.stop.cancel();
         }
     }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
-    emit(&format!(
-        "done {} {} {}",
-        counters.ok.load(Ordering::Relaxed),
-        counters.failed.load(Ordering::Relaxed),
-        counters.dropped.load(Ordering::Relaxed)
-    ));
+    worker.wind_down().await;
+    let (ok, failed, dropped) = worker.counts();
+    workers::emit(&[format!("done {ok} {failed} {dropped}")]);
     // The stdin reader may still sit in a blocking read that would hold up the runtime's
     // shutdown: leave at once.
     std::process::exit(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_worker_lines() {
-        assert!(matches!(
-            parse_event("progress 10 2"),
-            Some(Event::Progress { ok: 10, failed: 2 })
-        ));
-        assert!(matches!(
-            parse_event("ready 5 0 12345678901"),
-            Some(Event::Ready {
-                ok: 5,
-                failed: 0,
-                micros: 12_345_678_901
-            })
-        ));
-        assert!(matches!(parse_event("dropped 3"), Some(Event::Dropped(3))));
-        assert!(matches!(
-            parse_event("done 1 2 3"),
-            Some(Event::Done {
-                ok: 1,
-                failed: 2,
-                dropped: 3
-            })
-        ));
-        assert!(
-            matches!(parse_event("failure ERROR BAD_TOKEN: x"), Some(Event::Failure(m)) if m == "ERROR BAD_TOKEN: x")
-        );
-        assert!(parse_event("progress x").is_none());
-        assert!(parse_event("").is_none());
-    }
 }

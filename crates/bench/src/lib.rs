@@ -14,11 +14,12 @@
 //! [`c2c`] (open-loop durable messages at a fixed rate: ACK and end-to-end latency), [`push`]
 //! (s2c pushes to lists of online users through the HTTP API: deliveries per server
 //! CPU-second), [`broadcast`] (one push to every online user: time to the last delivery),
-//! [`fanout`] (the receiving clients of those two, in worker processes), `s2c` (what push and
-//! broadcast share), `api` (the HTTP API calls they make), `latency` (histogram summaries),
-//! `plot` (SVG/PNG latency plots),
-//! `client` (a lean wire-protocol client), `server` (a spawned or external server under
-//! test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`), `report` (dates).
+//! [`fanout`] (the receiving clients of those two, in worker processes), [`workers`] (client
+//! worker processes: what idle's workers and fanout's share), [`s2c`] (what push and broadcast
+//! share), `api` (the HTTP API calls they make), `latency` (histogram summaries), `plot`
+//! (SVG/PNG latency plots), `client` (a lean wire-protocol client), `server` (a spawned or
+//! external server under test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`),
+//! `report` (dates).
 
 mod api;
 pub mod broadcast;
@@ -34,6 +35,7 @@ pub mod push;
 mod report;
 pub mod s2c;
 mod server;
+pub mod workers;
 
 /// The scenarios `longlink bench` knows, with a one-line description each.
 pub fn scenarios() -> &'static [(&'static str, &'static str)] {

@@ -39,6 +39,7 @@ use crate::latency::{self, Latency, round};
 use crate::plot;
 use crate::report::thousands;
 use crate::s2c::{self, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
+use crate::workers::WorkerSpec;
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
@@ -415,19 +416,21 @@ async fn measure(
     );
     println!("{}", s2c::describe_server(bench, &args.options));
     let spec = FleetSpec {
-        exe,
-        target: &bench.target,
-        secret: &bench.secret,
-        users: args.users,
-        per_worker: args.options.per_worker,
-        concurrency: args.options.login_concurrency,
-        appcode: args.appcode,
-        prefix: &prefix,
+        clients: WorkerSpec {
+            exe,
+            gate: bench.target.gate,
+            secret: &bench.secret,
+            appcode: args.appcode,
+            uid_prefix: &prefix,
+            connections: args.users,
+            per_worker: args.options.per_worker,
+            concurrency: args.options.login_concurrency,
+            login_timeout_secs: args.options.login_timeout_secs,
+            deadline,
+        },
         tag,
-        login_timeout_secs: args.options.login_timeout_secs,
         client_ack: !args.options.no_client_ack,
         pushes: args.pushes as usize,
-        deadline,
     };
     let online = s2c::go_online(bench, &spec).await?;
     let fleet = online.fleet;

@@ -137,12 +137,13 @@ pub(crate) struct Online {
     pub(crate) login_secs: f64,
 }
 
-/// Logs `spec.users` clients in over the workers (a progress bar shows it), then waits until
-/// the API counts them online. Fails when any login failed: the figures assume N online users.
+/// Logs `spec.clients.connections` clients in over the workers (a progress bar shows it),
+/// then waits until the API counts them online. Fails when any login failed: the figures
+/// assume N online users.
 pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Result<Online> {
     let started = Instant::now();
     let mut fleet = Fleet::spawn(spec)?;
-    let bar = ProgressBar::new(u64::from(spec.users));
+    let bar = ProgressBar::new(u64::from(spec.clients.connections));
     bar.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} logged in, {per_sec} {msg}",
@@ -150,20 +151,20 @@ pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Re
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let logged = fleet.wait_logged_in(&bar).await;
+    let logged = fleet.workers.wait_logged_in(&bar).await;
     bar.finish_and_clear();
     if let Err(err) = logged {
         fleet.finish().await;
         return Err(err);
     }
     let login_secs = started.elapsed().as_secs_f64();
-    if fleet.failed() > 0 || fleet.logged_in() < spec.users {
-        let samples = fleet.failure_samples();
-        let (ok, failed) = (fleet.logged_in(), fleet.failed());
+    if fleet.workers.failed() > 0 || fleet.workers.logged_in() < spec.clients.connections {
+        let samples = fleet.workers.failure_samples();
+        let (ok, failed) = (fleet.workers.logged_in(), fleet.workers.failed());
         fleet.finish().await;
         bail!(
             "{failed} of {} logins failed ({ok} logged in){}",
-            spec.users,
+            spec.clients.connections,
             samples
                 .first()
                 .map(|s| format!("; first: {s}"))
@@ -172,9 +173,9 @@ pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Re
     }
     println!(
         "online       {} clients (appcode {}) in {} worker process(es), logged in in {login_secs:.1} s",
-        thousands(u64::from(spec.users)),
-        spec.appcode,
-        fleet.workers()
+        thousands(u64::from(spec.clients.connections)),
+        spec.clients.appcode,
+        fleet.workers.len()
     );
     // Presence is written as each LOGIN completes; make sure the API sees all of them before
     // the first push, so `all: true` and the targets' online state cover every client.
@@ -183,21 +184,21 @@ pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Re
     while Instant::now() < until {
         (users, _) = bench
             .api
-            .online(spec.appcode)
+            .online(spec.clients.appcode)
             .await
             .context("GET /v1/presence")?;
-        if users >= u64::from(spec.users) {
+        if users >= u64::from(spec.clients.connections) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if users < u64::from(spec.users) {
+    if users < u64::from(spec.clients.connections) {
         fleet.finish().await;
         bail!(
             "the API counts {users} online users of appcode {} after {} s; {} clients are logged in",
-            spec.appcode,
+            spec.clients.appcode,
             PRESENCE_WAIT.as_secs(),
-            spec.users
+            spec.clients.connections
         );
     }
     Ok(Online {
@@ -230,7 +231,7 @@ impl Window {
             started: Instant::now(),
             server_cpu: procfs::cpu_time(pid)?,
             threads: procfs::threads(pid).unwrap_or_default(),
-            client_cpu: fleet.cpu_time() + procfs::cpu_time(std::process::id())?,
+            client_cpu: fleet.workers.cpu_time() + procfs::cpu_time(std::process::id())?,
         })
     }
 
@@ -242,7 +243,7 @@ impl Window {
                 &self.threads,
                 &procfs::threads(pid).unwrap_or_default(),
             ),
-            client_cpu: (fleet.cpu_time() + procfs::cpu_time(std::process::id())?)
+            client_cpu: (fleet.workers.cpu_time() + procfs::cpu_time(std::process::id())?)
                 .saturating_sub(self.client_cpu),
         })
     }
