@@ -94,29 +94,16 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
     let bench = s2c::start(&args.options, &exe, args.appcode, deadline).await?;
     let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &bench, deadline)).await;
-    if !matches!(&outcome, Ok(Ok(_)))
-        && let Some(tail) = bench.target.log_tail()
-    {
-        eprintln!("note: the spawned server's last log lines: {tail}");
-    }
-    let stopped = bench.target.stop().await;
-    let report = match outcome {
-        Ok(report) => report?,
-        Err(_) => bail!(
-            "the bench passed its deadline of {}s (--deadline-secs); workers and server stopped",
-            args.deadline_secs
-        ),
-    };
-    if let Err(err) = stopped {
-        eprintln!("note: stopping the server: {err:#}");
-    }
+    let report = bench
+        .target
+        .end_run(outcome, |_| true, args.deadline_secs, "workers")
+        .await?;
     report.print();
     if let Some(path) = &args.options.json {
-        s2c::write_json(path, &report.json)?;
+        crate::report::write_json(path, &report.json)?;
     }
     if let Some(path) = &args.options.plot {
-        plot::latency(path, &report.plot)?;
-        println!("plot written to {}", path.display());
+        plot::write(path, &report.plot)?;
     }
     Ok(())
 }

@@ -211,31 +211,15 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
         _ => bail!("--server and --server-pid go together"),
     };
     let outcome = tokio::time::timeout_at(deadline, measure(&args, &target, total)).await;
-    if !matches!(&outcome, Ok(Ok(_)))
-        && let Some(tail) = target.log_tail()
-    {
-        eprintln!("note: the spawned server's last log lines: {tail}");
-    }
-    let stopped = target.stop().await;
-    let report = match outcome {
-        Ok(report) => report?,
-        Err(_) => bail!(
-            "the bench passed its deadline of {deadline_secs}s (--deadline-secs); connections and server stopped"
-        ),
-    };
-    if let Err(err) = stopped {
-        eprintln!("note: stopping the server: {err:#}");
-    }
+    let report = target
+        .end_run(outcome, |_| true, deadline_secs, "connections")
+        .await?;
     report.print();
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report.json)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("results written to {}", path.display());
+        crate::report::write_json(path, &report.json)?;
     }
     if let Some(path) = &args.plot {
-        plot::latency(path, &report.plot)?;
-        println!("plot written to {}", path.display());
+        plot::write(path, &report.plot)?;
     }
     let lost = report.json.results.lost;
     if lost > 0 {

@@ -147,30 +147,20 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         _ => bail!("--server and --server-pid go together"),
     };
     let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &target, deadline)).await;
-    let went_wrong = !matches!(&outcome, Ok(Ok(report)) if report.problem.is_none());
-    if went_wrong && let Some(tail) = target.log_tail() {
-        eprintln!("note: the spawned server's last log lines: {tail}");
-    }
-    let stopped = target.stop().await;
-    let report = match outcome {
-        Ok(report) => report?,
-        Err(_) => bail!(
-            "the bench passed its deadline of {}s (--deadline-secs); workers and server stopped",
-            args.deadline_secs
-        ),
-    };
-    if let Err(err) = stopped {
-        eprintln!("note: stopping the server: {err:#}");
-    }
+    let report = target
+        .end_run(
+            outcome,
+            |report| report.problem.is_none(),
+            args.deadline_secs,
+            "workers",
+        )
+        .await?;
     report.print();
     if let Some(problem) = &report.problem {
         bail!("{problem}");
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report.json)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("results written to {}", path.display());
+        crate::report::write_json(path, &report.json)?;
     }
     Ok(())
 }

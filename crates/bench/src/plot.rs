@@ -93,6 +93,16 @@ pub(crate) fn latency(path: &Path, plot: &LatencyPlot) -> anyhow::Result<()> {
     }
 }
 
+/// Draws `plot` into `path` (a scenario's `--plot`) and says so.
+///
+/// # Errors
+/// As [`latency`].
+pub(crate) fn write(path: &Path, plot: &LatencyPlot) -> anyhow::Result<()> {
+    latency(path, plot)?;
+    println!("plot written to {}", path.display());
+    Ok(())
+}
+
 fn extension(path: &Path) -> Option<String> {
     path.extension()
         .and_then(|ext| ext.to_str())

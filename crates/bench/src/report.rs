@@ -1,4 +1,9 @@
-//! Small helpers for reports: the date, the command line, number formatting.
+//! Small helpers for reports: the date, the command line, number formatting, the JSON file.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
 
 /// Now as RFC 3339 UTC, e.g. `2025-01-31T12:34:56Z`.
 pub(crate) fn utc_now() -> String {
@@ -57,6 +62,15 @@ pub(crate) fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Writes a scenario's figures as pretty JSON to `path` (its `--json`) and says so.
+pub(crate) fn write_json<T: Serialize>(path: &Path, json: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(json)?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
 }
 
 /// Bytes as MiB with one decimal.

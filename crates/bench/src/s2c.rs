@@ -346,15 +346,6 @@ pub(crate) fn describe_server(bench: &Bench, options: &S2cOptions) -> String {
     )
 }
 
-/// Writes `json` to `path`.
-pub(crate) fn write_json<T: Serialize>(path: &Path, json: &T) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(json)?;
-    std::fs::write(path, text + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("results written to {}", path.display());
-    Ok(())
-}
-
 /// `n / secs`, 0 for no time.
 pub(crate) fn per(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }

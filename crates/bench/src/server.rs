@@ -216,6 +216,38 @@ impl Target {
             .map(|s| log_tail(&s.dir.path().join("server.log")))
     }
 
+    /// Ends a scenario's run against this server: `outcome` is its measurement under the
+    /// `--deadline-secs` deadline. When the run went wrong (an error, the deadline, or a report
+    /// that `valid` refuses) a spawned server's last log lines are shown; then the server is
+    /// stopped. Returns the report, or the run's error, or the deadline's (`cut` names what
+    /// the deadline stopped besides the server). Trouble stopping the server is only a note.
+    ///
+    /// # Errors
+    /// The measurement's error; the deadline passed.
+    pub(crate) async fn end_run<R>(
+        self,
+        outcome: Result<anyhow::Result<R>, tokio::time::error::Elapsed>,
+        valid: impl FnOnce(&R) -> bool,
+        deadline_secs: u64,
+        cut: &str,
+    ) -> anyhow::Result<R> {
+        let went_wrong = !matches!(&outcome, Ok(Ok(report)) if valid(report));
+        if went_wrong && let Some(tail) = self.log_tail() {
+            eprintln!("note: the spawned server's last log lines: {tail}");
+        }
+        let stopped = self.stop().await;
+        let report = match outcome {
+            Ok(report) => report?,
+            Err(_) => bail!(
+                "the bench passed its deadline of {deadline_secs}s (--deadline-secs); {cut} and server stopped"
+            ),
+        };
+        if let Err(err) = stopped {
+            eprintln!("note: stopping the server: {err:#}");
+        }
+        Ok(report)
+    }
+
     /// Stops a spawned server (SIGTERM, then SIGKILL after a timeout); an external one is left
     /// alone.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
