@@ -28,12 +28,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::api::{PushAnswer, PushBody, PushStats};
-use crate::fanout::{self, FleetSpec, SeriesAcc};
+use crate::fanout::{self, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
 use crate::report::thousands;
-use crate::s2c::{self, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
-use crate::workers::WorkerSpec;
+use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
@@ -231,50 +230,29 @@ async fn measure(
     bench: &s2c::Bench,
     deadline: Instant,
 ) -> anyhow::Result<Report> {
-    let tag = longlink_proto::unix_ms();
-    let prefix = format!("{}{tag}-", args.uid_prefix);
     println!(
         "longlink bench broadcast: {} {} broadcast(s) (`all: true`) to {} online users of appcode {}; clients {}",
         args.rounds,
-        if args.persist {
-            "persisted"
-        } else {
-            "online-only"
-        },
+        s2c::persistence(args.persist),
         thousands(u64::from(args.users)),
         args.appcode,
-        if args.options.no_client_ack {
-            "do not ack"
-        } else {
-            "ack each push (MSG_ACK)"
-        }
+        args.options.client_ack_words()
     );
     println!("{}", s2c::describe_server(bench, &args.options));
-    let spec = FleetSpec {
-        clients: WorkerSpec {
-            exe,
-            gate: bench.target.gate,
-            secret: &bench.secret,
-            appcode: args.appcode,
-            uid_prefix: &prefix,
-            connections: args.users,
-            per_worker: args.options.per_worker,
-            concurrency: args.options.login_concurrency,
-            login_timeout_secs: args.options.login_timeout_secs,
-            deadline,
-        },
-        tag,
-        client_ack: !args.options.no_client_ack,
+    let clients = Clients {
+        users: args.users,
+        appcode: args.appcode,
+        uid_prefix: &args.uid_prefix,
         pushes: args.rounds as usize,
     };
-    let online = s2c::go_online(bench, &spec).await?;
+    let online = s2c::go_online(bench, &args.options, exe, &clients, deadline).await?;
     let login = Login {
         users: args.users,
         secs: online.login_secs,
         online_users_reported: online.online_users_reported,
-        workers: args.users.div_ceil(args.options.per_worker) as usize,
+        workers: online.workers,
     };
-    let mut fleet = online.fleet;
+    let (mut fleet, tag) = (online.fleet, online.tag);
     let bar = ProgressBar::new(u64::from(args.rounds) * u64::from(args.users));
     bar.set_style(
         ProgressStyle::with_template(
@@ -439,18 +417,8 @@ fn summarize(
             args.round_timeout_secs
         ));
     }
-    if fleet.dropped > 0 {
-        notes.push(format!(
-            "the server closed {} client connection(s) during the run",
-            fleet.dropped
-        ));
-    }
-    if fleet.silent_workers > 0 {
-        notes.push(format!(
-            "{} worker(s) did not report their latencies: the histograms miss their clients",
-            fleet.silent_workers
-        ));
-    }
+    notes.extend(fleet.dropped_note());
+    notes.extend(fleet.silent_workers_note());
     if bench.target.is_spawned()
         && args.options.server_log != "warn"
         && args.options.server_log != "error"
@@ -483,11 +451,7 @@ fn summarize(
             "longlink broadcast to {} online users, {} {} rounds: last delivery min {:.1} / median {:.1} / max {:.1} ms",
             thousands(u64::from(login.users)),
             runs.len(),
-            if args.persist {
-                "persisted"
-            } else {
-                "online-only"
-            },
+            s2c::persistence(args.persist),
             last.min,
             last.median,
             last.max
@@ -518,7 +482,7 @@ fn summarize(
             round_timeout_secs: args.round_timeout_secs,
             appcode: args.appcode,
             msgtype: args.msgtype,
-            client_ack: !args.options.no_client_ack,
+            client_ack: args.options.client_ack(),
             workers: login.workers,
             per_worker: args.options.per_worker,
             uid_prefix: args.uid_prefix.clone(),
@@ -542,10 +506,7 @@ fn summarize(
             server_cpu_us_per_delivery: round(server_cpu * 1e6 / delivered.max(1) as f64, 2),
             server_threads_cpu_secs: usage.threads_secs(),
             client_cpu_secs: round(usage.client_cpu.as_secs_f64(), 3),
-            percentiles: distribution
-                .iter()
-                .map(|(q, ms)| (round(q * 100.0, 4), *ms))
-                .collect(),
+            percentiles: latency::percentiles(&distribution),
             rounds,
         },
         targets: Targets {

@@ -485,6 +485,28 @@ pub(crate) struct FleetReport {
     pub(crate) silent_workers: usize,
 }
 
+impl FleetReport {
+    /// The note for connections the server closed during the run, if any.
+    pub(crate) fn dropped_note(&self) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "the server closed {} client connection(s) during the run",
+                self.dropped
+            )
+        })
+    }
+
+    /// The note for workers whose latencies are missing, if any.
+    pub(crate) fn silent_workers_note(&self) -> Option<String> {
+        (self.silent_workers > 0).then(|| {
+            format!(
+                "{} worker(s) did not report their latencies: the histograms miss their clients",
+                self.silent_workers
+            )
+        })
+    }
+}
+
 impl Fleet {
     /// Starts the workers (`<exe> bench fanout-worker`).
     pub(crate) fn spawn(spec: &FleetSpec<'_>) -> anyhow::Result<Fleet> {

@@ -46,6 +46,14 @@ pub(crate) fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A [`distribution`] as the JSON gives it: (percentile, ms) pairs.
+pub(crate) fn percentiles(distribution: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    distribution
+        .iter()
+        .map(|(q, ms)| (round(q * 100.0, 4), *ms))
+        .collect()
+}
+
 /// µs → ms, three decimals.
 pub(crate) fn ms(us: u64) -> f64 {
     round(us as f64 / 1000.0, 3)

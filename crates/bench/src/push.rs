@@ -34,12 +34,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::api::{Api, PushAnswer, PushBody, PushStats};
-use crate::fanout::{self, Delivered, FleetSpec, SeriesAcc};
+use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
 use crate::report::thousands;
-use crate::s2c::{self, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
-use crate::workers::WorkerSpec;
+use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
@@ -380,47 +379,26 @@ async fn measure(
     bench: &s2c::Bench,
     deadline: Instant,
 ) -> anyhow::Result<Report> {
-    let tag = longlink_proto::unix_ms();
-    let prefix = format!("{}{tag}-", args.uid_prefix);
     let mut notes = Vec::new();
     println!(
         "longlink bench push: {} {} pushes of {} uids to {} online users (appcode {}), {} in flight; clients {}",
         thousands(u64::from(args.pushes)),
-        if args.persist {
-            "persisted"
-        } else {
-            "online-only"
-        },
+        s2c::persistence(args.persist),
         args.batch,
         thousands(u64::from(args.users)),
         args.appcode,
         args.in_flight,
-        if args.options.no_client_ack {
-            "do not ack"
-        } else {
-            "ack each push (MSG_ACK)"
-        }
+        args.options.client_ack_words()
     );
     println!("{}", s2c::describe_server(bench, &args.options));
-    let spec = FleetSpec {
-        clients: WorkerSpec {
-            exe,
-            gate: bench.target.gate,
-            secret: &bench.secret,
-            appcode: args.appcode,
-            uid_prefix: &prefix,
-            connections: args.users,
-            per_worker: args.options.per_worker,
-            concurrency: args.options.login_concurrency,
-            login_timeout_secs: args.options.login_timeout_secs,
-            deadline,
-        },
-        tag,
-        client_ack: !args.options.no_client_ack,
+    let clients = Clients {
+        users: args.users,
+        appcode: args.appcode,
+        uid_prefix: &args.uid_prefix,
         pushes: args.pushes as usize,
     };
-    let online = s2c::go_online(bench, &spec).await?;
-    let fleet = online.fleet;
+    let online = s2c::go_online(bench, &args.options, exe, &clients, deadline).await?;
+    let (fleet, tag, prefix) = (online.fleet, online.tag, online.prefix);
     let pushes = Arc::new(Pushes::new(args.pushes as usize));
     let uids: Arc<Vec<String>> =
         Arc::new((0..args.users).map(|i| format!("{prefix}{i}")).collect());
@@ -487,12 +465,7 @@ async fn measure(
     )
     .await;
     let fleet_report = fleet.finish().await;
-    if fleet_report.silent_workers > 0 {
-        notes.push(format!(
-            "{} worker(s) did not report their latencies: the histograms miss their clients",
-            fleet_report.silent_workers
-        ));
-    }
+    notes.extend(fleet_report.silent_workers_note());
     Ok(summarize(
         args,
         bench,
@@ -502,7 +475,7 @@ async fn measure(
             usage,
             login_secs: online.login_secs,
             online_users_reported: online.online_users_reported,
-            workers: (args.users.div_ceil(args.options.per_worker)) as usize,
+            workers: online.workers,
             server_counters,
             server_counters_read,
         },
@@ -616,12 +589,7 @@ fn summarize(
             args.push_timeout_secs
         ));
     }
-    if c.fleet.dropped > 0 {
-        notes.push(format!(
-            "the server closed {} client connection(s) during the run",
-            c.fleet.dropped
-        ));
-    }
+    notes.extend(c.fleet.dropped_note());
     if c.usage.client_cpu.as_secs_f64() > 0.3 * c.usage.secs {
         notes.push(format!(
             "the load generator (workers and bench) used {:.2} s of CPU in {:.1} s on a {}-core machine it shares with the server: its scheduling delays are part of the latencies",
@@ -644,11 +612,7 @@ fn summarize(
         title: format!(
             "longlink push: {} {} pushes × {} uids to {} online users, {} in flight ({} deliveries per server CPU-s)",
             thousands(u64::from(args.pushes)),
-            if args.persist {
-                "persisted"
-            } else {
-                "online-only"
-            },
+            s2c::persistence(args.persist),
             args.batch,
             thousands(u64::from(args.users)),
             args.in_flight,
@@ -690,7 +654,7 @@ fn summarize(
             push_timeout_secs: args.push_timeout_secs,
             appcode: args.appcode,
             msgtype: args.msgtype,
-            client_ack: !args.options.no_client_ack,
+            client_ack: args.options.client_ack(),
             workers: c.workers,
             per_worker: args.options.per_worker,
             uid_prefix: args.uid_prefix.clone(),
@@ -729,10 +693,7 @@ fn summarize(
             client_cpu_secs: round(c.usage.client_cpu.as_secs_f64(), 3),
             e2e_latency_ms: e2e,
             api_call_ms: api_call,
-            percentiles: distribution
-                .iter()
-                .map(|(q, ms)| (round(q * 100.0, 4), *ms))
-                .collect(),
+            percentiles: latency::percentiles(&distribution),
             over_time,
             server_counters: c.server_counters,
             server_counters_read: c.server_counters_read,

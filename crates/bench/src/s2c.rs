@@ -18,6 +18,7 @@ use crate::latency::round;
 use crate::procfs;
 use crate::report::thousands;
 use crate::server::{ServerTarget, Target};
+use crate::workers::WorkerSpec;
 
 /// The default configuration's secrets, used with `--server` unless overridden.
 const DEV_SECRETS: [(u32, &str); 4] = [
@@ -129,20 +130,83 @@ pub(crate) async fn start(
     })
 }
 
+impl S2cOptions {
+    /// Whether the clients acknowledge what they receive (MSG_ACK).
+    pub(crate) fn client_ack(&self) -> bool {
+        !self.no_client_ack
+    }
+
+    /// What the clients do with a push, for a run's header.
+    pub(crate) fn client_ack_words(&self) -> &'static str {
+        if self.client_ack() {
+            "ack each push (MSG_ACK)"
+        } else {
+            "do not ack"
+        }
+    }
+}
+
+/// "persisted" or "online-only", for a run's header and plot title.
+pub(crate) fn persistence(persist: bool) -> &'static str {
+    if persist { "persisted" } else { "online-only" }
+}
+
+/// The receiving clients of an s2c run.
+pub(crate) struct Clients<'a> {
+    /// One user each.
+    pub(crate) users: u32,
+    pub(crate) appcode: u32,
+    /// uids are this prefix, the run's tag, then a number.
+    pub(crate) uid_prefix: &'a str,
+    /// Pushes the run will send (k = 0 … pushes − 1).
+    pub(crate) pushes: usize,
+}
+
 /// Clients online, confirmed by the API.
 pub(crate) struct Online {
     pub(crate) fleet: Fleet,
+    /// The run's tag: in the uids, and in the content of the pushes the clients count.
+    pub(crate) tag: u64,
+    /// The uids are this and 0 … users − 1.
+    pub(crate) prefix: String,
+    /// Worker processes holding the clients.
+    pub(crate) workers: usize,
     /// `GET /v1/presence/{appcode}` once every client was counted (or at the timeout).
     pub(crate) online_users_reported: u64,
     pub(crate) login_secs: f64,
 }
 
-/// Logs `spec.clients.connections` clients in over the workers (a progress bar shows it),
-/// then waits until the API counts them online. Fails when any login failed: the figures
-/// assume N online users.
-pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Result<Online> {
+/// Logs the `clients` in over worker processes ([`crate::fanout`], a progress bar shows it),
+/// with uids and pushes tagged for this run, then waits until the API counts them online.
+/// Fails when any login failed: the figures assume N online users.
+pub(crate) async fn go_online(
+    bench: &Bench,
+    options: &S2cOptions,
+    exe: &Path,
+    clients: &Clients<'_>,
+    deadline: Instant,
+) -> anyhow::Result<Online> {
+    let tag = longlink_proto::unix_ms();
+    let prefix = format!("{}{tag}-", clients.uid_prefix);
+    let spec = FleetSpec {
+        clients: WorkerSpec {
+            exe,
+            gate: bench.target.gate,
+            secret: &bench.secret,
+            appcode: clients.appcode,
+            uid_prefix: &prefix,
+            connections: clients.users,
+            per_worker: options.per_worker,
+            concurrency: options.login_concurrency,
+            login_timeout_secs: options.login_timeout_secs,
+            deadline,
+        },
+        tag,
+        client_ack: options.client_ack(),
+        pushes: clients.pushes,
+    };
     let started = Instant::now();
-    let mut fleet = Fleet::spawn(spec)?;
+    let mut fleet = Fleet::spawn(&spec)?;
     let bar = ProgressBar::new(u64::from(spec.clients.connections));
     bar.set_style(
         ProgressStyle::with_template(
@@ -201,8 +265,12 @@ pub(crate) async fn go_online(bench: &Bench, spec: &FleetSpec<'_>) -> anyhow::Re
             spec.clients.connections
         );
     }
+    let workers = fleet.workers.len();
     Ok(Online {
         fleet,
+        tag,
+        prefix,
+        workers,
         online_users_reported: users,
         login_secs,
     })
