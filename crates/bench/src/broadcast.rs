@@ -238,7 +238,7 @@ async fn measure(
         args.appcode,
         args.options.client_ack_words()
     );
-    println!("{}", s2c::describe_server(bench, &args.options));
+    println!("{}", s2c::describe_server(bench));
     let clients = Clients {
         users: args.users,
         appcode: args.appcode,
@@ -419,15 +419,7 @@ fn summarize(
     }
     notes.extend(fleet.dropped_note());
     notes.extend(fleet.silent_workers_note());
-    if bench.target.is_spawned()
-        && args.options.server_log != "warn"
-        && args.options.server_log != "error"
-    {
-        notes.push(format!(
-            "the server logged at LONGLINK_LOG={}",
-            args.options.server_log
-        ));
-    }
+    notes.extend(bench.target.log_level_note());
     notes.push(format!(
         "the {} clients run in worker processes on the same {} cores as the server: the time a worker takes to read its share of a broadcast is part of the last-delivery time",
         thousands(u64::from(login.users)),
@@ -487,7 +479,7 @@ fn summarize(
             per_worker: args.options.per_worker,
             uid_prefix: args.uid_prefix.clone(),
         },
-        server: ServerInfo::of(bench, &args.options),
+        server: ServerInfo::of(bench),
         machine: Machine::now(&bench.loadavg),
         results: Results {
             logged_in: login.users,

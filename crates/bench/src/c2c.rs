@@ -58,11 +58,8 @@ use crate::client::{self, Minter, Session};
 use crate::plot;
 use crate::procfs;
 use crate::report::thousands;
-use crate::server::{ServerTarget, Target};
+use crate::server::{ServerTarget, Target, dev_secret};
 
-/// The default configuration's secrets, used with `--server` unless overridden.
-const DEV_SECRET_129: &str = "dev-secret-129-change-me";
-const DEV_SECRET_130: &str = "dev-secret-130-change-me";
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
 const TARGET_RATE: u32 = 10_000;
 const TARGET_E2E_P99_MS: f64 = 10.0;
@@ -193,23 +190,20 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
         .unwrap_or(args.duration_secs + args.drain_secs + 120);
     let deadline = Instant::now() + Duration::from_secs(deadline_secs);
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let target = match (args.target.server, args.target.server_pid) {
-        (Some(gate), Some(pid)) => Target::external(
-            gate,
-            args.target.api,
-            pid,
-            args.sender_secret
-                .clone()
-                .unwrap_or_else(|| DEV_SECRET_129.to_owned()),
-        )?,
-        (None, None) => tokio::time::timeout_at(
+    let target = args
+        .target
+        .resolve(
+            &exe,
+            args.sender_appcode,
+            &args.server_log,
             deadline,
-            Target::spawn(&exe, args.sender_appcode, &args.server_log),
+            || {
+                args.sender_secret
+                    .clone()
+                    .map_or_else(|| dev_secret(129), Ok)
+            },
         )
-        .await
-        .map_err(|_| anyhow!("the server did not start before the deadline"))??,
-        _ => bail!("--server and --server-pid go together"),
-    };
+        .await?;
     let outcome = tokio::time::timeout_at(deadline, measure(&args, &target, total)).await;
     let report = target
         .end_run(outcome, |_| true, deadline_secs, "connections")
@@ -1141,25 +1135,23 @@ struct Setup {
 async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Setup> {
     let mut notes = Vec::new();
     let loadavg = procfs::loadavg();
-    let version = target
-        .health()
-        .await
-        .map_or_else(|| "unknown".to_owned(), |health| health.version);
+    let version = target.version().await;
     let data_dir_fs = target.data_dir().and_then(|dir| procfs::fs_type(&dir));
     if data_dir_fs.as_deref() == Some("tmpfs") {
         notes.push("the server's data dir is on tmpfs: fsync costs nothing there, so these latencies are not those of a durable store".to_owned());
     }
-    let secret = |appcode: u32, given: &Option<String>, default: &str| {
+    // With --server: the given secrets, or the default config's of appcodes 129 and 130.
+    let secret = |appcode: u32, given: &Option<String>, default_of: u32| {
         if target.is_spawned() {
             target
                 .secret_of(appcode)
                 .ok_or_else(|| anyhow!("appcode {appcode} is not in the server's config"))
         } else {
-            Ok(given.clone().unwrap_or_else(|| default.to_owned()))
+            given.clone().map_or_else(|| dev_secret(default_of), Ok)
         }
     };
-    let sender_secret = secret(args.sender_appcode, &args.sender_secret, DEV_SECRET_129)?;
-    let receiver_secret = secret(args.receiver_appcode, &args.receiver_secret, DEV_SECRET_130)?;
+    let sender_secret = secret(args.sender_appcode, &args.sender_secret, 129)?;
+    let receiver_secret = secret(args.receiver_appcode, &args.receiver_secret, 130)?;
     let prefix = format!("{}{}-", args.uid_prefix, longlink_proto::unix_ms());
     println!(
         "longlink bench c2c: {} msg/s for {} s ({} messages, open loop), {} senders (appcode {}) → {} receivers (appcode {}), {} B content",
@@ -1173,17 +1165,8 @@ async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Se
         args.content_bytes
     );
     println!(
-        "server: pid {}, {}, longlink {version}, gate {}{}",
-        target.pid,
-        if target.is_spawned() {
-            format!(
-                "started by the bench (serve, LONGLINK_LOG={})",
-                args.server_log
-            )
-        } else {
-            "already running".to_owned()
-        },
-        target.gate,
+        "{}{}",
+        target.describe(&version),
         data_dir_fs
             .as_deref()
             .map(|fs| format!(", store on {fs}"))
@@ -1587,12 +1570,7 @@ fn summarize(
             procfs::cpus()
         ));
     }
-    if target.is_spawned() && args.server_log != "warn" && args.server_log != "error" {
-        notes.push(format!(
-            "the server logged at LONGLINK_LOG={}",
-            args.server_log
-        ));
-    }
+    notes.extend(target.log_level_note());
     let achieved_send_rate = per(counts.sent, send_secs);
     let delivery_rate = per(counts.received, delivery_secs);
     let verdict = Verdict {
@@ -1692,7 +1670,7 @@ fn summarize(
             version,
             pid: target.pid,
             gate: target.gate.to_string(),
-            log_level: target.is_spawned().then(|| args.server_log.clone()),
+            log_level: target.log_level(),
             data_dir_fs,
         },
         machine: Machine {

@@ -35,14 +35,11 @@ use tokio::time::Instant;
 use crate::client::{self, Minter};
 use crate::procfs::{self, Rss};
 use crate::report::{mib, thousands};
-use crate::server::{ServerTarget, Target};
+use crate::server::{ServerTarget, Target, dev_secret};
 use crate::workers::{
     self, LoginWorker, REPORT_INTERVAL, SECRET_ENV, WorkerArgs, WorkerSpec, Workers,
 };
 
-/// The default configuration's secret for appcode 129, used with `--server` unless
-/// `--token-secret` says otherwise.
-const DEV_SECRET_129: &str = "dev-secret-129-change-me";
 /// DESIGN.md target: user-space memory per logged-in idle connection.
 const TARGET_RSS_PER_CONNECTION: u64 = 2048;
 /// DESIGN.md target: server CPU per login.
@@ -130,22 +127,15 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.deadline_secs);
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let target = match (args.target.server, args.target.server_pid) {
-        (Some(gate), Some(pid)) => {
-            let secret = args
-                .token_secret
+    let target = args
+        .target
+        .resolve(&exe, args.appcode, &args.server_log, deadline, || {
+            // The default config's secret of appcode 129, whatever --appcode says.
+            args.token_secret
                 .clone()
-                .unwrap_or_else(|| DEV_SECRET_129.to_owned());
-            Target::external(gate, args.target.api, pid, secret)?
-        }
-        (None, None) => tokio::time::timeout_at(
-            deadline,
-            Target::spawn(&exe, args.appcode, &args.server_log),
-        )
-        .await
-        .map_err(|_| anyhow!("the server did not start before the deadline"))??,
-        _ => bail!("--server and --server-pid go together"),
-    };
+                .map_or_else(|| dev_secret(129), Ok)
+        })
+        .await?;
     let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &target, deadline)).await;
     let report = target
         .end_run(
@@ -379,10 +369,7 @@ async fn measure(
     let pid = target.pid;
     let workers_count = workers::count(n, args.per_worker);
     let mut notes = Vec::new();
-    let version = target
-        .health()
-        .await
-        .map_or_else(|| "unknown".to_owned(), |health| health.version);
+    let version = target.version().await;
     let sessions_before = target.health().await.map(|h| h.sessions);
     let open_files = procfs::open_files(pid).ok();
     let sources: Vec<IpAddr> = (0..workers_count)
@@ -398,18 +385,7 @@ async fn measure(
         },
         args.concurrency
     );
-    println!(
-        "server: pid {pid}, {}, longlink {version}, gate {}",
-        if target.is_spawned() {
-            format!(
-                "started by the bench (serve, LONGLINK_LOG={})",
-                args.server_log
-            )
-        } else {
-            "already running".to_owned()
-        },
-        target.gate
-    );
+    println!("{}", target.describe(&version));
     if let Some((limit, open)) = open_files {
         let fits = limit.saturating_sub(open);
         if u64::from(n) > fits {
@@ -549,12 +525,9 @@ async fn measure(
             SETTLE_MAX.as_secs()
         ));
     }
-    if target.is_spawned() && args.server_log != "warn" && args.server_log != "error" {
-        notes.push(format!(
-            "the server logged at LONGLINK_LOG={} (one line per login at info); its CPU per login includes that",
-            args.server_log
-        ));
-    }
+    notes.extend(target.log_level_note().map(|note| {
+        format!("{note} (one line per login at info); its CPU per login includes that")
+    }));
 
     let problem = {
         let allowed = f64::from(n) * args.max_failed_pct / 100.0;
@@ -611,7 +584,7 @@ async fn measure(
             version,
             pid,
             gate: target.gate.to_string(),
-            log_level: target.is_spawned().then(|| args.server_log.clone()),
+            log_level: target.log_level(),
             open_files_limit: open_files.map(|(limit, _)| limit),
             open_files_before: open_files.map(|(_, open)| open),
         },

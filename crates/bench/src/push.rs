@@ -390,7 +390,7 @@ async fn measure(
         args.in_flight,
         args.options.client_ack_words()
     );
-    println!("{}", s2c::describe_server(bench, &args.options));
+    println!("{}", s2c::describe_server(bench));
     let clients = Clients {
         users: args.users,
         appcode: args.appcode,
@@ -598,15 +598,7 @@ fn summarize(
             crate::procfs::cpus()
         ));
     }
-    if bench.target.is_spawned()
-        && args.options.server_log != "warn"
-        && args.options.server_log != "error"
-    {
-        notes.push(format!(
-            "the server logged at LONGLINK_LOG={}",
-            args.options.server_log
-        ));
-    }
+    notes.extend(bench.target.log_level_note());
     let distribution = latency::distribution(&all.hist);
     let plot = plot::LatencyPlot {
         title: format!(
@@ -659,7 +651,7 @@ fn summarize(
             per_worker: args.options.per_worker,
             uid_prefix: args.uid_prefix.clone(),
         },
-        server: ServerInfo::of(bench, &args.options),
+        server: ServerInfo::of(bench),
         machine: Machine::now(&bench.loadavg),
         results: Results {
             logged_in: args.users,

@@ -17,16 +17,9 @@ use crate::fanout::{Fleet, FleetSpec};
 use crate::latency::round;
 use crate::procfs;
 use crate::report::thousands;
-use crate::server::{ServerTarget, Target};
+use crate::server::{ServerTarget, Target, dev_secret};
 use crate::workers::WorkerSpec;
 
-/// The default configuration's secrets, used with `--server` unless overridden.
-const DEV_SECRETS: [(u32, &str); 4] = [
-    (129, "dev-secret-129-change-me"),
-    (130, "dev-secret-130-change-me"),
-    (131, "dev-secret-131-change-me"),
-    (132, "dev-secret-132-change-me"),
-];
 /// How long the API may take to count every logged-in client as online.
 const PRESENCE_WAIT: Duration = Duration::from_secs(15);
 
@@ -89,38 +82,25 @@ pub(crate) async fn start(
     if options.per_worker == 0 || options.login_concurrency == 0 {
         bail!("--per-worker and --login-concurrency must be at least 1");
     }
-    let target = match (options.target.server, options.target.server_pid) {
-        (Some(gate), Some(pid)) => {
+    let target = options
+        .target
+        .resolve(exe, appcode, &options.server_log, deadline, || {
             if options.target.api.is_none() {
                 bail!("--api is required with --server: the pushes go through the HTTP API");
             }
-            let secret = match &options.token_secret {
-                Some(secret) => secret.clone(),
-                None => DEV_SECRETS
-                    .iter()
-                    .find(|(code, _)| *code == appcode)
-                    .map(|(_, secret)| (*secret).to_owned())
-                    .ok_or_else(|| anyhow!("--token-secret is needed for appcode {appcode}"))?,
-            };
-            Target::external(gate, options.target.api, pid, secret)?
-        }
-        (None, None) => {
-            tokio::time::timeout_at(deadline, Target::spawn(exe, appcode, &options.server_log))
-                .await
-                .map_err(|_| anyhow!("the server did not start before the deadline"))??
-        }
-        _ => bail!("--server and --server-pid go together"),
-    };
+            options
+                .token_secret
+                .clone()
+                .map_or_else(|| dev_secret(appcode), Ok)
+        })
+        .await?;
     let api_addr = target
         .api
         .ok_or_else(|| anyhow!("the server's API address is unknown"))?;
     let api = Api::new(api_addr, options.api_key.as_deref().unwrap_or(DEV_API_KEY))?;
     let secret = target.secret.clone();
     let loadavg = procfs::loadavg();
-    let version = target
-        .health()
-        .await
-        .map_or_else(|| "unknown".to_owned(), |health| health.version);
+    let version = target.version().await;
     Ok(Bench {
         target,
         api,
@@ -352,7 +332,7 @@ pub(crate) struct ServerInfo {
 }
 
 impl ServerInfo {
-    pub(crate) fn of(bench: &Bench, options: &S2cOptions) -> ServerInfo {
+    pub(crate) fn of(bench: &Bench) -> ServerInfo {
         ServerInfo {
             spawned: bench.target.is_spawned(),
             version: bench.version.clone(),
@@ -363,10 +343,7 @@ impl ServerInfo {
                 .api
                 .map(|api| api.to_string())
                 .unwrap_or_default(),
-            log_level: bench
-                .target
-                .is_spawned()
-                .then(|| options.server_log.clone()),
+            log_level: bench.target.log_level(),
         }
     }
 }
@@ -393,20 +370,10 @@ impl Machine {
 }
 
 /// The server line of a run's header.
-pub(crate) fn describe_server(bench: &Bench, options: &S2cOptions) -> String {
+pub(crate) fn describe_server(bench: &Bench) -> String {
     format!(
-        "server: pid {}, {}, longlink {}, gate {}, API {}",
-        bench.target.pid,
-        if bench.target.is_spawned() {
-            format!(
-                "started by the bench (serve, LONGLINK_LOG={})",
-                options.server_log
-            )
-        } else {
-            "already running".to_owned()
-        },
-        bench.version,
-        bench.target.gate,
+        "{}, API {}",
+        bench.target.describe(&bench.version),
         bench
             .target
             .api

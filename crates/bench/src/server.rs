@@ -17,6 +17,26 @@ use crate::http;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a spawned server may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The default configuration's HS256 secrets, used with `--server` unless a scenario is told
+/// otherwise.
+const DEV_SECRETS: [(u32, &str); 4] = [
+    (129, "dev-secret-129-change-me"),
+    (130, "dev-secret-130-change-me"),
+    (131, "dev-secret-131-change-me"),
+    (132, "dev-secret-132-change-me"),
+];
+
+/// The default configuration's secret of `appcode`.
+///
+/// # Errors
+/// An appcode the default configuration does not have (say it with `--token-secret`).
+pub(crate) fn dev_secret(appcode: u32) -> anyhow::Result<String> {
+    DEV_SECRETS
+        .iter()
+        .find(|(code, _)| *code == appcode)
+        .map(|(_, secret)| (*secret).to_owned())
+        .ok_or_else(|| anyhow!("--token-secret is needed for appcode {appcode}"))
+}
 
 /// What `/healthz` answers.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +63,8 @@ struct Spawned {
     dir: tempfile::TempDir,
     /// Every `[[apps]]` appcode of the spawned server's config with its HS256 secret.
     secrets: Vec<(u32, String)>,
+    /// Its `LONGLINK_LOG`.
+    log_level: String,
 }
 
 impl Target {
@@ -176,6 +198,7 @@ impl Target {
                 child,
                 dir,
                 secrets,
+                log_level: log_level.to_owned(),
             }),
         })
     }
@@ -183,6 +206,41 @@ impl Target {
     /// Whether the bench started this server.
     pub(crate) fn is_spawned(&self) -> bool {
         self.spawned.is_some()
+    }
+
+    /// A spawned server's `LONGLINK_LOG` (`None` for one the bench did not start), for the
+    /// JSON.
+    pub(crate) fn log_level(&self) -> Option<String> {
+        self.spawned.as_ref().map(|s| s.log_level.clone())
+    }
+
+    /// The note for a spawned server that logged more than warnings: its figures include the
+    /// logging.
+    pub(crate) fn log_level_note(&self) -> Option<String> {
+        self.log_level()
+            .filter(|level| level != "warn" && level != "error")
+            .map(|level| format!("the server logged at LONGLINK_LOG={level}"))
+    }
+
+    /// The server's version from `/healthz` ("unknown" when it does not say).
+    pub(crate) async fn version(&self) -> String {
+        self.health()
+            .await
+            .map_or_else(|| "unknown".to_owned(), |health| health.version)
+    }
+
+    /// The server line of a run's header: pid, who started it, `version`, gate (a scenario
+    /// adds what else it knows).
+    pub(crate) fn describe(&self, version: &str) -> String {
+        format!(
+            "server: pid {}, {}, longlink {version}, gate {}",
+            self.pid,
+            match self.log_level() {
+                Some(level) => format!("started by the bench (serve, LONGLINK_LOG={level})"),
+                None => "already running".to_owned(),
+            },
+            self.gate
+        )
     }
 
     /// The HS256 secret of `appcode` in a spawned server's configuration (`None` for a server
@@ -337,6 +395,35 @@ fn log_tail(path: &Path) -> String {
         "(no output)".to_owned()
     } else {
         tail.join(" | ")
+    }
+}
+
+impl ServerTarget {
+    /// The server these options name: the one already running at `--server` (`secret` gives
+    /// the HS256 secret of the bench's appcode there), or one started now as `<exe> serve`
+    /// with `LONGLINK_LOG=log_level` (its config gives the secret of `appcode`), ready before
+    /// `deadline`.
+    ///
+    /// # Errors
+    /// `--server` without `--server-pid`, no such pid, no secret, a server that does not start
+    /// in time.
+    pub(crate) async fn resolve(
+        &self,
+        exe: &Path,
+        appcode: u32,
+        log_level: &str,
+        deadline: Instant,
+        secret: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<Target> {
+        match (self.server, self.server_pid) {
+            (Some(gate), Some(pid)) => Target::external(gate, self.api, pid, secret()?),
+            (None, None) => {
+                tokio::time::timeout_at(deadline, Target::spawn(exe, appcode, log_level))
+                    .await
+                    .map_err(|_| anyhow!("the server did not start before the deadline"))?
+            }
+            _ => bail!("--server and --server-pid go together"),
+        }
     }
 }
 
