@@ -21,7 +21,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -89,22 +89,13 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     if args.users == 0 || args.rounds == 0 {
         bail!("--users and --rounds must be at least 1");
     }
-    let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
-    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let bench = s2c::start(&args.options, &exe, args.appcode, deadline).await?;
-    let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &bench, deadline)).await;
-    let report = bench
-        .target
-        .end_run(outcome, |_| true, args.deadline_secs, "workers")
-        .await?;
-    report.print();
-    if let Some(path) = &args.options.json {
-        crate::report::write_json(path, &report.json)?;
-    }
-    if let Some(path) = &args.options.plot {
-        plot::write(path, &report.plot)?;
-    }
-    Ok(())
+    s2c::run(
+        &args.options,
+        args.appcode,
+        args.deadline_secs,
+        async |exe, bench, deadline| measure(&args, exe, bench, deadline).await,
+    )
+    .await
 }
 
 /// What the bench saw of one round while it ran.
@@ -118,10 +109,7 @@ struct RoundRun {
     stats: Option<PushStats>,
 }
 
-struct Report {
-    json: BroadcastJson,
-    plot: plot::LatencyPlot,
-}
+type Report = s2c::Report<BroadcastJson>;
 
 #[derive(Debug, Serialize)]
 struct BroadcastJson {
@@ -518,9 +506,9 @@ fn summarize(
     Report { json, plot }
 }
 
-impl Report {
+impl s2c::Figures for BroadcastJson {
     fn print(&self) {
-        let j = &self.json;
+        let j = self;
         let r = &j.results;
         for round in &r.rounds {
             println!(

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -116,22 +116,13 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     if deliveries > MAX_DELIVERIES {
         bail!("--pushes × --batch = {deliveries}, more than {MAX_DELIVERIES} per run");
     }
-    let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
-    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let bench = s2c::start(&args.options, &exe, args.appcode, deadline).await?;
-    let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &bench, deadline)).await;
-    let report = bench
-        .target
-        .end_run(outcome, |_| true, args.deadline_secs, "workers")
-        .await?;
-    report.print();
-    if let Some(path) = &args.options.json {
-        crate::report::write_json(path, &report.json)?;
-    }
-    if let Some(path) = &args.options.plot {
-        plot::write(path, &report.plot)?;
-    }
-    Ok(())
+    s2c::run(
+        &args.options,
+        args.appcode,
+        args.deadline_secs,
+        async |exe, bench, deadline| measure(&args, exe, bench, deadline).await,
+    )
+    .await
 }
 
 /// Per push, shared by the pushing tasks.
@@ -259,10 +250,7 @@ impl Pusher {
 }
 
 /// The figures of one run.
-struct Report {
-    json: PushJson,
-    plot: plot::LatencyPlot,
-}
+type Report = s2c::Report<PushJson>;
 
 #[derive(Debug, Serialize)]
 struct PushJson {
@@ -705,9 +693,9 @@ fn summarize(
     Report { json, plot }
 }
 
-impl Report {
+impl s2c::Figures for PushJson {
     fn print(&self) {
-        let j = &self.json;
+        let j = self;
         let r = &j.results;
         println!(
             "pushes       {} accepted ({} refused, {} overloaded retries), {} complete, {} incomplete",

@@ -1,6 +1,7 @@
-//! What the s2c scenarios (`push`, `broadcast`) share: their common options, the server under
-//! test and its API, N clients logged in over [`fanout`] workers and confirmed online through
-//! the API, and the server's CPU over a measured window.
+//! What the s2c scenarios (`push`, `broadcast`) share: their common options, the frame of a
+//! run (deadline, server under test and its API, the figures printed and written), N clients
+//! logged in over [`crate::fanout`] workers and confirmed online through the API, the server's
+//! CPU over a measured window, and the pieces of their reports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,8 +70,50 @@ pub(crate) struct Bench {
     pub(crate) loadavg: String,
 }
 
+/// What an s2c run produces: its figures (printed, and written by `--json`) and its plot.
+pub(crate) struct Report<J> {
+    pub(crate) json: J,
+    pub(crate) plot: crate::plot::LatencyPlot,
+}
+
+/// A scenario's figures: the JSON it writes, and the summary it prints.
+pub(crate) trait Figures: Serialize {
+    /// Prints the summary on stdout.
+    fn print(&self);
+}
+
+/// Runs an s2c scenario around its `measure`: sets the `--deadline-secs` deadline, starts (or
+/// finds) the server for `appcode`'s clients, measures, stops the server; then prints the
+/// figures and writes `--json` and `--plot`.
+///
+/// # Errors
+/// As [`start`], `measure`'s, the deadline.
+pub(crate) async fn run<J: Figures>(
+    options: &S2cOptions,
+    appcode: u32,
+    deadline_secs: u64,
+    measure: impl AsyncFnOnce(&Path, &Bench, Instant) -> anyhow::Result<Report<J>>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(deadline_secs);
+    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
+    let bench = start(options, &exe, appcode, deadline).await?;
+    let outcome = tokio::time::timeout_at(deadline, measure(&exe, &bench, deadline)).await;
+    let report = bench
+        .target
+        .end_run(outcome, |_| true, deadline_secs, "workers")
+        .await?;
+    report.json.print();
+    if let Some(path) = &options.json {
+        crate::report::write_json(path, &report.json)?;
+    }
+    if let Some(path) = &options.plot {
+        crate::plot::write(path, &report.plot)?;
+    }
+    Ok(())
+}
+
 /// Starts (or finds) the server for `appcode`'s clients; checks the options first.
-pub(crate) async fn start(
+async fn start(
     options: &S2cOptions,
     exe: &Path,
     appcode: u32,
