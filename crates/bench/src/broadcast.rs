@@ -31,8 +31,8 @@ use crate::api::{PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
-use crate::report::thousands;
-use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
+use crate::report::{per, thousands, verdict};
+use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window};
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
@@ -537,14 +537,9 @@ impl s2c::Figures for BroadcastJson {
             r.last_delivery_ms.max,
             r.rounds.len()
         );
-        let l = &r.all_deliveries_ms;
         println!(
-            "all          p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  ({} deliveries, {} missing, {} duplicates)",
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
+            "all          {}  ({} deliveries, {} missing, {} duplicates)",
+            r.all_deliveries_ms.percentiles_text(),
             thousands(r.delivered),
             thousands(r.missing),
             thousands(r.duplicates)

@@ -55,9 +55,10 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Minter, Session};
+use crate::latency::{self, Latency, ms, round};
 use crate::plot;
 use crate::procfs;
-use crate::report::thousands;
+use crate::report::{per, thousands, verdict};
 use crate::server::{ServerTarget, Target, dev_secret};
 
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
@@ -1001,19 +1002,6 @@ struct Results {
     bucket_secs: f64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Latency {
-    count: u64,
-    min: f64,
-    mean: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    p9999: f64,
-    max: f64,
-}
-
 #[derive(Debug, Serialize)]
 struct PercentilePoint {
     percentile: f64,
@@ -1054,42 +1042,6 @@ struct Verdict {
 /// An empty latency histogram in µs: 1 µs … 1 h at 3 significant figures.
 fn histogram_template() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("cannot create a histogram")
-}
-
-fn ms(us: u64) -> f64 {
-    round(us as f64 / 1000.0, 3)
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
-}
-
-fn latency(h: &Histogram<u64>) -> Latency {
-    if h.is_empty() {
-        return Latency {
-            count: 0,
-            min: 0.0,
-            mean: 0.0,
-            p50: 0.0,
-            p90: 0.0,
-            p99: 0.0,
-            p999: 0.0,
-            p9999: 0.0,
-            max: 0.0,
-        };
-    }
-    Latency {
-        count: h.len(),
-        min: ms(h.min()),
-        mean: round(h.mean() / 1000.0, 3),
-        p50: ms(h.value_at_quantile(0.5)),
-        p90: ms(h.value_at_quantile(0.9)),
-        p99: ms(h.value_at_quantile(0.99)),
-        p999: ms(h.value_at_quantile(0.999)),
-        p9999: ms(h.value_at_quantile(0.9999)),
-        max: ms(h.max()),
-    }
 }
 
 /// Logs in `count` connections as `<prefix>{i}`, a few at a time.
@@ -1529,10 +1481,9 @@ fn summarize(
     let send_secs = secs(&shared.last_sent_ns);
     let ack_secs = secs(&shared.last_ack_ns);
     let delivery_secs = secs(&shared.last_delivery_ns);
-    let per = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let server_cpu_secs = usage.server_cpu.as_secs_f64();
-    let ack_latency = latency(&ack_h);
-    let e2e_latency = latency(&e2e_h);
+    let ack_latency = latency::summary_to_p9999(&ack_h);
+    let e2e_latency = latency::summary_to_p9999(&e2e_h);
     let quantile = |h: &Histogram<u64>, q: f64| {
         if h.is_empty() {
             0.0
@@ -1641,7 +1592,7 @@ fn summarize(
         receiver_acked_ids: receiver_out.acked_ids,
         ack_latency_ms: ack_latency,
         e2e_latency_ms: e2e_latency,
-        send_lag_ms: latency(&send_lag),
+        send_lag_ms: latency::summary_to_p9999(&send_lag),
         percentiles,
         over_time,
         bucket_secs: bucket.as_secs_f64(),
@@ -1838,20 +1789,9 @@ impl Report {
                 r.duplicate_deliveries, r.duplicate_answers, r.duplicate_stores, r.misrouted
             );
         }
-        let line = |name: &str, l: &Latency| {
-            println!(
-                "{name:<12} p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  ({} samples)",
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                thousands(l.count)
-            );
-        };
-        line("ACK latency", &r.ack_latency_ms);
-        line("end to end", &r.e2e_latency_ms);
-        line("send lag", &r.send_lag_ms);
+        r.ack_latency_ms.print_line("ACK latency");
+        r.e2e_latency_ms.print_line("end to end");
+        r.send_lag_ms.print_line("send lag");
         println!(
             "server CPU   {:.2} s: {:.1} µs per message, {} messages per server CPU-second; {} B written to disk per message",
             r.server_cpu_secs,
@@ -1901,10 +1841,6 @@ impl Report {
             println!("note: {note}");
         }
     }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "meets" } else { "MISSES" }
 }
 
 #[cfg(test)]

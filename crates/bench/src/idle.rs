@@ -33,8 +33,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{self, Minter};
+use crate::latency::round;
 use crate::procfs::{self, Rss};
-use crate::report::{mib, thousands};
+use crate::report::{mib, per, thousands, verdict};
 use crate::server::{ServerTarget, Target, dev_secret};
 use crate::workers::{
     self, LoginWorker, REPORT_INTERVAL, SECRET_ENV, WorkerArgs, WorkerSpec, Workers,
@@ -304,10 +305,6 @@ impl Report {
             println!("note: {note}");
         }
     }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "meets" } else { "MISSES" }
 }
 
 /// Resident memory once it stopped moving.
@@ -602,14 +599,7 @@ async fn measure(
             logins_per_sec: round(f64::from(logged_in) / login_secs, 1),
             server_cpu_secs: round(server_cpu, 3),
             server_cpu_us_per_login: round(per_login(server_cpu * 1e6), 1),
-            logins_per_server_cpu_sec: round(
-                if server_cpu > 0.0 {
-                    f64::from(logged_in) / server_cpu
-                } else {
-                    0.0
-                },
-                0,
-            ),
+            logins_per_server_cpu_sec: round(per(u64::from(logged_in), server_cpu), 0),
             client_cpu_secs: round(client_cpu.as_secs_f64(), 3),
             listen_overflows,
             rss_baseline_bytes: baseline.rss.total,
@@ -629,11 +619,6 @@ async fn measure(
         notes,
     };
     Ok(Report { json, problem })
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 /// Runs one worker: opens `count` logged-in connections, reports on stdout, holds them until

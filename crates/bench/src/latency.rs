@@ -1,9 +1,10 @@
-//! Latency summaries of HDR histograms in µs, as the s2c scenarios report them (ms, rounded).
+//! Latency summaries of HDR histograms in µs, as the scenarios report them (ms, rounded).
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::plot;
+use crate::report::thousands;
 
 /// A latency distribution's summary, in ms.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -15,7 +16,29 @@ pub(crate) struct Latency {
     pub(crate) p90: f64,
     pub(crate) p99: f64,
     pub(crate) p999: f64,
+    /// Only where a run has the samples for it ([`summary_to_p9999`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) p9999: Option<f64>,
     pub(crate) max: f64,
+}
+
+impl Latency {
+    /// `p50 …  p90 …  p99 …  p99.9 …  max … ms`, for a printed summary.
+    pub(crate) fn percentiles_text(&self) -> String {
+        format!(
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+
+    /// Prints one line of a run's summary: `name`, the percentiles and the sample count.
+    pub(crate) fn print_line(&self, name: &str) {
+        println!(
+            "{name:<12} {}  ({} samples)",
+            self.percentiles_text(),
+            thousands(self.count)
+        );
+    }
 }
 
 /// The summary of `h` (µs); all zeros for an empty histogram.
@@ -31,7 +54,20 @@ pub(crate) fn summary(h: &Histogram<u64>) -> Latency {
         p90: ms(h.value_at_quantile(0.9)),
         p99: ms(h.value_at_quantile(0.99)),
         p999: ms(h.value_at_quantile(0.999)),
+        p9999: None,
         max: ms(h.max()),
+    }
+}
+
+/// [`summary`] with p99.99 as well (0 for an empty histogram).
+pub(crate) fn summary_to_p9999(h: &Histogram<u64>) -> Latency {
+    Latency {
+        p9999: Some(if h.is_empty() {
+            0.0
+        } else {
+            ms(h.value_at_quantile(0.9999))
+        }),
+        ..summary(h)
     }
 }
 
@@ -99,6 +135,13 @@ mod tests {
         assert!((l.p50 - 2.0).abs() < 0.01, "{l:?}");
         assert!((l.max - 3.0).abs() < 0.01, "{l:?}");
         assert_eq!(summary(&histogram_empty()).count, 0);
+        assert_eq!(l.p9999, None, "left out of the JSON");
+        assert!(
+            summary_to_p9999(&h)
+                .p9999
+                .is_some_and(|ms| (ms - 3.0).abs() < 0.01)
+        );
+        assert_eq!(summary_to_p9999(&histogram_empty()).p9999, Some(0.0));
     }
 
     fn histogram_empty() -> Histogram<u64> {

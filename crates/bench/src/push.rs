@@ -37,8 +37,8 @@ use crate::api::{Api, PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
-use crate::report::thousands;
-use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window, per, verdict};
+use crate::report::{per, thousands, verdict};
+use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
@@ -717,19 +717,8 @@ impl s2c::Figures for PushJson {
             thousands(r.missing),
             thousands(r.duplicates)
         );
-        let line = |name: &str, l: &Latency| {
-            println!(
-                "{name:<12} p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  ({} samples)",
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                thousands(l.count)
-            );
-        };
-        line("end to end", &r.e2e_latency_ms);
-        line("API call", &r.api_call_ms);
+        r.e2e_latency_ms.print_line("end to end");
+        r.api_call_ms.print_line("API call");
         println!(
             "server CPU   {:.2} s in {:.2} s ({:.0}% of one core): {:.2} µs per delivery, {} deliveries per server CPU-second",
             r.server_cpu_secs,

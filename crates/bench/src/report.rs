@@ -73,6 +73,16 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, json: &T) -> anyhow::Result<
     Ok(())
 }
 
+/// `n / secs`: a rate, 0 for no time.
+pub(crate) fn per(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// "meets" / "MISSES": a target's verdict, as the summaries print it.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met { "meets" } else { "MISSES" }
+}
+
 /// Bytes as MiB with one decimal.
 pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))

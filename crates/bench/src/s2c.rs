@@ -423,13 +423,3 @@ pub(crate) fn describe_server(bench: &Bench) -> String {
             .map_or_else(|| "?".to_owned(), |api| api.to_string())
     )
 }
-
-/// `n / secs`, 0 for no time.
-pub(crate) fn per(n: u64, secs: f64) -> f64 {
-    if secs > 0.0 { n as f64 / secs } else { 0.0 }
-}
-
-/// "meets" / "MISSES".
-pub(crate) fn verdict(met: bool) -> &'static str {
-    if met { "meets" } else { "MISSES" }
-}
