@@ -31,8 +31,8 @@ use crate::api::{PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
-use crate::report::{per, thousands, verdict};
-use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window};
+use crate::report::{Machine, RunStamp, per, thousands, verdict};
+use crate::s2c::{self, Clients, S2cOptions, ServerInfo, Usage, Window};
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
@@ -113,10 +113,8 @@ type Report = s2c::Report<BroadcastJson>;
 
 #[derive(Debug, Serialize)]
 struct BroadcastJson {
-    scenario: &'static str,
-    date: String,
-    command: String,
-    bench_version: &'static str,
+    #[serde(flatten)]
+    run: RunStamp,
     inputs: Inputs,
     server: ServerInfo,
     machine: Machine,
@@ -450,10 +448,7 @@ fn summarize(
         over_time_x: "round".to_owned(),
     };
     let json = BroadcastJson {
-        scenario: "broadcast",
-        date: crate::report::utc_now(),
-        command: crate::report::command_line(),
-        bench_version: env!("CARGO_PKG_VERSION"),
+        run: RunStamp::now("broadcast"),
         inputs: Inputs {
             users: args.users,
             rounds: args.rounds,
@@ -468,7 +463,7 @@ fn summarize(
             uid_prefix: args.uid_prefix.clone(),
         },
         server: ServerInfo::of(bench),
-        machine: Machine::now(&bench.loadavg),
+        machine: Machine::now(Some(bench.loadavg.clone())),
         results: Results {
             logged_in: login.users,
             login_secs: round(login.secs, 2),

@@ -58,8 +58,8 @@ use crate::client::{self, Minter, Session};
 use crate::latency::{self, Latency, ms, round};
 use crate::plot;
 use crate::procfs;
-use crate::report::{per, thousands, verdict};
-use crate::server::{ServerTarget, Target, dev_secret};
+use crate::report::{Machine, RunStamp, per, thousands, verdict};
+use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
 
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
 const TARGET_RATE: u32 = 10_000;
@@ -879,10 +879,8 @@ struct Report {
 
 #[derive(Debug, Serialize)]
 struct C2cJson {
-    scenario: &'static str,
-    date: String,
-    command: String,
-    bench_version: &'static str,
+    #[serde(flatten)]
+    run: RunStamp,
     inputs: Inputs,
     server: ServerInfo,
     machine: Machine,
@@ -910,21 +908,10 @@ struct Inputs {
 
 #[derive(Debug, Serialize)]
 struct ServerInfo {
-    spawned: bool,
-    version: String,
-    pid: u32,
-    gate: String,
+    #[serde(flatten)]
+    identity: ServerIdentity,
     log_level: Option<String>,
     data_dir_fs: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cpus: usize,
-    kernel: String,
-    clock_ticks_per_second: u64,
-    /// `/proc/loadavg` when the run began: other work sharing the cores.
-    loadavg_before: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -1598,10 +1585,7 @@ fn summarize(
         bucket_secs: bucket.as_secs_f64(),
     };
     let json = C2cJson {
-        scenario: "c2c",
-        date: crate::report::utc_now(),
-        command: crate::report::command_line(),
-        bench_version: env!("CARGO_PKG_VERSION"),
+        run: RunStamp::now("c2c"),
         inputs: Inputs {
             rate: args.rate,
             duration_secs: args.duration_secs,
@@ -1617,19 +1601,11 @@ fn summarize(
             uid_prefix: prefix,
         },
         server: ServerInfo {
-            spawned: target.is_spawned(),
-            version,
-            pid: target.pid,
-            gate: target.gate.to_string(),
+            identity: target.identity(version),
             log_level: target.log_level(),
             data_dir_fs,
         },
-        machine: Machine {
-            cpus: procfs::cpus(),
-            kernel: procfs::kernel(),
-            clock_ticks_per_second: procfs::clock_ticks_per_second(),
-            loadavg_before: loadavg,
-        },
+        machine: Machine::now(Some(loadavg)),
         results,
         targets: Targets {
             rate: TARGET_RATE,

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use crate::client::{self, Minter};
 use crate::latency::round;
 use crate::procfs::{self, Rss};
-use crate::report::{mib, per, thousands, verdict};
-use crate::server::{ServerTarget, Target, dev_secret};
+use crate::report::{Machine, RunStamp, mib, per, thousands, verdict};
+use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
 use crate::workers::{
     self, LoginWorker, REPORT_INTERVAL, SECRET_ENV, WorkerArgs, WorkerSpec, Workers,
 };
@@ -164,10 +164,8 @@ struct Report {
 
 #[derive(Debug, Serialize)]
 struct IdleJson {
-    scenario: &'static str,
-    date: String,
-    command: String,
-    bench_version: &'static str,
+    #[serde(flatten)]
+    run: RunStamp,
     inputs: Inputs,
     server: ServerInfo,
     machine: Machine,
@@ -190,20 +188,11 @@ struct Inputs {
 
 #[derive(Debug, Serialize)]
 struct ServerInfo {
-    spawned: bool,
-    version: String,
-    pid: u32,
-    gate: String,
+    #[serde(flatten)]
+    identity: ServerIdentity,
     log_level: Option<String>,
     open_files_limit: Option<u64>,
     open_files_before: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cpus: usize,
-    kernel: String,
-    clock_ticks_per_second: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -562,10 +551,7 @@ async fn measure(
         }
     };
     let json = IdleJson {
-        scenario: "idle",
-        date: crate::report::utc_now(),
-        command: crate::report::command_line(),
-        bench_version: env!("CARGO_PKG_VERSION"),
+        run: RunStamp::now("idle"),
         inputs: Inputs {
             connections: n,
             workers: workers_count,
@@ -577,19 +563,12 @@ async fn measure(
             source_addresses: sources.iter().map(ToString::to_string).collect(),
         },
         server: ServerInfo {
-            spawned: target.is_spawned(),
-            version,
-            pid,
-            gate: target.gate.to_string(),
+            identity: target.identity(version),
             log_level: target.log_level(),
             open_files_limit: open_files.map(|(limit, _)| limit),
             open_files_before: open_files.map(|(_, open)| open),
         },
-        machine: Machine {
-            cpus: procfs::cpus(),
-            kernel: procfs::kernel(),
-            clock_ticks_per_second: procfs::clock_ticks_per_second(),
-        },
+        machine: Machine::now(None),
         results: Results {
             logged_in,
             failed,

@@ -37,8 +37,8 @@ use crate::api::{Api, PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
-use crate::report::{per, thousands, verdict};
-use crate::s2c::{self, Clients, Machine, S2cOptions, ServerInfo, Usage, Window};
+use crate::report::{Machine, RunStamp, per, thousands, verdict};
+use crate::s2c::{self, Clients, S2cOptions, ServerInfo, Usage, Window};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
@@ -254,10 +254,8 @@ type Report = s2c::Report<PushJson>;
 
 #[derive(Debug, Serialize)]
 struct PushJson {
-    scenario: &'static str,
-    date: String,
-    command: String,
-    bench_version: &'static str,
+    #[serde(flatten)]
+    run: RunStamp,
     inputs: Inputs,
     server: ServerInfo,
     machine: Machine,
@@ -621,10 +619,7 @@ fn summarize(
         over_time_x: "seconds after the first API call".to_owned(),
     };
     let json = PushJson {
-        scenario: "push",
-        date: crate::report::utc_now(),
-        command: crate::report::command_line(),
-        bench_version: env!("CARGO_PKG_VERSION"),
+        run: RunStamp::now("push"),
         inputs: Inputs {
             users: args.users,
             pushes: args.pushes,
@@ -640,7 +635,7 @@ fn summarize(
             uid_prefix: args.uid_prefix.clone(),
         },
         server: ServerInfo::of(bench),
-        machine: Machine::now(&bench.loadavg),
+        machine: Machine::now(Some(bench.loadavg.clone())),
         results: Results {
             logged_in: args.users,
             login_secs: round(c.login_secs, 2),

@@ -1,9 +1,58 @@
-//! Small helpers for reports: the date, the command line, number formatting, the JSON file.
+//! Small helpers for reports: what every JSON report begins with (the run, the machine), the
+//! date, the command line, number formatting, rates and verdicts, the JSON file.
 
 use std::path::Path;
 
 use anyhow::Context;
 use serde::Serialize;
+
+use crate::procfs;
+
+/// What every `--json` begins with: the scenario, when it ran, the command line, the bench's
+/// version.
+#[derive(Debug, Serialize)]
+pub(crate) struct RunStamp {
+    scenario: &'static str,
+    date: String,
+    command: String,
+    bench_version: &'static str,
+}
+
+impl RunStamp {
+    /// `scenario`, run now by this process.
+    pub(crate) fn now(scenario: &'static str) -> RunStamp {
+        RunStamp {
+            scenario,
+            date: utc_now(),
+            command: command_line(),
+            bench_version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// About the machine, for the JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    cpus: usize,
+    kernel: String,
+    clock_ticks_per_second: u64,
+    /// `/proc/loadavg` when the run began: other work sharing the cores (left out where a
+    /// scenario does not read it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loadavg_before: Option<String>,
+}
+
+impl Machine {
+    /// This machine, with its load when the run began.
+    pub(crate) fn now(loadavg_before: Option<String>) -> Machine {
+        Machine {
+            cpus: procfs::cpus(),
+            kernel: procfs::kernel(),
+            clock_ticks_per_second: procfs::clock_ticks_per_second(),
+            loadavg_before,
+        }
+    }
+}
 
 /// Now as RFC 3339 UTC, e.g. `2025-01-31T12:34:56Z`.
 pub(crate) fn utc_now() -> String {

@@ -18,7 +18,7 @@ use crate::fanout::{Fleet, FleetSpec};
 use crate::latency::round;
 use crate::procfs;
 use crate::report::thousands;
-use crate::server::{ServerTarget, Target, dev_secret};
+use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
 use crate::workers::WorkerSpec;
 
 /// How long the API may take to count every logged-in client as online.
@@ -366,10 +366,8 @@ impl Usage {
 /// About the server, for the JSON.
 #[derive(Debug, Serialize)]
 pub(crate) struct ServerInfo {
-    pub(crate) spawned: bool,
-    pub(crate) version: String,
-    pub(crate) pid: u32,
-    pub(crate) gate: String,
+    #[serde(flatten)]
+    pub(crate) identity: ServerIdentity,
     pub(crate) api: String,
     pub(crate) log_level: Option<String>,
 }
@@ -377,37 +375,13 @@ pub(crate) struct ServerInfo {
 impl ServerInfo {
     pub(crate) fn of(bench: &Bench) -> ServerInfo {
         ServerInfo {
-            spawned: bench.target.is_spawned(),
-            version: bench.version.clone(),
-            pid: bench.target.pid,
-            gate: bench.target.gate.to_string(),
+            identity: bench.target.identity(bench.version.clone()),
             api: bench
                 .target
                 .api
                 .map(|api| api.to_string())
                 .unwrap_or_default(),
             log_level: bench.target.log_level(),
-        }
-    }
-}
-
-/// About the machine, for the JSON.
-#[derive(Debug, Serialize)]
-pub(crate) struct Machine {
-    pub(crate) cpus: usize,
-    pub(crate) kernel: String,
-    pub(crate) clock_ticks_per_second: u64,
-    /// `/proc/loadavg` when the run began: other work sharing the cores.
-    pub(crate) loadavg_before: String,
-}
-
-impl Machine {
-    pub(crate) fn now(loadavg: &str) -> Machine {
-        Machine {
-            cpus: procfs::cpus(),
-            kernel: procfs::kernel(),
-            clock_ticks_per_second: procfs::clock_ticks_per_second(),
-            loadavg_before: loadavg.to_owned(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -43,6 +43,16 @@ pub(crate) fn dev_secret(appcode: u32) -> anyhow::Result<String> {
 pub(crate) struct Health {
     pub(crate) version: String,
     pub(crate) sessions: u64,
+}
+
+/// Which server a run measured, for the JSON: whether the bench started it, its version, pid
+/// and gate (a scenario adds what else it knows).
+#[derive(Debug, Serialize)]
+pub(crate) struct ServerIdentity {
+    spawned: bool,
+    version: String,
+    pid: u32,
+    gate: String,
 }
 
 /// A server under test.
@@ -227,6 +237,16 @@ impl Target {
         self.health()
             .await
             .map_or_else(|| "unknown".to_owned(), |health| health.version)
+    }
+
+    /// This server for the JSON, with its `version`.
+    pub(crate) fn identity(&self, version: String) -> ServerIdentity {
+        ServerIdentity {
+            spawned: self.is_spawned(),
+            version,
+            pid: self.pid,
+            gate: self.gate.to_string(),
+        }
     }
 
     /// The server line of a run's header: pid, who started it, `version`, gate (a scenario
