@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -31,8 +31,8 @@ use crate::api::{PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
-use crate::report::{Machine, RunStamp, per, thousands, verdict};
-use crate::s2c::{self, Clients, S2cOptions, ServerInfo, Usage, Window};
+use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
+use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo, Usage, Window};
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
@@ -141,9 +141,8 @@ struct Inputs {
 
 #[derive(Debug, Serialize)]
 struct Results {
-    logged_in: u32,
-    login_secs: f64,
-    online_users_reported: u64,
+    #[serde(flatten)]
+    login: LoginFigures,
     rounds: Vec<RoundResult>,
     /// API call → last delivery, over the rounds.
     last_delivery_ms: MinMedMax,
@@ -232,20 +231,10 @@ async fn measure(
         pushes: args.rounds as usize,
     };
     let online = s2c::go_online(bench, &args.options, exe, &clients, deadline).await?;
-    let login = Login {
-        users: args.users,
-        secs: online.login_secs,
-        online_users_reported: online.online_users_reported,
-        workers: online.workers,
-    };
-    let (mut fleet, tag) = (online.fleet, online.tag);
-    let bar = ProgressBar::new(u64::from(args.rounds) * u64::from(args.users));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} deliveries, {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+    let (mut fleet, tag, login, workers) = (online.fleet, online.tag, online.login, online.workers);
+    let bar = progress_bar(
+        u64::from(args.rounds) * u64::from(args.users),
+        "deliveries, {msg}",
     );
     let mut runs = Vec::new();
     let mut failure = None;
@@ -264,15 +253,7 @@ async fn measure(
     if let Some(err) = failure {
         return Err(err);
     }
-    Ok(summarize(args, bench, &login, runs, report))
-}
-
-/// Login figures carried into the report.
-struct Login {
-    users: u32,
-    secs: f64,
-    online_users_reported: u64,
-    workers: usize,
+    Ok(summarize(args, bench, login, workers, runs, report))
 }
 
 /// One broadcast: the call, the wait for every delivery, the pause, the readings.
@@ -349,7 +330,8 @@ async fn round_run(
 fn summarize(
     args: &BroadcastArgs,
     bench: &s2c::Bench,
-    login: &Login,
+    login: LoginFigures,
+    workers: usize,
     runs: Vec<RoundRun>,
     fleet: fanout::FleetReport,
 ) -> Report {
@@ -408,7 +390,7 @@ fn summarize(
     notes.extend(bench.target.log_level_note());
     notes.push(format!(
         "the {} clients run in worker processes on the same {} cores as the server: the time a worker takes to read its share of a broadcast is part of the last-delivery time",
-        thousands(u64::from(login.users)),
+        thousands(u64::from(login.logged_in)),
         crate::procfs::cpus()
     ));
     let server_cpu = usage.server_cpu.as_secs_f64();
@@ -427,7 +409,7 @@ fn summarize(
     let plot = plot::LatencyPlot {
         title: format!(
             "longlink broadcast to {} online users, {} {} rounds: last delivery min {:.1} / median {:.1} / max {:.1} ms",
-            thousands(u64::from(login.users)),
+            thousands(u64::from(login.logged_in)),
             runs.len(),
             s2c::persistence(args.persist),
             last.min,
@@ -458,16 +440,14 @@ fn summarize(
             appcode: args.appcode,
             msgtype: args.msgtype,
             client_ack: args.options.client_ack(),
-            workers: login.workers,
+            workers,
             per_worker: args.options.per_worker,
             uid_prefix: args.uid_prefix.clone(),
         },
         server: ServerInfo::of(bench),
         machine: Machine::now(Some(bench.loadavg.clone())),
         results: Results {
-            logged_in: login.users,
-            login_secs: round(login.secs, 2),
-            online_users_reported: login.online_users_reported,
+            login,
             last_delivery_ms: last,
             all_deliveries_ms: latency::summary(&all.hist),
             delivered,

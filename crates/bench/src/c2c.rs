@@ -43,7 +43,6 @@ use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use clap::Args;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, FrameCodec, FrameType, wire};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,7 +57,7 @@ use crate::client::{self, Minter, Session};
 use crate::latency::{self, Latency, ms, round};
 use crate::plot;
 use crate::procfs;
-use crate::report::{Machine, RunStamp, per, thousands, verdict};
+use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
 
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
@@ -1231,12 +1230,7 @@ impl Running {
     /// is answered and every ACKed one delivered. Returns whether that happened.
     async fn drive(&self, args: &C2cArgs) -> bool {
         let shared = &self.shared;
-        let bar = ProgressBar::new(shared.total);
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} sent, {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
+        let bar = progress_bar(shared.total, "sent, {msg}");
         let drain = Duration::from_secs(args.drain_secs);
         let send_end = shared.due(shared.total);
         let mut drain_until = None;

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -432,14 +431,7 @@ async fn measure(
         &[],
         |_| None,
     )?;
-    let bar = ProgressBar::new(u64::from(n));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} logged in, {per_sec} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = workers::login_bar(n);
     if let Err(crash) = workers.wait_logged_in(&bar).await {
         bar.abandon();
         workers.stop().await;

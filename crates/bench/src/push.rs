@@ -28,7 +28,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,8 +36,8 @@ use crate::api::{Api, PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
-use crate::report::{Machine, RunStamp, per, thousands, verdict};
-use crate::s2c::{self, Clients, S2cOptions, ServerInfo, Usage, Window};
+use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
+use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo, Usage, Window};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
@@ -283,9 +282,8 @@ struct Inputs {
 
 #[derive(Debug, Serialize)]
 struct Results {
-    logged_in: u32,
-    login_secs: f64,
-    online_users_reported: u64,
+    #[serde(flatten)]
+    login: LoginFigures,
     /// Pushes the API accepted (202).
     pushes_accepted: u64,
     /// Pushes refused for good (after retries).
@@ -409,14 +407,7 @@ async fn measure(
             .run(),
         );
     }
-    let bar = ProgressBar::new(u64::from(args.pushes));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} pushes done, {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar(u64::from(args.pushes), "pushes done, {msg}");
     let mut failure = None;
     loop {
         tokio::select! {
@@ -459,8 +450,7 @@ async fn measure(
             pushes: &pushes,
             fleet: fleet_report,
             usage,
-            login_secs: online.login_secs,
-            online_users_reported: online.online_users_reported,
+            login: online.login,
             workers: online.workers,
             server_counters,
             server_counters_read,
@@ -503,8 +493,7 @@ struct Collected<'a> {
     pushes: &'a Pushes,
     fleet: fanout::FleetReport,
     usage: Usage,
-    login_secs: f64,
-    online_users_reported: u64,
+    login: LoginFigures,
     workers: usize,
     server_counters: PushStats,
     server_counters_read: u64,
@@ -637,9 +626,7 @@ fn summarize(
         server: ServerInfo::of(bench),
         machine: Machine::now(Some(bench.loadavg.clone())),
         results: Results {
-            logged_in: args.users,
-            login_secs: round(c.login_secs, 2),
-            online_users_reported: c.online_users_reported,
+            login: c.login,
             pushes_accepted: pushes.accepted.load(Ordering::Relaxed),
             pushes_refused: refused,
             refusals: pushes

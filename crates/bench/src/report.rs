@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::procfs;
@@ -113,6 +114,22 @@ pub(crate) fn thousands(n: u64) -> String {
     out
 }
 
+/// A progress bar of `len` things, as the scenarios draw them: the elapsed time, the bar,
+/// `pos/len`, then `tail` (an indicatif template: what is counted, `{msg}`, …).
+pub(crate) fn progress_bar(len: u64, tail: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&progress_template(tail))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn progress_template(tail: &str) -> String {
+    format!("{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {tail}")
+}
+
 /// Writes a scenario's figures as pretty JSON to `path` (its `--json`) and says so.
 pub(crate) fn write_json<T: Serialize>(path: &Path, json: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(json)?;
@@ -146,6 +163,17 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc(1_735_689_599), "2024-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn progress_templates() {
+        assert_eq!(
+            progress_template("sent, {msg}"),
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} sent, {msg}"
+        );
+        for tail in ["logged in, {per_sec} {msg}", "pushes done, {msg}"] {
+            assert!(ProgressStyle::with_template(&progress_template(tail)).is_ok());
+        }
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -19,7 +18,7 @@ use crate::latency::round;
 use crate::procfs;
 use crate::report::thousands;
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
-use crate::workers::WorkerSpec;
+use crate::workers::{self, WorkerSpec};
 
 /// How long the API may take to count every logged-in client as online.
 const PRESENCE_WAIT: Duration = Duration::from_secs(15);
@@ -194,9 +193,17 @@ pub(crate) struct Online {
     pub(crate) prefix: String,
     /// Worker processes holding the clients.
     pub(crate) workers: usize,
+    pub(crate) login: LoginFigures,
+}
+
+/// How the clients came online: the first of an s2c run's results in the JSON.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct LoginFigures {
+    pub(crate) logged_in: u32,
+    /// From starting the workers to the last login.
+    pub(crate) login_secs: f64,
     /// `GET /v1/presence/{appcode}` once every client was counted (or at the timeout).
     pub(crate) online_users_reported: u64,
-    pub(crate) login_secs: f64,
 }
 
 /// Logs the `clients` in over worker processes ([`crate::fanout`], a progress bar shows it),
@@ -230,14 +237,7 @@ pub(crate) async fn go_online(
     };
     let started = Instant::now();
     let mut fleet = Fleet::spawn(&spec)?;
-    let bar = ProgressBar::new(u64::from(spec.clients.connections));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} logged in, {per_sec} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = workers::login_bar(spec.clients.connections);
     let logged = fleet.workers.wait_logged_in(&bar).await;
     bar.finish_and_clear();
     if let Err(err) = logged {
@@ -294,8 +294,11 @@ pub(crate) async fn go_online(
         tag,
         prefix,
         workers,
-        online_users_reported: users,
-        login_secs,
+        login: LoginFigures {
+            logged_in: clients.users,
+            login_secs: round(login_secs, 2),
+            online_users_reported: users,
+        },
     })
 }
 

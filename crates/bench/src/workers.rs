@@ -304,6 +304,11 @@ pub(crate) struct WorkerSpec<'a> {
     pub(crate) deadline: Instant,
 }
 
+/// The progress bar [`Workers::wait_logged_in`] shows `connections` logins on.
+pub(crate) fn login_bar(connections: u32) -> ProgressBar {
+    crate::report::progress_bar(u64::from(connections), "logged in, {per_sec} {msg}")
+}
+
 /// How many worker processes hold `connections` at most `per_worker` each.
 pub(crate) fn count(connections: u32, per_worker: u32) -> u32 {
     connections.div_ceil(per_worker.max(1))
