@@ -31,8 +31,9 @@ use crate::api::{PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
+use crate::procfs::{Usage, Window};
 use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
-use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo, Usage, Window};
+use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo};
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
@@ -267,7 +268,11 @@ async fn round_run(
 ) -> anyhow::Result<RoundRun> {
     fleet.workers.drain();
     let expected = args.users.saturating_sub(fleet.workers.dropped());
-    let window = Window::open(bench.target.pid, fleet)?;
+    let window = Window::open(
+        bench.target.pid,
+        Instant::now(),
+        fleet.load_generator_cpu()?,
+    )?;
     let t_call = fanout::unix_us();
     let content = fanout::content(tag, r, r, t_call);
     let body = PushBody {
@@ -308,7 +313,7 @@ async fn round_run(
     };
     bar.set_position(done_before + u64::from(delivered.of(r as usize)));
     tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
-    let usage = window.close(bench.target.pid, fleet)?;
+    let usage = window.close(bench.target.pid, fleet.load_generator_cpu()?)?;
     let stats = bench.api.push_stats(push_id).await.ok();
     if targets < u64::from(expected) {
         return Err(anyhow!(

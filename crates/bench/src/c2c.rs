@@ -1305,61 +1305,20 @@ impl Running {
     }
 }
 
-/// Server and client resource use over the measured interval (t0 → end of the drain).
-struct Usage {
-    server_cpu: Duration,
-    client_cpu: Duration,
-    io: Option<procfs::Io>,
-    server_threads: Vec<(String, Duration)>,
-    secs: f64,
-}
-
-/// Readings at t0, subtracted from the ones at the end.
-struct UsageStart {
-    server_cpu: Duration,
-    client_cpu: Duration,
-    io: Option<procfs::Io>,
-    threads: Vec<procfs::ThreadCpu>,
-}
-
-impl UsageStart {
-    fn read(pid: u32) -> anyhow::Result<UsageStart> {
-        Ok(UsageStart {
-            server_cpu: procfs::cpu_time(pid)?,
-            client_cpu: procfs::cpu_time(std::process::id())?,
-            io: procfs::io(pid).ok(),
-            threads: procfs::threads(pid).unwrap_or_default(),
-        })
-    }
-
-    fn end(&self, pid: u32, t0: Instant) -> anyhow::Result<Usage> {
-        let io = self
-            .io
-            .zip(procfs::io(pid).ok())
-            .map(|(before, after)| procfs::Io {
-                write_bytes: after.write_bytes.saturating_sub(before.write_bytes),
-                syscw: after.syscw.saturating_sub(before.syscw),
-            });
-        Ok(Usage {
-            server_cpu: procfs::cpu_time(pid)?.saturating_sub(self.server_cpu),
-            client_cpu: procfs::cpu_time(std::process::id())?.saturating_sub(self.client_cpu),
-            io,
-            server_threads: procfs::cpu_by_thread_name(
-                &self.threads,
-                &procfs::threads(pid).unwrap_or_default(),
-            ),
-            secs: t0.elapsed().as_secs_f64(),
-        })
-    }
-}
-
 async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Report> {
     let setup = setup(args, target, total).await?;
     let running = Running::start(args, target, &setup, total).await?;
-    // Both processes are idle until t0: what is read now is what they had used at t0.
-    let start = UsageStart::read(target.pid)?;
+    // The measured interval runs from t0 to the end of the drain. Both processes are idle
+    // until t0: what is read now is what they had used at t0. The load generator is this
+    // process.
+    let own_cpu = || procfs::cpu_time(std::process::id());
+    let window = procfs::Window::open(target.pid, running.shared.t0, own_cpu()?)?;
+    let io_before = procfs::io(target.pid).ok();
     let drained = running.drive(args).await;
-    let usage = start.end(target.pid, running.shared.t0)?;
+    let usage = window.close(target.pid, own_cpu()?)?;
+    let io = io_before
+        .zip(procfs::io(target.pid).ok())
+        .map(|(before, after)| after.since(&before));
     let verified = running.verify(args.receivers).await;
     let shared = running.shared.clone();
     let (send_lag, receiver_out) = running.finish().await;
@@ -1372,6 +1331,7 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
             drained,
             verified,
             usage,
+            io,
             send_lag,
             receiver_out,
         },
@@ -1382,7 +1342,10 @@ async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<
 struct Outcome {
     drained: bool,
     verified: bool,
-    usage: Usage,
+    /// Server and client CPU over the measured interval (t0 → end of the drain).
+    usage: procfs::Usage,
+    /// `/proc/<server>/io` over the same interval.
+    io: Option<procfs::Io>,
     send_lag: Histogram<u64>,
     receiver_out: ReceiverOut,
 }
@@ -1407,6 +1370,7 @@ fn summarize(
         drained,
         verified: inbox_verified,
         usage,
+        io,
         send_lag,
         receiver_out,
     } = outcome;
@@ -1515,7 +1479,7 @@ fn summarize(
         everything_delivered: counts.received == total,
     };
     let plot = latency_plot(args, &ack_latency, &e2e_latency, &percentiles, &over_time);
-    let io = usage.io.unwrap_or_default();
+    let io = io.unwrap_or_default();
     let results = Results {
         sent: counts.sent,
         not_sent: total - counts.sent,
@@ -1556,12 +1520,7 @@ fn summarize(
         server_cpu_share: round(server_cpu_secs / usage.secs.max(1e-9), 3),
         messages_per_server_cpu_sec: round(per(counts.acked, server_cpu_secs), 0),
         server_cpu_us_per_message: round(server_cpu_secs * 1e6 / counts.acked.max(1) as f64, 1),
-        server_threads_cpu_secs: usage
-            .server_threads
-            .iter()
-            .filter(|(_, cpu)| !cpu.is_zero())
-            .map(|(name, cpu)| (name.clone(), round(cpu.as_secs_f64(), 3)))
-            .collect(),
+        server_threads_cpu_secs: usage.threads_secs(),
         client_cpu_secs: round(usage.client_cpu.as_secs_f64(), 3),
         server_write_bytes: io.write_bytes,
         server_write_bytes_per_message: round(

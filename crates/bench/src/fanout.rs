@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{HoldEnd, Session};
+use crate::procfs;
 use crate::workers::{self, LoginWorker, REPORT_INTERVAL, Tally, WorkerArgs, WorkerSpec, Workers};
 
 /// First word of every bench push's content.
@@ -532,6 +533,11 @@ impl Fleet {
             None
         })?;
         Ok(Fleet { workers, delivered })
+    }
+
+    /// CPU time the load generator has used so far: the workers and this process.
+    pub(crate) fn load_generator_cpu(&self) -> anyhow::Result<Duration> {
+        Ok(self.workers.cpu_time() + procfs::cpu_time(std::process::id())?)
     }
 
     /// Tells every worker to stop, collects their final reports and waits for them to exit.

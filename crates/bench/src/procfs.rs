@@ -1,8 +1,13 @@
-//! What `/proc/<pid>` tells about a process: resident memory, CPU time, open files.
+//! What `/proc/<pid>` tells about a process: resident memory, CPU time (and the server's and
+//! the load generator's over a measured window), open files.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use tokio::time::Instant;
+
+use crate::latency::round;
 
 /// Resident memory of `pid`, from `VmRSS` (and `RssAnon`) in `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +130,72 @@ pub(crate) fn cpu_by_thread_name(
     by_name.into_iter().collect()
 }
 
+/// Readings at the start of a measured window: the server's CPU time, in all and by thread,
+/// and the load generator's.
+pub(crate) struct Window {
+    started: Instant,
+    server_cpu: Duration,
+    threads: Vec<ThreadCpu>,
+    client_cpu: Duration,
+}
+
+/// The server's and the load generator's CPU over a measured window.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Usage {
+    /// The window's length.
+    pub(crate) secs: f64,
+    pub(crate) server_cpu: Duration,
+    /// By thread name (threads that ended during the window are missing).
+    pub(crate) server_threads: Vec<(String, Duration)>,
+    pub(crate) client_cpu: Duration,
+}
+
+impl Window {
+    /// Opens a window on server `pid` whose time runs from `started`; `client_cpu` is the load
+    /// generator's CPU time so far (its processes, as the scenario counts them).
+    pub(crate) fn open(pid: u32, started: Instant, client_cpu: Duration) -> anyhow::Result<Window> {
+        Ok(Window {
+            started,
+            server_cpu: cpu_time(pid)?,
+            threads: threads(pid).unwrap_or_default(),
+            client_cpu,
+        })
+    }
+
+    /// What was used since [`Window::open`]; `client_cpu` is read as it was then.
+    pub(crate) fn close(&self, pid: u32, client_cpu: Duration) -> anyhow::Result<Usage> {
+        Ok(Usage {
+            secs: self.started.elapsed().as_secs_f64(),
+            server_cpu: cpu_time(pid)?.saturating_sub(self.server_cpu),
+            server_threads: cpu_by_thread_name(&self.threads, &threads(pid).unwrap_or_default()),
+            client_cpu: client_cpu.saturating_sub(self.client_cpu),
+        })
+    }
+}
+
+impl Usage {
+    /// Adds another window's figures (thread times by name).
+    pub(crate) fn add(&mut self, other: &Usage) {
+        self.secs += other.secs;
+        self.server_cpu += other.server_cpu;
+        self.client_cpu += other.client_cpu;
+        let mut by_name: BTreeMap<String, Duration> = self.server_threads.drain(..).collect();
+        for (name, cpu) in &other.server_threads {
+            *by_name.entry(name.clone()).or_default() += *cpu;
+        }
+        self.server_threads = by_name.into_iter().collect();
+    }
+
+    /// Server CPU per thread name, seconds, threads that used none left out.
+    pub(crate) fn threads_secs(&self) -> BTreeMap<String, f64> {
+        self.server_threads
+            .iter()
+            .filter(|(_, cpu)| !cpu.is_zero())
+            .map(|(name, cpu)| (name.clone(), round(cpu.as_secs_f64(), 3)))
+            .collect()
+    }
+}
+
 fn ticks(count: u64) -> Duration {
     Duration::from_nanos(count.saturating_mul(1_000_000_000) / clock_ticks_per_second().max(1))
 }
@@ -194,6 +265,16 @@ pub(crate) struct Io {
     pub(crate) write_bytes: u64,
     /// `syscw`: write-like system calls.
     pub(crate) syscw: u64,
+}
+
+impl Io {
+    /// What was counted since `before`.
+    pub(crate) fn since(&self, before: &Io) -> Io {
+        Io {
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+            syscw: self.syscw.saturating_sub(before.syscw),
+        }
+    }
 }
 
 /// Reads `/proc/<pid>/io` (needs the right to trace `pid`: our own children, or root).

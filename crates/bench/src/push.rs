@@ -36,8 +36,9 @@ use crate::api::{Api, PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
+use crate::procfs::{Usage, Window};
 use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
-use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo, Usage, Window};
+use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
@@ -387,7 +388,11 @@ async fn measure(
     let uids: Arc<Vec<String>> =
         Arc::new((0..args.users).map(|i| format!("{prefix}{i}")).collect());
 
-    let window = Window::open(bench.target.pid, &fleet)?;
+    let window = Window::open(
+        bench.target.pid,
+        Instant::now(),
+        fleet.load_generator_cpu()?,
+    )?;
     let mut tasks = JoinSet::new();
     for _ in 0..args.in_flight.min(args.pushes) {
         tasks.spawn(
@@ -427,7 +432,7 @@ async fn measure(
         bar.set_message(format!("{} deliveries", thousands(fleet.delivered.total())));
     }
     bar.finish_and_clear();
-    let usage = window.close(bench.target.pid, &fleet)?;
+    let usage = window.close(bench.target.pid, fleet.load_generator_cpu()?)?;
     if let Some(err) = failure {
         fleet.finish().await;
         return Err(err.context("a push call failed"));

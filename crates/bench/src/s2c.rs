@@ -1,9 +1,8 @@
 //! What the s2c scenarios (`push`, `broadcast`) share: their common options, the frame of a
 //! run (deadline, server under test and its API, the figures printed and written), N clients
-//! logged in over [`crate::fanout`] workers and confirmed online through the API, the server's
-//! CPU over a measured window, and the pieces of their reports.
+//! logged in over [`crate::fanout`] workers and confirmed online through the API, and the
+//! pieces of their reports.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -300,70 +299,6 @@ pub(crate) async fn go_online(
             online_users_reported: users,
         },
     })
-}
-
-/// Readings at the start of a measured window.
-pub(crate) struct Window {
-    started: Instant,
-    server_cpu: Duration,
-    threads: Vec<procfs::ThreadCpu>,
-    client_cpu: Duration,
-}
-
-/// Server and client CPU over a window.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Usage {
-    pub(crate) secs: f64,
-    pub(crate) server_cpu: Duration,
-    pub(crate) server_threads: Vec<(String, Duration)>,
-    pub(crate) client_cpu: Duration,
-}
-
-impl Window {
-    pub(crate) fn open(pid: u32, fleet: &Fleet) -> anyhow::Result<Window> {
-        Ok(Window {
-            started: Instant::now(),
-            server_cpu: procfs::cpu_time(pid)?,
-            threads: procfs::threads(pid).unwrap_or_default(),
-            client_cpu: fleet.workers.cpu_time() + procfs::cpu_time(std::process::id())?,
-        })
-    }
-
-    pub(crate) fn close(&self, pid: u32, fleet: &Fleet) -> anyhow::Result<Usage> {
-        Ok(Usage {
-            secs: self.started.elapsed().as_secs_f64(),
-            server_cpu: procfs::cpu_time(pid)?.saturating_sub(self.server_cpu),
-            server_threads: procfs::cpu_by_thread_name(
-                &self.threads,
-                &procfs::threads(pid).unwrap_or_default(),
-            ),
-            client_cpu: (fleet.workers.cpu_time() + procfs::cpu_time(std::process::id())?)
-                .saturating_sub(self.client_cpu),
-        })
-    }
-}
-
-impl Usage {
-    /// Adds another window's figures (thread times by name).
-    pub(crate) fn add(&mut self, other: &Usage) {
-        self.secs += other.secs;
-        self.server_cpu += other.server_cpu;
-        self.client_cpu += other.client_cpu;
-        let mut by_name: BTreeMap<String, Duration> = self.server_threads.drain(..).collect();
-        for (name, cpu) in &other.server_threads {
-            *by_name.entry(name.clone()).or_default() += *cpu;
-        }
-        self.server_threads = by_name.into_iter().collect();
-    }
-
-    /// Server CPU per thread name, seconds, threads that used none left out.
-    pub(crate) fn threads_secs(&self) -> BTreeMap<String, f64> {
-        self.server_threads
-            .iter()
-            .filter(|(_, cpu)| !cpu.is_zero())
-            .map(|(name, cpu)| (name.clone(), round(cpu.as_secs_f64(), 3)))
-            .collect()
-    }
 }
 
 /// About the server, for the JSON.
