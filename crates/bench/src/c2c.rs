@@ -57,7 +57,7 @@ use crate::client::{self, Minter, Session};
 use crate::latency::{self, Latency, ms, round};
 use crate::plot;
 use crate::procfs;
-use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
+use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
 
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
@@ -1729,16 +1729,11 @@ impl Report {
             thousands(r.server_write_bytes_per_message as u64)
         );
         if !r.server_threads_cpu_secs.is_empty() {
-            let threads: Vec<String> = r
-                .server_threads_cpu_secs
-                .iter()
-                .map(|(name, secs)| format!("{name} {secs:.2} s"))
-                .collect();
             println!(
                 "             {:.0}% of one core over {:.1} s; by thread: {}",
                 r.server_cpu_share * 100.0,
                 r.measured_secs,
-                threads.join(", ")
+                by_thread(&r.server_threads_cpu_secs)
             );
         }
         println!(

@@ -37,7 +37,7 @@ use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency, round};
 use crate::plot;
 use crate::procfs::{Usage, Window};
-use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
+use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};
 use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
@@ -715,12 +715,10 @@ impl s2c::Figures for PushJson {
             thousands(r.deliveries_per_server_cpu_sec as u64)
         );
         if !r.server_threads_cpu_secs.is_empty() {
-            let threads: Vec<String> = r
-                .server_threads_cpu_secs
-                .iter()
-                .map(|(name, secs)| format!("{name} {secs:.2} s"))
-                .collect();
-            println!("             by thread: {}", threads.join(", "));
+            println!(
+                "             by thread: {}",
+                by_thread(&r.server_threads_cpu_secs)
+            );
         }
         println!(
             "client CPU   {:.2} s (workers and bench, on the same cores)",

@@ -144,6 +144,16 @@ pub(crate) fn per(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
+/// Server CPU by thread name (`threads_secs` of the JSON) as the summaries print it:
+/// `name 1.23 s, …`.
+pub(crate) fn by_thread(threads_secs: &std::collections::BTreeMap<String, f64>) -> String {
+    threads_secs
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.2} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// "meets" / "MISSES": a target's verdict, as the summaries print it.
 pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "meets" } else { "MISSES" }
