@@ -100,7 +100,7 @@ fn dead_letters_reply(messages: Messages) -> pb::DeadLettersReply {
     }
 }
 
-fn user_presence(user: ops::UserPresence) -> pb::UserPresence {
+fn user_presence(user: crate::model::UserPresence) -> pb::UserPresence {
     pb::UserPresence {
         appcode: user.appcode,
         online: !user.sessions.is_empty(),
@@ -197,7 +197,7 @@ impl Api for GrpcApi {
             expired: s.expired,
             failed: s.failed,
             stale_sessions: s.stale_sessions,
-            delivery_rate: ops::rate(s.acked, s.targets),
+            delivery_rate: crate::model::rate(s.acked, s.targets),
             recipients: s
                 .recipients
                 .into_iter()

@@ -477,7 +477,7 @@ impl From<longlink_rpc::push::PushStats> for PushStatsBody {
             expired: stats.expired,
             failed: stats.failed,
             stale_sessions: stats.stale_sessions,
-            delivery_rate: crate::ops::rate(stats.acked, stats.targets),
+            delivery_rate: rate(stats.acked, stats.targets),
             recipients: stats
                 .recipients
                 .into_iter()
@@ -491,8 +491,8 @@ impl From<longlink_rpc::push::PushStats> for PushStatsBody {
     }
 }
 
-impl From<crate::ops::UserPresence> for UserPresenceBody {
-    fn from(user: crate::ops::UserPresence) -> Self {
+impl From<UserPresence> for UserPresenceBody {
+    fn from(user: UserPresence) -> Self {
         Self {
             appcode: user.appcode,
             uid: user.uid,
@@ -509,4 +509,21 @@ impl From<crate::ops::UserPresence> for UserPresenceBody {
                 .collect(),
         }
     }
+}
+
+/// `delivery_rate`: acked / targets, 0 without targets.
+pub(crate) fn rate(acked: u64, targets: u64) -> f64 {
+    if targets == 0 {
+        0.0
+    } else {
+        acked as f64 / targets as f64
+    }
+}
+
+/// The sessions of one user, as both surfaces render them.
+#[derive(Debug)]
+pub(crate) struct UserPresence {
+    pub(crate) appcode: u32,
+    pub(crate) uid: String,
+    pub(crate) sessions: Vec<longlink_presence::SessionEntry>,
 }

@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use longlink_bus::Leased;
 use longlink_bus::routes::valid_topic;
-use longlink_presence::SessionEntry;
 use longlink_rpc::push::{DeliveryCounters, MAX_PUSH_TARGETS, PushRequest, PushStats, PushTargets};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -282,15 +281,6 @@ pub(crate) async fn push(
     })
 }
 
-/// `delivery_rate`: acked / targets, 0 without targets.
-pub(crate) fn rate(acked: u64, targets: u64) -> f64 {
-    if targets == 0 {
-        0.0
-    } else {
-        acked as f64 / targets as f64
-    }
-}
-
 /// `GET /v1/push/{push_id}`, gRPC `PushStats`: the statistics, once authorised.
 ///
 /// A push of an appcode outside the key's scope answers 404 like an unknown id, so a key
@@ -346,7 +336,7 @@ pub(crate) async fn delivery_counters(
                 stored_offline: c.stored_offline,
                 expired: c.expired,
                 failed: c.failed,
-                delivery_rate: rate(c.acked, c.targets),
+                delivery_rate: crate::model::rate(c.acked, c.targets),
             })
             .collect(),
     })
@@ -355,25 +345,17 @@ pub(crate) async fn delivery_counters(
 // ---------------------------------------------------------------------------------------------
 // Presence
 
-/// The sessions of one user, as both surfaces render them.
-#[derive(Debug)]
-pub(crate) struct UserPresence {
-    pub(crate) appcode: u32,
-    pub(crate) uid: String,
-    pub(crate) sessions: Vec<SessionEntry>,
-}
-
 /// `GET /v1/presence/{appcode}/{uid}`, gRPC `Presence`.
 pub(crate) async fn presence(
     shared: &Shared,
     scope: &KeyScope,
     appcode: u32,
     uid: String,
-) -> Result<UserPresence, ApiError> {
+) -> Result<crate::model::UserPresence, ApiError> {
     scope.check_appcode(appcode)?;
     check_uid(&uid)?;
     let sessions = shared.ctx.presence.sessions(appcode, &uid).await?;
-    Ok(UserPresence {
+    Ok(crate::model::UserPresence {
         appcode,
         uid,
         sessions,
@@ -385,7 +367,7 @@ pub(crate) async fn presence_query(
     shared: &Shared,
     scope: &KeyScope,
     query: PresenceQueryBody,
-) -> Result<Vec<UserPresence>, ApiError> {
+) -> Result<Vec<crate::model::UserPresence>, ApiError> {
     scope.check_appcode(query.appcode)?;
     if query.uids.is_empty() || query.uids.len() > MAX_PRESENCE_UIDS {
         return Err(ApiError::invalid_argument(format!(
@@ -400,7 +382,7 @@ pub(crate) async fn presence_query(
     futures::stream::iter(query.uids)
         .map(|uid| async move {
             let sessions = presence.sessions(appcode, &uid).await?;
-            Ok::<_, ApiError>(UserPresence {
+            Ok::<_, ApiError>(crate::model::UserPresence {
                 appcode,
                 uid,
                 sessions,

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 
 use crate::api::{PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, SeriesAcc};
-use crate::latency::{self, Latency, round};
+use crate::latency::{self, Latency};
+use crate::num::round;
 use crate::plot;
 use crate::procfs::{Usage, Window};
 use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};

@@ -54,7 +54,8 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Minter, Session};
-use crate::latency::{self, Latency, ms, round};
+use crate::latency::{self, Latency, ms};
+use crate::num::round;
 use crate::plot;
 use crate::procfs;
 use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};

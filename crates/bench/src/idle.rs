@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{self, Minter};
-use crate::latency::round;
+use crate::num::round;
 use crate::procfs::{self, Rss};
 use crate::report::{Machine, RunStamp, mib, per, thousands, verdict};
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};

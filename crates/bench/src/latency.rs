@@ -3,6 +3,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::num::round;
 use crate::plot;
 use crate::report::thousands;
 
@@ -93,12 +94,6 @@ pub(crate) fn percentiles(distribution: &[(f64, f64)]) -> Vec<(f64, f64)> {
 /// µs → ms, three decimals.
 pub(crate) fn ms(us: u64) -> f64 {
     round(us as f64 / 1000.0, 3)
-}
-
-/// `value` rounded to `decimals` decimals.
-pub(crate) fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.

@@ -29,6 +29,7 @@ pub mod fanout;
 mod http;
 pub mod idle;
 mod latency;
+mod num;
 mod plot;
 mod procfs;
 pub mod push;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::time::Instant;
 
-use crate::latency::round;
+use crate::num::round;
 
 /// Resident memory of `pid`, from `VmRSS` (and `RssAnon`) in `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

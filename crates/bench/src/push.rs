@@ -34,7 +34,8 @@ use tokio::time::Instant;
 
 use crate::api::{Api, PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, Delivered, SeriesAcc};
-use crate::latency::{self, Latency, round};
+use crate::latency::{self, Latency};
+use crate::num::round;
 use crate::plot;
 use crate::procfs::{Usage, Window};
 use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};

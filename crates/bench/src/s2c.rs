@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::api::{Api, DEV_API_KEY};
 use crate::fanout::{Fleet, FleetSpec};
-use crate::latency::round;
+use crate::num::round;
 use crate::procfs;
 use crate::report::thousands;
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
