@@ -377,3 +377,39 @@ async fn errors_are_one_line_with_a_non_zero_exit() {
     );
     serve.kill9().await.unwrap();
 }
+
+#[tokio::test]
+async fn serve_logs_one_json_object_per_line_with_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("longlink.toml");
+    std::fs::write(&config, config_on_free_ports(dir.path())).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .env("LONGLINK_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("not one JSON object ({err}): {line}"));
+            if value["message"] == "longlink ready" {
+                return value;
+            }
+        }
+        panic!("serve exited before it was ready");
+    })
+    .await
+    .expect("ready within the deadline");
+    assert_eq!(ready["level"], "INFO");
+    assert!(ready["timestamp"].is_string(), "{ready}");
+    for field in ["gate", "api", "grpc", "data_dir"] {
+        assert!(ready[field].is_string(), "{field} missing: {ready}");
+    }
+    child.kill().await.unwrap();
+}
