@@ -210,8 +210,9 @@ async fn listen_prints_messages_as_they_arrive_and_chat_talks_both_ways() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Wait until bob is online (presence visible through /healthz sessions) before sending.
-    wait_for_sessions(serve.api_addr(), 1).await;
+    // Wait until bob is online in presence (not just connected: the gate counts a session
+    // before its LOGIN is registered) before sending, so alice's line is pushed live.
+    wait_for_presence(serve.api_addr(), 130, "bob").await;
 
     // An interactive chat as alice: type a line, it reaches bob.
     let mut chat = Command::new(BIN)
@@ -301,21 +302,15 @@ async fn listen_prints_messages_as_they_arrive_and_chat_talks_both_ways() {
     serve.kill9().await.unwrap();
 }
 
-async fn wait_for_sessions(api: std::net::SocketAddr, want: u64) {
-    longlink_testkit::wait_until(WAIT, || async move {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(api).await else {
-            return false;
-        };
-        let request = format!("GET /healthz HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
-        if stream.write_all(request.as_bytes()).await.is_err() {
-            return false;
-        }
-        let mut body = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut body).await;
-        body.contains(&format!("\"sessions\":{want}"))
+async fn wait_for_presence(api: std::net::SocketAddr, appcode: u32, uid: &str) {
+    let client = longlink_testkit::ApiClient::new(api, longlink_testkit::DEV_API_KEY);
+    let path = format!("/v1/presence/{appcode}/{uid}");
+    longlink_testkit::wait_until(WAIT, || {
+        let (client, path) = (client.clone(), path.clone());
+        async move { client.get(&path).await.1["online"] == true }
     })
     .await
-    .expect("sessions online");
+    .expect("user online in presence");
 }
 
 #[tokio::test]
