@@ -118,6 +118,27 @@ fn refusal_frame(request: &Frame, refusal: &Refusal) -> Frame {
     )
 }
 
+/// A push found a session presence lists but the gate no longer has (the "unreachable" path
+/// of seed 004): remove it from presence, so the next push takes the offline path at once.
+async fn clear_stale_session(
+    presence: &dyn Presence,
+    entry: &longlink_presence::SessionEntry,
+    log_id: u64,
+) {
+    if let Err(err) = presence
+        .unregister(entry.appcode, &entry.uid, entry.session_id)
+        .await
+    {
+        tracing::warn!(log_id, session.id = entry.session_id, error = %err, "stale presence not cleared");
+        return;
+    }
+    tracing::info!(
+        log_id,
+        session.id = entry.session_id,
+        "stale presence cleared"
+    );
+}
+
 fn bad_body(err: longlink_proto::BodyError) -> Refusal {
     Refusal::new(ErrorCode::BadBody, err.to_string())
 }

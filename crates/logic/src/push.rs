@@ -139,6 +139,15 @@ impl PushRecord {
         }
     }
 
+    /// Recipient `index`'s frame was queued to one of its sessions.
+    fn queued_to_session(&self, index: usize) {
+        if let Some(recipient) = self.recipients.get(index) {
+            recipient.sessions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.mark(index, ONLINE);
+        self.mark(index, QUEUED);
+    }
+
     fn index_of(&self, uid: &str) -> Option<usize> {
         self.recipients
             .binary_search_by(|r| r.uid.as_str().cmp(uid))
@@ -620,25 +629,15 @@ impl PushEngine {
             {
                 Ok(()) => {
                     reached = true;
-                    record.recipients[index]
-                        .sessions
-                        .fetch_add(1, Ordering::Relaxed);
+                    record.queued_to_session(index);
                 }
                 Err(PushError::NoSession) => {
-                    // Seed 004's unreachable callback: presence was stale; clear it.
                     record
                         .counters
                         .stale_sessions
                         .fetch_add(1, Ordering::Relaxed);
-                    let _ = inner
-                        .presence
-                        .unregister(entry.appcode, &entry.uid, entry.session_id)
+                    crate::clear_stale_session(inner.presence.as_ref(), &entry, record.log_id)
                         .await;
-                    tracing::info!(
-                        log_id = record.log_id,
-                        session.id = entry.session_id,
-                        "stale presence cleared"
-                    );
                 }
                 Err(PushError::SlowConsumer) => {
                     tracing::info!(
@@ -648,10 +647,6 @@ impl PushEngine {
                     );
                 }
             }
-        }
-        if reached {
-            record.mark(index, ONLINE);
-            record.mark(index, QUEUED);
         }
         reached
     }
@@ -687,8 +682,7 @@ impl PushEngine {
             && let Some(entry) = sessions.first()
             && self.take_waiting(&key, record.id).is_some()
         {
-            let receipt: Arc<dyn WriteReceipt> = record.clone();
-            self.deliver_waiting_one(record, &receipt, index, entry.session_id)
+            self.deliver_waiting_one(record, index, entry.session_id)
                 .await;
         }
     }
@@ -705,27 +699,17 @@ impl PushEngine {
         Some(taken)
     }
 
-    async fn deliver_waiting_one(
-        &self,
-        record: &Arc<PushRecord>,
-        receipt: &Arc<dyn WriteReceipt>,
-        index: usize,
-        session_id: u64,
-    ) {
+    /// Delivers a held online-only push to the session that just came online.
+    async fn deliver_waiting_one(&self, record: &Arc<PushRecord>, index: usize, session_id: u64) {
         let frame = record.frame(&record.recipients[index].uid);
+        let receipt: Arc<dyn WriteReceipt> = record.clone();
         match self
             .inner
             .gate
-            .push_tracked(session_id, frame, receipt.clone(), index as u64)
+            .push_tracked(session_id, frame, receipt, index as u64)
             .await
         {
-            Ok(()) => {
-                record.recipients[index]
-                    .sessions
-                    .fetch_add(1, Ordering::Relaxed);
-                record.mark(index, ONLINE);
-                record.mark(index, QUEUED);
-            }
+            Ok(()) => record.queued_to_session(index),
             Err(_) => record.mark(index, EXPIRED),
         }
     }
@@ -756,8 +740,7 @@ impl PushEngine {
             list
         };
         for (record, index) in list {
-            let receipt: Arc<dyn WriteReceipt> = record.clone();
-            self.deliver_waiting_one(&record, &receipt, index, session.session_id)
+            self.deliver_waiting_one(&record, index, session.session_id)
                 .await;
         }
     }

@@ -156,11 +156,7 @@ async fn deliver(
                 }
             }
             Err(PushError::NoSession) => {
-                // Stale presence (the "unreachable" path of seed 004): clear it.
-                let _ = logic
-                    .presence
-                    .unregister(entry.appcode, &entry.uid, entry.session_id)
-                    .await;
+                crate::clear_stale_session(logic.presence.as_ref(), &entry, log_id).await;
             }
             Err(PushError::SlowConsumer) => {
                 tracing::info!(
