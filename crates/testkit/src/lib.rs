@@ -413,7 +413,7 @@ pub fn config_on_free_ports(data_dir: &Path) -> String {
 }
 
 /// The API key of the default config.
-pub const DEV_API_KEY: &str = "dev-api-key-change-me";
+pub use longlink_server::DEV_API_KEY;
 
 /// A small JSON client of the HTTP API, for tests: every call has a deadline ([`WAIT`]) and
 /// returns the status with the parsed body (`Value::Null` for an empty or non-JSON body).

@@ -48,7 +48,7 @@ pub(crate) struct ApiOpts {
     #[arg(
         long,
         env = "LONGLINK_API_KEY",
-        default_value = "dev-api-key-change-me",
+        default_value = longlink_server::DEV_API_KEY,
         hide_env_values = true,
         hide_default_value = true
     )]
