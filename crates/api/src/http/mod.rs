@@ -14,6 +14,7 @@ use crate::model::HealthBody;
 use crate::ops::Shared;
 
 pub(crate) mod consume;
+pub(crate) mod dashboard;
 pub(crate) mod deadletter;
 pub(crate) mod errors;
 pub(crate) mod openapi;
@@ -39,6 +40,8 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 pub(crate) fn app(shared: Arc<Shared>) -> Router {
     let max_body = shared.ctx.limits.max_body_bytes;
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::asset))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/push", post(push::push))
