@@ -7,10 +7,12 @@
 //! get remote implementations, chosen by `longlink-server` alone. This crate depends only on
 //! `longlink-proto`, so neither side depends on the other.
 //!
+//! [`trace`] holds the delivery ledger's contract ([`trace::Ledger`]: stages per log_id).
 //! [`push`] holds the contract of s2c pushes ([`PushService`], implemented by logic, called by
 //! the API) and their delivery statistics.
 
 pub mod push;
+pub mod trace;
 
 pub use push::{
     DeliveryCounters, PushAccepted, PushRefusal, PushRequest, PushService, PushStats, PushTargets,
