@@ -6,6 +6,8 @@
 //! Listeners are bound before the server's tasks are spawned (`longlink_server::start`
 //! returns only once bound), so a test may connect as soon as it has the address.
 
+pub mod chromium;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
