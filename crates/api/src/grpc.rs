@@ -153,6 +153,7 @@ fn push_call(request: pb::PushRequest) -> Result<PushCall, ApiError> {
         persist: request.persist.unwrap_or(true),
         ttl_secs: request.ttl_secs,
         from: (!request.from.is_empty()).then_some(request.from),
+        log_id: (request.log_id != 0).then_some(request.log_id),
     })
 }
 
@@ -170,6 +171,7 @@ impl Api for GrpcApi {
         Ok(Response::new(pb::PushReply {
             push_id: accepted.push_id,
             targets: accepted.targets,
+            log_id: accepted.log_id,
         }))
     }
 

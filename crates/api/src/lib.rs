@@ -1,5 +1,7 @@
 //! The business API of longlink (docs/api.md): HTTP/JSON (axum) and gRPC (tonic) with the same
-//! semantics, plus `GET /healthz` and `GET /openapi.json`.
+//! semantics, plus `GET /healthz`, `GET /openapi.json`, Prometheus `GET /metrics`, the node
+//! summary `GET /v1/stats/summary`, message traces `GET /v1/trace/{id}` and the live
+//! dashboard at `GET /`.
 //!
 //! Business app-servers push s2c messages and read their delivery statistics, look up
 //! presence, and consume the c2s messages routed to their topics. Every `/v1` call is
@@ -22,8 +24,10 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use longlink_bus::{Routes, TopicQueue};
+use longlink_metrics::Registry;
 use longlink_presence::Presence;
 use longlink_rpc::push::PushService;
+use longlink_rpc::trace::Ledger;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +63,9 @@ pub struct Stats {
 pub trait StatsSource: Send + Sync + 'static {
     /// The current figures.
     fn stats(&self) -> Stats;
+
+    /// The node at a glance, for `GET /v1/stats/summary` (the dashboard, `longlink top`).
+    fn summary(&self) -> model::SummaryBody;
 }
 
 /// Limits of the API.
@@ -95,8 +102,12 @@ pub struct ApiContext {
     pub routes: Arc<Routes>,
     /// The API keys.
     pub keys: Arc<ApiKeys>,
-    /// The node's figures for `/healthz`.
+    /// The node's figures for `/healthz` and `/v1/stats/summary`.
     pub stats: Arc<dyn StatsSource>,
+    /// The delivery ledger, read by `GET /v1/trace/{id}`.
+    pub ledger: Arc<dyn Ledger>,
+    /// The node's metrics, encoded by `GET /metrics`.
+    pub metrics: Arc<Registry>,
     /// Limits.
     pub limits: ApiLimits,
 }

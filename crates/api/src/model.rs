@@ -89,6 +89,10 @@ pub struct PushBody {
     /// Sender label shown to the app as `from.uid` (default `"system"`), at most 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// Trace id to follow the push by (`GET /v1/trace/{log_id}`, `longlink trace`); absent
+    /// or 0: the server assigns one. Clients see it in the MSG frame's header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<u64>,
 }
 
 /// `202 Accepted` answer to a push.
@@ -98,6 +102,8 @@ pub struct PushAcceptedBody {
     pub push_id: u64,
     /// Number of target users.
     pub targets: u64,
+    /// The push's trace id (`GET /v1/trace/{log_id}`): the one given, or one assigned.
+    pub log_id: u64,
 }
 
 /// Where one recipient's delivery stands.
@@ -526,4 +532,223 @@ pub(crate) struct UserPresence {
     pub(crate) appcode: u32,
     pub(crate) uid: String,
     pub(crate) sessions: Vec<longlink_presence::SessionEntry>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observability: the node summary (dashboard, `longlink top`) and message traces.
+
+/// Percentiles of a latency over the last minute, in milliseconds (`null` when `count` is 0).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PercentilesBody {
+    /// Observations in the window.
+    pub count: u64,
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// Largest.
+    pub max: Option<f64>,
+}
+
+/// Latencies of the summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LatencyBody {
+    /// c2c: the gate read the sender's frame → its ACK queued (stored durably first).
+    pub c2c_ack: PercentilesBody,
+    /// c2c: the gate read the sender's frame → the MSG written to a receiver's socket.
+    pub c2c_e2e: PercentilesBody,
+}
+
+/// Counters since the node started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TotalsBody {
+    /// c2c and c2s messages read from clients plus s2c pushes accepted.
+    pub messages: u64,
+    /// MSG frames written to client sockets.
+    pub deliveries: u64,
+    /// Msgids acknowledged by receiver devices.
+    pub receiver_acks: u64,
+    /// Accepted logins.
+    pub logins: u64,
+    /// Refused logins.
+    pub login_failures: u64,
+    /// ERROR frames sent.
+    pub errors: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+}
+
+/// One configured appcode in the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppcodeSummaryBody {
+    /// The appcode.
+    pub appcode: u32,
+    /// Its configured name.
+    pub name: String,
+    /// Logged-in sessions.
+    pub sessions: u64,
+    /// c2c and c2s messages its users sent since the node started.
+    pub messages: u64,
+}
+
+/// One gate in the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GateSummaryBody {
+    /// The gate id.
+    pub id: String,
+    /// The address clients connect to.
+    pub addr: String,
+    /// Open connections.
+    pub connections: u64,
+    /// Logged-in sessions.
+    pub sessions: u64,
+    /// Accepting connections.
+    pub healthy: bool,
+    /// Moving its clients away before it stops.
+    pub draining: bool,
+    /// When the gate last reported (ms since the epoch).
+    pub last_seen_ms: u64,
+}
+
+/// One sample per second, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SeriesBody {
+    /// Seconds between samples.
+    pub interval_secs: u32,
+    /// When each sample was taken (ms since the epoch).
+    pub at_ms: Vec<u64>,
+    /// Open connections.
+    pub connections: Vec<u64>,
+    /// Messages accepted per second.
+    pub messages_per_sec: Vec<f64>,
+    /// MSG frames written per second.
+    pub deliveries_per_sec: Vec<f64>,
+    /// c2c end-to-end p99 of that second (`null`: none delivered).
+    pub c2c_e2e_p99_ms: Vec<Option<f64>>,
+}
+
+/// `GET /v1/stats/summary`: the node at a glance (the dashboard and `longlink top` draw it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SummaryBody {
+    /// This node's gate id.
+    pub node: String,
+    /// The server's version.
+    pub version: String,
+    /// When the node started (ms since the epoch).
+    pub started_ms: u64,
+    /// Now (ms since the epoch).
+    pub now_ms: u64,
+    /// Open client connections, all gates.
+    pub connections: u64,
+    /// Logged-in sessions, all gates.
+    pub sessions: u64,
+    /// Messages accepted in the last second (c2c + c2s + s2c pushes).
+    pub messages_per_sec: f64,
+    /// MSG frames written in the last second.
+    pub deliveries_per_sec: f64,
+    /// Receiver ACKs / MSG frames written over the last minute, at most 1 (`null`: none written).
+    pub delivery_rate: Option<f64>,
+    /// Latency percentiles over the last minute.
+    pub latency_ms: LatencyBody,
+    /// Counters since the node started.
+    pub totals: TotalsBody,
+    /// Every configured appcode, most sessions first.
+    pub appcodes: Vec<AppcodeSummaryBody>,
+    /// The gates.
+    pub gates: Vec<GateSummaryBody>,
+    /// The last two minutes, a sample per second.
+    pub series: SeriesBody,
+}
+
+/// One event of a trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TraceEventBody {
+    /// accepted, stored, published, acked_to_sender, routed, offline, written, pulled,
+    /// receiver_acked, expired, consumed or refused.
+    pub stage: String,
+    /// When (µs since the epoch).
+    pub at_us: u64,
+    /// Milliseconds since the first event.
+    pub offset_ms: f64,
+    /// Milliseconds since the previous event.
+    pub delta_ms: f64,
+    /// The node that recorded it.
+    pub node: String,
+    /// The msgid, when the event concerns a stored message.
+    pub msgid: Option<u64>,
+    /// The session or user concerned (`appcode:uid/device`).
+    pub who: Option<String>,
+    /// Free text (an error code, a topic, how many sessions).
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/trace/{id}`: a message's trail through the platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TraceBody {
+    /// The trace id.
+    pub log_id: u64,
+    /// The msgids it was stored under.
+    pub msgids: Vec<u64>,
+    /// c2c, c2s, s2c or unknown.
+    pub kind: String,
+    /// The sender (`appcode:uid`, or a push's label).
+    pub from: Option<String>,
+    /// The receiver (`appcode:uid`, a topic, or `appcode (N users)`).
+    pub to: Option<String>,
+    /// The appcodes involved.
+    pub appcodes: Vec<u32>,
+    /// When the first event happened (ms since the epoch).
+    pub started_ms: u64,
+    /// What happened, in time order.
+    pub events: Vec<TraceEventBody>,
+    /// Events not kept (a broadcast's per-recipient events beyond the cap).
+    pub dropped_events: u32,
+}
+
+/// Query of `GET /v1/trace/{id}`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+pub struct TraceQuery {
+    /// `log_id` or `msgid`; absent: the id is tried as a log_id, then as a msgid.
+    pub by: Option<String>,
+}
+
+impl From<longlink_rpc::trace::Trace> for TraceBody {
+    fn from(trace: longlink_rpc::trace::Trace) -> Self {
+        let first = trace.events.first().map_or(0, |e| e.at_us);
+        let mut previous = first;
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let events = trace
+            .events
+            .into_iter()
+            .map(|e| {
+                let body = TraceEventBody {
+                    stage: e.stage.name().to_owned(),
+                    at_us: e.at_us,
+                    offset_ms: ms(e.at_us.saturating_sub(first)),
+                    delta_ms: ms(e.at_us.saturating_sub(previous)),
+                    node: e.node.to_string(),
+                    msgid: (e.msgid != 0).then_some(e.msgid),
+                    who: e.who.map(|w| w.to_string()),
+                    detail: e.detail,
+                };
+                previous = e.at_us;
+                body
+            })
+            .collect();
+        Self {
+            log_id: trace.log_id,
+            msgids: trace.msgids,
+            kind: trace.subject.kind.name().to_owned(),
+            from: trace.subject.from,
+            to: trace.subject.to,
+            appcodes: trace.subject.appcodes,
+            started_ms: first / 1000,
+            events,
+            dropped_events: trace.dropped_events,
+        }
+    }
 }

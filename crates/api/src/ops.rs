@@ -209,6 +209,8 @@ pub(crate) struct PushCall {
     pub(crate) ttl_secs: u32,
     /// `None` = "system".
     pub(crate) from: Option<String>,
+    /// `None`: assign one.
+    pub(crate) log_id: Option<u64>,
 }
 
 /// `POST /v1/push`, gRPC `Push`.
@@ -264,7 +266,7 @@ pub(crate) async fn push(
         persist: call.persist,
         ttl_secs: call.ttl_secs,
         from,
-        log_id: shared.next_log_id(),
+        log_id: call.log_id.unwrap_or_else(|| shared.next_log_id()),
     };
     let log_id = request.log_id;
     let accepted = ctx.push.push(request).await?;
@@ -278,7 +280,43 @@ pub(crate) async fn push(
     Ok(PushAcceptedBody {
         push_id: accepted.push_id,
         targets: accepted.targets,
+        log_id,
     })
+}
+
+/// `GET /v1/trace/{id}`: a message's trail from the ledger, read as `by` says.
+///
+/// A trace whose appcodes the key does not cover answers 404 like an unknown id.
+///
+/// # Errors
+/// 400 for an unknown `by`; 404 when the ledger has no such message (or the key may not see it).
+pub(crate) fn trace(
+    shared: &Shared,
+    scope: &KeyScope,
+    id: u64,
+    by: Option<&str>,
+) -> Result<longlink_rpc::trace::Trace, ApiError> {
+    use longlink_rpc::trace::TraceBy;
+    let by = match by {
+        None => TraceBy::Either,
+        Some("log_id") => TraceBy::LogId,
+        Some("msgid") => TraceBy::Msgid,
+        Some(other) => {
+            return Err(ApiError::invalid_argument(format!(
+                "by must be `log_id` or `msgid`, not {other:?}"
+            )));
+        }
+    };
+    let unknown = || {
+        ApiError::not_found(format!(
+            "no message with log_id or msgid {id} in the ledger (it may be older than the trace window)"
+        ))
+    };
+    let trace = shared.ctx.ledger.trace(id, by).ok_or_else(unknown)?;
+    if !trace.subject.appcodes.iter().any(|a| scope.allows(*a)) {
+        return Err(unknown());
+    }
+    Ok(trace)
 }
 
 /// `GET /v1/push/{push_id}`, gRPC `PushStats`: the statistics, once authorised.

@@ -81,14 +81,16 @@ async fn push_is_authorised_and_reports_statistics() {
         .metadata_mut()
         .insert("x-api-key", "k129".parse().unwrap());
     let reply = grpc.push(request).await.unwrap().into_inner();
+    let sent = &api.push.requests()[0];
+    assert_ne!(sent.log_id, 0, "a push without log_id gets one");
     assert_eq!(
         reply,
         pb::PushReply {
             push_id: FIRST_PUSH_ID,
-            targets: 2
+            targets: 2,
+            log_id: sent.log_id,
         }
     );
-    let sent = &api.push.requests()[0];
     assert!(sent.persist, "persist defaults to true");
     assert_eq!(sent.from, "system");
     assert_eq!(sent.content_type, longlink_proto::ContentType::Text as i32);

@@ -312,7 +312,8 @@ async fn push_is_accepted_and_reports_statistics() {
             "/v1/push",
             "k129",
             json!({"appcode": 129, "uids": ["alice", "bob", "alice"], "msgtype": 7,
-                   "content": "your order is on its way", "from": "order-service"}),
+                   "content": "your order is on its way", "from": "order-service",
+                   "log_id": 4242}),
         )
         .send()
         .await
@@ -320,7 +321,15 @@ async fn push_is_accepted_and_reports_statistics() {
     )
     .await;
     assert_eq!(status, 202, "{accepted}");
-    assert_eq!(accepted, json!({"push_id": FIRST_PUSH_ID, "targets": 2}));
+    assert_eq!(
+        accepted,
+        json!({"push_id": FIRST_PUSH_ID, "targets": 2, "log_id": 4242})
+    );
+    assert_eq!(
+        api.push.requests()[0].log_id,
+        4242,
+        "the caller's log_id is kept"
+    );
     let (status, _) = json(
         api.post(
             "/v1/push",

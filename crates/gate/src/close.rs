@@ -53,6 +53,8 @@ pub(crate) struct ConnShared {
     /// Cancelled to close the connection from outside its reader (kick, slow consumer).
     pub(crate) token: CancellationToken,
     reason: AtomicU8,
+    /// `appcode:uid/device` once logged in: the `who` of the ledger events its writer records.
+    pub(crate) label: std::sync::OnceLock<std::sync::Arc<str>>,
 }
 
 impl ConnShared {
@@ -60,6 +62,7 @@ impl ConnShared {
         Self {
             token: CancellationToken::new(),
             reason: AtomicU8::new(0),
+            label: std::sync::OnceLock::new(),
         }
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
+use longlink_metrics::{Counter, Gauge};
 use longlink_proto::{Cmd, CodecError, ErrorCode, Frame, FrameCodec, FrameType, KickReason, wire};
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, session_label};
 use longlink_rpc::{LogicService, Refusal, Reply, SessionInfo};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -48,6 +50,8 @@ struct Reader {
     queue: Arc<WriteQueue>,
     session: Option<SessionInfo>,
     codec: FrameCodec,
+    /// The session's per-appcode gauge and message counter, resolved at login.
+    session_metrics: Option<(Gauge, Counter)>,
 }
 
 impl Connection {
@@ -69,9 +73,13 @@ impl Connection {
         let conn_id = self.gate.next_log_id();
         let span = tracing::debug_span!("conn", conn.id = conn_id, peer.addr = %self.peer);
         self.gate.connections.fetch_add(1, Ordering::Relaxed);
+        self.gate.metrics.connections.inc();
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let queue = Arc::new(WriteQueue::new(self.gate.config.write_queue_frames));
+        let queue = Arc::new(WriteQueue::new(
+            self.gate.config.write_queue_frames,
+            self.gate.metrics.queued_frames.clone(),
+        ));
         let conn = Arc::new(ConnShared::new());
         tracker.spawn(
             write_queue::run(
@@ -79,6 +87,7 @@ impl Connection {
                 queue.clone(),
                 conn.clone(),
                 self.gate.config.write_timeout,
+                self.gate.clone(),
             )
             .instrument(span.clone()),
         );
@@ -88,11 +97,16 @@ impl Connection {
             queue,
             session: None,
             codec: FrameCodec::new(self.gate.config.max_body_bytes),
+            session_metrics: None,
         };
         let reason = self
             .read_loop(&mut reader, read)
             .instrument(span.clone())
             .await;
+        self.gate.metrics.closed(reason.label());
+        if let Some((sessions, _)) = reader.session_metrics.take() {
+            sessions.dec();
+        }
         if let Some(session) = reader.session.take() {
             self.gate.sessions.remove(session.session_id);
             self.logic.session_closed(&session).await;
@@ -108,6 +122,7 @@ impl Connection {
             tracing::debug!(parent: &span, reason = reason.label(), "connection closed before login");
         }
         self.gate.connections.fetch_sub(1, Ordering::Relaxed);
+        self.gate.metrics.connections.dec();
         // The writer flushes what is queued (a last ERROR or KICK included), then closes.
         reader.queue.close();
     }
@@ -225,6 +240,12 @@ impl Connection {
             frame.header.log_id = self.gate.next_log_id();
         }
         let header = frame.header;
+        let metrics = &self.gate.metrics;
+        metrics.frames_in.add(header.cmd, 1);
+        metrics.bytes_in.add(
+            header.cmd,
+            (longlink_proto::HEADER_LEN + frame.body.len()) as u64,
+        );
         if header.flags != 0 {
             // Compression is not negotiated by this server: any flag is a protocol error.
             return reader
@@ -270,7 +291,13 @@ impl Connection {
                     cmd = header.cmd,
                     seq_id = header.seq_id
                 );
-                match self.logic.handle(session, frame).instrument(span).await {
+                let started = Instant::now();
+                self.accepted(reader, session, &header);
+                let reply = self.logic.handle(session, frame).instrument(span).await;
+                if header.frame_type == FrameType::Request {
+                    metrics.request_done(header.cmd, started.elapsed());
+                }
+                match reply {
                     Reply::Frame(frame) => {
                         let closing = closing_error(&frame);
                         match (reader.queue(frame.to_bytes()).await, closing) {
@@ -288,6 +315,32 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// A C2C or C2S from a logged-in session: counted, and its trace opened in the ledger
+    /// (logic adds the receiver once it has decoded the body).
+    fn accepted(&self, reader: &Reader, session: &SessionInfo, header: &longlink_proto::Header) {
+        let kind = match Cmd::try_from(header.cmd) {
+            Ok(Cmd::C2c) => MessageKind::C2c,
+            Ok(Cmd::C2s) => MessageKind::C2s,
+            _ => return,
+        };
+        if header.frame_type != FrameType::Request {
+            return;
+        }
+        if let Some((_, messages)) = &reader.session_metrics {
+            messages.inc();
+        }
+        let mut event = TraceEvent::now(header.log_id, Stage::Accepted)
+            .detail(kind.name())
+            .subject(Subject {
+                kind,
+                from: Some(format!("{}:{}", session.appcode, session.uid)),
+                to: None,
+                appcodes: vec![session.appcode],
+            });
+        event.who = reader.conn.label.get().cloned();
+        self.gate.ledger.record(event);
     }
 
     async fn login(&self, reader: &mut Reader, frame: Frame) -> Next {
@@ -316,6 +369,17 @@ impl Connection {
             .await;
         match accepted {
             Ok(accepted) => {
+                let metrics = &self.gate.metrics;
+                metrics.logins.inc();
+                let sessions = metrics.sessions_of(accepted.session.appcode);
+                sessions.inc();
+                reader.session_metrics =
+                    Some((sessions, metrics.messages_of(accepted.session.appcode)));
+                let _ = reader.conn.label.set(session_label(
+                    accepted.session.appcode,
+                    &accepted.session.uid,
+                    &accepted.session.device_id,
+                ));
                 let next = reader
                     .queue(Frame::response(&header, &accepted.response).to_bytes())
                     .await;
@@ -325,6 +389,7 @@ impl Connection {
             }
             Err(refusal) => {
                 self.gate.sessions.remove(session_id);
+                self.gate.metrics.login_failed(refusal.code);
                 tracing::info!(log_id = header.log_id, code = ?refusal.code, "login refused");
                 reader.refuse(&header, refusal).await
             }

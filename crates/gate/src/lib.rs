@@ -17,18 +17,22 @@ pub mod close;
 pub mod config;
 mod connection;
 mod listener;
+pub mod metrics;
 pub mod session_table;
 mod write_queue;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use longlink_metrics::Registry;
 use longlink_rpc::LogicService;
+use longlink_rpc::trace::Ledger;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use close::CloseReason;
 pub use config::GateConfig;
+pub use metrics::GateMetrics;
 pub use session_table::SessionTable;
 
 /// A gate: its configuration, its session table and its id generators.
@@ -44,11 +48,17 @@ struct GateShared {
     next_session_id: AtomicU64,
     next_log_id: AtomicU64,
     connections: AtomicU64,
+    /// The accept loop is running.
+    serving: std::sync::atomic::AtomicBool,
+    metrics: GateMetrics,
+    ledger: Arc<dyn Ledger>,
 }
 
 impl Gate {
-    /// A gate with `config`; nothing listens until [`Gate::serve`].
-    pub fn new(config: GateConfig) -> Self {
+    /// A gate with `config` that records message stages in `ledger` and registers its
+    /// metrics in `registry`; nothing listens until [`Gate::serve`].
+    pub fn new(config: GateConfig, ledger: Arc<dyn Ledger>, registry: &mut Registry) -> Self {
+        let metrics = GateMetrics::new(registry, &config.gate_id);
         // Seeding ids with the clock keeps them unique across restarts of this gate.
         let seed = longlink_proto::unix_ms() << 20;
         Self {
@@ -58,6 +68,9 @@ impl Gate {
                 next_session_id: AtomicU64::new(seed),
                 next_log_id: AtomicU64::new(seed),
                 connections: AtomicU64::new(0),
+                serving: std::sync::atomic::AtomicBool::new(false),
+                metrics,
+                ledger,
             }),
         }
     }
@@ -65,6 +78,22 @@ impl Gate {
     /// The session table: give it to logic as its [`longlink_rpc::GatePush`].
     pub fn sessions(&self) -> Arc<SessionTable> {
         self.shared.sessions.clone()
+    }
+
+    /// The gate's metrics (also in the registry given to [`Gate::new`]).
+    pub fn metrics(&self) -> &GateMetrics {
+        &self.shared.metrics
+    }
+
+    /// This gate's id.
+    pub fn id(&self) -> &str {
+        &self.shared.config.gate_id
+    }
+
+    /// Whether the gate accepts connections (between the start and the end of
+    /// [`Gate::serve`]).
+    pub fn is_serving(&self) -> bool {
+        self.shared.serving.load(Ordering::Acquire)
     }
 
     /// Open client connections right now.
@@ -80,7 +109,9 @@ impl Gate {
         logic: Arc<dyn LogicService>,
         shutdown: CancellationToken,
     ) {
+        self.shared.serving.store(true, Ordering::Release);
         listener::run(self.shared.clone(), listener, logic, shutdown).await;
+        self.shared.serving.store(false, Ordering::Release);
     }
 }
 

@@ -15,11 +15,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-use longlink_proto::KickReason;
+use longlink_metrics::Gauge;
+use longlink_proto::{Cmd, FrameType, HEADER_LEN, KickReason, wire};
 use longlink_rpc::WriteReceipt;
+use longlink_rpc::trace::{Stage, TraceEvent};
 
-use crate::CloseReason;
 use crate::close::{ConnShared, kick_frame};
+use crate::{CloseReason, GateShared};
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,8 @@ struct QueueState {
 pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
     capacity: usize,
+    /// The gate-wide count of queued frames (`longlink_gate_write_queue_frames`).
+    queued: Gauge,
     /// Wakes the writer: frames were queued, or the queue was closed.
     ready: Notify,
     /// Wakes a sender waiting for room: the writer took frames.
@@ -81,10 +85,11 @@ pub(crate) struct WriteQueue {
 }
 
 impl WriteQueue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, queued: Gauge) -> Self {
         Self {
             state: Mutex::new(QueueState::default()),
             capacity: capacity.max(1),
+            queued,
             ready: Notify::new(),
             room: Notify::new(),
         }
@@ -107,6 +112,7 @@ impl WriteQueue {
             }
             state.frames.push_back(frame);
         }
+        self.queued.inc();
         self.ready.notify_one();
         Ok(())
     }
@@ -144,6 +150,7 @@ impl WriteQueue {
         };
         let n = state.frames.len().min(max.saturating_sub(out.len()));
         out.extend(state.frames.drain(..n));
+        self.queued.dec_by(n as i64);
         if state.frames.is_empty() && state.frames.capacity() > 64 {
             // Give memory back after a burst: an idle connection keeps no buffers.
             state.frames = VecDeque::new();
@@ -171,6 +178,15 @@ impl WriteQueue {
     }
 }
 
+impl Drop for WriteQueue {
+    fn drop(&mut self) {
+        // Frames never written (the connection died) leave the gate-wide count too.
+        if let Ok(state) = self.state.get_mut() {
+            self.queued.dec_by(state.frames.len() as i64);
+        }
+    }
+}
+
 /// Backoff suggested to a client closed as a slow consumer.
 const SLOW_CONSUMER_BACKOFF_MS: u32 = 1000;
 
@@ -185,6 +201,7 @@ pub(crate) async fn run(
     queue: Arc<WriteQueue>,
     conn: Arc<ConnShared>,
     write_timeout: Duration,
+    gate: Arc<GateShared>,
 ) {
     let mut batch: Vec<Outgoing> = Vec::new();
     loop {
@@ -214,6 +231,7 @@ pub(crate) async fn run(
                 return;
             }
             for sent in batch.drain(..) {
+                observe_written(&gate, &conn, &sent.frame);
                 if let Some((receipt, tag)) = sent.receipt {
                     receipt.written(tag);
                 }
@@ -228,6 +246,48 @@ pub(crate) async fn run(
             batch = Vec::new();
         }
     }
+}
+
+/// Counts a frame that reached the socket and records the ledger stage it completes: a MSG
+/// written to a receiver, a C2C/C2S answer (the sender's ACK), or an ERROR.
+fn observe_written(gate: &GateShared, conn: &ConnShared, frame: &Bytes) {
+    let Some(header) = frame.get(..HEADER_LEN) else {
+        return;
+    };
+    let cmd = u16::from_be_bytes([header[16], header[17]]);
+    let metrics = &gate.metrics;
+    metrics.frames_out.add(cmd, 1);
+    metrics.bytes_out.add(cmd, frame.len() as u64);
+    let mut log_id_bytes = [0u8; 8];
+    log_id_bytes.copy_from_slice(&header[4..12]);
+    let log_id = u64::from_be_bytes(log_id_bytes);
+    let frame_type = header[18];
+    let stage = match Cmd::try_from(cmd) {
+        Ok(Cmd::Msg) if frame_type == FrameType::Push as u8 => Stage::Written,
+        Ok(Cmd::C2c | Cmd::C2s) if frame_type == FrameType::Response as u8 => Stage::AckedToSender,
+        Ok(Cmd::Error) => {
+            let code = <wire::Error as prost::Message>::decode(&frame[HEADER_LEN..])
+                .ok()
+                .and_then(|e| longlink_proto::ErrorCode::try_from(e.code).ok());
+            if let Some(code) = code {
+                metrics.error_sent(code);
+                if log_id != 0 {
+                    let mut event = TraceEvent::now(log_id, Stage::Refused)
+                        .detail(code.as_str_name().to_ascii_lowercase());
+                    event.who = conn.label.get().cloned();
+                    gate.ledger.record(event);
+                }
+            }
+            return;
+        }
+        _ => return,
+    };
+    if log_id == 0 {
+        return;
+    }
+    let mut event = TraceEvent::now(log_id, stage);
+    event.who = conn.label.get().cloned();
+    gate.ledger.record(event);
 }
 
 async fn write_batch(write: &mut OwnedWriteHalf, batch: &[Outgoing]) -> std::io::Result<()> {
@@ -255,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_fifo_that_refuses_after_close() {
-        let queue = WriteQueue::new(2);
+        let queue = WriteQueue::new(2, Gauge::default());
         queue.try_push(frame(1)).unwrap();
         queue.try_push(frame(2)).unwrap();
         assert_eq!(queue.try_push(frame(3)), Err(QueueError::Full));
@@ -275,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_sender_gets_room_when_the_writer_drains() {
-        let queue = Arc::new(WriteQueue::new(1));
+        let queue = Arc::new(WriteQueue::new(1, Gauge::default()));
         queue.try_push(frame(1)).unwrap();
         let sender = {
             let queue = queue.clone();
@@ -290,7 +350,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_sender_gives_up_when_the_queue_stays_full() {
-        let queue = WriteQueue::new(1);
+        let queue = WriteQueue::new(1, Gauge::default());
         queue.try_push(frame(1)).unwrap();
         assert_eq!(
             queue.push(frame(2), Duration::from_secs(5)).await,

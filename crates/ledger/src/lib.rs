@@ -81,6 +81,8 @@ struct Entry {
     events: Vec<RecordedEvent>,
     dropped: u32,
     accepted_us: Option<u64>,
+    /// The first write to a receiver was measured, or the receiver was offline (then the
+    /// first write happens at its next login, which says nothing about the platform's speed).
     delivered: bool,
 }
 
@@ -174,7 +176,11 @@ impl Ledger for MemoryLedger {
                         break;
                     }
                     shard.order.pop_front();
-                    if shard.traces.get(&old).is_some_and(|e| e.opened_us == opened) {
+                    if shard
+                        .traces
+                        .get(&old)
+                        .is_some_and(|e| e.opened_us == opened)
+                    {
                         shard.traces.remove(&old);
                     }
                 }
@@ -209,6 +215,7 @@ impl Ledger for MemoryLedger {
                 Stage::Accepted => {
                     entry.accepted_us.get_or_insert(event.at_us);
                 }
+                Stage::Offline => entry.delivered = true,
                 Stage::Written if !entry.delivered && entry.subject.kind == MessageKind::C2c => {
                     if let Some(accepted) = entry.accepted_us {
                         entry.delivered = true;
@@ -324,12 +331,14 @@ mod tests {
         let ledger = ledger(1000);
         ledger.record(TraceEvent::now(7, Stage::Accepted).subject(c2c_from_alice()));
         ledger.record(
-            TraceEvent::now(7, Stage::Stored).msgid(42).subject(Subject {
-                kind: MessageKind::C2c,
-                from: None,
-                to: Some("130:bob".into()),
-                appcodes: vec![129, 130],
-            }),
+            TraceEvent::now(7, Stage::Stored)
+                .msgid(42)
+                .subject(Subject {
+                    kind: MessageKind::C2c,
+                    from: None,
+                    to: Some("130:bob".into()),
+                    appcodes: vec![129, 130],
+                }),
         );
         ledger.record(TraceEvent::now(7, Stage::Written).who(Arc::from("130:bob/phone")));
         ledger.record_msgids(&[42, 99], Stage::ReceiverAcked, None);
@@ -340,7 +349,12 @@ mod tests {
         let stages: Vec<Stage> = by_log.events.iter().map(|e| e.stage).collect();
         assert_eq!(
             stages,
-            [Stage::Accepted, Stage::Stored, Stage::Written, Stage::ReceiverAcked]
+            [
+                Stage::Accepted,
+                Stage::Stored,
+                Stage::Written,
+                Stage::ReceiverAcked
+            ]
         );
         assert_eq!(by_log.msgids, [42]);
         assert_eq!(by_log.subject.from.as_deref(), Some("129:alice"));
@@ -348,6 +362,15 @@ mod tests {
         assert_eq!(by_log.subject.appcodes, [129, 130]);
         assert_eq!(ledger.c2c_delivery().percentiles(60).count, 1);
         assert!(ledger.trace(99, TraceBy::Either).is_none());
+    }
+
+    #[test]
+    fn a_receiver_offline_at_send_time_is_not_a_delivery_latency() {
+        let ledger = ledger(1000);
+        ledger.record(TraceEvent::now(8, Stage::Accepted).subject(c2c_from_alice()));
+        ledger.record(TraceEvent::now(8, Stage::Offline));
+        ledger.record(TraceEvent::now(8, Stage::Written));
+        assert_eq!(ledger.c2c_delivery().percentiles(60).count, 0);
     }
 
     #[test]
@@ -373,6 +396,10 @@ mod tests {
         }
         assert!(ledger.trace(1, TraceBy::LogId).is_none());
         assert!(ledger.trace(1 + SHARDS as u64, TraceBy::LogId).is_some());
-        assert!(ledger.trace(1 + 2 * SHARDS as u64, TraceBy::LogId).is_some());
+        assert!(
+            ledger
+                .trace(1 + 2 * SHARDS as u64, TraceBy::LogId)
+                .is_some()
+        );
     }
 }

@@ -14,18 +14,22 @@
 pub mod auth;
 mod convert;
 mod handlers;
+pub mod metrics;
 mod push;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use longlink_bus::{Bus, Routes};
+use longlink_metrics::Registry;
 use longlink_presence::Presence;
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameType};
+use longlink_rpc::trace::Ledger;
 use longlink_rpc::{GatePush, LogicService, LoginAccepted, Refusal, Reply, SessionInfo};
 use longlink_store::MessageStore;
 
 pub use auth::{App, Apps, Claims, TokenError};
+pub use metrics::LogicMetrics;
 
 /// Tunables of logic.
 #[derive(Debug, Clone)]
@@ -58,6 +62,8 @@ pub struct Logic {
     gate: Arc<dyn GatePush>,
     routes: Arc<Routes>,
     pushes: push::PushEngine,
+    ledger: Arc<dyn Ledger>,
+    metrics: LogicMetrics,
 }
 
 impl std::fmt::Debug for Logic {
@@ -71,7 +77,8 @@ impl std::fmt::Debug for Logic {
 
 impl Logic {
     /// Assembles logic over its backends, the c2s routing table and the gate(s) it pushes
-    /// through.
+    /// through; it records message stages in `ledger` and its metrics in `registry`.
+    #[allow(clippy::too_many_arguments)] // the composition root names each part once
     pub fn new(
         config: LogicConfig,
         apps: Arc<Apps>,
@@ -80,14 +87,22 @@ impl Logic {
         bus: Arc<dyn Bus>,
         routes: Arc<Routes>,
         gate: Arc<dyn GatePush>,
+        ledger: Arc<dyn Ledger>,
+        registry: &mut Registry,
     ) -> Self {
+        let metrics = LogicMetrics::new(registry);
         let pushes = push::PushEngine::new(
             apps.clone(),
             presence.clone(),
             store.clone(),
             gate.clone(),
             config.max_content_bytes,
+            ledger.clone(),
+            metrics.clone(),
         );
+        registry.register_collector(Box::new(metrics::PushCollector {
+            engine: pushes.clone(),
+        }));
         Self {
             config,
             apps,
@@ -97,7 +112,22 @@ impl Logic {
             gate,
             routes,
             pushes,
+            ledger,
+            metrics,
         }
+    }
+
+    /// Logic's metrics (also in the registry given to [`Logic::new`]).
+    pub fn metrics(&self) -> &LogicMetrics {
+        &self.metrics
+    }
+
+    /// Awaits a store call, recording its latency as `op`.
+    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = call.await;
+        self.metrics.store_op(op, started.elapsed());
+        out
     }
 }
 

@@ -44,6 +44,8 @@ use tokio::sync::mpsc;
 
 use crate::Apps;
 use crate::auth::MAX_ID_BYTES;
+use crate::metrics::LogicMetrics;
+use longlink_rpc::trace::{Ledger, MessageKind, Stage, Subject, TraceEvent};
 
 /// Targets handled between two yields of a fan-out.
 pub(crate) const WAVE: usize = 1024;
@@ -304,6 +306,8 @@ struct EngineInner {
     retained: Mutex<Retained>,
     totals: Mutex<HashMap<(u32, u32), Arc<Counters>>>,
     waiting: Mutex<Waiting>,
+    ledger: Arc<dyn Ledger>,
+    metrics: LogicMetrics,
 }
 
 /// s2c fan-out and statistics; cheap to clone.
@@ -329,6 +333,8 @@ impl PushEngine {
         store: Arc<dyn MessageStore>,
         gate: Arc<dyn GatePush>,
         max_content_bytes: usize,
+        ledger: Arc<dyn Ledger>,
+        metrics: LogicMetrics,
     ) -> Self {
         Self {
             inner: Arc::new(EngineInner {
@@ -344,6 +350,8 @@ impl PushEngine {
                 retained: Mutex::new(Retained::default()),
                 totals: Mutex::new(HashMap::new()),
                 waiting: Mutex::new(Waiting::default()),
+                ledger,
+                metrics,
             }),
         }
     }
@@ -451,6 +459,21 @@ impl PushEngine {
             )));
         }
         record.totals.pushes.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.pushes.inc();
+        inner.ledger.record(
+            TraceEvent::now(record.log_id, Stage::Accepted)
+                .detail(format!("s2c push {id}"))
+                .subject(Subject {
+                    kind: MessageKind::S2c,
+                    from: Some(record.from.clone()),
+                    to: Some(format!(
+                        "{} ({} users)",
+                        record.appcode,
+                        record.recipients.len()
+                    )),
+                    appcodes: vec![record.appcode],
+                }),
+        );
         record
             .totals
             .targets
@@ -532,6 +555,7 @@ impl PushEngine {
     /// Commits the push (see the module docs); on failure every recipient is failed.
     async fn store(&self, record: &Arc<PushRecord>) -> bool {
         let inner = &self.inner;
+        let started = std::time::Instant::now();
         let stored = inner
             .store
             .append_s2c(NewS2c {
@@ -548,6 +572,7 @@ impl PushEngine {
                 },
             })
             .await;
+        inner.metrics.store_op("append_s2c", started.elapsed());
         let outcome = match stored {
             Ok(outcome) => outcome,
             Err(err) => {
@@ -559,6 +584,15 @@ impl PushEngine {
             }
         };
         record.msgid.store(outcome.msgid, Ordering::Release);
+        inner.ledger.record(
+            TraceEvent::now(record.log_id, Stage::Stored)
+                .msgid(outcome.msgid)
+                .detail(if record.persist {
+                    format!("inbox rows for {} users", record.recipients.len())
+                } else {
+                    "online only: no inbox rows".to_owned()
+                }),
+        );
         record
             .senddate_ms
             .store(outcome.senddate_ms, Ordering::Release);
@@ -655,10 +689,12 @@ impl PushEngine {
     async fn offline(&self, record: &Arc<PushRecord>, index: usize) {
         if record.persist {
             record.mark(index, STORED);
+            self.trace_recipient(record, index, Stage::Offline, "waits in the inbox");
             return;
         }
         if record.ttl_secs == 0 {
             record.mark(index, EXPIRED);
+            self.trace_recipient(record, index, Stage::Expired, "not online; no ttl");
             return;
         }
         let key = (record.appcode, record.recipients[index].uid.clone());
@@ -685,6 +721,20 @@ impl PushEngine {
             self.deliver_waiting_one(record, index, entry.session_id)
                 .await;
         }
+    }
+
+    /// Records `stage` of recipient `index` in the ledger.
+    fn trace_recipient(&self, record: &PushRecord, index: usize, stage: Stage, detail: &str) {
+        let who: Arc<str> = Arc::from(format!(
+            "{}:{}",
+            record.appcode, record.recipients[index].uid
+        ));
+        self.inner.ledger.record(
+            TraceEvent::now(record.log_id, stage)
+                .msgid(record.msgid.load(Ordering::Acquire))
+                .who(who)
+                .detail(detail),
+        );
     }
 
     fn take_waiting(&self, key: &(u32, String), push_id: u64) -> Option<Held> {
@@ -724,6 +774,7 @@ impl PushEngine {
             let key = (record.appcode, recipient.uid.clone());
             if self.take_waiting(&key, record.id).is_some() {
                 record.mark(index, EXPIRED);
+                self.trace_recipient(record, index, Stage::Expired, "ttl ran out");
             }
         }
     }

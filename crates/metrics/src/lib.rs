@@ -167,7 +167,7 @@ impl Window {
                 }
             }
         }
-        let Some(merged) = merged.filter(|h| h.len() > 0) else {
+        let Some(merged) = merged.filter(|h| !h.is_empty()) else {
             return Percentiles::default();
         };
         let ms = |micros: u64| Some(micros as f64 / 1000.0);

@@ -225,7 +225,7 @@ pub enum TraceBy {
 }
 
 /// Where stages are recorded and traces read.
-pub trait Ledger: Send + Sync + 'static {
+pub trait Ledger: Send + Sync + std::fmt::Debug + 'static {
     /// Records one event. Cheap; never blocks on I/O.
     fn record(&self, event: TraceEvent);
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// The commented default configuration (`longlink config default`).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
-const SECTIONS: [&str; 5] = ["gate", "api", "store", "logic", "bus"];
+const SECTIONS: [&str; 6] = ["gate", "api", "store", "logic", "bus", "trace"];
 
 /// A configuration problem, naming the field. The CLI exits with code 64 on it.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,17 @@ pub struct StoreSection {
 #[allow(missing_docs)] // each field is documented in default.toml
 pub struct LogicSection {
     pub max_content_bytes: usize,
+}
+
+/// `[trace]`: the delivery ledger.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct TraceSection {
+    pub enabled: bool,
+    pub window_secs: u64,
+    pub max_traces: usize,
+    pub max_events: usize,
 }
 
 /// `[bus]`.
@@ -178,6 +189,7 @@ pub struct Config {
     pub store: StoreSection,
     pub logic: LogicSection,
     pub bus: BusSection,
+    pub trace: TraceSection,
     pub apps: Vec<AppSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
@@ -268,6 +280,16 @@ impl Config {
         if self.bus.max_attempts == 0 || self.bus.lease_secs == 0 || self.bus.max_backlog == 0 {
             return bad(
                 "bus.max_attempts / bus.lease_secs / bus.max_backlog",
+                "must be at least 1",
+            );
+        }
+        if self.trace.enabled
+            && (self.trace.window_secs == 0
+                || self.trace.max_traces == 0
+                || self.trace.max_events == 0)
+        {
+            return bad(
+                "trace.window_secs / trace.max_traces / trace.max_events",
                 "must be at least 1",
             );
         }

@@ -11,16 +11,20 @@
 //! Modules: [`config`] (Config, the embedded default file, env overrides).
 
 pub mod config;
+mod observe;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use longlink_api::{ApiContext, ApiKeys, ApiLimits, Stats, StatsSource};
+use longlink_api::{ApiContext, ApiKeys, ApiLimits};
 use longlink_bus::{QueueOptions, SqliteQueue, TopicQueue, WebhookConfig};
 use longlink_gate::Gate;
+use longlink_ledger::{LedgerConfig, MemoryLedger};
 use longlink_logic::{Logic, LogicConfig};
+use longlink_metrics::Latency;
 use longlink_presence::{MemoryPresence, Presence};
+use longlink_rpc::trace::{Ledger, NoLedger};
 use longlink_store::{SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -44,29 +48,11 @@ pub struct RunningServer {
     api_task: JoinHandle<()>,
     api_shutdown: CancellationToken,
     webhooks: Vec<JoinHandle<()>>,
+    sampler: JoinHandle<()>,
     grpc_addr: Option<std::net::SocketAddr>,
     store: Arc<SqliteStore>,
     bus: Arc<SqliteQueue>,
     presence: Arc<MemoryPresence>,
-}
-
-struct NodeStats {
-    gate: Gate,
-}
-
-impl StatsSource for NodeStats {
-    fn stats(&self) -> Stats {
-        Stats {
-            connections: self.gate.connection_count(),
-            sessions: self.gate.sessions().len() as u64,
-        }
-    }
-}
-
-impl std::fmt::Debug for NodeStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeStats").finish_non_exhaustive()
-    }
 }
 
 /// Starts a single node (gate + logic + api on embedded backends) as `config` says.
@@ -159,7 +145,25 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             "the development API key is enabled: change [[api_keys]] before exposing the API"
         );
     }
-    let gate = Gate::new(config.gate_config());
+    let mut registry = longlink_metrics::Registry::default();
+    let memory_ledger = config.trace.enabled.then(|| {
+        Arc::new(MemoryLedger::new(
+            &config.gate.gate_id,
+            &LedgerConfig {
+                window: Duration::from_secs(config.trace.window_secs),
+                max_traces: config.trace.max_traces,
+                max_events: config.trace.max_events,
+            },
+        ))
+    });
+    let ledger: Arc<dyn Ledger> = match &memory_ledger {
+        Some(ledger) => {
+            ledger.register(&mut registry);
+            ledger.clone()
+        }
+        None => Arc::new(NoLedger),
+    };
+    let gate = Gate::new(config.gate_config(), ledger.clone(), &mut registry);
     let logic = Arc::new(Logic::new(
         LogicConfig {
             keepalive_interval_secs: config.gate.keepalive_interval_secs,
@@ -172,6 +176,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         bus.clone(),
         routes.clone(),
         gate.sessions(),
+        ledger.clone(),
+        &mut registry,
+    ));
+    let node_stats = Arc::new(observe::NodeStats::new(
+        gate.clone(),
+        gate_addr,
+        logic.metrics().clone(),
+        memory_ledger
+            .as_ref()
+            .map_or_else(Latency::new, |l| l.c2c_delivery().clone()),
+        config
+            .apps
+            .iter()
+            .map(|a| (a.appcode, a.name.clone()))
+            .collect(),
     ));
 
     let shutdown = CancellationToken::new();
@@ -189,7 +208,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             queue: bus.clone(),
             routes,
             keys,
-            stats: Arc::new(NodeStats { gate }),
+            stats: node_stats.clone(),
+            ledger,
+            metrics: Arc::new(registry),
             limits: ApiLimits {
                 max_body_bytes: config.api.max_body_bytes,
                 max_content_bytes: config.logic.max_content_bytes,
@@ -205,6 +226,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             }
         })
     };
+    let sampler = tokio::spawn(node_stats.run_sampler(api_shutdown.clone()));
     let webhooks = webhook_configs
         .into_iter()
         .map(|hook| {
@@ -225,6 +247,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         api_task,
         api_shutdown,
         webhooks,
+        sampler,
         grpc_addr,
         store,
         bus,
@@ -279,6 +302,7 @@ impl RunningServer {
         {
             tracing::warn!("api did not stop within the stage timeout");
         }
+        let _ = tokio::time::timeout(STAGE_TIMEOUT, self.sampler).await;
         for hook in self.webhooks {
             if tokio::time::timeout(STAGE_TIMEOUT, hook).await.is_err() {
                 tracing::warn!("a webhook did not stop within the stage timeout");

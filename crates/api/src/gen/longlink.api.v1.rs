@@ -27,6 +27,9 @@ pub struct PushRequest {
     /// Sender label shown as `from.uid`; empty = "system".
     #[prost(string, tag = "9")]
     pub from: ::prost::alloc::string::String,
+    /// Trace id of the push (GET /v1/trace/{log_id}); 0 = the server assigns one.
+    #[prost(uint64, tag = "10")]
+    pub log_id: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PushReply {
@@ -34,6 +37,9 @@ pub struct PushReply {
     pub push_id: u64,
     #[prost(uint64, tag = "2")]
     pub targets: u64,
+    /// The push's trace id (the one given, or the one assigned).
+    #[prost(uint64, tag = "3")]
+    pub log_id: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PushStatsRequest {

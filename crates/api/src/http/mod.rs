@@ -17,6 +17,7 @@ pub(crate) mod consume;
 pub(crate) mod dashboard;
 pub(crate) mod deadletter;
 pub(crate) mod errors;
+pub(crate) mod observe;
 pub(crate) mod openapi;
 pub(crate) mod presence;
 pub(crate) mod push;
@@ -43,7 +44,10 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::asset))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(observe::metrics))
         .route("/openapi.json", get(openapi_json))
+        .route("/v1/stats/summary", get(observe::summary))
+        .route("/v1/trace/{id}", get(observe::trace))
         .route("/v1/push", post(push::push))
         .route("/v1/push/{push_id}", get(push::push_stats))
         .route("/v1/stats/delivery", get(push::delivery))

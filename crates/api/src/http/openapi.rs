@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{consume, deadletter, presence, push};
+use super::{consume, deadletter, observe, presence, push};
 use crate::model::{ErrorBody, ErrorDetail};
 
 /// Declares the two ways to pass the API key.
@@ -50,6 +50,9 @@ impl Modify for SecuritySchemes {
         deadletter::list,
         deadletter::replay,
         deadletter::topics,
+        observe::metrics,
+        observe::summary,
+        observe::trace,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes),
@@ -58,6 +61,7 @@ impl Modify for SecuritySchemes {
         (name = "presence", description = "Who is online"),
         (name = "consume", description = "c2s messages routed to topics: leases, acks, dead letters"),
         (name = "health", description = "Liveness"),
+        (name = "observability", description = "Metrics, the node summary and message traces"),
     )
 )]
 struct ApiDoc;

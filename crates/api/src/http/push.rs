@@ -47,6 +47,7 @@ fn push_call(body: PushBody) -> Result<PushCall, ApiError> {
         persist: body.persist.unwrap_or(true),
         ttl_secs: body.ttl_secs.unwrap_or(0),
         from: body.from,
+        log_id: body.log_id.filter(|id| *id != 0),
     })
 }
 

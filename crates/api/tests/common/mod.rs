@@ -233,6 +233,14 @@ impl StatsSource for FixedStats {
             sessions: 2,
         }
     }
+
+    fn summary(&self) -> longlink_api::model::SummaryBody {
+        longlink_api::model::SummaryBody {
+            connections: 3,
+            sessions: 2,
+            ..Default::default()
+        }
+    }
 }
 
 /// A running API.
@@ -292,6 +300,8 @@ impl Fixture {
             routes: Arc::new(routes),
             keys: Arc::new(keys),
             stats: Arc::new(FixedStats),
+            ledger: Arc::new(longlink_rpc::trace::NoLedger),
+            metrics: Arc::new(longlink_metrics::Registry::default()),
             limits: ApiLimits {
                 max_body_bytes: MAX_BODY,
                 ..ApiLimits::default()

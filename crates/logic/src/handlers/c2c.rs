@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, wire};
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent};
 use longlink_rpc::{PushError, Refusal, SessionInfo};
 use longlink_store::{NewMessage, StoredMessage, UserKey};
 
@@ -68,19 +69,33 @@ pub(crate) async fn c2c(
     }
 
     let outcome = logic
-        .store
-        .append(NewMessage {
-            from: from.clone(),
-            from_device: session.device_id.clone(),
-            client_msg_id: request.client_msg_id.clone(),
-            to: to.clone(),
-            msgtype: request.msgtype,
-            content_type: request.content_type,
-            content: request.content.clone(),
-            log_id,
-        })
+        .timed(
+            "append",
+            logic.store.append(NewMessage {
+                from: from.clone(),
+                from_device: session.device_id.clone(),
+                client_msg_id: request.client_msg_id.clone(),
+                to: to.clone(),
+                msgtype: request.msgtype,
+                content_type: request.content_type,
+                content: request.content.clone(),
+                log_id,
+            }),
+        )
         .await
         .map_err(store_unavailable)?;
+    let mut stored_event = TraceEvent::now(log_id, Stage::Stored)
+        .msgid(outcome.msgid)
+        .subject(Subject {
+            kind: MessageKind::C2c,
+            from: Some(format!("{}:{}", from.appcode, from.uid)),
+            to: Some(format!("{}:{}", to.appcode, to.uid)),
+            appcodes: vec![from.appcode, to.appcode],
+        });
+    if outcome.duplicate {
+        stored_event = stored_event.detail("a retry: already stored, not pushed again");
+    }
+    logic.ledger.record(stored_event);
     tracing::debug!(
         log_id,
         msgid = outcome.msgid,
@@ -140,23 +155,28 @@ async fn deliver(
             return;
         }
     };
-    for entry in sessions {
+    let routed_at = longlink_rpc::trace::now_us();
+    let mut queued = 0usize;
+    for entry in &sessions {
         if Some(entry.session_id) == skip_session {
             continue;
         }
         match logic.gate.push(entry.session_id, push.clone()).await {
             Ok(()) => {
+                queued += 1;
                 if let Some(msgid) = inbox_msgid
                     && let Err(err) = logic
-                        .store
-                        .record_pushed(user, &entry.device_id, &[msgid])
+                        .timed(
+                            "record_pushed",
+                            logic.store.record_pushed(user, &entry.device_id, &[msgid]),
+                        )
                         .await
                 {
                     tracing::debug!(log_id, error = %err, "push not recorded");
                 }
             }
             Err(PushError::NoSession) => {
-                crate::clear_stale_session(logic.presence.as_ref(), &entry, log_id).await;
+                crate::clear_stale_session(logic.presence.as_ref(), entry, log_id).await;
             }
             Err(PushError::SlowConsumer) => {
                 tracing::info!(
@@ -166,5 +186,23 @@ async fn deliver(
                 );
             }
         }
+    }
+    if inbox_msgid.is_some() {
+        // The receiver's route: where the message went, or that it waits in the inbox.
+        let mut event = if queued > 0 {
+            TraceEvent::now(log_id, Stage::Routed).detail(format!(
+                "queued to {queued} of {} session(s) of {}:{}",
+                sessions.len(),
+                user.appcode,
+                user.uid
+            ))
+        } else {
+            TraceEvent::now(log_id, Stage::Offline).detail(format!(
+                "no reachable session of {}:{}; waits in the inbox",
+                user.appcode, user.uid
+            ))
+        };
+        event.at_us = routed_at;
+        logic.ledger.record(event);
     }
 }

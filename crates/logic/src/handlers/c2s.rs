@@ -4,6 +4,7 @@
 
 use longlink_bus::{BusError, BusMessage};
 use longlink_proto::{ErrorCode, Frame, wire};
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent};
 use longlink_rpc::{Refusal, SessionInfo};
 
 use crate::handlers::check_id;
@@ -33,6 +34,7 @@ pub(crate) async fn c2s(
             ),
         ));
     };
+    let started = std::time::Instant::now();
     logic
         .bus
         .publish(BusMessage {
@@ -54,6 +56,17 @@ pub(crate) async fn c2s(
             }
             BusError::Unavailable(_) => Refusal::new(ErrorCode::BusUnavailable, err.to_string()),
         })?;
+    logic.metrics.bus_publish.observe(started.elapsed());
+    logic.ledger.record(
+        TraceEvent::now(frame.header.log_id, Stage::Published)
+            .detail(format!("topic {topic}"))
+            .subject(Subject {
+                kind: MessageKind::C2s,
+                from: Some(format!("{}:{}", session.appcode, session.uid)),
+                to: Some(format!("topic {topic}")),
+                appcodes: vec![session.appcode],
+            }),
+    );
     tracing::debug!(log_id = frame.header.log_id, %topic, "c2s published");
     Ok(Frame::response(&frame.header, &wire::C2sResponse { topic }))
 }

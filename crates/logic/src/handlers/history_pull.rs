@@ -34,13 +34,15 @@ pub(crate) async fn history_pull(
         uid: session.uid.clone(),
     };
     let page = logic
-        .store
-        .history(
-            &owner,
-            &user_key(peer),
-            request.cursor,
-            direction,
-            page_size(request.page_size),
+        .timed(
+            "history",
+            logic.store.history(
+                &owner,
+                &user_key(peer),
+                request.cursor,
+                direction,
+                page_size(request.page_size),
+            ),
         )
         .await
         .map_err(store_unavailable)?;

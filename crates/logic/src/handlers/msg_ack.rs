@@ -3,6 +3,7 @@
 //! and changes nothing.
 
 use longlink_proto::{ErrorCode, Frame, FrameType, wire};
+use longlink_rpc::trace::Stage;
 use longlink_rpc::{Refusal, Reply, SessionInfo};
 use longlink_store::UserKey;
 
@@ -40,6 +41,7 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
     };
     // Online-only s2c pushes have no inbox row: the push statistics take their acks.
     let online_only = logic.pushes.acked(&owner, &request.msgids);
+    let who = longlink_rpc::trace::session_label(session.appcode, &session.uid, &session.device_id);
     let stored: Vec<u64> = request
         .msgids
         .iter()
@@ -48,13 +50,29 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
         .collect();
     let acked_online_only = u32::try_from(request.msgids.len() - stored.len()).unwrap_or(0);
     if stored.is_empty() {
+        logic
+            .metrics
+            .receiver_acks
+            .inc_by(u64::from(acked_online_only));
+        logic
+            .ledger
+            .record_msgids(&online_only, Stage::ReceiverAcked, Some(who));
         return Ok(acked_online_only);
     }
     let outcome = logic
-        .store
-        .ack(&owner, &session.device_id, &stored)
+        .timed("ack", logic.store.ack(&owner, &session.device_id, &stored))
         .await
         .map_err(store_unavailable)?;
+    let acked: Vec<u64> = request
+        .msgids
+        .iter()
+        .copied()
+        .filter(|m| !outcome.not_found.contains(m))
+        .collect();
+    logic.metrics.receiver_acks.inc_by(acked.len() as u64);
+    logic
+        .ledger
+        .record_msgids(&acked, Stage::ReceiverAcked, Some(who));
     if !outcome.not_found.is_empty() {
         return Err(Refusal::new(
             ErrorCode::NotFound,

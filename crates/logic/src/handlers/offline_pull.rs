@@ -18,16 +18,30 @@ pub(crate) async fn offline_pull(
         uid: session.uid.clone(),
     };
     let page = logic
-        .store
-        .pull_offline(
-            &owner,
-            &session.device_id,
-            request.cursor,
-            page_size(request.page_size),
+        .timed(
+            "pull_offline",
+            logic.store.pull_offline(
+                &owner,
+                &session.device_id,
+                request.cursor,
+                page_size(request.page_size),
+            ),
         )
         .await
         .map_err(store_unavailable)?;
     let page = fit_page(page, logic.config.max_response_bytes);
+    if !page.messages.is_empty() {
+        let msgids: Vec<u64> = page.messages.iter().map(|m| m.msgid).collect();
+        logic.ledger.record_msgids(
+            &msgids,
+            longlink_rpc::trace::Stage::Pulled,
+            Some(longlink_rpc::trace::session_label(
+                session.appcode,
+                &session.uid,
+                &session.device_id,
+            )),
+        );
+    }
     Ok(Frame::response(
         &frame.header,
         &wire::OfflinePullResponse {

@@ -20,8 +20,12 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
         uid: session.uid.clone(),
     };
     let page = match logic
-        .store
-        .pull_offline(&owner, &session.device_id, 0, REDELIVER_MAX)
+        .timed(
+            "pull_offline",
+            logic
+                .store
+                .pull_offline(&owner, &session.device_id, 0, REDELIVER_MAX),
+        )
         .await
     {
         Ok(page) => page,
@@ -42,8 +46,12 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
         pushed.push(message.msgid);
     }
     if let Err(err) = logic
-        .store
-        .record_pushed(&owner, &session.device_id, &pushed)
+        .timed(
+            "record_pushed",
+            logic
+                .store
+                .record_pushed(&owner, &session.device_id, &pushed),
+        )
         .await
     {
         tracing::debug!(session.id = session.session_id, error = %err, "redelivery not recorded");

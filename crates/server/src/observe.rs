@@ -1,0 +1,237 @@
+//! The node's figures for `/healthz` and `/v1/stats/summary`: read from the gate's and
+//! logic's metrics and the ledger's delivery latency, plus a sampler that keeps one sample
+//! per second for the last two minutes (the dashboard's charts and per-second rates).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use longlink_api::model::{
+    AppcodeSummaryBody, GateSummaryBody, LatencyBody, PercentilesBody, SeriesBody, SummaryBody,
+    TotalsBody,
+};
+use longlink_api::{Stats, StatsSource};
+use longlink_gate::Gate;
+use longlink_logic::LogicMetrics;
+use longlink_metrics::{Latency, Percentiles};
+use longlink_proto::Cmd;
+use tokio_util::sync::CancellationToken;
+
+/// Samples kept: two minutes at one per second.
+const SAMPLES: usize = 120;
+/// Samples the delivery rate is computed over (one minute).
+const RATE_WINDOW: usize = 60;
+
+/// What the node is built of, as the summary reads it.
+pub(crate) struct NodeStats {
+    pub(crate) gate: Gate,
+    pub(crate) gate_addr: SocketAddr,
+    pub(crate) logic: LogicMetrics,
+    pub(crate) c2c_delivery: Latency,
+    /// (appcode, name) of every configured app.
+    pub(crate) apps: Vec<(u32, String)>,
+    pub(crate) started_ms: u64,
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// Counters at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    at_ms: u64,
+    connections: u64,
+    messages: u64,
+    deliveries: u64,
+    receiver_acks: u64,
+    c2c_e2e_p99_ms: Option<f64>,
+}
+
+impl std::fmt::Debug for NodeStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStats").finish_non_exhaustive()
+    }
+}
+
+impl NodeStats {
+    pub(crate) fn new(
+        gate: Gate,
+        gate_addr: SocketAddr,
+        logic: LogicMetrics,
+        c2c_delivery: Latency,
+        apps: Vec<(u32, String)>,
+    ) -> Self {
+        Self {
+            gate,
+            gate_addr,
+            logic,
+            c2c_delivery,
+            apps,
+            started_ms: longlink_proto::unix_ms(),
+            samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        let gate = self.gate.metrics();
+        Sample {
+            at_ms: longlink_proto::unix_ms(),
+            connections: self.gate.connection_count(),
+            messages: gate.frames_in.get(Cmd::C2c)
+                + gate.frames_in.get(Cmd::C2s)
+                + self.logic.pushes.get(),
+            deliveries: gate.frames_out.get(Cmd::Msg),
+            receiver_acks: self.logic.receiver_acks.get(),
+            c2c_e2e_p99_ms: self.c2c_delivery.percentiles(1).p99,
+        }
+    }
+
+    /// Takes a sample every second until `stop` is cancelled.
+    pub(crate) async fn run_sampler(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let sample = self.sample();
+            let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            if samples.len() == SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back(sample);
+        }
+    }
+}
+
+/// Per-second rate between two samples.
+fn rate(from: &Sample, to: &Sample, value: impl Fn(&Sample) -> u64) -> f64 {
+    let secs = to.at_ms.saturating_sub(from.at_ms) as f64 / 1000.0;
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    value(to).saturating_sub(value(from)) as f64 / secs
+}
+
+fn percentiles(p: Percentiles) -> PercentilesBody {
+    PercentilesBody {
+        count: p.count,
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+        max: p.max,
+    }
+}
+
+impl StatsSource for NodeStats {
+    fn stats(&self) -> Stats {
+        Stats {
+            connections: self.gate.connection_count(),
+            sessions: self.gate.sessions().len() as u64,
+        }
+    }
+
+    fn summary(&self) -> SummaryBody {
+        let now = self.sample();
+        let samples: Vec<Sample> = self
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        // Rates of the last second: the newest sample against the one before it (or, right
+        // after start, against now).
+        let (messages_per_sec, deliveries_per_sec) = match samples.as_slice() {
+            [.., before, last] => (
+                rate(before, last, |s| s.messages),
+                rate(before, last, |s| s.deliveries),
+            ),
+            [only] => (
+                rate(only, &now, |s| s.messages),
+                rate(only, &now, |s| s.deliveries),
+            ),
+            [] => (0.0, 0.0),
+        };
+        let window_start = samples
+            .len()
+            .saturating_sub(RATE_WINDOW)
+            .min(samples.len().saturating_sub(1));
+        let delivery_rate = samples.get(window_start).and_then(|first| {
+            let written = now.deliveries.saturating_sub(first.deliveries);
+            let acked = now.receiver_acks.saturating_sub(first.receiver_acks);
+            // Pulled messages are acked without a MSG written: the ratio is capped at 1.
+            (written > 0).then(|| (acked as f64 / written as f64).min(1.0))
+        });
+        let gate = self.gate.metrics();
+        let sessions = self.gate.sessions().len() as u64;
+        let mut appcodes: Vec<AppcodeSummaryBody> = self
+            .apps
+            .iter()
+            .map(|(appcode, name)| AppcodeSummaryBody {
+                appcode: *appcode,
+                name: name.clone(),
+                sessions: u64::try_from(gate.sessions(*appcode)).unwrap_or(0),
+                messages: gate.messages(*appcode),
+            })
+            .collect();
+        appcodes.sort_by(|a, b| {
+            b.sessions
+                .cmp(&a.sessions)
+                .then(b.messages.cmp(&a.messages))
+                .then(a.appcode.cmp(&b.appcode))
+        });
+        let mut series = SeriesBody {
+            interval_secs: 1,
+            ..SeriesBody::default()
+        };
+        for pair in samples.windows(2) {
+            let [before, sample] = pair else { continue };
+            series.at_ms.push(sample.at_ms);
+            series.connections.push(sample.connections);
+            series
+                .messages_per_sec
+                .push(rate(before, sample, |s| s.messages));
+            series
+                .deliveries_per_sec
+                .push(rate(before, sample, |s| s.deliveries));
+            series.c2c_e2e_p99_ms.push(sample.c2c_e2e_p99_ms);
+        }
+        SummaryBody {
+            node: self.gate.id().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms: self.started_ms,
+            now_ms: now.at_ms,
+            connections: now.connections,
+            sessions,
+            messages_per_sec,
+            deliveries_per_sec,
+            delivery_rate,
+            latency_ms: LatencyBody {
+                c2c_ack: percentiles(gate.c2c_ack.percentiles(60)),
+                c2c_e2e: percentiles(self.c2c_delivery.percentiles(60)),
+            },
+            totals: TotalsBody {
+                messages: now.messages,
+                deliveries: now.deliveries,
+                receiver_acks: now.receiver_acks,
+                logins: gate.logins.get(),
+                login_failures: gate.login_failures_total(),
+                errors: gate.errors_total(),
+                bytes_in: gate.bytes_in.total(),
+                bytes_out: gate.bytes_out.total(),
+            },
+            appcodes,
+            gates: vec![GateSummaryBody {
+                id: self.gate.id().to_owned(),
+                addr: self.gate_addr.to_string(),
+                connections: now.connections,
+                sessions,
+                healthy: self.gate.is_serving(),
+                draining: false,
+                last_seen_ms: now.at_ms,
+            }],
+            series,
+        }
+    }
+}
