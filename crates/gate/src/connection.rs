@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::close::{ConnShared, kick_frame};
+use crate::metrics::cmd_label;
 use crate::write_queue::{QueueError, WriteQueue};
 use crate::{CloseReason, GateShared, write_queue};
 
@@ -294,9 +295,16 @@ impl Connection {
                 let started = Instant::now();
                 self.accepted(reader, session, &header);
                 let reply = self.logic.handle(session, frame).instrument(span).await;
+                let elapsed = started.elapsed();
                 if header.frame_type == FrameType::Request {
-                    metrics.request_done(header.cmd, started.elapsed());
+                    metrics.request_done(header.cmd, elapsed);
                 }
+                tracing::debug!(
+                    log_id = header.log_id,
+                    cmd = cmd_label(header.cmd),
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "request handled"
+                );
                 match reply {
                     Reply::Frame(frame) => {
                         let closing = closing_error(&frame);

@@ -309,14 +309,30 @@ impl ServeProcess {
         dir: &Path,
         config_toml: &str,
     ) -> anyhow::Result<ServeProcess> {
+        Self::start_with_env(binary, dir, config_toml, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with extra environment variables, e.g.
+    /// `LONGLINK_LOG_FORMAT=json` (the ready line is read in either format) or
+    /// `LONGLINK_LOG=debug`.
+    pub async fn start_with_env(
+        binary: &Path,
+        dir: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ServeProcess> {
         use tokio::io::AsyncBufReadExt;
         let config_path = dir.join("longlink.toml");
         std::fs::write(&config_path, config_toml)?;
-        let mut child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        command.env("LONGLINK_LOG", "info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .env("LONGLINK_LOG", "info")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -338,14 +354,17 @@ impl ServeProcess {
         .await
         .context("serve not ready in time")??;
         let field = |name: &str| -> anyhow::Result<SocketAddr> {
-            let start = ready
-                .0
-                .find(&format!("{name}="))
-                .context("addr in ready line")?
-                + name.len()
-                + 1;
+            // Text logs say `gate=ADDR`, JSON logs `"gate":"ADDR"`.
+            let (start, end_char) = match ready.0.find(&format!("{name}=")) {
+                Some(at) => (at + name.len() + 1, ' '),
+                None => {
+                    let key = format!("\"{name}\":\"");
+                    let at = ready.0.find(&key).context("addr in ready line")?;
+                    (at + key.len(), '"')
+                }
+            };
             let rest = &ready.0[start..];
-            let end = rest.find(' ').unwrap_or(rest.len());
+            let end = rest.find(end_char).unwrap_or(rest.len());
             Ok(rest[..end].parse()?)
         };
         let (gate_addr, api_addr) = (field("gate")?, field("api")?);
