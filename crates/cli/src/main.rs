@@ -52,6 +52,12 @@ enum Command {
     /// Reads a c2s topic through the API like a business server: prints each message, then
     /// acks it.
     Consume(api_cmd::ConsumeArgs),
+    /// A message's trail through the node, by log_id or msgid: every stage with its node and
+    /// time (`GET /v1/trace/{id}`).
+    Trace(api_cmd::TraceArgs),
+    /// The node at a glance, redrawn every second: connections, throughput, delivery rate,
+    /// latency, totals, appcodes, gates (`GET /v1/stats/summary`, as the dashboard).
+    Top(api_cmd::TopArgs),
     /// Load generators and measurements (not tests).
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
             Command::Push(command) => api_cmd::push(command).await,
             Command::Presence(args) => api_cmd::presence(args).await,
             Command::Consume(args) => api_cmd::consume(args).await,
+            Command::Trace(args) => api_cmd::trace(args).await,
+            Command::Top(args) => api_cmd::top(args).await,
             Command::Bench(command) => bench_cmd::run(command).await,
         }
     });

@@ -1,5 +1,6 @@
 //! The business-server API from the command line: `longlink push`, `push stats`, `presence`,
-//! `consume` (docs/api.md). Plain HTTP/JSON through reqwest: the CLI never links the server's
+//! `consume` (docs/api.md), and the operator's views of a node: `trace` and `top`
+//! (the observability routes). Plain HTTP/JSON through reqwest: the CLI never links the server's
 //! API crate, so it talks to a remote node exactly as a business server would.
 //!
 //! Errors are one line on stderr, `error: <status> <code>: <message>`, with an exit code by
@@ -10,6 +11,8 @@
 mod consume;
 mod presence;
 mod push;
+mod top;
+mod trace;
 
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ use serde::de::DeserializeOwned;
 pub(crate) use consume::{ConsumeArgs, consume};
 pub(crate) use presence::{PresenceArgs, presence};
 pub(crate) use push::{PushCommand, push};
+pub(crate) use top::{TopArgs, top};
+pub(crate) use trace::{TraceArgs, trace};
 
 /// Exit code: the request was refused as invalid (EX_USAGE, as for a bad config).
 const EXIT_INVALID: u8 = crate::EXIT_CONFIG;
@@ -61,6 +66,9 @@ pub(crate) struct ApiOpts {
 pub(crate) struct ApiFailure {
     pub(crate) code: u8,
     pub(crate) line: String,
+    /// The HTTP status when the node answered with an error (a command may say more about
+    /// one, as `trace` does for 404); `None` when there was no answer or it was unreadable.
+    pub(crate) status: Option<StatusCode>,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -110,6 +118,7 @@ impl ApiFailure {
         ApiFailure {
             code: exit,
             line: one_line(&format!("error: {} {code}: {message}", status.as_u16())),
+            status: Some(status),
         }
     }
 
@@ -129,6 +138,7 @@ impl ApiFailure {
         ApiFailure {
             code: EXIT_UNAVAILABLE,
             line: one_line(&format!("error: cannot reach the API at {base}: {what}")),
+            status: None,
         }
     }
 }
@@ -243,6 +253,7 @@ impl Api {
                     status.as_u16(),
                     url.path()
                 )),
+                status: None,
             }
             .into()
         })
