@@ -110,13 +110,20 @@ async fn the_same_log_id_is_in_the_msg_the_trace_and_the_json_logs_of_every_hop(
     let (status, lines) = server.terminate().await.expect("terminate");
     assert!(status.success());
     let mut targets = std::collections::BTreeSet::new();
+    let mut cmds = std::collections::BTreeSet::new();
     for line in &lines {
         let value: Value = serde_json::from_str(line)
             .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"));
         if mentions(&value, log_id) {
             targets.insert(value["target"].as_str().unwrap_or_default().to_owned());
+            if let Some(cmd) = value["cmd"].as_str() {
+                cmds.insert(cmd.to_owned());
+            }
         }
     }
+    // The sender's C2C and the receiver's MSG_ACK (the SDK acks with the message's log_id).
+    assert!(cmds.contains("c2c"), "{cmds:?}");
+    assert!(cmds.contains("msg_ack"), "{cmds:?}");
     assert!(
         targets.iter().any(|t| t.starts_with("longlink_gate")),
         "no gate line with log_id {log_id}: {targets:?}"

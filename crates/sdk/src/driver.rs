@@ -49,6 +49,8 @@ const FILL_PAGE: u32 = 200;
 const CATCH_UP_ATTEMPTS: u32 = 3;
 /// Most msgids in one MSG_ACK (the server refuses more than 1000).
 const MAX_ACK_BATCH: usize = 1000;
+/// Most msgid → log_id pairs kept for acknowledgements.
+const ACK_LOG_IDS: usize = 4096;
 /// Requests queued while disconnected; beyond, the command queue fills and callers wait.
 const MAX_WAITING: usize = 1024;
 /// How long closing may take to write the last acknowledgements.
@@ -186,6 +188,9 @@ pub(crate) struct Driver {
     out: Vec<Frame>,
     /// msgids to acknowledge at the next flush.
     acks: Vec<u64>,
+    /// msgid → log_id of recently pushed messages, so an ACK carries the log_id of the
+    /// message it acknowledges (the server's trace follows it). Bounded by [`ACK_LOG_IDS`].
+    ack_log_ids: HashMap<u64, u64>,
     catch_up: Option<CatchUpState>,
     /// Set while handling input when the connection must end.
     failure: Option<Exit>,
@@ -224,6 +229,7 @@ impl Driver {
             ready: VecDeque::new(),
             out: Vec::new(),
             acks: Vec::new(),
+            ack_log_ids: HashMap::new(),
             catch_up: None,
             failure: None,
             last_rx: Instant::now(),
@@ -484,6 +490,13 @@ impl Driver {
         match frame.cmd() {
             Some(Cmd::Msg) => match frame.decode_body::<wire::Msg>() {
                 Ok(msg) => {
+                    if msg.msgid != 0 {
+                        if self.ack_log_ids.len() >= ACK_LOG_IDS {
+                            // Forgetting only costs an ACK its log_id, never the ACK.
+                            self.ack_log_ids.clear();
+                        }
+                        self.ack_log_ids.insert(msg.msgid, frame.header.log_id);
+                    }
                     let mut steps = Vec::new();
                     self.sequencer.push(msg, &mut steps);
                     self.apply(steps);
@@ -818,11 +831,20 @@ impl Driver {
         acks.dedup();
         for chunk in acks.chunks(MAX_ACK_BATCH) {
             let seq_id = self.fresh_seq();
+            // The ACK of a pushed message carries that message's log_id (a batch: its first's).
+            let log_id = chunk
+                .iter()
+                .find_map(|msgid| self.ack_log_ids.get(msgid).copied())
+                .filter(|log_id| *log_id != 0)
+                .unwrap_or_else(random_log_id);
+            for msgid in chunk {
+                self.ack_log_ids.remove(msgid);
+            }
             self.out.push(Frame::new(
                 Cmd::MsgAck,
                 FrameType::Ack,
                 seq_id,
-                random_log_id(),
+                log_id,
                 &wire::MsgAck {
                     msgids: chunk.to_vec(),
                 },
