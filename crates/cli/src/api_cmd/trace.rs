@@ -91,8 +91,8 @@ pub(crate) async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         .map(|by| ("by", by.query().to_owned()))
         .into_iter()
         .collect();
-    let raw: serde_json::Value = match api.get(&["v1", "trace", &id], &query, Duration::ZERO).await
-    {
+    // Kept in the server's field order, so `--json` reads log_id, msgids, kind… as documented.
+    let raw: Ordered = match api.get(&["v1", "trace", &id], &query, Duration::ZERO).await {
         Ok(raw) => raw,
         Err(err) => {
             return Err(match err.downcast::<ApiFailure>() {
