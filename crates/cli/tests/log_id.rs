@@ -1,7 +1,8 @@
 //! One log_id strings a message's whole flow together (seeds 003/004): the server runs with
 //! `--log-format json` (via LONGLINK_LOG_FORMAT) at debug level, a c2c goes from alice to an
 //! online bob through the real binary, and then the receiver's MSG, the ledger's trace and
-//! the structured log lines of the gate and of logic all carry the same log_id.
+//! the structured log lines of the gate and of logic all carry the same log_id, the
+//! receiver's MSG_ACK included.
 
 use std::process::Stdio;
 use std::time::Duration;
