@@ -191,6 +191,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             .iter()
             .map(|a| (a.appcode, a.name.clone()))
             .collect(),
+        bus.clone(),
+        &mut registry,
     ));
 
     let shutdown = CancellationToken::new();

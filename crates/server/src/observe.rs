@@ -12,9 +12,10 @@ use longlink_api::model::{
     TotalsBody,
 };
 use longlink_api::{Stats, StatsSource};
+use longlink_bus::TopicQueue;
 use longlink_gate::Gate;
 use longlink_logic::LogicMetrics;
-use longlink_metrics::{Latency, Percentiles};
+use longlink_metrics::{Family, Gauge, Latency, Percentiles, Registry};
 use longlink_proto::Cmd;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,9 @@ pub(crate) struct NodeStats {
     pub(crate) apps: Vec<(u32, String)>,
     pub(crate) started_ms: u64,
     samples: Mutex<VecDeque<Sample>>,
+    /// The bus's topics, read once per sample into `bus_messages`.
+    bus: Arc<dyn TopicQueue>,
+    bus_messages: Family<[(&'static str, String); 2], Gauge>,
 }
 
 /// Counters at one instant.
@@ -53,14 +57,26 @@ impl std::fmt::Debug for NodeStats {
 }
 
 impl NodeStats {
+    /// The node's figures; registers the bus's queue depths (`longlink_bus_messages`) in
+    /// `registry`, refreshed by [`NodeStats::run_sampler`].
     pub(crate) fn new(
         gate: Gate,
         gate_addr: SocketAddr,
         logic: LogicMetrics,
         c2c_delivery: Latency,
         apps: Vec<(u32, String)>,
+        bus: Arc<dyn TopicQueue>,
+        registry: &mut Registry,
     ) -> Self {
+        let bus_messages = Family::<[(&'static str, String); 2], Gauge>::default();
+        registry.register(
+            "longlink_bus_messages",
+            "c2s messages on a topic: ready (waiting for a consumer), in_flight (leased), dead (dead letters); sampled every second",
+            bus_messages.clone(),
+        );
         Self {
+            bus,
+            bus_messages,
             gate,
             gate_addr,
             logic,
@@ -95,11 +111,33 @@ impl NodeStats {
                 () = stop.cancelled() => return,
             }
             let sample = self.sample();
-            let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-            if samples.len() == SAMPLES {
-                samples.pop_front();
+            {
+                let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+                if samples.len() == SAMPLES {
+                    samples.pop_front();
+                }
+                samples.push_back(sample);
             }
-            samples.push_back(sample);
+            self.sample_bus().await;
+        }
+    }
+
+    /// Queue depths of every topic (topics are bounded by the routing table).
+    async fn sample_bus(&self) {
+        let Ok(Ok(topics)) = tokio::time::timeout(Duration::from_secs(1), self.bus.topics()).await
+        else {
+            return;
+        };
+        for topic in topics {
+            for (state, value) in [
+                ("ready", topic.ready),
+                ("in_flight", topic.in_flight),
+                ("dead", topic.dead),
+            ] {
+                self.bus_messages
+                    .get_or_create(&[("topic", topic.topic.clone()), ("state", state.to_owned())])
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
         }
     }
 }

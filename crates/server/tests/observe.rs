@@ -239,6 +239,11 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
             .expect("sent");
         next_message(&mut bob_in).await;
     }
+    // A c2s: waits on its topic until a business server consumes it.
+    let topic = alice
+        .c2s(1, bytes::Bytes::from_static(b"31.2,121.5"), "gps-1")
+        .await
+        .expect("c2s");
     // One refused login and one refused request.
     let mut raw = RawClient::connect(server.gate_addr())
         .await
@@ -278,6 +283,11 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
     while tokio::time::Instant::now() < deadline {
         samples = scrape(&api).await;
         if value(&samples, "longlink_receiver_acks_total", &[]) >= (SENT + 1) as f64
+            && value(
+                &samples,
+                "longlink_bus_messages",
+                &[("topic", topic.as_str()), ("state", "ready")],
+            ) >= 1.0
             && value(
                 &samples,
                 "longlink_push_acked_total",
@@ -384,9 +394,20 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
         ) >= 1.0
     );
 
+    assert_eq!(
+        value(
+            &samples,
+            "longlink_bus_messages",
+            &[("topic", topic.as_str()), ("state", "ready")]
+        ),
+        1.0,
+        "the c2s waits on {topic}"
+    );
+
     // Bounded cardinality: only these label names, never a uid or a device.
     let allowed = [
-        "gate", "appcode", "cmd", "reason", "code", "op", "msgtype", "le", "quantile",
+        "gate", "appcode", "cmd", "reason", "code", "op", "msgtype", "topic", "state", "le",
+        "quantile",
     ];
     for sample in &samples {
         for (name, value) in sample.labels.iter() {
@@ -408,7 +429,11 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
     assert_eq!(status, 200);
     assert_eq!(summary["connections"], 3);
     assert_eq!(summary["sessions"], 3);
-    assert_eq!(summary["totals"]["messages"], SENT + 2);
+    assert_eq!(
+        summary["totals"]["messages"],
+        SENT + 3,
+        "c2c, c2s and the push"
+    );
     assert_eq!(summary["latency_ms"]["c2c_e2e"]["count"], SENT);
     assert!(summary["latency_ms"]["c2c_ack"]["p99"].as_f64().is_some());
     let appcodes: BTreeMap<u64, u64> = summary["appcodes"]
