@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -149,11 +150,17 @@ pub(crate) async fn top(args: TopArgs) -> anyhow::Result<()> {
     let mut frames = 0u64;
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
+            signal = &mut ctrl_c => {
+                signal.context("cannot listen for Ctrl-C")?;
+                break;
+            }
             _ = ticks.tick() => {}
         }
         let poll = tokio::select! {
-            _ = &mut ctrl_c => break,
+            signal = &mut ctrl_c => {
+                signal.context("cannot listen for Ctrl-C")?;
+                break;
+            }
             poll = tokio::time::timeout(
                 poll_timeout,
                 api.get::<Summary>(&["v1", "stats", "summary"], &[], Duration::ZERO),
@@ -202,7 +209,8 @@ pub(crate) async fn top(args: TopArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    screen.finish()?;
+    // The cursor comes back before main prints an error.
+    drop(screen);
     match (last, last_failure) {
         // Every poll failed: say why, once, with the failure's exit code.
         (None, Some(failure)) if args.iterations.is_some() => Err(failure),
@@ -252,12 +260,7 @@ impl Screen {
         }
     }
 
-    /// Gives the terminal its cursor back (also done on drop, for the error paths).
-    fn finish(&mut self) -> anyhow::Result<()> {
-        self.restore();
-        Ok(())
-    }
-
+    /// Gives the terminal its cursor back.
     fn restore(&mut self) {
         if self.tty && self.frames > 0 {
             let mut out = std::io::stdout().lock();
