@@ -5,8 +5,8 @@
 //!
 //! Needs `chromium` (scripts/test installs it); without it the tests fail and say so.
 //!
-//! The screenshot in the docs is made by this test with live traffic running (about a minute,
-//! so that the charts have history):
+//! The screenshot in the docs is made by this test with live traffic running (about two
+//! minutes, so that the charts have history):
 //!
 //! ```sh
 //! LONGLINK_SCREENSHOT=1 cargo test -p longlink-server --test dashboard -- --nocapture
@@ -134,6 +134,13 @@ async fn the_page_follows_live_traffic_without_reloading() -> anyhow::Result<()>
         &format!("{} >= {MESSAGES}", number_of("total-messages")),
     )
     .await?;
+    // One device each: every MSG written went to bob, who acknowledged it.
+    wait_for(
+        &page,
+        "a delivery rate of 100%",
+        &format!("{} === '100%'", text_of("delivery-rate")),
+    )
+    .await?;
     wait_for(
         &page,
         "c2c latency percentiles in ms",
@@ -219,44 +226,42 @@ async fn the_page_says_disconnected_and_recovers() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With traffic running, waits until the charts hold a minute of samples and the figures are
-/// non-zero, then captures the whole page into docs/img/dashboard.png.
+/// With traffic running, waits until the charts hold almost their whole window of samples
+/// and the figures are non-zero, then captures the whole page into docs/img/dashboard.png.
 async fn screenshot(server: &TestServer, page: &Page) -> anyhow::Result<()> {
-    const USERS: [(u32, &str); 8] = [
-        (129, "alice"),
-        (129, "carol"),
-        (129, "erin"),
-        (130, "bob"),
-        (130, "dave"),
-        (130, "frank"),
-        (131, "grace"),
-        (132, "heidi"),
-    ];
+    // Customers, drivers, a few merchants and support agents, one device each.
+    let mut users: Vec<(u32, String)> = Vec::new();
+    for (appcode, kind, count) in [
+        (129, "customer", 9),
+        (130, "driver", 7),
+        (131, "merchant", 3),
+        (132, "agent", 2),
+    ] {
+        users.extend((1..=count).map(|n| (appcode, format!("{kind}-{n}"))));
+    }
     let mut clients: Vec<Client> = Vec::new();
     let mut readers = Vec::new();
-    for (appcode, uid) in USERS {
-        for device in ["phone", "web"] {
-            let (client, mut incoming) = server.client(appcode, uid, device).await;
-            clients.push(client);
-            // Take what arrives so that it is acknowledged (auto_ack).
-            readers.push(tokio::spawn(async move {
-                while incoming.next_event().await.is_some() {}
-            }));
-        }
+    for (appcode, uid) in &users {
+        let (client, mut incoming) = server.client(*appcode, uid, "phone").await;
+        clients.push(client);
+        // Take what arrives so that it is acknowledged (auto_ack).
+        readers.push(tokio::spawn(async move {
+            while incoming.next_event().await.is_some() {}
+        }));
     }
-    // A wavy load: each tick, a few users write to a few others.
+    // A wavy load: every 50 ms a few users write to a few others (never to themselves).
     let traffic = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
-        for step in 0u64.. {
+        for step in 0usize.. {
             tick.tick().await;
-            let wave = (step as f64 / 60.0).sin() + 1.0;
-            let sends = 1 + (wave * 3.0) as usize;
-            for k in 0..sends {
-                let from = (step as usize * 7 + k * 3) % clients.len();
-                let (appcode, uid) = USERS[(step as usize + k * 5 + 1) % USERS.len()];
+            let wave = (step as f64 / 90.0).sin() + 1.2;
+            for k in 0..1 + (wave * 3.0) as usize {
+                let from = (step * 7 + k * 3) % clients.len();
+                let to = (from + 1 + (step + k * 5) % (users.len() - 1)) % users.len();
+                let (appcode, uid) = &users[to];
                 let _ = clients[from]
                     .c2c(
-                        UserRef::new(appcode, uid),
+                        UserRef::new(*appcode, uid.as_str()),
                         Content::text(format!("order {step}-{k}: on my way")),
                     )
                     .await;
@@ -267,11 +272,11 @@ async fn screenshot(server: &TestServer, page: &Page) -> anyhow::Result<()> {
     page.set_color_scheme("dark").await?;
     let samples = "fetch('/v1/stats/summary').then(r => r.json()).then(s => s.series.at_ms.length)";
     page.wait_for(
-        &format!("{samples}.then(n => n >= 60)"),
-        Duration::from_secs(120),
+        &format!("{samples}.then(n => n >= 110)"),
+        Duration::from_secs(180),
     )
     .await
-    .context("a minute of samples")?;
+    .context("the charts' window of samples")?;
     wait_for(
         page,
         "non-zero live figures",

@@ -236,9 +236,12 @@
         return;
       }
 
-      // Series: an area and a line per run of non-null values; lone points as dots.
+      // Series: an area and a line per run of non-null values; lone points as dots. Drawn last
+      // to first, the later ones wider and translucent, so that equal series stay visible.
       const baseY = yOf(0);
-      this.series.forEach((s, i) => {
+      const order = this.series.map((s, i) => [s, i]).reverse();
+      order.forEach(([s, i]) => {
+        const under = i > 0;
         const vals = data.values[i] || [];
         let run = [];
         const flush = () => {
@@ -248,7 +251,8 @@
             const line = run.map((p, k) => (k ? "L" : "M") + p[0].toFixed(1) + " " + p[1].toFixed(1)).join(" ");
             const area = line + " L" + run[run.length - 1][0].toFixed(1) + " " + baseY + " L" + run[0][0].toFixed(1) + " " + baseY + " Z";
             if (this.area) root.append(svg("path", { class: "area", d: area, style: "fill:" + s.color }));
-            root.append(svg("path", { class: "line", d: line, style: "stroke:" + s.color }));
+            const style = "stroke:" + s.color + (under ? ";stroke-width:3.2;stroke-opacity:0.6" : "");
+            root.append(svg("path", { class: "line", d: line, style: style }));
           }
           run = [];
         };
