@@ -171,7 +171,7 @@ impl Api for GrpcApi {
         Ok(Response::new(pb::PushReply {
             push_id: accepted.push_id,
             targets: accepted.targets,
-            log_id: accepted.log_id,
+            log_id: accepted.log_id.parse().unwrap_or_default(),
         }))
     }
 

@@ -4,8 +4,9 @@
 //! silently ignored default. Several of these are also the inputs of the shared operations in
 //! `ops`, which the gRPC surface fills from its protobuf messages.
 //!
-//! Numbers: ids that can exceed 2^53 (a stored msgid, a session id) are strings, because a JSON
-//! number loses precision there in most clients; push ids and counters stay numbers.
+//! Numbers: ids that can exceed 2^53 (a stored msgid, a log_id, a session id) are decimal
+//! strings, because a JSON number loses precision there in most clients; push ids and counters
+//! stay numbers. Where a request takes such an id, it accepts a string or a number.
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -89,21 +90,28 @@ pub struct PushBody {
     /// Sender label shown to the app as `from.uid` (default `"system"`), at most 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// Trace id to follow the push by (`GET /v1/trace/{log_id}`, `longlink trace`); absent
-    /// or 0: the server assigns one. Clients see it in the MSG frame's header.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Trace id to follow the push by (`GET /v1/trace/{log_id}`, `longlink trace`), a decimal
+    /// string or a number; absent or 0: the server assigns one. Clients see it in the MSG
+    /// frame's header.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "id_text::optional"
+    )]
+    #[schema(value_type = Option<String>)]
     pub log_id: Option<u64>,
 }
 
 /// `202 Accepted` answer to a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PushAcceptedBody {
     /// Id to read the statistics with (`GET /v1/push/{push_id}`).
     pub push_id: u64,
     /// Number of target users.
     pub targets: u64,
-    /// The push's trace id (`GET /v1/trace/{log_id}`): the one given, or one assigned.
-    pub log_id: u64,
+    /// The push's trace id (`GET /v1/trace/{log_id}`) as a decimal string: the one given,
+    /// or one assigned.
+    pub log_id: String,
 }
 
 /// Where one recipient's delivery stands.
@@ -650,7 +658,7 @@ pub struct SummaryBody {
     pub messages_per_sec: f64,
     /// MSG frames written in the last second.
     pub deliveries_per_sec: f64,
-    /// Receiver ACKs / MSG frames written over the last minute, at most 1 (`null`: none written).
+    /// Receiver ACKs / MSGs queued to receivers over the last minute, at most 1 (`null`: none).
     pub delivery_rate: Option<f64>,
     /// Latency percentiles over the last minute.
     pub latency_ms: LatencyBody,
@@ -678,8 +686,8 @@ pub struct TraceEventBody {
     pub delta_ms: f64,
     /// The node that recorded it.
     pub node: String,
-    /// The msgid, when the event concerns a stored message.
-    pub msgid: Option<u64>,
+    /// The msgid (decimal string), when the event concerns a stored message.
+    pub msgid: Option<String>,
     /// The session or user concerned (`appcode:uid/device`).
     pub who: Option<String>,
     /// Free text (an error code, a topic, how many sessions).
@@ -689,10 +697,10 @@ pub struct TraceEventBody {
 /// `GET /v1/trace/{id}`: a message's trail through the platform.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TraceBody {
-    /// The trace id.
-    pub log_id: u64,
-    /// The msgids it was stored under.
-    pub msgids: Vec<u64>,
+    /// The trace id (decimal string).
+    pub log_id: String,
+    /// The msgids it was stored under (decimal strings).
+    pub msgids: Vec<String>,
     /// c2c, c2s, s2c or unknown.
     pub kind: String,
     /// The sender (`appcode:uid`, or a push's label).
@@ -731,7 +739,7 @@ impl From<longlink_rpc::trace::Trace> for TraceBody {
                     offset_ms: ms(e.at_us.saturating_sub(first)),
                     delta_ms: ms(e.at_us.saturating_sub(previous)),
                     node: e.node.to_string(),
-                    msgid: (e.msgid != 0).then_some(e.msgid),
+                    msgid: (e.msgid != 0).then(|| e.msgid.to_string()),
                     who: e.who.map(|w| w.to_string()),
                     detail: e.detail,
                 };
@@ -740,8 +748,8 @@ impl From<longlink_rpc::trace::Trace> for TraceBody {
             })
             .collect();
         Self {
-            log_id: trace.log_id,
-            msgids: trace.msgids,
+            log_id: trace.log_id.to_string(),
+            msgids: trace.msgids.iter().map(u64::to_string).collect(),
             kind: trace.subject.kind.name().to_owned(),
             from: trace.subject.from,
             to: trace.subject.to,
@@ -749,6 +757,29 @@ impl From<longlink_rpc::trace::Trace> for TraceBody {
             started_ms: first / 1000,
             events,
             dropped_events: trace.dropped_events,
+        }
+    }
+}
+
+/// Request ids that may exceed 2^53: a decimal string or a JSON number.
+mod id_text {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(u64),
+        Text(String),
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Id>::deserialize(de)? {
+            None => Ok(None),
+            Some(Id::Number(n)) => Ok(Some(n)),
+            Some(Id::Text(text)) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a decimal u64"))),
         }
     }
 }

@@ -274,13 +274,13 @@ pub(crate) async fn push(
         key = %scope.name,
         push_id = accepted.push_id,
         targets = accepted.targets,
-        log_id = format_args!("{log_id:016x}"),
+        log_id,
         "push accepted"
     );
     Ok(PushAcceptedBody {
         push_id: accepted.push_id,
         targets: accepted.targets,
-        log_id,
+        log_id: log_id.to_string(),
     })
 }
 
@@ -486,10 +486,27 @@ pub(crate) async fn consume(
         () = shared.shutdown.cancelled() => Vec::new(),
         fetched = ctx.queue.fetch(&topic, max as usize, Duration::from_secs(u64::from(wait)), lease) => fetched?,
     };
+    record_leased(shared, &topic, &fetched);
     Ok(Messages {
         topic,
         messages: fetched,
     })
+}
+
+/// The ledger's `consumed` stage: a business server leased these c2s messages.
+fn record_leased(shared: &Shared, topic: &str, batch: &[longlink_bus::Leased]) {
+    for leased in batch {
+        shared.ctx.ledger.record(
+            longlink_rpc::trace::TraceEvent::now(
+                leased.message.log_id,
+                longlink_rpc::trace::Stage::Consumed,
+            )
+            .detail(format!(
+                "leased from {topic} (attempt {}, bus id {})",
+                leased.attempt, leased.id
+            )),
+        );
+    }
 }
 
 /// `GET /v1/consume/sse`, gRPC `Consume`: starts the leasing task (see the module docs) and
@@ -590,6 +607,7 @@ async fn stream_task(
         match fetched {
             Ok(batch) => {
                 let deadline = Instant::now() + lease;
+                record_leased(&shared, &topic, &batch);
                 for leased in batch {
                     in_flight.insert(leased.id, deadline);
                     if tx.send(Ok(leased)).await.is_err() {

@@ -313,7 +313,7 @@ async fn push_is_accepted_and_reports_statistics() {
             "k129",
             json!({"appcode": 129, "uids": ["alice", "bob", "alice"], "msgtype": 7,
                    "content": "your order is on its way", "from": "order-service",
-                   "log_id": 4242}),
+                   "log_id": "4242"}),
         )
         .send()
         .await
@@ -323,7 +323,7 @@ async fn push_is_accepted_and_reports_statistics() {
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(
         accepted,
-        json!({"push_id": FIRST_PUSH_ID, "targets": 2, "log_id": 4242})
+        json!({"push_id": FIRST_PUSH_ID, "targets": 2, "log_id": "4242"})
     );
     assert_eq!(
         api.push.requests()[0].log_id,
@@ -503,7 +503,7 @@ async fn long_poll_returns_a_message_and_ack_removes_it() {
     assert_eq!(message["uid"], "driver-7");
     assert_eq!(message["body"], "31.2,121.5");
     assert_eq!(message["body_base64"], "MzEuMiwxMjEuNQ==");
-    assert_eq!(message["log_id"], "00000000075bcd15");
+    assert_eq!(message["log_id"], "123456789");
     let id = message["id"].as_u64().unwrap();
 
     let (_, topics) = json(api.get("/v1/topics", "k130").send().await.unwrap()).await;

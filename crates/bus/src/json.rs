@@ -26,7 +26,7 @@ pub struct ConsumedMessage {
     pub msgtype: u32,
     /// The sender's id for the message, for dedup (may be empty).
     pub client_msg_id: String,
-    /// Trace id, 16 lowercase hex digits.
+    /// Trace id as a decimal string (`longlink trace`, `GET /v1/trace/{log_id}`).
     pub log_id: String,
     /// Unix ms when longlink accepted it.
     pub received_ms: u64,
@@ -48,7 +48,7 @@ impl From<&Leased> for ConsumedMessage {
             device: m.device_id.clone(),
             msgtype: m.msgtype,
             client_msg_id: m.client_msg_id.clone(),
-            log_id: format!("{:016x}", m.log_id),
+            log_id: m.log_id.to_string(),
             received_ms: m.received_ms,
             body: std::str::from_utf8(&m.payload).ok().map(str::to_owned),
             body_base64: base64::engine::general_purpose::STANDARD.encode(&m.payload),

@@ -229,7 +229,7 @@ async fn failures_are_retried_until_a_2xx_then_the_message_is_acked() {
         assert_eq!(call.topic, TOPIC);
         assert_eq!(call.delivery, id.to_string());
         assert_eq!(call.attempt, attempt.to_string());
-        assert_eq!(call.log_id, format!("{:016x}", message(1).log_id));
+        assert_eq!(call.log_id, message(1).log_id.to_string());
         assert_eq!(call.content_type, "application/json");
         let body: ConsumedMessage = serde_json::from_slice(&call.body).unwrap();
         let expected = ConsumedMessage::from(&Leased {

@@ -106,7 +106,7 @@ async fn the_same_log_id_is_in_the_msg_the_trace_and_the_json_logs_of_every_hop(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(trace["log_id"], log_id);
+    assert_eq!(trace["log_id"], log_id.to_string());
 
     let (status, lines) = server.terminate().await.expect("terminate");
     assert!(status.success());

@@ -180,13 +180,16 @@ async fn trace_shows_a_c2c_stage_by_stage_and_one_line_for_an_unknown_id() {
     .await
     .unwrap_or_else(|_| panic!("no receiver_acked in the trace: {:#}", last.borrow()));
     let json = last.into_inner();
-    let log_id = json["log_id"].as_u64().expect("a numeric log_id");
+    let log_id: u64 = json["log_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a decimal log_id");
     assert_eq!(
         log_id,
         received["log_id"].as_u64().unwrap(),
         "the MSG's log_id"
     );
-    assert_eq!(json["msgids"][0].to_string(), msgid);
+    assert_eq!(json["msgids"][0], msgid.as_str());
     assert_eq!(json["kind"], "c2c");
 
     let text = ok(&["trace", &msgid, "--api", api]).await;
@@ -209,7 +212,11 @@ async fn trace_shows_a_c2c_stage_by_stage_and_one_line_for_an_unknown_id() {
     assert!(at("stored") < at("acked_to_sender"), "{text}");
     assert!(at("stored") < at("written"), "{text}");
     assert!(at("written") < at("receiver_acked"), "{text}");
-    assert_eq!(stages.len(), json["events"].as_array().unwrap().len());
+    // The text was fetched after the JSON: the trace may only have grown since.
+    assert!(
+        stages.len() >= json["events"].as_array().unwrap().len(),
+        "{text}"
+    );
     let total = text
         .lines()
         .find(|line| line.starts_with("total "))

@@ -24,6 +24,9 @@ pub struct LogicMetrics {
     pub bus_publish: Latency,
     /// Msgids acknowledged by receiver devices (MSG_ACK), c2c and s2c.
     pub receiver_acks: Counter,
+    /// MSG frames queued to a receiver's session that expect a MSG_ACK: c2c receivers, s2c
+    /// recipients, redeliveries (not the copies for the sender's other devices).
+    pub receiver_deliveries: Counter,
     /// s2c pushes accepted.
     pub pushes: Counter,
 }
@@ -35,6 +38,7 @@ impl LogicMetrics {
         );
         let bus_publish = Latency::new();
         let receiver_acks = Counter::default();
+        let receiver_deliveries = Counter::default();
         let pushes = Counter::default();
         registry.register_with_unit(
             "longlink_store_op_duration",
@@ -61,6 +65,7 @@ impl LogicMetrics {
             store_ops,
             bus_publish,
             receiver_acks,
+            receiver_deliveries,
             pushes,
         }
     }

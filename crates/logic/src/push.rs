@@ -664,6 +664,7 @@ impl PushEngine {
                 Ok(()) => {
                     reached = true;
                     record.queued_to_session(index);
+                    inner.metrics.receiver_deliveries.inc();
                 }
                 Err(PushError::NoSession) => {
                     record
@@ -759,7 +760,10 @@ impl PushEngine {
             .push_tracked(session_id, frame, receipt, index as u64)
             .await
         {
-            Ok(()) => record.queued_to_session(index),
+            Ok(()) => {
+                record.queued_to_session(index);
+                self.inner.metrics.receiver_deliveries.inc();
+            }
             Err(_) => record.mark(index, EXPIRED),
         }
     }

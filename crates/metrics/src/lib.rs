@@ -107,7 +107,16 @@ impl Latency {
     pub fn percentiles(&self, secs: usize) -> Percentiles {
         self.window
             .lock()
-            .map(|window| window.percentiles(secs))
+            .map(|window| window.percentiles(secs, 0))
+            .unwrap_or_default()
+    }
+
+    /// Percentiles of the last complete second (the one before the current), for a
+    /// per-second series: the current second has only begun.
+    pub fn last_second(&self) -> Percentiles {
+        self.window
+            .lock()
+            .map(|window| window.percentiles(1, 1))
             .unwrap_or_default()
     }
 }
@@ -152,12 +161,14 @@ impl Window {
         }
     }
 
-    fn percentiles(&self, secs: usize) -> Percentiles {
+    /// Merges the `secs` seconds that end `skip` seconds before the current one.
+    fn percentiles(&self, secs: usize, skip: u64) -> Percentiles {
         let now = self.second();
         let secs = secs.clamp(1, WINDOW_SECS) as u64;
         let mut merged: Option<hdrhistogram::Histogram<u32>> = None;
         for (second, histogram) in self.slots.iter().flatten() {
-            if now - second >= secs {
+            let age = now - second;
+            if age < skip || age >= skip + secs {
                 continue;
             }
             match merged.as_mut() {

@@ -33,7 +33,7 @@ pub enum Stage {
     ReceiverAcked,
     /// An online-only push found no session before its TTL ran out.
     Expired,
-    /// c2s: a business server acknowledged it from the bus.
+    /// c2s: a business server leased it from its topic (consume API; each attempt).
     Consumed,
     /// Refused with an ERROR (detail: the code).
     Refused,

@@ -46,6 +46,8 @@ struct Sample {
     connections: u64,
     messages: u64,
     deliveries: u64,
+    /// MSG frames queued to receivers that expect an ACK (not sender-sync copies).
+    receiver_deliveries: u64,
     receiver_acks: u64,
     c2c_e2e_p99_ms: Option<f64>,
 }
@@ -96,8 +98,9 @@ impl NodeStats {
                 + gate.frames_in.get(Cmd::C2s)
                 + self.logic.pushes.get(),
             deliveries: gate.frames_out.get(Cmd::Msg),
+            receiver_deliveries: self.logic.receiver_deliveries.get(),
             receiver_acks: self.logic.receiver_acks.get(),
-            c2c_e2e_p99_ms: self.c2c_delivery.percentiles(1).p99,
+            c2c_e2e_p99_ms: self.c2c_delivery.last_second().p99,
         }
     }
 
@@ -196,10 +199,12 @@ impl StatsSource for NodeStats {
             .saturating_sub(RATE_WINDOW)
             .min(samples.len().saturating_sub(1));
         let delivery_rate = samples.get(window_start).and_then(|first| {
-            let written = now.deliveries.saturating_sub(first.deliveries);
+            let delivered = now
+                .receiver_deliveries
+                .saturating_sub(first.receiver_deliveries);
             let acked = now.receiver_acks.saturating_sub(first.receiver_acks);
-            // Pulled messages are acked without a MSG written: the ratio is capped at 1.
-            (written > 0).then(|| (acked as f64 / written as f64).min(1.0))
+            // Pulled messages are acked without a MSG pushed: the ratio is capped at 1.
+            (delivered > 0).then(|| (acked as f64 / delivered as f64).min(1.0))
         });
         let gate = self.gate.metrics();
         let sessions = self.gate.sessions().len() as u64;

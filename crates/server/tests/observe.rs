@@ -89,7 +89,7 @@ async fn a_c2c_trace_shows_every_stage_in_order_by_log_id_and_by_msgid() {
     assert_eq!(trace["kind"], "c2c");
     assert_eq!(trace["from"], "129:alice");
     assert_eq!(trace["to"], "130:bob");
-    assert_eq!(trace["msgids"], json!([receipt.msgid]));
+    assert_eq!(trace["msgids"], json!([receipt.msgid.to_string()]));
     // The order a c2c must follow (seed 001): read, stored before anything else, routed, the
     // receiver's copy written before its ACK came back.
     assert!(at(&trace, "accepted") < at(&trace, "stored"));
@@ -111,7 +111,10 @@ async fn a_c2c_trace_shows_every_stage_in_order_by_log_id_and_by_msgid() {
     );
 
     // The same trace by its log_id, and by msgid explicitly.
-    let log_id = trace["log_id"].as_u64().expect("log_id");
+    let log_id: u64 = trace["log_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("log_id");
     let (status, by_log) = api.get(&format!("/v1/trace/{log_id}?by=log_id")).await;
     assert_eq!(status, 200);
     assert_eq!(by_log["msgids"], trace["msgids"]);
@@ -145,11 +148,11 @@ async fn traces_of_offline_delivery_and_pushes_and_their_errors() {
         .post(
             "/v1/push",
             &json!({"appcode": 130, "uids": ["carol"], "content": "your ride is here",
-                    "log_id": 777_000_111u64}),
+                    "log_id": "777000111"}),
         )
         .await;
     assert_eq!(status, 202, "{accepted}");
-    assert_eq!(accepted["log_id"], 777_000_111u64);
+    assert_eq!(accepted["log_id"], "777000111");
     assert_eq!(
         next_message(&mut carol_in).await.content,
         Content::text("your ride is here")
@@ -162,6 +165,29 @@ async fn traces_of_offline_delivery_and_pushes_and_their_errors() {
     .await;
     assert_eq!(trace["kind"], "s2c");
     assert_eq!(trace["to"], "130 (1 users)");
+
+    // A c2s, then leased by a business server: the consumed message names its log_id.
+    let topic = alice
+        .c2s(1, bytes::Bytes::from_static(b"31.2,121.5"), "gps-7")
+        .await
+        .expect("c2s");
+    let (status, consumed) = api
+        .get(&format!("/v1/consume?topic={topic}&wait_secs=5"))
+        .await;
+    assert_eq!(status, 200, "{consumed}");
+    let log_id: u64 = consumed["messages"][0]["log_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a decimal log_id in {consumed}"));
+    let trace = trace_with(
+        &api,
+        log_id,
+        &["accepted", "published", "acked_to_sender", "consumed"],
+    )
+    .await;
+    assert_eq!(trace["kind"], "c2s");
+    assert_eq!(trace["to"], format!("topic {topic}"));
+    assert!(at(&trace, "published") < at(&trace, "consumed"));
 
     // Errors: no key, a key that covers neither appcode, an unknown id, a bad `by`.
     let (status, _) = api
@@ -230,6 +256,9 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
     let server = TestServer::start().await;
     let api = server.api();
     let (alice, _alice_in) = server.client(129, "alice", "phone").await;
+    // Alice's second device gets a copy of what she sends: no ACK is due for it, so it must
+    // not lower the delivery rate.
+    let (_alice_tablet, _alice_tablet_in) = server.client(129, "alice", "tablet").await;
     let (_bob, mut bob_in) = server.client(130, "bob", "phone").await;
     const SENT: usize = 5;
     for i in 0..SENT {
@@ -299,7 +328,7 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gate = ("gate", "gate-1");
-    assert_eq!(value(&samples, "longlink_gate_connections", &[gate]), 3.0);
+    assert_eq!(value(&samples, "longlink_gate_connections", &[gate]), 4.0);
     assert_eq!(
         value(
             &samples,
@@ -314,9 +343,9 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
             "longlink_gate_sessions",
             &[gate, ("appcode", "129")]
         ),
-        2.0
+        3.0
     );
-    assert_eq!(value(&samples, "longlink_gate_logins_total", &[gate]), 3.0);
+    assert_eq!(value(&samples, "longlink_gate_logins_total", &[gate]), 4.0);
     assert_eq!(
         value(
             &samples,
@@ -427,8 +456,9 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
     // The summary agrees (the dashboard and `longlink top` draw it).
     let (status, summary) = api.get("/v1/stats/summary").await;
     assert_eq!(status, 200);
-    assert_eq!(summary["connections"], 3);
-    assert_eq!(summary["sessions"], 3);
+    assert_eq!(summary["connections"], 4);
+    assert_eq!(summary["sessions"], 4);
+    assert_eq!(summary["delivery_rate"], 1.0, "every receiver acked");
     assert_eq!(
         summary["totals"]["messages"],
         SENT + 3,
@@ -447,7 +477,7 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
             )
         })
         .collect();
-    assert_eq!(appcodes.get(&129), Some(&2));
+    assert_eq!(appcodes.get(&129), Some(&3));
     assert_eq!(appcodes.get(&130), Some(&1));
     assert_eq!(
         summary["appcodes"][0]["appcode"], 129,

@@ -55,12 +55,45 @@ impl TraceBy {
     }
 }
 
+/// A log_id or msgid: the API writes them as decimal strings (they can exceed 2^53); a
+/// number is read too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "IdRepr")]
+struct Id(u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdRepr {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<IdRepr> for Id {
+    type Error = String;
+
+    fn try_from(repr: IdRepr) -> Result<Self, String> {
+        match repr {
+            IdRepr::Number(n) => Ok(Id(n)),
+            IdRepr::Text(text) => text
+                .parse()
+                .map(Id)
+                .map_err(|_| format!("{text:?} is not a decimal id")),
+        }
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// `GET /v1/trace/{id}`; fields the timeline does not show are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 struct Trace {
-    log_id: u64,
-    msgids: Vec<u64>,
+    log_id: Id,
+    msgids: Vec<Id>,
     kind: String,
     from: Option<String>,
     to: Option<String>,
@@ -77,7 +110,7 @@ struct Event {
     stage: String,
     at_us: u64,
     node: String,
-    msgid: Option<u64>,
+    msgid: Option<Id>,
     who: Option<String>,
     detail: Option<String>,
 }
@@ -430,7 +463,7 @@ mod tests {
         trace.from = None;
         trace.to = Some("130 (3 users)".to_owned());
         trace.kind = "s2c".to_owned();
-        trace.msgids = vec![7, 8];
+        trace.msgids = vec![Id(7), Id(8)];
         trace.events.truncate(1);
         trace.events[0].who = None;
         trace.events[0].detail = None;

@@ -164,6 +164,9 @@ async fn deliver(
         match logic.gate.push(entry.session_id, push.clone()).await {
             Ok(()) => {
                 queued += 1;
+                if inbox_msgid.is_some() {
+                    logic.metrics.receiver_deliveries.inc();
+                }
                 if let Some(msgid) = inbox_msgid
                     && let Err(err) = logic
                         .timed(

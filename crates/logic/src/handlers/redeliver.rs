@@ -45,6 +45,10 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
         }
         pushed.push(message.msgid);
     }
+    logic
+        .metrics
+        .receiver_deliveries
+        .inc_by(pushed.len() as u64);
     if let Err(err) = logic
         .timed(
             "record_pushed",
