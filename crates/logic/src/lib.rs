@@ -100,7 +100,7 @@ impl Logic {
             ledger.clone(),
             metrics.clone(),
         );
-        registry.register_collector(Box::new(metrics::PushCollector {
+        registry.register_collector(Box::new(push::PushCollector {
             engine: pushes.clone(),
         }));
         Self {

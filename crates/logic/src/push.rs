@@ -45,6 +45,10 @@ use tokio::sync::mpsc;
 use crate::Apps;
 use crate::auth::MAX_ID_BYTES;
 use crate::metrics::LogicMetrics;
+use longlink_metrics::prometheus_client::collector::Collector;
+use longlink_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use longlink_metrics::prometheus_client::metrics::counter::ConstCounter;
+use longlink_metrics::prometheus_client::metrics::gauge::ConstGauge;
 use longlink_rpc::trace::{Ledger, MessageKind, Stage, Subject, TraceEvent};
 
 /// Targets handled between two yields of a fan-out.
@@ -877,5 +881,116 @@ impl longlink_rpc::PushService for crate::Logic {
 
     async fn delivery_counters(&self, appcodes: &[u32]) -> Vec<DeliveryCounters> {
         self.pushes.counters(appcodes)
+    }
+}
+
+/// Most (appcode, msgtype) series exported; the rest are summed under `msgtype="other"`, so
+/// a business server inventing msgtypes cannot blow up the scrape.
+const MAX_PUSH_SERIES: usize = 256;
+
+/// One exported series: its labels and the eight counters, in the order of `names` below.
+type PushSeries = ([(&'static str, String); 2], [u64; 8]);
+
+/// Exports the push engine's delivery counters per (appcode, msgtype) at scrape time.
+pub(crate) struct PushCollector {
+    pub(crate) engine: PushEngine,
+}
+
+impl std::fmt::Debug for PushCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PushCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut series: Vec<PushSeries> = Vec::new();
+        let mut other: std::collections::BTreeMap<u32, [u64; 8]> = Default::default();
+        for c in self.engine.counters(&[]) {
+            let values = [
+                c.pushes,
+                c.targets,
+                c.online,
+                c.written,
+                c.acked,
+                c.stored_offline,
+                c.expired,
+                c.failed,
+            ];
+            if series.len() < MAX_PUSH_SERIES {
+                series.push((
+                    [
+                        ("appcode", c.appcode.to_string()),
+                        ("msgtype", c.msgtype.to_string()),
+                    ],
+                    values,
+                ));
+            } else {
+                let sum = other.entry(c.appcode).or_default();
+                for (s, v) in sum.iter_mut().zip(values) {
+                    *s += v;
+                }
+            }
+        }
+        for (appcode, values) in other {
+            series.push((
+                [
+                    ("appcode", appcode.to_string()),
+                    ("msgtype", "other".to_owned()),
+                ],
+                values,
+            ));
+        }
+        let names = [
+            ("longlink_push", "s2c pushes"),
+            ("longlink_push_targets", "s2c target users"),
+            (
+                "longlink_push_online",
+                "s2c target users online when the push reached them",
+            ),
+            (
+                "longlink_push_written",
+                "s2c target users with the MSG written to a socket",
+            ),
+            (
+                "longlink_push_acked",
+                "s2c target users whose device acknowledged the MSG",
+            ),
+            (
+                "longlink_push_stored_offline",
+                "s2c target users not online: stored for their next login",
+            ),
+            (
+                "longlink_push_expired",
+                "s2c online-only target users not reached within the TTL",
+            ),
+            (
+                "longlink_push_failed",
+                "s2c target users neither reached nor stored",
+            ),
+        ];
+        for (slot, (name, help)) in names.iter().enumerate() {
+            let counter = ConstCounter::new(0u64);
+            let mut metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            for (labels, values) in &series {
+                let family = metric.encode_family(labels)?;
+                ConstCounter::new(values[slot]).encode(family)?;
+            }
+        }
+        let gauge = ConstGauge::new(0.0f64);
+        let mut metric = encoder.encode_descriptor(
+            "longlink_push_delivery_ratio",
+            "s2c delivery rate: acked target users / target users",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (labels, values) in &series {
+            if values[1] == 0 {
+                continue;
+            }
+            let family = metric.encode_family(labels)?;
+            ConstGauge::new(values[4] as f64 / values[1] as f64).encode(family)?;
+        }
+        Ok(())
     }
 }
