@@ -477,10 +477,15 @@
   // ---------------------------------------------------------------- theme
 
   const THEMES = ["auto", "dark", "light"];
+  const prefersLight = window.matchMedia("(prefers-color-scheme: light)");
+  // The button's choice; "auto" follows the system. The stylesheet reads only the resolved
+  // `data-theme` (dark or light), so each palette is written once.
+  let themeChoice = "auto";
 
   function applyTheme(theme) {
-    if (theme === "auto") delete document.documentElement.dataset.theme;
-    else document.documentElement.dataset.theme = theme;
+    themeChoice = theme;
+    const resolved = theme === "auto" ? (prefersLight.matches ? "light" : "dark") : theme;
+    document.documentElement.dataset.theme = resolved;
     $("theme").textContent = "Theme: " + theme;
   }
 
@@ -493,9 +498,13 @@
     }
     if (!THEMES.includes(theme)) theme = "auto";
     applyTheme(theme);
+    prefersLight.addEventListener("change", () => {
+      if (themeChoice !== "auto") return;
+      applyTheme("auto");
+      for (const chart of Object.values(charts)) chart.draw();
+    });
     $("theme").addEventListener("click", () => {
-      const current = document.documentElement.dataset.theme || "auto";
-      const next = THEMES[(THEMES.indexOf(current) + 1) % THEMES.length];
+      const next = THEMES[(THEMES.indexOf(themeChoice) + 1) % THEMES.length];
       applyTheme(next);
       try {
         localStorage.setItem("longlink-theme", next);
