@@ -2,83 +2,14 @@
 //! `client c2s` → `consume` (printed, then acked), `push` to a listening client → `push stats`,
 //! `presence`, and one-line errors (bad key, unknown push, nothing listening).
 
-use std::path::Path;
-use std::process::Stdio;
+mod common;
 
-use longlink_testkit::{ServeProcess, WAIT, config_on_free_ports, wait_until};
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_longlink");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_remove("LONGLINK_CONFIG")
-        .env_remove("LONGLINK_API")
-        .env_remove("LONGLINK_API_KEY")
-        .env_remove("LONGLINK_TOKEN");
-    command
-}
-
-async fn run(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(WAIT, command(args).output())
-        .await
-        .expect("command finished in time")
-        .expect("command ran");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs `args` and expects success.
-async fn ok(args: &[&str]) -> String {
-    let out = run(args).await;
-    assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
-    out.stdout
-}
-
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect()
-}
-
-struct Node {
-    serve: ServeProcess,
-    gate: String,
-    api: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start(
-        Path::new(BIN),
-        dir.path(),
-        &config_on_free_ports(&dir.path().join("data")),
-    )
-    .await
-    .expect("serve starts");
-    Node {
-        gate: serve.gate_addr().to_string(),
-        api: format!("http://{}", serve.api_addr()),
-        serve,
-        _dir: dir,
-    }
-}
+use common::{Node, command, json_lines, ok, run};
+use longlink_testkit::{WAIT, wait_until};
 
 #[tokio::test]
 async fn c2s_is_consumed_once_and_acked() {
-    let node = start().await;
+    let node = Node::start().await;
     let api = node.api.as_str();
     let out = ok(&[
         "client",
@@ -198,28 +129,9 @@ async fn c2s_is_consumed_once_and_acked() {
 
 #[tokio::test]
 async fn push_reaches_a_listening_client_and_stats_and_presence_show_it() {
-    let node = start().await;
+    let node = Node::start().await;
     let api = node.api.as_str();
-    let listen = command(&[
-        "client",
-        "listen",
-        "--server",
-        &node.gate,
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--json",
-        "--count",
-        "1",
-        "--timeout-secs",
-        "20",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
+    let listen = node.listen("129", "alice", &["--count", "1", "--timeout-secs", "20"]);
 
     // Online according to the API, before anything is pushed.
     wait_until(WAIT, || async {
@@ -362,7 +274,7 @@ async fn push_reaches_a_listening_client_and_stats_and_presence_show_it() {
 
 #[tokio::test]
 async fn api_errors_are_one_line_with_a_non_zero_exit() {
-    let node = start().await;
+    let node = Node::start().await;
     let api = node.api.as_str();
     let out = run(&[
         "push",

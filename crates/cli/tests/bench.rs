@@ -2,19 +2,17 @@
 //! exits 0 and writes the JSON it documents. (No timing is asserted: figures live in
 //! docs/benchmarks.md.)
 
-use tokio::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+use common::command;
 
 async fn bench(args: &[&str], json: &std::path::Path) -> serde_json::Value {
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(120),
-        Command::new(BIN)
-            .arg("bench")
+        command(&["bench"])
             .args(args)
             .arg("--json")
             .arg(json)
-            .env_remove("LONGLINK_CONFIG")
             .output(),
     )
     .await

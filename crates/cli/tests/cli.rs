@@ -1,54 +1,13 @@
 //! The `longlink` binary as a user runs it: serve, config, token, client send/pull/listen/
 //! history/chat, and its errors.
 
-use std::path::Path;
 use std::process::Stdio;
 
-use longlink_testkit::{ServeProcess, WAIT, config_on_free_ports};
+mod common;
+
+use common::{Node, command, json_lines, run, serve_in};
+use longlink_testkit::{WAIT, config_on_free_ports};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_longlink");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(
-        WAIT,
-        Command::new(BIN)
-            .args(args)
-            .env_remove("LONGLINK_CONFIG")
-            .output(),
-    )
-    .await
-    .expect("command finished in time")
-    .expect("command ran");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect()
-}
-
-async fn start(dir: &Path) -> ServeProcess {
-    ServeProcess::start(
-        Path::new(BIN),
-        dir,
-        &config_on_free_ports(&dir.join("data")),
-    )
-    .await
-    .expect("serve starts")
-}
 
 #[tokio::test]
 async fn config_default_and_token() {
@@ -70,7 +29,7 @@ async fn config_default_and_token() {
 #[tokio::test]
 async fn send_pull_history_and_idempotent_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = start(dir.path()).await;
+    let serve = serve_in(dir.path()).await;
     let server = serve.gate_addr().to_string();
     let token = run(&["token", "--appcode", "129", "--uid", "alice"])
         .await
@@ -184,56 +143,33 @@ async fn send_pull_history_and_idempotent_retry() {
 
 #[tokio::test]
 async fn listen_prints_messages_as_they_arrive_and_chat_talks_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let serve = start(dir.path()).await;
-    let server = serve.gate_addr().to_string();
+    let node = Node::start().await;
+    let server = node.gate.as_str();
 
     // A listener waiting for three messages.
-    let listen = Command::new(BIN)
-        .args([
-            "client",
-            "listen",
-            "--server",
-            &server,
-            "--appcode",
-            "130",
-            "--uid",
-            "bob",
-            "--json",
-            "--count",
-            "3",
-            "--timeout-secs",
-            "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let listen = node.listen("130", "bob", &["--count", "3", "--timeout-secs", "20"]);
     // Wait until bob is online in presence (not just connected: the gate counts a session
     // before its LOGIN is registered) before sending, so every line is pushed live.
-    wait_for_presence(serve.api_addr(), 130, "bob").await;
+    node.wait_online(130, "bob").await;
 
     // An interactive chat as alice: type a line, it reaches bob.
-    let mut chat = Command::new(BIN)
-        .args([
-            "client",
-            "chat",
-            "--server",
-            &server,
-            "--appcode",
-            "129",
-            "--uid",
-            "alice",
-            "--to",
-            "130:bob",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut chat = command(&[
+        "client",
+        "chat",
+        "--server",
+        server,
+        "--appcode",
+        "129",
+        "--uid",
+        "alice",
+        "--to",
+        "130:bob",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut chat_out = tokio::io::BufReader::new(chat.stdout.take().unwrap()).lines();
     let banner = tokio::time::timeout(WAIT, chat_out.next_line())
         .await
@@ -250,7 +186,7 @@ async fn listen_prints_messages_as_they_arrive_and_chat_talks_both_ways() {
         "client",
         "send",
         "--server",
-        &server,
+        server,
         "--appcode",
         "130",
         "--uid",
@@ -306,18 +242,7 @@ async fn listen_prints_messages_as_they_arrive_and_chat_talks_both_ways() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    serve.kill9().await.unwrap();
-}
-
-async fn wait_for_presence(api: std::net::SocketAddr, appcode: u32, uid: &str) {
-    let client = longlink_testkit::ApiClient::new(api, longlink_testkit::DEV_API_KEY);
-    let path = format!("/v1/presence/{appcode}/{uid}");
-    longlink_testkit::wait_until(WAIT, || {
-        let (client, path) = (client.clone(), path.clone());
-        async move { client.get(&path).await.1["online"] == true }
-    })
-    .await
-    .expect("user online in presence");
+    node.serve.kill9().await.unwrap();
 }
 
 #[tokio::test]
@@ -357,7 +282,7 @@ async fn errors_are_one_line_with_a_non_zero_exit() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 
     // A bad token.
-    let serve = start(dir.path()).await;
+    let serve = serve_in(dir.path()).await;
     let out = run(&[
         "client",
         "pull",
@@ -385,14 +310,12 @@ async fn serve_logs_one_json_object_per_line_with_its_fields() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("longlink.toml");
     std::fs::write(&config, config_on_free_ports(dir.path())).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
+    let mut child = command(&["--log-format", "json", "serve", "--config"])
         .arg(&config)
         .env("LONGLINK_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();

@@ -7,12 +7,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use longlink_testkit::{
-    ApiClient, DEV_API_KEY, ServeProcess, WAIT, config_on_free_ports, wait_until,
-};
-use serde_json::Value;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+use common::{BIN, command, wait_online};
+use longlink_testkit::{ApiClient, DEV_API_KEY, ServeProcess, WAIT, config_on_free_ports};
+use serde_json::Value;
 
 /// Whether `value` holds a field `log_id` equal to `log_id` at any depth (event fields are
 /// flattened; span fields sit in `spans`).
@@ -40,36 +39,29 @@ async fn the_same_log_id_is_in_the_msg_the_trace_and_the_json_logs_of_every_hop(
     let gate = server.gate_addr().to_string();
 
     let api = ApiClient::new(server.api_addr(), DEV_API_KEY);
-    let listen = tokio::process::Command::new(BIN)
-        .args(["client", "listen", "--server", &gate, "--appcode", "130"])
+    let listen = command(&["client", "listen", "--server", &gate, "--appcode", "130"])
         .args(["--uid", "bob", "--count", "1", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("listen");
     // Bob is online once presence says so.
-    wait_until(WAIT, || async {
-        api.get("/v1/presence/130/bob").await.1["online"] == true
-    })
-    .await
-    .expect("bob online in time");
+    wait_online(server.api_addr(), 130, "bob").await;
 
-    let sent = tokio::process::Command::new(BIN)
-        .args([
-            "client",
-            "send",
-            "--server",
-            &gate,
-            "--appcode",
-            "129",
-            "--uid",
-            "alice",
-        ])
-        .args(["--to", "130:bob", "is the order ready?"])
-        .output()
-        .await
-        .expect("send");
+    let sent = command(&[
+        "client",
+        "send",
+        "--server",
+        &gate,
+        "--appcode",
+        "129",
+        "--uid",
+        "alice",
+    ])
+    .args(["--to", "130:bob", "is the order ready?"])
+    .output()
+    .await
+    .expect("send");
     assert!(
         sent.status.success(),
         "{}",
