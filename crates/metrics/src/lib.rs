@@ -98,7 +98,8 @@ impl Latency {
     pub fn observe(&self, elapsed: Duration) {
         self.histogram.observe(elapsed.as_secs_f64());
         if let Ok(mut window) = self.window.lock() {
-            window.record(elapsed);
+            let now = window.second();
+            window.record(now, elapsed);
         }
     }
 
@@ -107,7 +108,7 @@ impl Latency {
     pub fn percentiles(&self, secs: usize) -> Percentiles {
         self.window
             .lock()
-            .map(|window| window.percentiles(secs, 0))
+            .map(|window| window.percentiles(window.second(), secs, 0))
             .unwrap_or_default()
     }
 
@@ -116,7 +117,7 @@ impl Latency {
     pub fn last_second(&self) -> Percentiles {
         self.window
             .lock()
-            .map(|window| window.percentiles(1, 1))
+            .map(|window| window.percentiles(window.second(), 1, 1))
             .unwrap_or_default()
     }
 }
@@ -144,8 +145,8 @@ impl Window {
         self.start.elapsed().as_secs()
     }
 
-    fn record(&mut self, elapsed: Duration) {
-        let now = self.second();
+    /// Records `elapsed` in second `now` (seconds since the window's start).
+    fn record(&mut self, now: u64, elapsed: Duration) {
         let index = (now % WINDOW_SECS as u64) as usize;
         let slot = &mut self.slots[index];
         if slot.as_ref().is_none_or(|(second, _)| *second != now) {
@@ -161,13 +162,12 @@ impl Window {
         }
     }
 
-    /// Merges the `secs` seconds that end `skip` seconds before the current one.
-    fn percentiles(&self, secs: usize, skip: u64) -> Percentiles {
-        let now = self.second();
+    /// Merges the `secs` seconds that end `skip` seconds before second `now`.
+    fn percentiles(&self, now: u64, secs: usize, skip: u64) -> Percentiles {
         let secs = secs.clamp(1, WINDOW_SECS) as u64;
         let mut merged: Option<hdrhistogram::Histogram<u32>> = None;
         for (second, histogram) in self.slots.iter().flatten() {
-            let age = now - second;
+            let age = now.saturating_sub(*second);
             if age < skip || age >= skip + secs {
                 continue;
             }
@@ -205,6 +205,27 @@ pub fn encode_text(registry: &Registry) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_reads_the_seconds_asked_for_and_forgets_old_ones() {
+        let mut window = Window::new();
+        window.record(10, Duration::from_millis(5));
+        window.record(11, Duration::from_millis(7));
+        window.record(11, Duration::from_millis(9));
+        // In second 11, the last complete second is 10; in 12 it is 11.
+        assert_eq!(window.percentiles(11, 1, 1).count, 1);
+        let last = window.percentiles(12, 1, 1);
+        assert_eq!(last.count, 2);
+        assert!(
+            (8.9..=9.1).contains(&last.max.unwrap_or_default()),
+            "{last:?}"
+        );
+        assert_eq!(window.percentiles(12, 60, 0).count, 3);
+        // A minute later nothing is left, and a reused slot (second 70 takes 10's) starts empty.
+        assert_eq!(window.percentiles(72, 60, 0).count, 0);
+        window.record(70, Duration::from_millis(1));
+        assert_eq!(window.percentiles(70, 1, 0).count, 1);
+    }
 
     #[test]
     fn percentiles_come_from_recent_observations() {
