@@ -391,4 +391,40 @@ impl Api for GrpcApi {
                 .collect(),
         }))
     }
+
+    async fn trace(
+        &self,
+        request: Request<pb::TraceRequest>,
+    ) -> Result<Response<pb::TraceReply>, Status> {
+        let scope = self.scope(&request)?;
+        let request = request.into_inner();
+        let by = match pb::TraceBy::try_from(request.by) {
+            Ok(pb::TraceBy::Either) => None,
+            Ok(pb::TraceBy::LogId) => Some("log_id"),
+            Ok(pb::TraceBy::Msgid) => Some("msgid"),
+            Err(_) => Some("unknown"),
+        };
+        let trace = ops::trace(&self.shared, &scope, request.id, by)?;
+        Ok(Response::new(pb::TraceReply {
+            log_id: trace.log_id,
+            msgids: trace.msgids,
+            kind: trace.subject.kind.name().to_owned(),
+            from: trace.subject.from.unwrap_or_default(),
+            to: trace.subject.to.unwrap_or_default(),
+            appcodes: trace.subject.appcodes,
+            events: trace
+                .events
+                .into_iter()
+                .map(|e| pb::TraceEvent {
+                    stage: e.stage.name().to_owned(),
+                    at_us: e.at_us,
+                    node: e.node.to_string(),
+                    msgid: e.msgid,
+                    who: e.who.map(|w| w.to_string()).unwrap_or_default(),
+                    detail: e.detail.unwrap_or_default(),
+                })
+                .collect(),
+            dropped_events: trace.dropped_events,
+        }))
+    }
 }

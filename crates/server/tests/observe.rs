@@ -122,6 +122,48 @@ async fn a_c2c_trace_shows_every_stage_in_order_by_log_id_and_by_msgid() {
         .get(&format!("/v1/trace/{}?by=msgid", receipt.msgid))
         .await;
     assert_eq!(status, 200);
+
+    // gRPC `Trace` answers the same trail.
+    use longlink_api::pb;
+    let mut grpc = pb::api_client::ApiClient::connect(format!("http://{}", server.grpc_addr()))
+        .await
+        .expect("grpc");
+    let with_key = |body: pb::TraceRequest| {
+        let mut request = tonic::Request::new(body);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", longlink_testkit::DEV_API_KEY)
+                .parse()
+                .expect("metadata"),
+        );
+        request
+    };
+    let reply = grpc
+        .trace(with_key(pb::TraceRequest {
+            id: receipt.msgid,
+            by: pb::TraceBy::Msgid as i32,
+        }))
+        .await
+        .expect("trace")
+        .into_inner();
+    assert_eq!(reply.log_id, log_id);
+    assert_eq!(reply.msgids, [receipt.msgid]);
+    assert_eq!(reply.kind, "c2c");
+    let grpc_stages: Vec<&str> = reply.events.iter().map(|e| e.stage.as_str()).collect();
+    let http_stages = stage_names(&by_log);
+    assert!(
+        grpc_stages.len() >= http_stages.len()
+            && grpc_stages[..http_stages.len()] == http_stages[..],
+        "{grpc_stages:?} vs {http_stages:?}"
+    );
+    let status = grpc
+        .trace(with_key(pb::TraceRequest {
+            id: 123_456_789,
+            by: pb::TraceBy::Either as i32,
+        }))
+        .await
+        .expect_err("unknown id");
+    assert_eq!(status.code(), tonic::Code::NotFound);
     server.stop().await;
 }
 

@@ -317,6 +317,59 @@ pub struct TopicsReply {
     #[prost(message, repeated, tag = "1")]
     pub topics: ::prost::alloc::vec::Vec<TopicStats>,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TraceRequest {
+    /// A log_id or a msgid.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(enumeration = "TraceBy", tag = "2")]
+    pub by: i32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TraceEvent {
+    /// accepted, stored, published, acked_to_sender, routed, offline, written, pulled,
+    /// receiver_acked, expired, consumed or refused.
+    #[prost(string, tag = "1")]
+    pub stage: ::prost::alloc::string::String,
+    /// Microseconds since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub at_us: u64,
+    /// The node that recorded it.
+    #[prost(string, tag = "3")]
+    pub node: ::prost::alloc::string::String,
+    /// 0 = none.
+    #[prost(uint64, tag = "4")]
+    pub msgid: u64,
+    /// The session or user concerned (`appcode:uid/device`); empty = none.
+    #[prost(string, tag = "5")]
+    pub who: ::prost::alloc::string::String,
+    /// Free text; empty = none.
+    #[prost(string, tag = "6")]
+    pub detail: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TraceReply {
+    #[prost(uint64, tag = "1")]
+    pub log_id: u64,
+    #[prost(uint64, repeated, tag = "2")]
+    pub msgids: ::prost::alloc::vec::Vec<u64>,
+    /// c2c, c2s, s2c or unknown.
+    #[prost(string, tag = "3")]
+    pub kind: ::prost::alloc::string::String,
+    /// Empty = unknown.
+    #[prost(string, tag = "4")]
+    pub from: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub to: ::prost::alloc::string::String,
+    #[prost(uint32, repeated, tag = "6")]
+    pub appcodes: ::prost::alloc::vec::Vec<u32>,
+    /// In time order.
+    #[prost(message, repeated, tag = "7")]
+    pub events: ::prost::alloc::vec::Vec<TraceEvent>,
+    /// Events not kept (beyond the per-message cap).
+    #[prost(uint32, tag = "8")]
+    pub dropped_events: u32,
+}
 /// How a pushed message's content is to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -395,6 +448,37 @@ impl RecipientState {
             "ACKED" => Some(Self::Acked),
             "EXPIRED" => Some(Self::Expired),
             "FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+/// How TraceRequest.id is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TraceBy {
+    /// As a log_id first, then as a msgid.
+    Either = 0,
+    LogId = 1,
+    Msgid = 2,
+}
+impl TraceBy {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Either => "TRACE_BY_EITHER",
+            Self::LogId => "TRACE_BY_LOG_ID",
+            Self::Msgid => "TRACE_BY_MSGID",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TRACE_BY_EITHER" => Some(Self::Either),
+            "TRACE_BY_LOG_ID" => Some(Self::LogId),
+            "TRACE_BY_MSGID" => Some(Self::Msgid),
             _ => None,
         }
     }
@@ -761,6 +845,27 @@ pub mod api_client {
                 .insert(GrpcMethod::new("longlink.api.v1.Api", "Topics"));
             self.inner.unary(req, path, codec).await
         }
+        /// One message's trail from the delivery ledger (as GET /v1/trace/{id}).
+        pub async fn trace(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TraceRequest>,
+        ) -> std::result::Result<tonic::Response<super::TraceReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/longlink.api.v1.Api/Trace",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("longlink.api.v1.Api", "Trace"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -855,6 +960,11 @@ pub mod api_server {
             &self,
             request: tonic::Request<super::TopicsRequest>,
         ) -> std::result::Result<tonic::Response<super::TopicsReply>, tonic::Status>;
+        /// One message's trail from the delivery ledger (as GET /v1/trace/{id}).
+        async fn trace(
+            &self,
+            request: tonic::Request<super::TraceRequest>,
+        ) -> std::result::Result<tonic::Response<super::TraceReply>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ApiServer<T> {
@@ -1438,6 +1548,49 @@ pub mod api_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = TopicsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/longlink.api.v1.Api/Trace" => {
+                    #[allow(non_camel_case_types)]
+                    struct TraceSvc<T: Api>(pub Arc<T>);
+                    impl<T: Api> tonic::server::UnaryService<super::TraceRequest>
+                    for TraceSvc<T> {
+                        type Response = super::TraceReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TraceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Api>::trace(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TraceSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
