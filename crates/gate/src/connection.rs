@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use longlink_metrics::{Counter, Gauge};
@@ -73,7 +72,6 @@ impl Connection {
     pub(crate) async fn run(self, stream: TcpStream, tracker: &TaskTracker) {
         let conn_id = self.gate.next_log_id();
         let span = tracing::debug_span!("conn", conn.id = conn_id, peer.addr = %self.peer);
-        self.gate.connections.fetch_add(1, Ordering::Relaxed);
         self.gate.metrics.connections.inc();
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
@@ -122,7 +120,6 @@ impl Connection {
         } else {
             tracing::debug!(parent: &span, reason = reason.label(), "connection closed before login");
         }
-        self.gate.connections.fetch_sub(1, Ordering::Relaxed);
         self.gate.metrics.connections.dec();
         // The writer flushes what is queued (a last ERROR or KICK included), then closes.
         reader.queue.close();

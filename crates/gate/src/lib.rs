@@ -47,7 +47,6 @@ struct GateShared {
     sessions: Arc<SessionTable>,
     next_session_id: AtomicU64,
     next_log_id: AtomicU64,
-    connections: AtomicU64,
     /// The accept loop is running.
     serving: std::sync::atomic::AtomicBool,
     metrics: GateMetrics,
@@ -67,7 +66,6 @@ impl Gate {
                 sessions: Arc::new(SessionTable::new()),
                 next_session_id: AtomicU64::new(seed),
                 next_log_id: AtomicU64::new(seed),
-                connections: AtomicU64::new(0),
                 serving: std::sync::atomic::AtomicBool::new(false),
                 metrics,
                 ledger,
@@ -98,7 +96,7 @@ impl Gate {
 
     /// Open client connections right now.
     pub fn connection_count(&self) -> u64 {
-        self.shared.connections.load(Ordering::Relaxed)
+        u64::try_from(self.shared.metrics.connections.get()).unwrap_or(0)
     }
 
     /// Accepts connections on `listener` until `shutdown` is cancelled, then tells every client

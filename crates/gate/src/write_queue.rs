@@ -16,7 +16,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use longlink_metrics::Gauge;
-use longlink_proto::{Cmd, FrameType, HEADER_LEN, KickReason, wire};
+use longlink_proto::{Cmd, FrameType, HEADER_LEN, Header, KickReason, wire};
 use longlink_rpc::WriteReceipt;
 use longlink_rpc::trace::{Stage, TraceEvent};
 
@@ -251,28 +251,27 @@ pub(crate) async fn run(
 /// Counts a frame that reached the socket and records the ledger stage it completes: a MSG
 /// written to a receiver, a C2C/C2S answer (the sender's ACK), or an ERROR.
 fn observe_written(gate: &GateShared, conn: &ConnShared, frame: &Bytes) {
-    let Some(header) = frame.get(..HEADER_LEN) else {
+    // Frames here were encoded by this server: the header always decodes.
+    let Some(header) = frame
+        .first_chunk::<HEADER_LEN>()
+        .and_then(|raw| Header::decode(raw, u32::MAX).ok())
+    else {
         return;
     };
-    let cmd = u16::from_be_bytes([header[16], header[17]]);
     let metrics = &gate.metrics;
-    metrics.frames_out.add(cmd, 1);
-    metrics.bytes_out.add(cmd, frame.len() as u64);
-    let mut log_id_bytes = [0u8; 8];
-    log_id_bytes.copy_from_slice(&header[4..12]);
-    let log_id = u64::from_be_bytes(log_id_bytes);
-    let frame_type = header[18];
-    let stage = match Cmd::try_from(cmd) {
-        Ok(Cmd::Msg) if frame_type == FrameType::Push as u8 => Stage::Written,
-        Ok(Cmd::C2c | Cmd::C2s) if frame_type == FrameType::Response as u8 => Stage::AckedToSender,
+    metrics.frames_out.add(header.cmd, 1);
+    metrics.bytes_out.add(header.cmd, frame.len() as u64);
+    let stage = match Cmd::try_from(header.cmd) {
+        Ok(Cmd::Msg) if header.frame_type == FrameType::Push => Stage::Written,
+        Ok(Cmd::C2c | Cmd::C2s) if header.frame_type == FrameType::Response => Stage::AckedToSender,
         Ok(Cmd::Error) => {
             let code = <wire::Error as prost::Message>::decode(&frame[HEADER_LEN..])
                 .ok()
                 .and_then(|e| longlink_proto::ErrorCode::try_from(e.code).ok());
             if let Some(code) = code {
                 metrics.error_sent(code);
-                if log_id != 0 {
-                    let mut event = TraceEvent::now(log_id, Stage::Refused)
+                if header.log_id != 0 {
+                    let mut event = TraceEvent::now(header.log_id, Stage::Refused)
                         .detail(code.as_str_name().to_ascii_lowercase());
                     event.who = conn.label.get().cloned();
                     gate.ledger.record(event);
@@ -282,10 +281,10 @@ fn observe_written(gate: &GateShared, conn: &ConnShared, frame: &Bytes) {
         }
         _ => return,
     };
-    if log_id == 0 {
+    if header.log_id == 0 {
         return;
     }
-    let mut event = TraceEvent::now(log_id, stage);
+    let mut event = TraceEvent::now(header.log_id, stage);
     event.who = conn.label.get().cloned();
     gate.ledger.record(event);
 }
