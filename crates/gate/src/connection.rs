@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use longlink_metrics::{Counter, Gauge};
 use longlink_proto::{Cmd, CodecError, ErrorCode, Frame, FrameCodec, FrameType, KickReason, wire};
-use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, session_label};
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, session_label, user_label};
 use longlink_rpc::{LogicService, Refusal, Reply, SessionInfo};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -340,7 +340,7 @@ impl Connection {
             .detail(kind.name())
             .subject(Subject {
                 kind,
-                from: Some(format!("{}:{}", session.appcode, session.uid)),
+                from: Some(user_label(session.appcode, &session.uid)),
                 to: None,
                 appcodes: vec![session.appcode],
             });

@@ -49,7 +49,7 @@ use longlink_metrics::prometheus_client::collector::Collector;
 use longlink_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use longlink_metrics::prometheus_client::metrics::counter::ConstCounter;
 use longlink_metrics::prometheus_client::metrics::gauge::ConstGauge;
-use longlink_rpc::trace::{Ledger, MessageKind, Stage, Subject, TraceEvent};
+use longlink_rpc::trace::{Ledger, MessageKind, Stage, Subject, TraceEvent, user_label};
 
 /// Targets handled between two yields of a fan-out.
 pub(crate) const WAVE: usize = 1024;
@@ -730,10 +730,7 @@ impl PushEngine {
 
     /// Records `stage` of recipient `index` in the ledger.
     fn trace_recipient(&self, record: &PushRecord, index: usize, stage: Stage, detail: &str) {
-        let who: Arc<str> = Arc::from(format!(
-            "{}:{}",
-            record.appcode, record.recipients[index].uid
-        ));
+        let who: Arc<str> = Arc::from(user_label(record.appcode, &record.recipients[index].uid));
         self.inner.ledger.record(
             TraceEvent::now(record.log_id, stage)
                 .msgid(record.msgid.load(Ordering::Acquire))

@@ -258,7 +258,12 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// `appcode:uid`, how traces name a user (a subject's `from`/`to`, a recipient's `who`).
+pub fn user_label(appcode: u32, uid: &str) -> String {
+    format!("{appcode}:{uid}")
+}
+
 /// `appcode:uid/device`, the `who` of a session's events.
 pub fn session_label(appcode: u32, uid: &str, device_id: &str) -> Arc<str> {
-    Arc::from(format!("{appcode}:{uid}/{device_id}"))
+    Arc::from(format!("{}/{device_id}", user_label(appcode, uid)))
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, wire};
-use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent};
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, user_label};
 use longlink_rpc::{PushError, Refusal, SessionInfo};
 use longlink_store::{NewMessage, StoredMessage, UserKey};
 
@@ -88,8 +88,8 @@ pub(crate) async fn c2c(
         .msgid(outcome.msgid)
         .subject(Subject {
             kind: MessageKind::C2c,
-            from: Some(format!("{}:{}", from.appcode, from.uid)),
-            to: Some(format!("{}:{}", to.appcode, to.uid)),
+            from: Some(user_label(from.appcode, &from.uid)),
+            to: Some(user_label(to.appcode, &to.uid)),
             appcodes: vec![from.appcode, to.appcode],
         });
     if outcome.duplicate {

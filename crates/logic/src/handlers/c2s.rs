@@ -4,7 +4,7 @@
 
 use longlink_bus::{BusError, BusMessage};
 use longlink_proto::{ErrorCode, Frame, wire};
-use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent};
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, user_label};
 use longlink_rpc::{Refusal, SessionInfo};
 
 use crate::handlers::check_id;
@@ -62,7 +62,7 @@ pub(crate) async fn c2s(
             .detail(format!("topic {topic}"))
             .subject(Subject {
                 kind: MessageKind::C2s,
-                from: Some(format!("{}:{}", session.appcode, session.uid)),
+                from: Some(user_label(session.appcode, &session.uid)),
                 to: Some(format!("topic {topic}")),
                 appcodes: vec![session.appcode],
             }),
