@@ -123,7 +123,11 @@ impl Logic {
     }
 
     /// Awaits a store call, recording its latency as `op`.
-    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    async fn timed<T>(
+        &self,
+        op: metrics::StoreOp,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
         let started = std::time::Instant::now();
         let out = call.await;
         self.metrics.store_op(op, started.elapsed());

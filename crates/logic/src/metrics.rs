@@ -7,10 +7,46 @@ use std::time::Duration;
 use longlink_metrics::prometheus_client::registry::Unit;
 use longlink_metrics::{Counter, Family, Histogram, Label, Latency, Registry, label};
 
+/// The store calls logic times (the `op` label of `longlink_store_op_duration_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreOp {
+    /// A c2c commit.
+    Append,
+    /// A push commit.
+    AppendS2c,
+    Ack,
+    RecordPushed,
+    PullOffline,
+    History,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 6] = [
+        StoreOp::Append,
+        StoreOp::AppendS2c,
+        StoreOp::Ack,
+        StoreOp::RecordPushed,
+        StoreOp::PullOffline,
+        StoreOp::History,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            StoreOp::Append => "append",
+            StoreOp::AppendS2c => "append_s2c",
+            StoreOp::Ack => "ack",
+            StoreOp::RecordPushed => "record_pushed",
+            StoreOp::PullOffline => "pull_offline",
+            StoreOp::History => "history",
+        }
+    }
+}
+
 /// Every metric logic records.
 #[derive(Debug, Clone)]
 pub struct LogicMetrics {
-    store_ops: Family<Label, Histogram>,
+    /// One histogram per [`StoreOp`], in [`StoreOp::ALL`] order, resolved once.
+    store_ops: Vec<Histogram>,
     /// A c2s message handed to the bus → the bus holds it durably.
     pub bus_publish: Latency,
     /// Msgids acknowledged by receiver devices (MSG_ACK), c2c and s2c.
@@ -48,12 +84,20 @@ impl LogicMetrics {
             receiver_acks.clone(),
         );
         registry.register(
+            "longlink_receiver_deliveries",
+            "MSG frames queued to receivers' sessions that expect a MSG_ACK (c2c receivers, s2c recipients, redeliveries; not copies for the sender's other devices)",
+            receiver_deliveries.clone(),
+        );
+        registry.register(
             "longlink_push_accepted",
             "s2c pushes accepted",
             pushes.clone(),
         );
         Self {
-            store_ops,
+            store_ops: StoreOp::ALL
+                .iter()
+                .map(|op| store_ops.get_or_create(&label("op", op.name())).clone())
+                .collect(),
             bus_publish,
             receiver_acks,
             receiver_deliveries,
@@ -62,9 +106,10 @@ impl LogicMetrics {
     }
 
     /// Records how long store operation `op` took.
-    pub(crate) fn store_op(&self, op: &'static str, elapsed: Duration) {
-        self.store_ops
-            .get_or_create(&label("op", op))
-            .observe(elapsed.as_secs_f64());
+    pub(crate) fn store_op(&self, op: StoreOp, elapsed: Duration) {
+        // `ALL` lists the variants in declaration order, so the discriminant is the slot.
+        if let Some(histogram) = self.store_ops.get(op as usize) {
+            histogram.observe(elapsed.as_secs_f64());
+        }
     }
 }

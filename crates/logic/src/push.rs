@@ -576,7 +576,9 @@ impl PushEngine {
                 },
             })
             .await;
-        inner.metrics.store_op("append_s2c", started.elapsed());
+        inner
+            .metrics
+            .store_op(crate::metrics::StoreOp::AppendS2c, started.elapsed());
         let outcome = match stored {
             Ok(outcome) => outcome,
             Err(err) => {

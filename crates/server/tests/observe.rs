@@ -446,6 +446,11 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
             &[("op", "append")]
         ) >= SENT as f64
     );
+    // bob's c2c copies and the push expect an ACK; alice's tablet copies do not.
+    assert_eq!(
+        value(&samples, "longlink_receiver_deliveries_total", &[]),
+        (SENT + 1) as f64
+    );
     assert_eq!(
         value(
             &samples,

@@ -70,7 +70,7 @@ pub(crate) async fn c2c(
 
     let outcome = logic
         .timed(
-            "append",
+            crate::metrics::StoreOp::Append,
             logic.store.append(NewMessage {
                 from: from.clone(),
                 from_device: session.device_id.clone(),
@@ -170,7 +170,7 @@ async fn deliver(
                 if let Some(msgid) = inbox_msgid
                     && let Err(err) = logic
                         .timed(
-                            "record_pushed",
+                            crate::metrics::StoreOp::RecordPushed,
                             logic.store.record_pushed(user, &entry.device_id, &[msgid]),
                         )
                         .await

@@ -35,7 +35,7 @@ pub(crate) async fn history_pull(
     };
     let page = logic
         .timed(
-            "history",
+            crate::metrics::StoreOp::History,
             logic.store.history(
                 &owner,
                 &user_key(peer),

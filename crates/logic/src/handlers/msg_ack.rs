@@ -60,7 +60,10 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
         return Ok(acked_online_only);
     }
     let outcome = logic
-        .timed("ack", logic.store.ack(&owner, &session.device_id, &stored))
+        .timed(
+            crate::metrics::StoreOp::Ack,
+            logic.store.ack(&owner, &session.device_id, &stored),
+        )
         .await
         .map_err(store_unavailable)?;
     let acked: Vec<u64> = request

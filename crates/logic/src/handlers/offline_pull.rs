@@ -19,7 +19,7 @@ pub(crate) async fn offline_pull(
     };
     let page = logic
         .timed(
-            "pull_offline",
+            crate::metrics::StoreOp::PullOffline,
             logic.store.pull_offline(
                 &owner,
                 &session.device_id,

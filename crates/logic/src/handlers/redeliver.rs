@@ -21,7 +21,7 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
     };
     let page = match logic
         .timed(
-            "pull_offline",
+            crate::metrics::StoreOp::PullOffline,
             logic
                 .store
                 .pull_offline(&owner, &session.device_id, 0, REDELIVER_MAX),
@@ -51,7 +51,7 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
         .inc_by(pushed.len() as u64);
     if let Err(err) = logic
         .timed(
-            "record_pushed",
+            crate::metrics::StoreOp::RecordPushed,
             logic
                 .store
                 .record_pushed(&owner, &session.device_id, &pushed),
