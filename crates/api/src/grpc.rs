@@ -398,11 +398,14 @@ impl Api for GrpcApi {
     ) -> Result<Response<pb::TraceReply>, Status> {
         let scope = self.scope(&request)?;
         let request = request.into_inner();
+        use longlink_rpc::trace::TraceBy;
         let by = match pb::TraceBy::try_from(request.by) {
-            Ok(pb::TraceBy::Either) => None,
-            Ok(pb::TraceBy::LogId) => Some("log_id"),
-            Ok(pb::TraceBy::Msgid) => Some("msgid"),
-            Err(_) => Some("unknown"),
+            Ok(pb::TraceBy::Either) => TraceBy::Either,
+            Ok(pb::TraceBy::LogId) => TraceBy::LogId,
+            Ok(pb::TraceBy::Msgid) => TraceBy::Msgid,
+            Err(value) => {
+                return Err(ApiError::invalid_argument(format!("unknown TraceBy {value}")).into());
+            }
         };
         let trace = ops::trace(&self.shared, &scope, request.id, by)?;
         Ok(Response::new(pb::TraceReply {

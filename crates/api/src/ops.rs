@@ -284,29 +284,34 @@ pub(crate) async fn push(
     })
 }
 
-/// `GET /v1/trace/{id}`: a message's trail from the ledger, read as `by` says.
+/// How `GET /v1/trace/{id}?by=` reads its id: `log_id`, `msgid`, or absent (either).
+///
+/// # Errors
+/// 400 for another value.
+pub(crate) fn trace_by(by: Option<&str>) -> Result<longlink_rpc::trace::TraceBy, ApiError> {
+    use longlink_rpc::trace::TraceBy;
+    match by {
+        None => Ok(TraceBy::Either),
+        Some("log_id") => Ok(TraceBy::LogId),
+        Some("msgid") => Ok(TraceBy::Msgid),
+        Some(other) => Err(ApiError::invalid_argument(format!(
+            "by must be `log_id` or `msgid`, not {other:?}"
+        ))),
+    }
+}
+
+/// `GET /v1/trace/{id}`, gRPC `Trace`: a message's trail from the ledger, read as `by` says.
 ///
 /// A trace whose appcodes the key does not cover answers 404 like an unknown id.
 ///
 /// # Errors
-/// 400 for an unknown `by`; 404 when the ledger has no such message (or the key may not see it).
+/// 404 when the ledger has no such message (or the key may not see it).
 pub(crate) fn trace(
     shared: &Shared,
     scope: &KeyScope,
     id: u64,
-    by: Option<&str>,
+    by: longlink_rpc::trace::TraceBy,
 ) -> Result<longlink_rpc::trace::Trace, ApiError> {
-    use longlink_rpc::trace::TraceBy;
-    let by = match by {
-        None => TraceBy::Either,
-        Some("log_id") => TraceBy::LogId,
-        Some("msgid") => TraceBy::Msgid,
-        Some(other) => {
-            return Err(ApiError::invalid_argument(format!(
-                "by must be `log_id` or `msgid`, not {other:?}"
-            )));
-        }
-    };
     let unknown = || {
         ApiError::not_found(format!(
             "no message with log_id or msgid {id} in the ledger (it may be older than the trace window)"

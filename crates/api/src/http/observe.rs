@@ -68,6 +68,7 @@ pub(crate) async fn trace(
     ApiPath(id): ApiPath<u64>,
     ApiQuery(query): ApiQuery<TraceQuery>,
 ) -> Result<Json<TraceBody>, ApiError> {
-    let trace = ops::trace(&shared, &scope, id, query.by.as_deref())?;
+    let by = ops::trace_by(query.by.as_deref())?;
+    let trace = ops::trace(&shared, &scope, id, by)?;
     Ok(Json(trace.into()))
 }
