@@ -26,6 +26,12 @@ pub enum CloseReason {
     ProtocolError(ErrorCode),
     /// The server is stopping.
     ServerShutdown,
+    /// The gate is draining: the client was told to reconnect (elsewhere).
+    Drained,
+    /// A RESUME on another connection took the session over.
+    Resumed,
+    /// Admission control turned a LOGIN away (rate, or the gate drains) with a retry-after.
+    NotAdmitted,
     /// The socket failed.
     Io,
 }
@@ -42,8 +48,25 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ProtocolError(_) => "protocol_error",
             CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::Drained => "drained",
+            CloseReason::Resumed => "resumed",
+            CloseReason::NotAdmitted => "not_admitted",
             CloseReason::Io => "io",
         }
+    }
+
+    /// Whether the session outlives this close for the hold, waiting for a RESUME: when the
+    /// link failed (the client did not choose to leave, and nobody ended the session), and
+    /// when a drain moved the client (it resumes on the gate it was sent to).
+    pub fn holds_session(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::ByPeer
+                | CloseReason::IdleTimeout
+                | CloseReason::SlowConsumer
+                | CloseReason::Io
+                | CloseReason::Drained
+        )
     }
 }
 
@@ -71,6 +94,8 @@ impl ConnShared {
         let code = match reason {
             CloseReason::Kicked => 1,
             CloseReason::SlowConsumer => 2,
+            CloseReason::Drained => 4,
+            CloseReason::Resumed => 5,
             _ => 3,
         };
         let _ = self
@@ -84,22 +109,47 @@ impl ConnShared {
         match self.reason.load(Ordering::Acquire) {
             1 => CloseReason::Kicked,
             2 => CloseReason::SlowConsumer,
+            4 => CloseReason::Drained,
+            5 => CloseReason::Resumed,
             _ => CloseReason::Io,
         }
     }
 }
 
-/// The KICK push for `reason`.
-pub(crate) fn kick_frame(reason: KickReason, message: &str, backoff_ms: u32) -> Bytes {
-    Frame::push(
-        Cmd::Kick,
-        0,
-        &wire::Kick {
-            reason: reason as i32,
+/// A KICK push: why, and the reconnect advice that goes with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Kick {
+    pub(crate) reason: KickReason,
+    pub(crate) message: String,
+    pub(crate) reconnect_to: String,
+    pub(crate) backoff_ms: u32,
+    pub(crate) by_device_id: String,
+}
+
+impl Kick {
+    pub(crate) fn new(reason: KickReason, message: &str, backoff_ms: u32) -> Self {
+        Self {
+            reason,
             message: message.to_owned(),
             reconnect_to: String::new(),
             backoff_ms,
-        },
-    )
-    .to_bytes()
+            by_device_id: String::new(),
+        }
+    }
+
+    /// The encoded KICK frame.
+    pub(crate) fn frame(&self) -> Bytes {
+        Frame::push(
+            Cmd::Kick,
+            0,
+            &wire::Kick {
+                reason: self.reason as i32,
+                message: self.message.clone(),
+                reconnect_to: self.reconnect_to.clone(),
+                backoff_ms: self.backoff_ms,
+                by_device_id: self.by_device_id.clone(),
+            },
+        )
+        .to_bytes()
+    }
 }

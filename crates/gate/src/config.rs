@@ -20,6 +20,28 @@ pub struct GateConfig {
     pub write_timeout: Duration,
     /// Most connections open at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// The address clients are told to use for this gate (dispatch, KICK `reconnect_to`,
+    /// `LoginResponse.gates`); empty = the bound listen address.
+    pub public_addr: String,
+    /// How long a resume-capable session is held after its link drops; zero = no hold, no
+    /// RESUME.
+    pub hold: Duration,
+    /// Reconnect backoff advised to clients at login: the first step and the cap.
+    pub reconnect_min: Duration,
+    /// See [`GateConfig::reconnect_min`].
+    pub reconnect_max: Duration,
+    /// Fresh LOGINs admitted per second (admission control for reconnect storms); 0 = no
+    /// limit. RESUMEs are not limited.
+    pub login_rate_per_sec: u32,
+    /// LOGINs admitted at once beyond the rate (the bucket size).
+    pub login_burst: u32,
+    /// A drain kicks this many sessions per wave.
+    pub drain_wave_size: usize,
+    /// Pause between drain waves.
+    pub drain_wave_interval: Duration,
+    /// `backoff_ms` of the drain KICK: clients wait this long (plus jitter up to the same
+    /// again, so that a wave does not come back in lockstep) before reconnecting.
+    pub drain_backoff: Duration,
 }
 
 impl Default for GateConfig {
@@ -32,6 +54,15 @@ impl Default for GateConfig {
             write_queue_frames: 1024,
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,
+            public_addr: String::new(),
+            hold: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            login_rate_per_sec: 5000,
+            login_burst: 1000,
+            drain_wave_size: 500,
+            drain_wave_interval: Duration::from_millis(100),
+            drain_backoff: Duration::from_millis(200),
         }
     }
 }

@@ -12,12 +12,14 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken as Release;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::close::{ConnShared, kick_frame};
+use crate::close::{ConnShared, Kick};
 use crate::metrics::cmd_label;
+use crate::session_table::Link;
 use crate::write_queue::{QueueError, WriteQueue};
 use crate::{CloseReason, GateShared, write_queue};
 
@@ -52,6 +54,8 @@ struct Reader {
     codec: FrameCodec,
     /// The session's per-appcode gauge and message counter, resolved at login.
     session_metrics: Option<(Gauge, Counter)>,
+    /// The client can RESUME: its session is held when the link fails.
+    resumable: bool,
 }
 
 impl Connection {
@@ -97,6 +101,7 @@ impl Connection {
             session: None,
             codec: FrameCodec::new(self.gate.config.max_body_bytes),
             session_metrics: None,
+            resumable: false,
         };
         let reason = self
             .read_loop(&mut reader, read)
@@ -107,14 +112,37 @@ impl Connection {
             sessions.dec();
         }
         if let Some(session) = reader.session.take() {
-            self.gate.sessions.remove(session.session_id);
-            self.logic.session_closed(&session).await;
-            match reason {
-                CloseReason::ProtocolError(_) => {
-                    tracing::info!(parent: &span, session.id = session.session_id, uid = %session.uid, reason = reason.label(), "session closed")
+            let hold = reader.resumable
+                && reason.holds_session()
+                && !self.gate.config.hold.is_zero()
+                && !self.shutdown.is_cancelled();
+            if hold {
+                // The session outlives its link: a RESUME may take it over (seed 004).
+                if let Some(release) = self.gate.sessions.hold(session.session_id) {
+                    tracing::debug!(parent: &span, session.id = session.session_id, uid = %session.uid, reason = reason.label(), "link lost; session held");
+                    tracker.spawn(
+                        hold_session(
+                            self.gate.clone(),
+                            self.logic.clone(),
+                            session,
+                            release,
+                            self.shutdown.clone(),
+                        )
+                        .instrument(span.clone()),
+                    );
                 }
-                _ => {
-                    tracing::debug!(parent: &span, session.id = session.session_id, uid = %session.uid, reason = reason.label(), "session closed")
+            } else if reason == CloseReason::Resumed {
+                // A RESUME took the session over elsewhere: it lives on there.
+                tracing::debug!(parent: &span, session.id = session.session_id, "session resumed on another connection");
+            } else if self.gate.sessions.remove(session.session_id) {
+                self.logic.session_closed(&session).await;
+                match reason {
+                    CloseReason::ProtocolError(_) => {
+                        tracing::info!(parent: &span, session.id = session.session_id, uid = %session.uid, reason = reason.label(), "session closed")
+                    }
+                    _ => {
+                        tracing::debug!(parent: &span, session.id = session.session_id, uid = %session.uid, reason = reason.label(), "session closed")
+                    }
                 }
             }
         } else {
@@ -138,7 +166,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
-                    reader.queue_now(kick_frame(KickReason::ServerShutdown, "server is shutting down", SHUTDOWN_BACKOFF_MS));
+                    reader.queue_now(Kick::new(KickReason::ServerShutdown, "server is shutting down", SHUTDOWN_BACKOFF_MS).frame());
                     return CloseReason::ServerShutdown;
                 }
                 _ = reader.conn.token.cancelled() => {
@@ -274,6 +302,7 @@ impl Connection {
                     .await
             }
             Ok(Cmd::Login) if reader.session.is_none() => self.login(reader, frame).await,
+            Ok(Cmd::Resume) if reader.session.is_none() => self.resume(reader, frame).await,
             _ if reader.session.is_none() => {
                 reader
                     .refuse(&header, Refusal::new(ErrorCode::NotLoggedIn, "login first"))
@@ -348,8 +377,84 @@ impl Connection {
         self.gate.ledger.record(event);
     }
 
+    /// Admission control: while draining nobody new gets in; fresh LOGINs beyond the rate
+    /// wait `retry_after_ms` (RESUMEs pass, so resuming clients are served first).
+    fn admit(&self, cmd: Cmd) -> Result<(), Refusal> {
+        let config = &self.gate.config;
+        if self.gate.is_draining() {
+            let backoff = u32::try_from(config.drain_backoff.as_millis()).unwrap_or(u32::MAX);
+            return Err(
+                Refusal::new(ErrorCode::ShuttingDown, "this gate is draining").retry_after(backoff),
+            );
+        }
+        if cmd != Cmd::Login {
+            return Ok(());
+        }
+        let Some(limiter) = &self.gate.login_limiter else {
+            return Ok(());
+        };
+        match limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                use governor::clock::Clock as _;
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                // Spread the retries: the bucket refills at a steady rate, clients should too.
+                let spread = rand::random_range(0..=config.reconnect_max.as_millis() as u64);
+                let retry_after =
+                    u32::try_from(wait.as_millis() as u64 + spread).unwrap_or(u32::MAX);
+                self.gate.metrics.logins_throttled.inc();
+                Err(Refusal::new(
+                    ErrorCode::RateLimited,
+                    "too many logins at once: retry after retry_after_ms",
+                )
+                .retry_after(retry_after.max(1)))
+            }
+        }
+    }
+
+    /// Puts a new session id in the table before logic registers it in presence, so that no
+    /// push can find presence but miss the table.
+    fn new_session(&self, reader: &Reader) -> u64 {
+        let session_id = self.gate.next_session_id();
+        self.gate.sessions.insert(
+            session_id,
+            Link {
+                queue: reader.queue.clone(),
+                conn: reader.conn.clone(),
+            },
+        );
+        session_id
+    }
+
+    /// The session is logged in (or resumed) on this connection.
+    fn attach(&self, reader: &mut Reader, session: SessionInfo, resumable: bool) {
+        let metrics = &self.gate.metrics;
+        let sessions = metrics.sessions_of(session.appcode);
+        sessions.inc();
+        reader.session_metrics = Some((sessions, metrics.messages_of(session.appcode)));
+        let _ = reader.conn.label.set(session_label(
+            session.appcode,
+            &session.uid,
+            &session.device_id,
+        ));
+        reader.resumable = resumable;
+        reader.session = Some(session);
+    }
+
+    /// What this gate tells a client about its hold: the hold in seconds (0 = none).
+    fn hold_secs(&self, resumable: bool) -> u32 {
+        if resumable {
+            u32::try_from(self.gate.config.hold.as_secs()).unwrap_or(u32::MAX)
+        } else {
+            0
+        }
+    }
+
     async fn login(&self, reader: &mut Reader, frame: Frame) -> Next {
         let header = frame.header;
+        if let Err(refusal) = self.admit(Cmd::Login) {
+            return reader.refuse_and_close(&header, refusal);
+        }
         let request: wire::LoginRequest = match frame.decode_body() {
             Ok(request) => request,
             Err(err) => {
@@ -358,11 +463,8 @@ impl Connection {
                     .await;
             }
         };
-        let session_id = self.gate.next_session_id();
-        // In the table before presence knows it, so no push can find presence but miss us.
-        self.gate
-            .sessions
-            .insert(session_id, reader.queue.clone(), reader.conn.clone());
+        let resumable = request.resume_capable && !self.gate.config.hold.is_zero();
+        let session_id = self.new_session(reader);
         let accepted = self
             .logic
             .login(
@@ -373,23 +475,24 @@ impl Connection {
             )
             .await;
         match accepted {
-            Ok(accepted) => {
-                let metrics = &self.gate.metrics;
-                metrics.logins.inc();
-                let sessions = metrics.sessions_of(accepted.session.appcode);
-                sessions.inc();
-                reader.session_metrics =
-                    Some((sessions, metrics.messages_of(accepted.session.appcode)));
-                let _ = reader.conn.label.set(session_label(
-                    accepted.session.appcode,
-                    &accepted.session.uid,
-                    &accepted.session.device_id,
-                ));
+            Ok(mut accepted) => {
+                self.gate.metrics.logins.inc();
+                let config = &self.gate.config;
+                let response = &mut accepted.response;
+                response.hold_secs = self.hold_secs(resumable);
+                if !resumable {
+                    response.resume_token.clear();
+                }
+                response.reconnect_min_ms =
+                    u32::try_from(config.reconnect_min.as_millis()).unwrap_or(u32::MAX);
+                response.reconnect_max_ms =
+                    u32::try_from(config.reconnect_max.as_millis()).unwrap_or(u32::MAX);
+                response.gates = self.gate.peers();
                 let next = reader
                     .queue(Frame::response(&header, &accepted.response).to_bytes())
                     .await;
-                self.logic.session_ready(&accepted.session).await;
-                reader.session = Some(accepted.session);
+                self.logic.session_ready(&accepted.session, false).await;
+                self.attach(reader, accepted.session, resumable);
                 next
             }
             Err(refusal) => {
@@ -399,6 +502,88 @@ impl Connection {
                 reader.refuse(&header, refusal).await
             }
         }
+    }
+
+    async fn resume(&self, reader: &mut Reader, frame: Frame) -> Next {
+        let header = frame.header;
+        if let Err(refusal) = self.admit(Cmd::Resume) {
+            return reader.refuse_and_close(&header, refusal);
+        }
+        let request: wire::ResumeRequest = match frame.decode_body() {
+            Ok(request) => request,
+            Err(err) => {
+                return reader
+                    .refuse(&header, Refusal::new(ErrorCode::BadBody, err.to_string()))
+                    .await;
+            }
+        };
+        if self.gate.config.hold.is_zero() {
+            return reader
+                .refuse(
+                    &header,
+                    Refusal::new(
+                        ErrorCode::ResumeRejected,
+                        "this gate holds no sessions: log in",
+                    ),
+                )
+                .await;
+        }
+        let session_id = self.new_session(reader);
+        match self
+            .logic
+            .resume(
+                &self.gate.config.gate_id,
+                session_id,
+                request,
+                header.log_id,
+            )
+            .await
+        {
+            Ok(mut accepted) => {
+                self.gate.metrics.resumes.inc();
+                accepted.response.hold_secs = self.hold_secs(true);
+                let next = reader
+                    .queue(Frame::response(&header, &accepted.response).to_bytes())
+                    .await;
+                self.logic.session_ready(&accepted.session, true).await;
+                self.attach(reader, accepted.session, true);
+                next
+            }
+            Err(refusal) => {
+                self.gate.sessions.remove(session_id);
+                if refusal.code == ErrorCode::ResumeRejected {
+                    self.gate.metrics.resumes_rejected.inc();
+                }
+                tracing::debug!(log_id = header.log_id, code = ?refusal.code, "resume refused");
+                reader.refuse(&header, refusal).await
+            }
+        }
+    }
+}
+
+/// Holds `session` after its link dropped until a RESUME takes it (the table entry is then
+/// gone), the hold runs out, or the gate stops; in the last two cases the session is over.
+async fn hold_session(
+    gate: Arc<GateShared>,
+    logic: Arc<dyn LogicService>,
+    session: SessionInfo,
+    release: Release,
+    shutdown: CancellationToken,
+) {
+    gate.metrics.held.inc();
+    let expired = tokio::select! {
+        () = tokio::time::sleep(gate.config.hold) => true,
+        () = release.cancelled() => false,
+        () = shutdown.cancelled() => false,
+    };
+    gate.metrics.held.dec();
+    // Still held (not resumed, not kicked): the session ends here.
+    if gate.sessions.end_hold(session.session_id) {
+        if expired {
+            gate.metrics.holds_expired.inc();
+        }
+        tracing::debug!(session.id = session.session_id, uid = %session.uid, expired, "hold ended; session closed");
+        logic.session_closed(&session).await;
     }
 }
 
@@ -430,14 +615,16 @@ impl Reader {
         let _ = self.queue.try_push(frame);
     }
 
+    /// Sends an ERROR for `header`'s request and closes (admission refusals: the client
+    /// comes back after `retry_after_ms` on a new connection, holding no slot meanwhile).
+    fn refuse_and_close(&self, header: &longlink_proto::Header, refusal: Refusal) -> Next {
+        self.queue_now(refusal.frame(Some(header.seq_id), header.log_id).to_bytes());
+        Next::Close(CloseReason::NotAdmitted)
+    }
+
     /// Sends an ERROR for `header`'s request; closes the connection if the code demands it.
     async fn refuse(&self, header: &longlink_proto::Header, refusal: Refusal) -> Next {
-        let frame = Frame::error(
-            Some(header.seq_id),
-            header.log_id,
-            refusal.code,
-            refusal.message.clone(),
-        );
+        let frame = refusal.frame(Some(header.seq_id), header.log_id);
         if refusal.closes_connection() {
             self.queue_now(frame.to_bytes());
             return Next::Close(CloseReason::ProtocolError(refusal.code));

@@ -9,20 +9,29 @@
 //! The gate never sees a backend: requests go to a [`longlink_rpc::LogicService`]; logic
 //! reaches sessions through the [`SessionTable`], which implements [`longlink_rpc::GatePush`].
 //!
+//! Sessions outlive their links for a hold (seed 004): a resume-capable client whose link
+//! fails can RESUME on a new connection within `hold` and get what it missed in one round
+//! trip; meanwhile pushes to it take the offline path. Fresh LOGINs pass admission control (a
+//! GCRA rate limit; RESUMEs are exempt, so they are served first in a reconnect storm), and
+//! [`Gate::drain`] moves every client away in waves (KICK RECONNECT with another gate's
+//! address and a backoff) before the gate stops.
+//!
 //! Modules: [`config`] (GateConfig), `listener` (accept loop, connection cap), `connection`
-//! (the reader and its state machine), `write_queue` (WriteQueue and the writer task), [`session_table`]
-//! (session id → queue, push and kick), [`close`] (CloseReason).
+//! (the reader and its state machine, LOGIN/RESUME, holds), `write_queue` (WriteQueue and the
+//! writer task), [`session_table`] (session id → link or hold; push, kick, detach), `drain`,
+//! [`close`] (CloseReason, KICK frames).
 
 pub mod close;
 pub mod config;
 mod connection;
+mod drain;
 mod listener;
 pub mod metrics;
 pub mod session_table;
 mod write_queue;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use longlink_metrics::Registry;
 use longlink_rpc::LogicService;
@@ -32,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use close::CloseReason;
 pub use config::GateConfig;
+pub use drain::DrainReport;
 pub use metrics::GateMetrics;
 pub use session_table::SessionTable;
 
@@ -48,9 +58,21 @@ struct GateShared {
     next_session_id: AtomicU64,
     next_log_id: AtomicU64,
     /// The accept loop is running.
-    serving: std::sync::atomic::AtomicBool,
+    serving: AtomicBool,
     metrics: GateMetrics,
     ledger: Arc<dyn Ledger>,
+    /// Admission control for fresh LOGINs (`None`: no limit).
+    login_limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// The other gates' addresses, told to clients as fallbacks.
+    peers: Mutex<Vec<String>>,
+    /// The address clients use for this gate (set when serving starts).
+    public_addr: OnceLock<String>,
+    /// Set by [`Gate::drain`]: not dispatched, no new sessions.
+    draining: AtomicBool,
+    /// Cancelled when the gate stops accepting (drain).
+    stop_accepting: CancellationToken,
+    /// This gate's own stop (a child of the node's shutdown), set by [`Gate::serve`].
+    stop: OnceLock<CancellationToken>,
 }
 
 impl Gate {
@@ -60,13 +82,23 @@ impl Gate {
         let metrics = GateMetrics::new(registry, &config.gate_id);
         // Seeding ids with the clock keeps them unique across restarts of this gate.
         let seed = longlink_proto::unix_ms() << 20;
+        let login_limiter = std::num::NonZeroU32::new(config.login_rate_per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(config.login_burst).unwrap_or(rate);
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+        });
         Self {
             shared: Arc::new(GateShared {
+                login_limiter,
+                peers: Mutex::new(Vec::new()),
+                public_addr: OnceLock::new(),
+                draining: AtomicBool::new(false),
+                stop_accepting: CancellationToken::new(),
+                stop: OnceLock::new(),
                 config,
                 sessions: Arc::new(SessionTable::new()),
                 next_session_id: AtomicU64::new(seed),
                 next_log_id: AtomicU64::new(seed),
-                serving: std::sync::atomic::AtomicBool::new(false),
+                serving: AtomicBool::new(false),
                 metrics,
                 ledger,
             }),
@@ -96,24 +128,85 @@ impl Gate {
 
     /// Open client connections right now.
     pub fn connection_count(&self) -> u64 {
-        u64::try_from(self.shared.metrics.connections.get()).unwrap_or(0)
+        self.shared.connection_count()
     }
 
-    /// Accepts connections on `listener` until `shutdown` is cancelled, then tells every client
-    /// (KICK, reason SERVER_SHUTDOWN) and waits for the connections to finish.
+    /// Sessions held without a link right now.
+    pub fn held_count(&self) -> u64 {
+        u64::try_from(self.shared.metrics.held.get()).unwrap_or(0)
+    }
+
+    /// The address clients use for this gate (`public_addr`, else the bound address once
+    /// serving; empty before).
+    pub fn public_addr(&self) -> String {
+        self.shared.public_addr.get().cloned().unwrap_or_default()
+    }
+
+    /// Fixes the address clients are told for this gate: `public_addr` from the config, else
+    /// `bound`. The first call wins ([`Gate::serve`] calls it too).
+    pub fn advertise(&self, bound: std::net::SocketAddr) {
+        let public = if self.shared.config.public_addr.is_empty() {
+            bound.to_string()
+        } else {
+            self.shared.config.public_addr.clone()
+        };
+        let _ = self.shared.public_addr.set(public);
+    }
+
+    /// Tells the gate the other gates' addresses (fallbacks given to clients at login).
+    pub fn set_peers(&self, peers: Vec<String>) {
+        *self.shared.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// Whether [`Gate::drain`] started: the gate must not be dispatched.
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// Drains the gate: stops accepting, refuses new sessions, sends every client
+    /// KICK(RECONNECT) — `targets` round-robin as `reconnect_to`, with a jittered backoff —
+    /// in waves of `drain_wave_size`, ends the holds, waits (at most `timeout`) for the
+    /// connections to flush and close, then stops the gate ([`Gate::serve`] returns).
+    pub async fn drain(&self, targets: &[String], timeout: std::time::Duration) -> DrainReport {
+        drain::run(&self.shared, targets, timeout).await
+    }
+
+    /// Accepts connections on `listener` until `shutdown` is cancelled (or a drain ends),
+    /// then tells every client (KICK, reason SERVER_SHUTDOWN) and waits for the connections
+    /// to finish.
     pub async fn serve(
         &self,
         listener: TcpListener,
         logic: Arc<dyn LogicService>,
         shutdown: CancellationToken,
     ) {
+        if let Ok(bound) = listener.local_addr() {
+            self.advertise(bound);
+        }
+        let stop = self
+            .shared
+            .stop
+            .get_or_init(|| shutdown.child_token())
+            .clone();
         self.shared.serving.store(true, Ordering::Release);
-        listener::run(self.shared.clone(), listener, logic, shutdown).await;
+        listener::run(self.shared.clone(), listener, logic, stop).await;
         self.shared.serving.store(false, Ordering::Release);
     }
 }
 
 impl GateShared {
+    fn connection_count(&self) -> u64 {
+        u64::try_from(self.metrics.connections.get()).unwrap_or(0)
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn next_session_id(&self) -> u64 {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -33,6 +33,12 @@ pub(crate) async fn run(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
+            // A drain: no new connections; the open ones are moved away by the drainer.
+            _ = gate.stop_accepting.cancelled() => {
+                drop(permit);
+                shutdown.cancelled().await;
+                break;
+            }
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -104,6 +104,18 @@ pub struct GateMetrics {
     request_histograms: Vec<Histogram>,
     /// C2C request read → its ACK queued (with recent percentiles for the dashboard).
     pub c2c_ack: Latency,
+    /// Sessions held without a link, waiting for a RESUME.
+    pub held: Gauge,
+    /// Accepted RESUMEs.
+    pub resumes: Counter,
+    /// RESUMEs answered RESUME_REJECTED (the client logs in instead).
+    pub resumes_rejected: Counter,
+    /// Holds that ended without a RESUME (the session is then over).
+    pub holds_expired: Counter,
+    /// LOGINs refused by admission control (RATE_LIMITED with a retry-after).
+    pub logins_throttled: Counter,
+    /// 1 while the gate drains.
+    pub draining: Gauge,
 }
 
 impl GateMetrics {
@@ -127,6 +139,38 @@ impl GateMetrics {
             longlink_metrics::latency_histogram as fn() -> Histogram,
         );
         let c2c_ack = Latency::new();
+        let held = Gauge::default();
+        let resumes = Counter::default();
+        let resumes_rejected = Counter::default();
+        let holds_expired = Counter::default();
+        let logins_throttled = Counter::default();
+        let draining = Gauge::default();
+        registry.register(
+            "longlink_gate_held_sessions",
+            "Sessions held without a link, waiting for a RESUME",
+            held.clone(),
+        );
+        registry.register("longlink_gate_resumes", "Accepted RESUMEs", resumes.clone());
+        registry.register(
+            "longlink_gate_resumes_rejected",
+            "RESUMEs rejected (token invalid or session ended); the client logs in",
+            resumes_rejected.clone(),
+        );
+        registry.register(
+            "longlink_gate_holds_expired",
+            "Held sessions whose hold ended without a RESUME",
+            holds_expired.clone(),
+        );
+        registry.register(
+            "longlink_gate_logins_throttled",
+            "LOGINs refused by admission control with a retry-after",
+            logins_throttled.clone(),
+        );
+        registry.register(
+            "longlink_gate_draining",
+            "1 while the gate drains (not dispatched, not accepting)",
+            draining.clone(),
+        );
 
         registry.register(
             "longlink_gate_connections",
@@ -218,6 +262,12 @@ impl GateMetrics {
             queued_frames,
             request_histograms,
             c2c_ack,
+            held,
+            resumes,
+            resumes_rejected,
+            holds_expired,
+            logins_throttled,
+            draining,
         }
     }
 

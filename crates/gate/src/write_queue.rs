@@ -20,7 +20,7 @@ use longlink_proto::{Cmd, FrameType, HEADER_LEN, Header, KickReason, wire};
 use longlink_rpc::WriteReceipt;
 use longlink_rpc::trace::{Stage, TraceEvent};
 
-use crate::close::{ConnShared, kick_frame};
+use crate::close::{ConnShared, Kick};
 use crate::{CloseReason, GateShared};
 
 /// Why a frame was not queued.
@@ -214,11 +214,14 @@ pub(crate) async fn run(
                 queue.drain_into(&mut batch, MAX_BATCH);
                 if conn.reason() == CloseReason::SlowConsumer {
                     // The queue was full, so the KICK could not be queued: it goes last, here.
-                    batch.push(Outgoing::plain(kick_frame(
-                        KickReason::SlowConsumer,
-                        "write queue full: the client does not read fast enough",
-                        SLOW_CONSUMER_BACKOFF_MS,
-                    )));
+                    batch.push(Outgoing::plain(
+                        Kick::new(
+                            KickReason::SlowConsumer,
+                            "write queue full: the client does not read fast enough",
+                            SLOW_CONSUMER_BACKOFF_MS,
+                        )
+                        .frame(),
+                    ));
                 }
                 true
             }

@@ -1,10 +1,12 @@
-//! Tokens: HS256 JWTs, one secret per appcode (DESIGN.md "Identity and sessions").
+//! Tokens: HS256 JWTs, one secret per appcode (DESIGN.md "Identity and sessions"), and the
+//! resume tokens logic gives a session at login ([`ResumeKeys`]).
 
 use std::collections::HashMap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use longlink_presence::MultiLogin;
 use longlink_proto::ErrorCode;
-use longlink_rpc::Refusal;
+use longlink_rpc::{Refusal, SessionInfo};
 use serde::{Deserialize, Serialize};
 
 /// Seconds of clock skew tolerated on `exp`/`nbf` (RFC 8725 practice; RELIABILITY.md T18).
@@ -32,10 +34,13 @@ pub struct App {
     pub name: String,
     /// The HS256 secret tokens of this appcode are signed with.
     pub secret: String,
+    /// How many sessions one user of this appcode may have at once.
+    pub multi_login: MultiLogin,
 }
 
 struct AppKeys {
     name: String,
+    multi_login: MultiLogin,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
@@ -75,6 +80,7 @@ impl Apps {
                     app.appcode,
                     AppKeys {
                         name: app.name.clone(),
+                        multi_login: app.multi_login,
                         encoding: EncodingKey::from_secret(app.secret.as_bytes()),
                         decoding: DecodingKey::from_secret(app.secret.as_bytes()),
                     },
@@ -90,6 +96,13 @@ impl Apps {
     /// Whether `appcode` is configured.
     pub fn contains(&self, appcode: u32) -> bool {
         self.keys.contains_key(&appcode)
+    }
+
+    /// The multi-login policy of `appcode` (the default for an unknown one).
+    pub fn multi_login(&self, appcode: u32) -> MultiLogin {
+        self.keys
+            .get(&appcode)
+            .map_or_else(MultiLogin::default, |k| k.multi_login)
     }
 
     /// The configured name of `appcode`.
@@ -164,6 +177,94 @@ fn mismatch(login: u32, token: u32) -> Refusal {
     )
 }
 
+/// How long a resume token is accepted. What really bounds it is its session: once the
+/// session ends (replaced, logged out, hold expired) presence no longer has its epoch.
+const RESUME_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+/// The claims of a resume token: the session it resumes, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeClaims {
+    /// Always "resume", so a login token signed with the same key could never pass.
+    pub typ: String,
+    /// The uid.
+    pub sub: String,
+    /// The appcode.
+    pub appcode: u32,
+    /// The device.
+    pub dev: String,
+    /// The session's connection epoch.
+    pub epoch: u64,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+}
+
+/// Signs and checks resume tokens (HS256, one node- or cluster-wide secret, separate from the
+/// appcodes' login secrets). A token names one session — (appcode, uid, device, epoch) — and
+/// only the connection that logged in receives it; presence refuses it once that session
+/// ended.
+pub struct ResumeKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for ResumeKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumeKeys").finish_non_exhaustive()
+    }
+}
+
+impl ResumeKeys {
+    /// Keys from `secret`; an empty secret draws a random one (resume then works within
+    /// this process only, which is all a single node needs).
+    pub fn new(secret: &str) -> Self {
+        let secret = if secret.is_empty() {
+            let random: [u8; 32] = rand::random();
+            random.to_vec()
+        } else {
+            secret.as_bytes().to_vec()
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+        }
+    }
+
+    /// A resume token for `session`.
+    pub fn mint(&self, session: &SessionInfo) -> String {
+        let claims = ResumeClaims {
+            typ: "resume".to_owned(),
+            sub: session.uid.clone(),
+            appcode: session.appcode,
+            dev: session.device_id.clone(),
+            epoch: session.epoch,
+            exp: longlink_proto::unix_ms() / 1000 + RESUME_TOKEN_TTL_SECS,
+        };
+        // Signing HS256 over a serializable struct cannot fail; an empty token just means
+        // "no RESUME" to the client.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default()
+    }
+
+    /// The claims of a valid resume token.
+    ///
+    /// # Errors
+    /// RESUME_REJECTED for anything else (malformed, forged, expired, not a resume token).
+    pub fn verify(&self, token: &str) -> Result<ResumeClaims, Refusal> {
+        match jsonwebtoken::decode::<ResumeClaims>(token, &self.decoding, &self.validation) {
+            Ok(data) if data.claims.typ == "resume" => Ok(data.claims),
+            _ => Err(Refusal::new(
+                ErrorCode::ResumeRejected,
+                "invalid resume token: log in",
+            )),
+        }
+    }
+}
+
 /// Longest uid, device id or client message id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 
@@ -177,11 +278,13 @@ mod tests {
                 appcode: 129,
                 name: "customer".into(),
                 secret: "s129".into(),
+                multi_login: MultiLogin::Kick,
             },
             App {
                 appcode: 130,
                 name: "driver".into(),
                 secret: "s130".into(),
+                multi_login: MultiLogin::Allow { max_sessions: 3 },
             },
         ])
     }
@@ -208,6 +311,42 @@ mod tests {
         assert_eq!(
             apps.verify(129, &forged).unwrap_err().code,
             ErrorCode::BadToken
+        );
+    }
+
+    #[test]
+    fn resume_tokens_name_their_session_and_nothing_else_passes() {
+        let keys = ResumeKeys::new("");
+        let session = SessionInfo {
+            gate_id: "g".into(),
+            session_id: 1,
+            appcode: 129,
+            uid: "alice".into(),
+            device_id: "phone".into(),
+            epoch: 42,
+        };
+        let claims = keys.verify(&keys.mint(&session)).unwrap();
+        assert_eq!(
+            (
+                claims.appcode,
+                claims.sub.as_str(),
+                claims.dev.as_str(),
+                claims.epoch
+            ),
+            (129, "alice", "phone", 42)
+        );
+        // Another node's key, a login token, garbage: all rejected alike.
+        let other = ResumeKeys::new("");
+        let login_token = apps().mint(129, "alice", 60).unwrap();
+        for token in [other.mint(&session), login_token, "x.y.z".to_owned()] {
+            assert_eq!(
+                keys.verify(&token).unwrap_err().code,
+                ErrorCode::ResumeRejected
+            );
+        }
+        assert_eq!(
+            apps().multi_login(130),
+            MultiLogin::Allow { max_sessions: 3 }
         );
     }
 

@@ -25,10 +25,12 @@ use longlink_metrics::Registry;
 use longlink_presence::Presence;
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameType};
 use longlink_rpc::trace::Ledger;
-use longlink_rpc::{GatePush, LogicService, LoginAccepted, Refusal, Reply, SessionInfo};
+use longlink_rpc::{
+    GatePush, LogicService, LoginAccepted, Refusal, Reply, ResumeAccepted, SessionInfo,
+};
 use longlink_store::MessageStore;
 
-pub use auth::{App, Apps, Claims, TokenError};
+pub use auth::{App, Apps, Claims, ResumeKeys, TokenError};
 pub use metrics::LogicMetrics;
 
 /// Tunables of logic.
@@ -40,6 +42,9 @@ pub struct LogicConfig {
     pub max_content_bytes: usize,
     /// Largest response body sent (the clients' frame limit); pull pages are cut to fit.
     pub max_response_bytes: usize,
+    /// The secret resume tokens are signed with; empty = a random one per process (enough
+    /// for one node; a cluster shares one so that a session resumes on any gate).
+    pub resume_secret: String,
 }
 
 impl Default for LogicConfig {
@@ -48,6 +53,7 @@ impl Default for LogicConfig {
             keepalive_interval_secs: 30,
             max_content_bytes: 60 * 1024,
             max_response_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES as usize,
+            resume_secret: String::new(),
         }
     }
 }
@@ -56,6 +62,7 @@ impl Default for LogicConfig {
 pub struct Logic {
     config: LogicConfig,
     apps: Arc<Apps>,
+    resume_keys: ResumeKeys,
     presence: Arc<dyn Presence>,
     store: Arc<dyn MessageStore>,
     bus: Arc<dyn Bus>,
@@ -104,6 +111,7 @@ impl Logic {
             engine: pushes.clone(),
         }));
         Self {
+            resume_keys: ResumeKeys::new(&config.resume_secret),
             config,
             apps,
             presence,
@@ -144,16 +152,13 @@ fn reply(request: &Frame, result: Result<Frame, Refusal>) -> Reply {
 }
 
 fn refusal_frame(request: &Frame, refusal: &Refusal) -> Frame {
-    Frame::error(
-        Some(request.header.seq_id),
-        request.header.log_id,
-        refusal.code,
-        refusal.message.clone(),
-    )
+    refusal.frame(Some(request.header.seq_id), request.header.log_id)
 }
 
-/// A push found a session presence lists but the gate no longer has (the "unreachable" path
-/// of seed 004): remove it from presence, so the next push takes the offline path at once.
+/// A push found a session presence lists but the gate no longer has (its gate lost it without
+/// telling): remove it from presence, so the next push takes the offline path at once. A
+/// session the gate *holds* without a link (`PushError::Unreachable`, seed 004) is left in
+/// presence: its hold ends it, or a RESUME brings it back.
 async fn clear_stale_session(
     presence: &dyn Presence,
     entry: &longlink_presence::SessionEntry,
@@ -189,8 +194,21 @@ impl LogicService for Logic {
         handlers::login::login(self, gate_id, session_id, request, log_id).await
     }
 
-    async fn session_ready(&self, session: &SessionInfo) {
-        handlers::redeliver::redeliver_unacked(self, session).await;
+    async fn resume(
+        &self,
+        gate_id: &str,
+        session_id: u64,
+        request: longlink_proto::wire::ResumeRequest,
+        log_id: u64,
+    ) -> Result<ResumeAccepted, Refusal> {
+        handlers::resume::resume(self, gate_id, session_id, request, log_id).await
+    }
+
+    async fn session_ready(&self, session: &SessionInfo, resumed: bool) {
+        if !resumed {
+            // A RESUME response already carried what this device has not acknowledged.
+            handlers::redeliver::redeliver_unacked(self, session).await;
+        }
         self.pushes.session_ready(session).await;
     }
 
@@ -211,13 +229,9 @@ impl LogicService for Logic {
             Cmd::C2c => handlers::c2c::c2c(self, session, &frame).await,
             Cmd::OfflinePull => handlers::offline_pull::offline_pull(self, session, &frame).await,
             Cmd::HistoryPull => handlers::history_pull::history_pull(self, session, &frame).await,
-            Cmd::Login => Err(Refusal::new(
+            Cmd::Login | Cmd::Resume => Err(Refusal::new(
                 ErrorCode::AlreadyLoggedIn,
                 "this connection is already logged in",
-            )),
-            Cmd::Resume => Err(Refusal::new(
-                ErrorCode::UnknownCmd,
-                "resume is not supported by this server",
             )),
             Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Error => Err(Refusal::new(
                 ErrorCode::UnknownCmd,

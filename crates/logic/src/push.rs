@@ -660,6 +660,7 @@ impl PushEngine {
             match inner
                 .gate
                 .push_tracked(
+                    &entry.gate_id,
                     entry.session_id,
                     frame.clone(),
                     receipt.clone(),
@@ -685,6 +686,13 @@ impl PushEngine {
                         log_id = record.log_id,
                         session.id = entry.session_id,
                         "slow consumer; push not queued"
+                    );
+                }
+                Err(PushError::Unreachable) => {
+                    tracing::debug!(
+                        log_id = record.log_id,
+                        session.id = entry.session_id,
+                        "session held without a link; the recipient takes the offline path"
                     );
                 }
             }
@@ -725,7 +733,7 @@ impl PushEngine {
             && let Some(entry) = sessions.first()
             && self.take_waiting(&key, record.id).is_some()
         {
-            self.deliver_waiting_one(record, index, entry.session_id)
+            self.deliver_waiting_one(record, index, &entry.gate_id, entry.session_id)
                 .await;
         }
     }
@@ -754,18 +762,36 @@ impl PushEngine {
     }
 
     /// Delivers a held online-only push to the session that just came online.
-    async fn deliver_waiting_one(&self, record: &Arc<PushRecord>, index: usize, session_id: u64) {
+    async fn deliver_waiting_one(
+        &self,
+        record: &Arc<PushRecord>,
+        index: usize,
+        gate_id: &str,
+        session_id: u64,
+    ) {
         let frame = record.frame(&record.recipients[index].uid);
         let receipt: Arc<dyn WriteReceipt> = record.clone();
         match self
             .inner
             .gate
-            .push_tracked(session_id, frame, receipt, index as u64)
+            .push_tracked(gate_id, session_id, frame, receipt, index as u64)
             .await
         {
             Ok(()) => {
                 record.queued_to_session(index);
                 self.inner.metrics.receiver_deliveries.inc();
+            }
+            Err(PushError::Unreachable) => {
+                // Held without a link: wait on (the RESUME or the next login takes it, or
+                // the TTL runs out).
+                let key = (record.appcode, record.recipients[index].uid.clone());
+                let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                waiting.len += 1;
+                waiting
+                    .by_user
+                    .entry(key)
+                    .or_default()
+                    .push((record.clone(), index));
             }
             Err(_) => record.mark(index, EXPIRED),
         }
@@ -798,7 +824,7 @@ impl PushEngine {
             list
         };
         for (record, index) in list {
-            self.deliver_waiting_one(&record, index, session.session_id)
+            self.deliver_waiting_one(&record, index, &session.gate_id, session.session_id)
                 .await;
         }
     }

@@ -1,5 +1,11 @@
 //! Presence: which sessions a user `(appcode, uid)` has online, and on which gate.
 //!
+//! It also decides logins atomically per user ([`Presence::register`]): which older sessions
+//! a login replaces under the appcode's [`MultiLogin`] policy, and, through connection
+//! epochs (increasing across all logins), that a client reconnecting on its own with a stale
+//! epoch can never replace a session that logged in after it. A RESUME keeps its epoch and
+//! only re-points the entry at the new connection ([`Presence::resume`]).
+//!
 //! [`Presence`] is the trait logic uses; [`MemoryPresence`] is the single-node backend (a
 //! sharded in-process map). Presence is soft state: a session appears when its LOGIN is
 //! accepted and disappears when its connection closes; nothing durable depends on it (a
@@ -22,12 +28,92 @@ pub struct SessionEntry {
     pub uid: String,
     /// The device of this session.
     pub device_id: String,
+    /// The device class the multi-login policy applies to ("phone", "web"…); empty = the
+    /// device id alone.
+    pub device_class: String,
+    /// The connection epoch of the login (assigned by [`Presence::register`]).
+    pub epoch: u64,
     /// The gate holding the connection.
     pub gate_id: String,
     /// The session id on that gate.
     pub session_id: u64,
     /// Unix milliseconds when the session logged in.
     pub since_ms: u64,
+}
+
+impl SessionEntry {
+    /// The key the `kick` policy keeps one session per: the class, or the device itself.
+    pub fn class_key(&self) -> &str {
+        if self.device_class.is_empty() {
+            &self.device_id
+        } else {
+            &self.device_class
+        }
+    }
+}
+
+/// How many sessions of one user an appcode allows at once. Whatever the policy, a login
+/// from the same device id replaces that device's older session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MultiLogin {
+    /// One session per device class: a newer login on the same class replaces the older.
+    #[default]
+    Kick,
+    /// Up to `max_sessions` sessions of any classes; a login beyond replaces the oldest.
+    Allow {
+        /// Most sessions at once (at least 1).
+        max_sessions: usize,
+    },
+}
+
+/// What a login asks of [`Presence::register`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoginRule {
+    /// The appcode's policy.
+    pub policy: MultiLogin,
+    /// Non-zero for a reconnect the client made by itself: the epoch of its previous session.
+    /// Such a login may not replace a session with a larger epoch.
+    pub prior_epoch: u64,
+}
+
+/// The outcome of [`Presence::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Registered with this epoch; the caller kicks the replaced sessions.
+    Accepted {
+        /// The new session's epoch.
+        epoch: u64,
+        /// The sessions the login replaced.
+        replaced: Vec<SessionEntry>,
+    },
+    /// Refused: the login carried a `prior_epoch` older than `by`, a session it would replace.
+    Superseded {
+        /// The newer session.
+        by: SessionEntry,
+    },
+}
+
+/// The sessions `entry` replaces among `sessions` under `policy`: the same device, then the
+/// same class (`Kick`) or the oldest beyond the allowed count (`Allow`). Shared by the
+/// backends so that they decide alike.
+pub fn victims(sessions: &[SessionEntry], entry: &SessionEntry, policy: MultiLogin) -> Vec<usize> {
+    let mut out: Vec<usize> = sessions
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.device_id == entry.device_id
+                || (policy == MultiLogin::Kick && s.class_key() == entry.class_key())
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if let MultiLogin::Allow { max_sessions } = policy {
+        let mut rest: Vec<usize> = (0..sessions.len()).filter(|i| !out.contains(i)).collect();
+        rest.sort_by_key(|&i| sessions[i].epoch);
+        let keep = max_sessions.max(1) - 1;
+        let excess = rest.len().saturating_sub(keep);
+        out.extend(rest.into_iter().take(excess));
+    }
+    out
 }
 
 /// Presence backend failures.
@@ -41,9 +127,27 @@ pub enum PresenceError {
 /// Who is online where.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Adds `entry`; returns the entries it replaced: the user's other sessions on the same
-    /// device (one session per (appcode, uid, device)), which the caller kicks.
-    async fn register(&self, entry: SessionEntry) -> Result<Vec<SessionEntry>, PresenceError>;
+    /// Adds `entry` with a fresh epoch (its `epoch` field is ignored) and removes the
+    /// sessions it replaces under `rule` (see [`victims`]), atomically for the user; or
+    /// refuses it when `rule.prior_epoch` is older than a session it would replace.
+    async fn register(
+        &self,
+        entry: SessionEntry,
+        rule: &LoginRule,
+    ) -> Result<Registration, PresenceError>;
+
+    /// A RESUME: if the user's session of `device_id` with `epoch` is still registered,
+    /// re-points it at `(gate_id, session_id)` and returns it as it was (its old gate and
+    /// session id); `None` when that session ended (replaced, logged out, hold expired).
+    async fn resume(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device_id: &str,
+        epoch: u64,
+        gate_id: &str,
+        session_id: u64,
+    ) -> Result<Option<SessionEntry>, PresenceError>;
 
     /// Removes the session `session_id` of the user; returns whether it was there. An entry
     /// that already belongs to a newer session is left alone.

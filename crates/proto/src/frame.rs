@@ -60,13 +60,23 @@ impl Frame {
         code: ErrorCode,
         message: impl Into<String>,
     ) -> Frame {
-        let body = wire::Error {
-            code: code as i32,
-            message: message.into(),
-        };
+        Frame::error_body(
+            seq_id,
+            log_id,
+            &wire::Error {
+                code: code as i32,
+                message: message.into(),
+                retry_after_ms: 0,
+            },
+        )
+    }
+
+    /// An ERROR frame with a whole body (e.g. with `retry_after_ms`); `seq_id` as in
+    /// [`Frame::error`].
+    pub fn error_body(seq_id: Option<u32>, log_id: u64, body: &wire::Error) -> Frame {
         match seq_id {
-            Some(seq_id) => Frame::new(Cmd::Error, FrameType::Response, seq_id, log_id, &body),
-            None => Frame::push(Cmd::Error, log_id, &body),
+            Some(seq_id) => Frame::new(Cmd::Error, FrameType::Response, seq_id, log_id, body),
+            None => Frame::push(Cmd::Error, log_id, body),
         }
     }
 

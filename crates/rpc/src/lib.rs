@@ -36,6 +36,8 @@ pub struct SessionInfo {
     pub uid: String,
     /// The device the session belongs to.
     pub device_id: String,
+    /// The connection epoch of the login that opened the session (a RESUME keeps it).
+    pub epoch: u64,
 }
 
 /// A refused request: the code and message of the ERROR frame the client gets.
@@ -46,6 +48,9 @@ pub struct Refusal {
     pub code: ErrorCode,
     /// Human-readable detail (lowercase, no trailing period).
     pub message: String,
+    /// Wait at least this long before retrying (admission control); 0 = the client's own
+    /// backoff.
+    pub retry_after_ms: u32,
 }
 
 impl Refusal {
@@ -54,7 +59,27 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: 0,
         }
+    }
+
+    /// The same refusal, telling the client to wait `ms` before it retries.
+    pub fn retry_after(mut self, ms: u32) -> Self {
+        self.retry_after_ms = ms;
+        self
+    }
+
+    /// The ERROR frame of this refusal: a response to `seq_id`, or a push without one.
+    pub fn frame(&self, seq_id: Option<u32>, log_id: u64) -> Frame {
+        Frame::error_body(
+            seq_id,
+            log_id,
+            &wire::Error {
+                code: self.code as i32,
+                message: self.message.clone(),
+                retry_after_ms: self.retry_after_ms,
+            },
+        )
     }
 
     /// Whether the gate must close the connection after sending this refusal.
@@ -73,6 +98,7 @@ impl Refusal {
                 | ErrorCode::AppcodeMismatch
                 | ErrorCode::LoginTimeout
                 | ErrorCode::IdleTimeout
+                | ErrorCode::SessionReplaced
         )
     }
 }
@@ -84,6 +110,15 @@ pub struct LoginAccepted {
     pub session: SessionInfo,
     /// The LOGIN response body for the client.
     pub response: wire::LoginResponse,
+}
+
+/// What logic answers to an accepted RESUME.
+#[derive(Debug, Clone)]
+pub struct ResumeAccepted {
+    /// The session, now on the new connection (same epoch, new session id).
+    pub session: SessionInfo,
+    /// The RESUME response body: what the device missed, and whether that is all of it.
+    pub response: wire::ResumeResponse,
 }
 
 /// What a handled request produced.
@@ -113,14 +148,31 @@ pub trait LogicService: Send + Sync + 'static {
         log_id: u64,
     ) -> Result<LoginAccepted, Refusal>;
 
-    /// Called once the LOGIN response is queued: the session can receive pushes now
-    /// (e.g. redelivery of what this device has not acknowledged).
-    async fn session_ready(&self, session: &SessionInfo);
+    /// Takes over the session a RESUME token names (held after its link dropped, or still
+    /// attached to a link the client gave up on) for the new connection `session_id` on gate
+    /// `gate_id`, without re-authenticating and without a new epoch.
+    ///
+    /// # Errors
+    /// A [`Refusal`] with RESUME_REJECTED (bad token, or the session ended), INVALID_ARGUMENT
+    /// or INTERNAL.
+    async fn resume(
+        &self,
+        gate_id: &str,
+        session_id: u64,
+        request: wire::ResumeRequest,
+        log_id: u64,
+    ) -> Result<ResumeAccepted, Refusal>;
+
+    /// Called once the LOGIN (or RESUME) response is queued: the session can receive pushes
+    /// now (after a LOGIN, redelivery of what this device has not acknowledged; after a
+    /// RESUME that already came in the response).
+    async fn session_ready(&self, session: &SessionInfo, resumed: bool);
 
     /// Handles one request frame of a logged-in session (any cmd but LOGIN).
     async fn handle(&self, session: &SessionInfo, frame: Frame) -> Reply;
 
-    /// The session's connection is gone: unregister it from presence.
+    /// The session is over (its connection closed and no hold keeps it, or its hold
+    /// expired): unregister it from presence.
     async fn session_closed(&self, session: &SessionInfo);
 }
 
@@ -133,6 +185,21 @@ pub enum PushError {
     /// The session's write queue is full; the gate closes it as a slow consumer.
     #[error("slow consumer")]
     SlowConsumer,
+    /// The session is held (its link dropped, a RESUME may come): nothing is queued, the
+    /// message takes the offline path, and presence is left alone.
+    #[error("session held without a link")]
+    Unreachable,
+}
+
+/// Why logic closes a session through [`GatePush::kick`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KickNotice {
+    /// The KICK's reason.
+    pub reason: KickReason,
+    /// Human-readable detail.
+    pub message: String,
+    /// REPLACED: the device whose login replaced the session.
+    pub by_device_id: String,
 }
 
 /// Told when a tracked frame (see [`GatePush::push_tracked`]) reached the socket.
@@ -141,14 +208,17 @@ pub trait WriteReceipt: Send + Sync + 'static {
     fn written(&self, tag: u64);
 }
 
-/// Logic's view of a gate: queue frames for sessions, or kick them.
+/// Logic's view of the gates: queue frames for sessions, or kick them. Every call names the
+/// gate holding the session (presence's `gate_id`), so one implementation can front several
+/// gates (a node running more than one, or a cluster).
 #[async_trait]
 pub trait GatePush: Send + Sync + 'static {
-    /// Queues an encoded frame (header + body) for `session_id`, without waiting.
+    /// Queues an encoded frame (header + body) for `session_id` on gate `gate_id`, without
+    /// waiting.
     ///
     /// # Errors
     /// [`PushError::NoSession`] or [`PushError::SlowConsumer`] (the session is then closed).
-    async fn push(&self, session_id: u64, frame: Bytes) -> Result<(), PushError>;
+    async fn push(&self, gate_id: &str, session_id: u64, frame: Bytes) -> Result<(), PushError>;
 
     /// Like [`GatePush::push`], and once the frame is written to the socket the gate calls
     /// `receipt.written(tag)` (never if the connection dies first).
@@ -157,6 +227,7 @@ pub trait GatePush: Send + Sync + 'static {
     /// As [`GatePush::push`].
     async fn push_tracked(
         &self,
+        gate_id: &str,
         session_id: u64,
         frame: Bytes,
         receipt: std::sync::Arc<dyn WriteReceipt>,
@@ -168,8 +239,14 @@ pub trait GatePush: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`PushError::NoSession`], or [`PushError::SlowConsumer`] meaning "full, not queued".
-    async fn offer(&self, session_id: u64, frame: Bytes) -> Result<(), PushError>;
+    async fn offer(&self, gate_id: &str, session_id: u64, frame: Bytes) -> Result<(), PushError>;
 
-    /// Sends KICK to `session_id` and closes it. Unknown sessions are ignored.
-    async fn kick(&self, session_id: u64, reason: KickReason, message: &str);
+    /// Sends KICK to `session_id` and closes it (a held session just ends). Unknown sessions
+    /// are ignored.
+    async fn kick(&self, gate_id: &str, session_id: u64, notice: KickNotice);
+
+    /// The session was resumed on another connection: close its old link without a frame
+    /// (the client already gave up on it) or end its hold, and do not report it closed.
+    /// Unknown sessions are ignored.
+    async fn detach(&self, gate_id: &str, session_id: u64);
 }

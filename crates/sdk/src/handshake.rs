@@ -47,6 +47,8 @@ impl Dial {
                 resume_capable: false,
                 compression: Vec::new(),
                 client_version: CLIENT_VERSION.to_owned(),
+                device_class: String::new(),
+                prior_epoch: 0,
             },
         }
     }

@@ -32,6 +32,7 @@ fn kick(reason: KickReason, backoff_ms: u32) -> Frame {
             message: "bye".into(),
             reconnect_to: String::new(),
             backoff_ms,
+            by_device_id: String::new(),
         },
     )
 }

@@ -470,6 +470,7 @@ async fn kick_is_an_event_then_the_stream_closes() {
             message: "logged in on another phone".into(),
             reconnect_to: String::new(),
             backoff_ms: 0,
+            by_device_id: String::new(),
         },
     ))
     .await;

@@ -43,6 +43,17 @@ pub struct GateSection {
     pub write_queue_frames: usize,
     pub write_timeout_secs: u64,
     pub max_connections: usize,
+    pub extra_listen: Vec<SocketAddr>,
+    pub public_addr: String,
+    pub hold_secs: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub login_rate_per_sec: u32,
+    pub login_burst: u32,
+    pub drain_wave_size: usize,
+    pub drain_wave_interval_ms: u64,
+    pub drain_backoff_ms: u64,
+    pub drain_timeout_secs: u64,
 }
 
 /// `[api]`.
@@ -84,6 +95,7 @@ pub struct StoreSection {
 #[allow(missing_docs)] // each field is documented in default.toml
 pub struct LogicSection {
     pub max_content_bytes: usize,
+    pub resume_secret: String,
 }
 
 /// `[trace]`: the delivery ledger.
@@ -177,6 +189,24 @@ pub struct AppSection {
     pub appcode: u32,
     pub name: String,
     pub secret: String,
+    #[serde(default)]
+    pub multi_login: MultiLoginPolicy,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+fn default_max_sessions() -> usize {
+    5
+}
+
+/// `apps.multi_login`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)] // documented in default.toml
+pub enum MultiLoginPolicy {
+    #[default]
+    Kick,
+    Allow,
 }
 
 /// A whole node configuration.
@@ -271,6 +301,26 @@ impl Config {
         if self.apps.is_empty() {
             return bad("apps", "at least one [[apps]] entry is needed");
         }
+        if let Some(app) = self.apps.iter().find(|a| a.max_sessions == 0) {
+            return bad(
+                &format!("apps[appcode={}].max_sessions", app.appcode),
+                "must be at least 1",
+            );
+        }
+        if self.gate.reconnect_min_ms == 0
+            || self.gate.reconnect_max_ms < self.gate.reconnect_min_ms
+        {
+            return bad(
+                "gate.reconnect_min_ms / gate.reconnect_max_ms",
+                "need 1 <= reconnect_min_ms <= reconnect_max_ms",
+            );
+        }
+        if self.gate.drain_wave_size == 0 || self.gate.drain_timeout_secs == 0 {
+            return bad(
+                "gate.drain_wave_size / gate.drain_timeout_secs",
+                "must be at least 1",
+            );
+        }
         if let Some(app) = self.apps.iter().find(|a| a.secret.len() < 8) {
             return bad(
                 &format!("apps[appcode={}].secret", app.appcode),
@@ -344,9 +394,34 @@ impl Config {
         Ok(self)
     }
 
-    /// The gate's settings.
+    /// The settings of every gate this node runs: the one on `gate.listen` (id `gate.gate_id`),
+    /// then one per `gate.extra_listen` address (ids `<gate_id>-2`, `-3`…), with their
+    /// addresses.
+    pub fn gate_configs(&self) -> Vec<(SocketAddr, longlink_gate::GateConfig)> {
+        let mut out = vec![(self.gate.listen, self.gate_config())];
+        for (i, addr) in self.gate.extra_listen.iter().enumerate() {
+            let mut config = self.gate_config();
+            config.gate_id = format!("{}-{}", self.gate.gate_id, i + 2);
+            // public_addr names the first gate; the others advertise what they bind.
+            config.public_addr = String::new();
+            out.push((*addr, config));
+        }
+        out
+    }
+
+    /// The settings of the gate on `gate.listen`.
     pub fn gate_config(&self) -> longlink_gate::GateConfig {
+        let gate = &self.gate;
         longlink_gate::GateConfig {
+            public_addr: gate.public_addr.clone(),
+            hold: Duration::from_secs(gate.hold_secs),
+            reconnect_min: Duration::from_millis(gate.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(gate.reconnect_max_ms),
+            login_rate_per_sec: gate.login_rate_per_sec,
+            login_burst: gate.login_burst,
+            drain_wave_size: gate.drain_wave_size,
+            drain_wave_interval: Duration::from_millis(gate.drain_wave_interval_ms),
+            drain_backoff: Duration::from_millis(gate.drain_backoff_ms),
             gate_id: self.gate.gate_id.clone(),
             login_timeout: Duration::from_secs(self.gate.login_timeout_secs),
             idle_timeout: Duration::from_secs(self.gate.idle_timeout_secs),
@@ -387,6 +462,12 @@ impl Config {
                 appcode: a.appcode,
                 name: a.name.clone(),
                 secret: a.secret.clone(),
+                multi_login: match a.multi_login {
+                    MultiLoginPolicy::Kick => longlink_presence::MultiLogin::Kick,
+                    MultiLoginPolicy::Allow => longlink_presence::MultiLogin::Allow {
+                        max_sessions: a.max_sessions,
+                    },
+                },
             })
             .collect();
         longlink_logic::Apps::new(&apps)

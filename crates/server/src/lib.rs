@@ -11,6 +11,7 @@
 //! Modules: [`config`] (Config, the embedded default file, env overrides).
 
 pub mod config;
+mod gates;
 mod observe;
 
 use std::sync::Arc;
@@ -44,7 +45,9 @@ pub struct RunningServer {
     gate_addr: std::net::SocketAddr,
     api_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
-    gate_task: JoinHandle<()>,
+    gates: Vec<Gate>,
+    gate_tasks: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
     api_task: JoinHandle<()>,
     api_shutdown: CancellationToken,
     webhooks: Vec<JoinHandle<()>>,
@@ -74,9 +77,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         )
         .with_context(|| format!("cannot open store in {}", config.store.data_dir.display()))?,
     );
-    let gate_listener = TcpListener::bind(config.gate.listen)
-        .await
-        .with_context(|| format!("cannot bind gate.listen {}", config.gate.listen))?;
+    let mut gate_listeners = Vec::new();
+    for (addr, gate_config) in config.gate_configs() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind gate {} on {addr}", gate_config.gate_id))?;
+        gate_listeners.push((listener, gate_config));
+    }
     let api_listener = TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot bind api.listen {}", config.api.listen))?;
@@ -88,7 +95,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         ),
         None => None,
     };
-    let gate_addr = gate_listener.local_addr()?;
+    let gate_addr = gate_listeners[0].0.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let grpc_addr = grpc_listener
         .as_ref()
@@ -163,19 +170,24 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         }
         None => Arc::new(NoLedger),
     };
-    let gate = Gate::new(config.gate_config(), ledger.clone(), &mut registry);
+    let gates: Vec<Gate> = gate_listeners
+        .iter()
+        .map(|(_, gate_config)| Gate::new(gate_config.clone(), ledger.clone(), &mut registry))
+        .collect();
+    let gate = gates[0].clone();
     let logic = Arc::new(Logic::new(
         LogicConfig {
             keepalive_interval_secs: config.gate.keepalive_interval_secs,
             max_content_bytes: config.logic.max_content_bytes,
             max_response_bytes: config.gate.max_body_bytes as usize,
+            resume_secret: config.logic.resume_secret.clone(),
         },
         Arc::new(config.apps()),
         presence.clone() as Arc<dyn Presence>,
         store.clone(),
         bus.clone(),
         routes.clone(),
-        gate.sessions(),
+        Arc::new(gates::GateSet::new(&gates)),
         ledger.clone(),
         &mut registry,
     ));
@@ -196,12 +208,27 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     ));
 
     let shutdown = CancellationToken::new();
-    let gate_task = {
+    for ((listener, _), gate) in gate_listeners.iter().zip(&gates) {
+        gate.advertise(listener.local_addr()?);
+    }
+    let mut gate_tasks = Vec::new();
+    for ((listener, _), gate) in gate_listeners.into_iter().zip(&gates) {
         let gate = gate.clone();
         let shutdown = shutdown.clone();
         let logic = logic.clone();
-        tokio::spawn(async move { gate.serve(gate_listener, logic, shutdown).await })
-    };
+        gate_tasks.push(tokio::spawn(async move {
+            gate.serve(listener, logic, shutdown).await;
+        }));
+    }
+    // Each gate tells its clients the others as fallbacks.
+    for gate in &gates {
+        let peers = gates
+            .iter()
+            .filter(|other| other.id() != gate.id())
+            .map(Gate::public_addr)
+            .collect();
+        gate.set_peers(peers);
+    }
     let api_shutdown = CancellationToken::new();
     let api_task = {
         let ctx = ApiContext {
@@ -245,7 +272,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         gate_addr,
         api_addr,
         shutdown,
-        gate_task,
+        gates,
+        gate_tasks,
+        drain_timeout: Duration::from_secs(config.gate.drain_timeout_secs),
         api_task,
         api_shutdown,
         webhooks,
@@ -255,6 +284,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         bus,
         presence,
     })
+}
+
+/// Drains `gate_id` among `gates`, pointing its clients at the others.
+async fn drain_gate(
+    gates: &[Gate],
+    gate_id: &str,
+    timeout: Duration,
+) -> Option<longlink_gate::DrainReport> {
+    let gate = gates.iter().find(|g| g.id() == gate_id)?;
+    let targets: Vec<String> = gates
+        .iter()
+        .filter(|g| g.id() != gate_id && !g.is_draining() && g.is_serving())
+        .map(Gate::public_addr)
+        .collect();
+    Some(gate.drain(&targets, timeout).await)
 }
 
 impl RunningServer {
@@ -288,14 +332,42 @@ impl RunningServer {
         self.store.clone()
     }
 
+    /// The gates of this node (the first is on `gate.listen`).
+    pub fn gates(&self) -> &[Gate] {
+        &self.gates
+    }
+
+    /// Drains gate `gate_id`: its clients are told to reconnect to this node's other gates
+    /// that are not draining (round-robin; none: the same address later), in waves; then the
+    /// gate stops. `None` if this node has no such gate.
+    pub async fn drain(&self, gate_id: &str) -> Option<longlink_gate::DrainReport> {
+        drain_gate(&self.gates, gate_id, self.drain_timeout).await
+    }
+
+    /// Drains every gate (SIGTERM), then stops the node: nothing acknowledged is lost, and
+    /// clients come back (to this address, after their backoff) when the node restarts.
+    pub async fn drain_and_stop(self) {
+        let all = self.gates.iter().map(|g| g.drain(&[], self.drain_timeout));
+        let reports = futures::future::join_all(all).await;
+        for (gate, report) in self.gates.iter().zip(reports) {
+            tracing::info!(
+                gate = gate.id(),
+                kicked = report.kicked,
+                waves = report.waves,
+                left_open = report.left_open,
+                "gate drained"
+            );
+        }
+        self.stop().await;
+    }
+
     /// Stops the node in order (gate, api, store), each stage bounded by a timeout.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        if tokio::time::timeout(STAGE_TIMEOUT, self.gate_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("gate did not drain within the stage timeout");
+        for task in self.gate_tasks {
+            if tokio::time::timeout(STAGE_TIMEOUT, task).await.is_err() {
+                tracing::warn!("a gate did not drain within the stage timeout");
+            }
         }
         self.api_shutdown.cancel();
         if tokio::time::timeout(STAGE_TIMEOUT, self.api_task)

@@ -252,14 +252,19 @@ async fn a_stale_session_is_cleared_and_the_user_follows_the_offline_path() {
     server
         .server()
         .presence()
-        .register(longlink_presence::SessionEntry {
-            appcode: 129,
-            uid: "ghost".into(),
-            device_id: "phone".into(),
-            gate_id: "gate-1".into(),
-            session_id: 987_654_321,
-            since_ms: 1,
-        })
+        .register(
+            longlink_presence::SessionEntry {
+                appcode: 129,
+                uid: "ghost".into(),
+                device_class: String::new(),
+                epoch: 0,
+                device_id: "phone".into(),
+                gate_id: "gate-1".into(),
+                session_id: 987_654_321,
+                since_ms: 1,
+            },
+            &longlink_presence::LoginRule::default(),
+        )
         .await
         .unwrap();
     let (_, before) = api.get("/v1/presence/129/ghost").await;

@@ -377,14 +377,19 @@ impl Fixture {
     /// Registers an online session.
     pub(crate) async fn login(&self, appcode: u32, uid: &str, device: &str, session_id: u64) {
         self.presence
-            .register(SessionEntry {
-                appcode,
-                uid: uid.to_owned(),
-                device_id: device.to_owned(),
-                gate_id: "gate-1".to_owned(),
-                session_id,
-                since_ms: 1_763_900_000_000,
-            })
+            .register(
+                SessionEntry {
+                    appcode,
+                    uid: uid.to_owned(),
+                    device_class: String::new(),
+                    epoch: 0,
+                    device_id: device.to_owned(),
+                    gate_id: "gate-1".to_owned(),
+                    session_id,
+                    since_ms: 1_763_900_000_000,
+                },
+                &longlink_presence::LoginRule::default(),
+            )
             .await
             .unwrap();
     }

@@ -161,7 +161,11 @@ async fn deliver(
         if Some(entry.session_id) == skip_session {
             continue;
         }
-        match logic.gate.push(entry.session_id, push.clone()).await {
+        match logic
+            .gate
+            .push(&entry.gate_id, entry.session_id, push.clone())
+            .await
+        {
             Ok(()) => {
                 queued += 1;
                 if inbox_msgid.is_some() {
@@ -186,6 +190,13 @@ async fn deliver(
                     log_id,
                     session.id = entry.session_id,
                     "slow consumer; message stays in the inbox"
+                );
+            }
+            Err(PushError::Unreachable) => {
+                tracing::debug!(
+                    log_id,
+                    session.id = entry.session_id,
+                    "session held without a link; message stays in the inbox"
                 );
             }
         }

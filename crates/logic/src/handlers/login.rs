@@ -1,11 +1,12 @@
-//! LOGIN: verify the token, register the session in presence, kick an older session of the
-//! same (appcode, uid, device).
+//! LOGIN: verify the token, register the session in presence under the appcode's multi-login
+//! policy (a stale reconnect cannot replace a fresher session), kick the sessions it replaces.
 
-use longlink_presence::SessionEntry;
+use longlink_presence::{LoginRule, Registration, SessionEntry};
 use longlink_proto::{ErrorCode, KickReason, wire};
-use longlink_rpc::{LoginAccepted, Refusal, SessionInfo};
+use longlink_rpc::{KickNotice, LoginAccepted, Refusal, SessionInfo};
 
 use crate::Logic;
+use crate::auth::MAX_ID_BYTES;
 use crate::handlers::check_id;
 
 pub(crate) async fn login(
@@ -16,50 +17,101 @@ pub(crate) async fn login(
     log_id: u64,
 ) -> Result<LoginAccepted, Refusal> {
     check_id("device_id", &request.device_id)?;
+    if request.device_class.len() > MAX_ID_BYTES {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("device_class must be at most {MAX_ID_BYTES} bytes"),
+        ));
+    }
     let uid = logic.apps.verify(request.appcode, &request.token)?;
     let now = longlink_proto::unix_ms();
     let entry = SessionEntry {
         appcode: request.appcode,
         uid: uid.clone(),
         device_id: request.device_id.clone(),
+        device_class: request.device_class.clone(),
+        epoch: 0,
         gate_id: gate_id.to_owned(),
         session_id,
         since_ms: now,
     };
-    let replaced = logic
+    let rule = LoginRule {
+        policy: logic.apps.multi_login(request.appcode),
+        prior_epoch: request.prior_epoch,
+    };
+    let registration = logic
         .presence
-        .register(entry)
+        .register(entry, &rule)
         .await
         .map_err(|err| Refusal::new(ErrorCode::Internal, err.to_string()))?;
+    let (epoch, replaced) = match registration {
+        Registration::Accepted { epoch, replaced } => (epoch, replaced),
+        Registration::Superseded { by } => {
+            tracing::info!(log_id, uid = %uid, device = %request.device_id, prior_epoch = request.prior_epoch,
+                newer.device = %by.device_id, newer.epoch = by.epoch, "stale reconnect refused");
+            return Err(Refusal::new(
+                ErrorCode::SessionReplaced,
+                format!(
+                    "a newer login on device {:?} replaced this session",
+                    by.device_id
+                ),
+            ));
+        }
+    };
     for old in replaced {
         tracing::info!(log_id, old.session = old.session_id, new.session = session_id, uid = %uid,
-            device = %old.device_id, "kicking older session of the same device");
+            old.device = %old.device_id, new.device = %request.device_id, "kicking a replaced session");
+        let message = if old.device_id == request.device_id {
+            "replaced by a newer login on the same device".to_owned()
+        } else {
+            format!(
+                "replaced by a newer login on device {:?}",
+                request.device_id
+            )
+        };
         logic
             .gate
             .kick(
+                &old.gate_id,
                 old.session_id,
-                KickReason::Replaced,
-                "replaced by a newer login on the same device",
+                KickNotice {
+                    reason: KickReason::Replaced,
+                    message,
+                    by_device_id: request.device_id.clone(),
+                },
             )
             .await;
     }
     tracing::info!(log_id, session.id = session_id, app.code = request.appcode, uid = %uid,
-        device = %request.device_id, "login");
+        device = %request.device_id, epoch, "login");
+    let session = SessionInfo {
+        gate_id: gate_id.to_owned(),
+        session_id,
+        appcode: request.appcode,
+        uid: uid.clone(),
+        device_id: request.device_id,
+        epoch,
+    };
+    let resume_token = if request.resume_capable {
+        logic.resume_keys.mint(&session)
+    } else {
+        String::new()
+    };
     Ok(LoginAccepted {
-        session: SessionInfo {
-            gate_id: gate_id.to_owned(),
-            session_id,
-            appcode: request.appcode,
-            uid: uid.clone(),
-            device_id: request.device_id,
-        },
+        session,
         response: wire::LoginResponse {
             session_id,
-            resume_token: String::new(),
+            resume_token,
             server_time_ms: now,
             keepalive_interval_secs: logic.config.keepalive_interval_secs,
             compression: String::new(),
             uid,
+            epoch,
+            // The gate fills in what is its own: the hold, reconnect advice, other gates.
+            hold_secs: 0,
+            reconnect_min_ms: 0,
+            reconnect_max_ms: 0,
+            gates: Vec::new(),
         },
     })
 }

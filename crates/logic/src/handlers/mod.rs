@@ -8,6 +8,7 @@ pub(crate) mod logout;
 pub(crate) mod msg_ack;
 pub(crate) mod offline_pull;
 pub(crate) mod redeliver;
+pub(crate) mod resume;
 
 use longlink_proto::ErrorCode;
 use longlink_rpc::Refusal;

@@ -10,8 +10,8 @@ use longlink_store::UserKey;
 use crate::handlers::store_unavailable;
 use crate::{Logic, bad_body, refusal_frame};
 
-/// Most msgids one MSG_ACK may carry.
-const MAX_ACK_BATCH: usize = 1000;
+/// Most msgids one MSG_ACK (or RESUME) may carry.
+pub(crate) const MAX_ACK_BATCH: usize = 1000;
 
 pub(crate) async fn msg_ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Reply {
     match ack(logic, session, frame).await {
@@ -29,7 +29,17 @@ pub(crate) async fn msg_ack(logic: &Logic, session: &SessionInfo, frame: &Frame)
 
 async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32, Refusal> {
     let request: wire::MsgAck = frame.decode_body().map_err(bad_body)?;
-    if request.msgids.is_empty() || request.msgids.len() > MAX_ACK_BATCH {
+    ack_msgids(logic, session, &request.msgids).await
+}
+
+/// Marks `msgids` acknowledged by the session's device (MSG_ACK, and the `acked_msgids` of a
+/// RESUME); returns how many were.
+pub(crate) async fn ack_msgids(
+    logic: &Logic,
+    session: &SessionInfo,
+    msgids: &[u64],
+) -> Result<u32, Refusal> {
+    if msgids.is_empty() || msgids.len() > MAX_ACK_BATCH {
         return Err(Refusal::new(
             ErrorCode::InvalidArgument,
             format!("msgids must hold 1..={MAX_ACK_BATCH} ids"),
@@ -40,15 +50,14 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
         uid: session.uid.clone(),
     };
     // Online-only s2c pushes have no inbox row: the push statistics take their acks.
-    let online_only = logic.pushes.acked(&owner, &request.msgids);
+    let online_only = logic.pushes.acked(&owner, msgids);
     let who = longlink_rpc::trace::session_label(session.appcode, &session.uid, &session.device_id);
-    let stored: Vec<u64> = request
-        .msgids
+    let stored: Vec<u64> = msgids
         .iter()
         .copied()
         .filter(|m| !online_only.contains(m))
         .collect();
-    let acked_online_only = u32::try_from(request.msgids.len() - stored.len()).unwrap_or(0);
+    let acked_online_only = u32::try_from(msgids.len() - stored.len()).unwrap_or(0);
     if stored.is_empty() {
         logic
             .metrics
@@ -66,8 +75,7 @@ async fn ack(logic: &Logic, session: &SessionInfo, frame: &Frame) -> Result<u32,
         )
         .await
         .map_err(store_unavailable)?;
-    let acked: Vec<u64> = request
-        .msgids
+    let acked: Vec<u64> = msgids
         .iter()
         .copied()
         .filter(|m| !outcome.not_found.contains(m))

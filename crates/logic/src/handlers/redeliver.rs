@@ -38,7 +38,12 @@ pub(crate) async fn redeliver_unacked(logic: &Logic, session: &SessionInfo) {
     let mut pushed = Vec::with_capacity(count);
     for message in &page.messages {
         let push = Frame::push(Cmd::Msg, message.log_id, &wire_msg(message)).to_bytes();
-        if logic.gate.offer(session.session_id, push).await.is_err() {
+        if logic
+            .gate
+            .offer(&session.gate_id, session.session_id, push)
+            .await
+            .is_err()
+        {
             // Gone, or the queue is full: the rest stays unacked in the store, and the client
             // pulls it (the SDK always pulls after a login).
             break;

@@ -6,6 +6,9 @@ pub struct Error {
     pub code: i32,
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
+    /// RATE_LIMITED / OVERLOADED / SHUTTING_DOWN: wait at least this long before retrying; 0 = your own backoff
+    #[prost(uint32, tag = "3")]
+    pub retry_after_ms: u32,
 }
 /// A user: an account system / client kind (appcode) and a user id within it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -27,7 +30,7 @@ pub struct LoginRequest {
     /// one session per (appcode, uid, device_id); a newer login kicks the older
     #[prost(string, tag = "3")]
     pub device_id: ::prost::alloc::string::String,
-    /// the client can RESUME (reserved; not used by v1 servers yet)
+    /// the client can RESUME: the server then holds the session when the link drops
     #[prost(bool, tag = "4")]
     pub resume_capable: bool,
     /// algorithms the client accepts, best first (reserved)
@@ -36,6 +39,12 @@ pub struct LoginRequest {
     /// free text for logs
     #[prost(string, tag = "6")]
     pub client_version: ::prost::alloc::string::String,
+    /// "phone", "web", "pad"…: the appcode's multi-login policy applies per class; empty = the device_id alone
+    #[prost(string, tag = "7")]
+    pub device_class: ::prost::alloc::string::String,
+    /// a reconnect by the client itself: the epoch of its previous session (0 = a login the user asked for)
+    #[prost(uint64, tag = "8")]
+    pub prior_epoch: u64,
 }
 /// LOGIN (cmd 1), type 1.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -57,6 +66,21 @@ pub struct LoginResponse {
     /// the uid from the token
     #[prost(string, tag = "6")]
     pub uid: ::prost::alloc::string::String,
+    /// this login's connection epoch; later logins get larger ones
+    #[prost(uint64, tag = "7")]
+    pub epoch: u64,
+    /// how long the server holds the session after its link drops (0 = no RESUME)
+    #[prost(uint32, tag = "8")]
+    pub hold_secs: u32,
+    /// server-advised reconnect backoff: the first step (0 = the client's own)
+    #[prost(uint32, tag = "9")]
+    pub reconnect_min_ms: u32,
+    /// and its cap
+    #[prost(uint32, tag = "10")]
+    pub reconnect_max_ms: u32,
+    /// other gate addresses to try if this one is unreachable, in order
+    #[prost(string, repeated, tag = "11")]
+    pub gates: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// LOGOUT (cmd 2): type 0 request, type 1 response. The server closes the connection after the response.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -74,20 +98,46 @@ pub struct KeepaliveResponse {
     #[prost(uint64, tag = "1")]
     pub server_time_ms: u64,
 }
-/// RESUME (cmd 4): reserved for fast reconnect; v1 servers answer UNKNOWN_CMD.
+/// RESUME (cmd 4), type 0: instead of LOGIN on a new connection, take over a session the server
+/// holds after its link dropped, without re-authenticating.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ResumeRequest {
+    /// from the LoginResponse / the last ResumeResponse
     #[prost(string, tag = "1")]
     pub resume_token: ::prost::alloc::string::String,
+    /// the newest msgid the client received (logged)
     #[prost(uint64, tag = "2")]
     pub last_msgid: u64,
+    /// msgids whose MSG_ACK may have been lost with the link (at most 1000): acknowledged first
+    #[prost(uint64, repeated, tag = "3")]
+    pub acked_msgids: ::prost::alloc::vec::Vec<u64>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+/// RESUME (cmd 4), type 1: the session is back, with what this device missed.
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ResumeResponse {
+    /// the new connection's session id
     #[prost(uint64, tag = "1")]
     pub session_id: u64,
+    /// true: `messages` is everything unacknowledged; false: OFFLINE_PULL after the last one
     #[prost(bool, tag = "2")]
     pub gap_free: bool,
+    /// the device's unacknowledged messages, ascending msgid
+    #[prost(message, repeated, tag = "3")]
+    pub messages: ::prost::alloc::vec::Vec<Msg>,
+    /// use this one for the next RESUME
+    #[prost(string, tag = "4")]
+    pub resume_token: ::prost::alloc::string::String,
+    /// unchanged: a RESUME is not a new login
+    #[prost(uint64, tag = "5")]
+    pub epoch: u64,
+    #[prost(uint32, tag = "6")]
+    pub keepalive_interval_secs: u32,
+    #[prost(uint32, tag = "7")]
+    pub hold_secs: u32,
+    #[prost(uint64, tag = "8")]
+    pub server_time_ms: u64,
+    #[prost(string, tag = "9")]
+    pub uid: ::prost::alloc::string::String,
 }
 /// KICK (cmd 5), type 2 push. The server closes the connection right after it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -102,6 +152,9 @@ pub struct Kick {
     /// wait at least this long before reconnecting
     #[prost(uint32, tag = "4")]
     pub backoff_ms: u32,
+    /// REPLACED: the device whose login replaced this session
+    #[prost(string, tag = "5")]
+    pub by_device_id: ::prost::alloc::string::String,
 }
 /// C2S (cmd 16), type 0: a message for the business app-server, routed by (appcode, msgtype).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -273,6 +326,10 @@ pub enum ErrorCode {
     LoginTimeout = 15,
     /// nothing received within idle_timeout_secs (closed)
     IdleTimeout = 16,
+    /// RESUME: the token is not valid, or its session ended (replaced, logged out, hold expired); send LOGIN on this connection instead (stays open)
+    ResumeRejected = 17,
+    /// LOGIN with prior_epoch: a newer login replaced that session; do not reconnect by yourself (closed)
+    SessionReplaced = 18,
     /// Request-level (the connection stays open).
     ///
     /// a field is missing, empty or too long
@@ -318,6 +375,8 @@ impl ErrorCode {
             Self::AppcodeMismatch => "APPCODE_MISMATCH",
             Self::LoginTimeout => "LOGIN_TIMEOUT",
             Self::IdleTimeout => "IDLE_TIMEOUT",
+            Self::ResumeRejected => "RESUME_REJECTED",
+            Self::SessionReplaced => "SESSION_REPLACED",
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::NotFound => "NOT_FOUND",
             Self::UnknownReceiverAppcode => "UNKNOWN_RECEIVER_APPCODE",
@@ -347,6 +406,8 @@ impl ErrorCode {
             "APPCODE_MISMATCH" => Some(Self::AppcodeMismatch),
             "LOGIN_TIMEOUT" => Some(Self::LoginTimeout),
             "IDLE_TIMEOUT" => Some(Self::IdleTimeout),
+            "RESUME_REJECTED" => Some(Self::ResumeRejected),
+            "SESSION_REPLACED" => Some(Self::SessionReplaced),
             "INVALID_ARGUMENT" => Some(Self::InvalidArgument),
             "NOT_FOUND" => Some(Self::NotFound),
             "UNKNOWN_RECEIVER_APPCODE" => Some(Self::UnknownReceiverAppcode),
@@ -374,6 +435,8 @@ pub enum KickReason {
     ServerShutdown = 4,
     /// the connection did not read its pushes fast enough
     SlowConsumer = 5,
+    /// the gate is draining: reconnect (to reconnect_to when set) after backoff_ms
+    Reconnect = 6,
 }
 impl KickReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -388,6 +451,7 @@ impl KickReason {
             Self::Blocked => "BLOCKED",
             Self::ServerShutdown => "SERVER_SHUTDOWN",
             Self::SlowConsumer => "SLOW_CONSUMER",
+            Self::Reconnect => "RECONNECT",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -399,6 +463,7 @@ impl KickReason {
             "BLOCKED" => Some(Self::Blocked),
             "SERVER_SHUTDOWN" => Some(Self::ServerShutdown),
             "SLOW_CONSUMER" => Some(Self::SlowConsumer),
+            "RECONNECT" => Some(Self::Reconnect),
             _ => None,
         }
     }

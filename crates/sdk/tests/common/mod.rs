@@ -77,6 +77,7 @@ impl Gate {
                 keepalive_interval_secs: 30,
                 compression: String::new(),
                 uid: UID.to_owned(),
+                ..Default::default()
             },
         )
         .await;
