@@ -114,9 +114,15 @@ pub(crate) async fn login(
 /// even ports first; past ~14,000 connections from one address to one server (half of
 /// 32768–60999) every `connect` scans the whole even half, and the load generator burns
 /// seconds of CPU. Explicit (address, port) pairs make each `bind` one lookup.
+///
+/// Past port 65535 the ports start again from `first`: a client that reconnects (the
+/// reconnect storm) needs more ports than it has connections, and the bench closes its
+/// connections with RST, so an old port is free again; one still in use fails `bind` and the
+/// next is tried.
 #[derive(Debug)]
 pub(crate) struct SourcePorts {
     ip: IpAddr,
+    first: u16,
     next: AtomicU32,
 }
 
@@ -125,12 +131,15 @@ impl SourcePorts {
     pub(crate) fn new(ip: IpAddr, first: u16) -> Self {
         Self {
             ip,
-            next: AtomicU32::new(u32::from(first)),
+            first,
+            next: AtomicU32::new(0),
         }
     }
 
     fn take(&self) -> Option<SocketAddr> {
-        let port = u16::try_from(self.next.fetch_add(1, Ordering::Relaxed)).ok()?;
+        let span = 65_536 - u32::from(self.first);
+        let offset = self.next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(u32::from(self.first) + offset).ok()?;
         Some(SocketAddr::new(self.ip, port))
     }
 }
@@ -138,7 +147,11 @@ impl SourcePorts {
 /// Most source ports tried for one connection (ports taken by other sockets are skipped).
 const SOURCE_PORT_TRIES: usize = 64;
 
-async fn connect(server: SocketAddr, source: Option<&SourcePorts>) -> std::io::Result<TcpStream> {
+/// Connects to `server`, from the next of `source`'s ports when given.
+pub(crate) async fn connect(
+    server: SocketAddr,
+    source: Option<&SourcePorts>,
+) -> std::io::Result<TcpStream> {
     let Some(source) = source else {
         return TcpStream::connect(server).await;
     };
@@ -226,7 +239,8 @@ async fn read_answer(stream: &mut TcpStream, cmd: Cmd) -> Result<Frame, String> 
     }
 }
 
-fn describe_error(frame: &Frame) -> String {
+/// An ERROR frame as one line: its code's name and message.
+pub(crate) fn describe_error(frame: &Frame) -> String {
     match frame.decode_body::<wire::Error>() {
         Ok(error) => {
             let code = ErrorCode::try_from(error.code)
@@ -290,5 +304,20 @@ pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
                 next_ping += keepalive;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ports_wrap_around() {
+        let ip = IpAddr::from([127, 0, 0, 2]);
+        let ports = SourcePorts::new(ip, 65_534);
+        let taken: Vec<u16> = (0..4)
+            .filter_map(|_| ports.take().map(|addr| addr.port()))
+            .collect();
+        assert_eq!(taken, [65_534, 65_535, 65_534, 65_535]);
     }
 }

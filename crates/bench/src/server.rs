@@ -98,8 +98,14 @@ impl Target {
     }
 
     /// Starts `exe serve` with the default configuration on free loopback ports, a temporary
-    /// data dir and `LONGLINK_LOG=log_level`; returns once `/healthz` answers.
-    pub(crate) async fn spawn(exe: &Path, appcode: u32, log_level: &str) -> anyhow::Result<Target> {
+    /// data dir and `LONGLINK_LOG=log_level`, some settings replaced by `overrides` (a
+    /// scenario that needs, say, longer session holds); returns once `/healthz` answers.
+    pub(crate) async fn spawn(
+        exe: &Path,
+        appcode: u32,
+        log_level: &str,
+        overrides: &[ConfigOverride],
+    ) -> anyhow::Result<Target> {
         let dir = tempfile::Builder::new()
             .prefix("longlink-bench-")
             .tempdir()
@@ -146,6 +152,9 @@ impl Target {
             "data_dir",
             data_dir.display().to_string(),
         )?;
+        for (section, field, value) in overrides {
+            set_value(&mut config, section, field, value.clone())?;
+        }
         let secret = app_secret(&config, appcode)?;
         let secrets = app_secrets(&config);
         let config_path = dir.path().join("longlink.toml");
@@ -374,6 +383,27 @@ fn set(config: &mut toml::Table, section: &str, field: &str, value: String) -> a
     Ok(())
 }
 
+/// Replaces `[section] field`, which must exist in the default configuration: a renamed
+/// setting then fails the run instead of being silently ignored by the server.
+fn set_value(
+    config: &mut toml::Table,
+    section: &str,
+    field: &str,
+    value: toml::Value,
+) -> anyhow::Result<()> {
+    let Some(toml::Value::Table(table)) = config.get_mut(section) else {
+        bail!("the default configuration has no [{section}]");
+    };
+    if !table.contains_key(field) {
+        bail!("the default configuration has no [{section}] {field}");
+    }
+    table.insert(field.to_owned(), value);
+    Ok(())
+}
+
+/// One setting of a spawned server's configuration: `[section] field = value`.
+pub(crate) type ConfigOverride = (&'static str, &'static str, toml::Value);
+
 fn app_secret(config: &toml::Table, appcode: u32) -> anyhow::Result<String> {
     config
         .get("apps")
@@ -435,10 +465,28 @@ impl ServerTarget {
         deadline: Instant,
         secret: impl FnOnce() -> anyhow::Result<String>,
     ) -> anyhow::Result<Target> {
+        self.resolve_with(exe, appcode, log_level, &[], deadline, secret)
+            .await
+    }
+
+    /// [`ServerTarget::resolve`], a spawned server's configuration changed by `overrides`
+    /// (a server already running is taken as it is).
+    ///
+    /// # Errors
+    /// As [`ServerTarget::resolve`]; an override the default configuration has no field for.
+    pub(crate) async fn resolve_with(
+        &self,
+        exe: &Path,
+        appcode: u32,
+        log_level: &str,
+        overrides: &[ConfigOverride],
+        deadline: Instant,
+        secret: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<Target> {
         match (self.server, self.server_pid) {
             (Some(gate), Some(pid)) => Target::external(gate, self.api, pid, secret()?),
             (None, None) => {
-                tokio::time::timeout_at(deadline, Target::spawn(exe, appcode, log_level))
+                tokio::time::timeout_at(deadline, Target::spawn(exe, appcode, log_level, overrides))
                     .await
                     .map_err(|_| anyhow!("the server did not start before the deadline"))?
             }

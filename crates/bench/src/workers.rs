@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use indicatif::ProgressBar;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -50,6 +50,8 @@ const MAX_FAILURE_SAMPLES: usize = 5;
 pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a worker's connections may take to close once it is told to stop.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker may take to read a line the parent tells it.
+const TELL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long workers may take to report and exit once told to stop.
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A worker's own deadline is this much later than the run's, so the parent stops it first.
@@ -596,6 +598,39 @@ impl<T: Tally> Workers<T> {
             }
         }
         Ok(())
+    }
+
+    /// Writes `line` to every worker's stdin (a scenario's command, e.g. the reconnect
+    /// storm's `cut` and `storm`; [`LoginWorker`]s ignore lines other than `stop`).
+    ///
+    /// # Errors
+    /// A worker whose stdin is closed or does not take the line within [`TELL_TIMEOUT`].
+    pub(crate) async fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        let text = format!("{line}\n");
+        for (index, stdin) in self.stdins.iter_mut().enumerate() {
+            let Some(stdin) = stdin else {
+                bail!("worker {index}: stdin already closed");
+            };
+            let written = async {
+                stdin.write_all(text.as_bytes()).await?;
+                stdin.flush().await
+            };
+            match tokio::time::timeout(TELL_TIMEOUT, written).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => bail!("worker {index}: cannot tell it {line:?}: {err}"),
+                Err(_) => bail!("worker {index}: did not take {line:?} within {TELL_TIMEOUT:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The workers that exited so far, with what they said on stderr.
+    pub(crate) fn exited(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.exited)
+            .map(|(i, s)| (i, s.stderr.as_str()))
     }
 
     /// CPU time the workers have used so far.
