@@ -14,6 +14,8 @@
 //! [`c2c`] (open-loop durable messages at a fixed rate: ACK and end-to-end latency), [`push`]
 //! (s2c pushes to lists of online users through the HTTP API: deliveries per server
 //! CPU-second), [`broadcast`] (one push to every online user: time to the last delivery),
+//! [`reconnect`] (N clients lose their links at once and come back by RESUME or LOGIN;
+//! `storm_client` is its client side),
 //! [`fanout`] (the receiving clients of those two, in worker processes), [`workers`] (client
 //! worker processes: what idle's workers and fanout's share), [`s2c`] (what push and broadcast
 //! share), `api` (the HTTP API calls they make), `latency` (histogram summaries), `plot`
@@ -33,9 +35,11 @@ mod num;
 mod plot;
 mod procfs;
 pub mod push;
+pub mod reconnect;
 mod report;
 pub mod s2c;
 mod server;
+mod storm_client;
 pub mod workers;
 
 /// The scenarios `longlink bench` knows, with a one-line description each.
@@ -56,6 +60,10 @@ pub fn scenarios() -> &'static [(&'static str, &'static str)] {
         (
             "broadcast",
             "one `all: true` push to every online user (15,000), R rounds; time to the last delivery",
+        ),
+        (
+            "reconnect-storm",
+            "N clients lose their links at once and come back by RESUME (or LOGIN + pull with --no-resume); time until all are back, resume latency, reconnects per server CPU-second",
         ),
     ]
 }

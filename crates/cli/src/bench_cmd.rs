@@ -7,6 +7,7 @@ use longlink_bench::c2c::C2cArgs;
 use longlink_bench::fanout::FanoutWorkerArgs;
 use longlink_bench::idle::{IdleArgs, IdleWorkerArgs};
 use longlink_bench::push::PushArgs;
+use longlink_bench::reconnect::{ReconnectStormArgs, ReconnectStormWorkerArgs};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -23,19 +24,26 @@ pub(crate) enum BenchCommand {
     /// One push to every online user of an appcode (15,000 by default), R rounds: time from
     /// the API call to the last delivery.
     Broadcast(BroadcastArgs),
+    /// N connected clients lose their links at once and come back by RESUME (or, with
+    /// --no-resume, LOGIN + OFFLINE_PULL): time until all are back, resume latency, server
+    /// CPU per reconnect, messages carried vs pulled.
+    ReconnectStorm(ReconnectStormArgs),
     /// One worker process of `bench idle` (started by it; not for direct use).
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
     /// One client worker process of `bench push` and `bench broadcast` (not for direct use).
     #[command(hide = true)]
     FanoutWorker(FanoutWorkerArgs),
+    /// One client worker process of `bench reconnect-storm` (not for direct use).
+    #[command(hide = true)]
+    ReconnectStormWorker(ReconnectStormWorkerArgs),
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::List => {
             for (name, about) in longlink_bench::scenarios() {
-                println!("{name:<10} {about}");
+                println!("{name:<16} {about}");
             }
             Ok(())
         }
@@ -43,7 +51,11 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::C2c(args) => longlink_bench::c2c::run(args).await,
         BenchCommand::Push(args) => longlink_bench::push::run(args).await,
         BenchCommand::Broadcast(args) => longlink_bench::broadcast::run(args).await,
+        BenchCommand::ReconnectStorm(args) => longlink_bench::reconnect::run(args).await,
         BenchCommand::IdleWorker(args) => longlink_bench::idle::run_worker(args).await,
         BenchCommand::FanoutWorker(args) => longlink_bench::fanout::run_worker(args).await,
+        BenchCommand::ReconnectStormWorker(args) => {
+            longlink_bench::reconnect::run_worker(args).await
+        }
     }
 }
