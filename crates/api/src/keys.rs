@@ -5,6 +5,11 @@
 //! `authorization: Bearer <key>` or `x-api-key: <key>`. Authorization is by appcode: a push,
 //! presence or statistics call names one appcode; a consume call names a topic, which the key
 //! may use only if it covers every appcode routed to it ([`KeyScope::check_topic`]).
+//!
+//! Operating the node (listing and draining gates, `GET /v1/gates`) touches the users of every
+//! appcode, so it takes an *operator* key: one that covers every appcode the node serves
+//! ([`ApiKeys::with_node_appcodes`], [`ApiKeys::check_operator`]). No separate admin secret
+//! exists: a key that may already push to and look up everyone is trusted with the gates too.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -72,6 +77,8 @@ impl KeyScope {
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
     by_key: HashMap<String, KeyScope>,
+    /// The appcodes the node serves; a key covering all of them is an operator key.
+    node_appcodes: BTreeSet<u32>,
 }
 
 impl ApiKeys {
@@ -104,7 +111,36 @@ impl ApiKeys {
                 ));
             }
         }
-        Ok(Self { by_key })
+        Ok(Self {
+            by_key,
+            node_appcodes: BTreeSet::new(),
+        })
+    }
+
+    /// Names the appcodes the node serves: a key covering all of them is an operator key (it
+    /// may list and drain gates). Without this call, or with no appcode, no key is one — the
+    /// safe default for a node that did not say.
+    #[must_use]
+    pub fn with_node_appcodes(mut self, appcodes: impl IntoIterator<Item = u32>) -> Self {
+        self.node_appcodes = appcodes.into_iter().collect();
+        self
+    }
+
+    /// `Ok` when `scope` is an operator key: it covers every appcode the node serves.
+    ///
+    /// # Errors
+    /// 403 permission_denied.
+    pub fn check_operator(&self, scope: &KeyScope) -> Result<(), ApiError> {
+        if !self.node_appcodes.is_empty() && self.node_appcodes.is_subset(&scope.appcodes) {
+            return Ok(());
+        }
+        let missing = self.node_appcodes.difference(&scope.appcodes).next();
+        Err(ApiError::permission_denied(match missing {
+            Some(appcode) => format!(
+                "operating gates takes a key covering every appcode of the node; this one does not cover {appcode}"
+            ),
+            None => "operating gates takes a key covering every appcode of the node".to_owned(),
+        }))
     }
 
     /// Number of keys.
@@ -252,5 +288,24 @@ mod tests {
             ErrorKind::NotFound
         );
         assert!(!narrow.may_consume(&routes, "mixed"));
+    }
+
+    #[test]
+    fn an_operator_key_covers_every_appcode_of_the_node() {
+        // The node did not name its appcodes: nobody operates it.
+        let keys = keys();
+        assert_eq!(
+            keys.check_operator(keys.scope("k-all").unwrap())
+                .unwrap_err()
+                .kind(),
+            ErrorKind::PermissionDenied
+        );
+        let keys = keys.with_node_appcodes([129, 130]);
+        assert!(keys.check_operator(keys.scope("k-all").unwrap()).is_ok());
+        let err = keys
+            .check_operator(keys.scope("k-129").unwrap())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+        assert!(err.message().contains("130"), "{}", err.message());
     }
 }

@@ -1,21 +1,22 @@
 //! The business API of longlink (docs/api.md): HTTP/JSON (axum) and gRPC (tonic) with the same
 //! semantics, plus `GET /healthz`, `GET /openapi.json`, Prometheus `GET /metrics`, the node
 //! summary `GET /v1/stats/summary`, message traces `GET /v1/trace/{id}` and the live
-//! dashboard at `GET /`.
+//! dashboard at `GET /`, and the gates: dispatch `GET /v1/dispatch`, `GET /v1/gates` and
+//! `POST /v1/gates/{id}/drain`.
 //!
 //! Business app-servers push s2c messages and read their delivery statistics, look up
 //! presence, and consume the c2s messages routed to their topics. Every `/v1` call is
 //! authorised by an API key ([`ApiKeys`]) scoped to appcodes.
 //!
 //! The API never reaches into other roles' internals: it works through the contracts in
-//! [`ApiContext`] (logic's `PushService`, `Presence`, the bus's `TopicQueue` and `Routes`, and
-//! [`StatsSource`] for health). Each operation is one function in `ops`, called by both
-//! surfaces, so HTTP and gRPC validate, authorise and answer alike.
+//! [`ApiContext`] (logic's `PushService`, `Presence`, the bus's `TopicQueue` and `Routes`,
+//! [`StatsSource`] for health, [`GateDirectory`] for the gates). Each operation is one function
+//! in `ops`, called by both surfaces, so HTTP and gRPC validate, authorise and answer alike.
 //!
-//! Modules: [`keys`] (API keys and scopes), [`error`] (the error table), [`model`] (JSON bodies
-//! and their OpenAPI schemas), `http` (axum routes, extractors, SSE, OpenAPI; [`openapi`]),
-//! `grpc` (the tonic service), `ops` (the operations both call), [`pb`] (the generated protobuf
-//! code, client and server).
+//! Modules: [`keys`] (API keys and scopes), [`error`] (the error table), [`gates`] (the gate
+//! directory and the dispatch order), [`model`] (JSON bodies and their OpenAPI schemas), `http`
+//! (axum routes, extractors, SSE, OpenAPI; [`openapi`]), `grpc` (the tonic service), `ops` (the
+//! operations both call), [`pb`] (the generated protobuf code, client and server).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod error;
+pub mod gates;
 mod grpc;
 mod http;
 pub mod keys;
@@ -47,6 +49,7 @@ pub mod pb {
 }
 
 pub use error::{ApiError, ErrorKind};
+pub use gates::{DrainStart, GateDirectory, GateStatus, NoGates};
 pub use http::openapi::openapi;
 pub use keys::{ApiKeys, KeyScope};
 
@@ -108,6 +111,8 @@ pub struct ApiContext {
     pub ledger: Arc<dyn Ledger>,
     /// The node's metrics, encoded by `GET /metrics`.
     pub metrics: Arc<Registry>,
+    /// The node's gates: dispatch, `GET /v1/gates`, drains ([`NoGates`] when it runs none).
+    pub gates: Arc<dyn GateDirectory>,
     /// Limits.
     pub limits: ApiLimits,
 }

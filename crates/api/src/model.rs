@@ -783,3 +783,85 @@ mod id_text {
         }
     }
 }
+
+/// Query of `GET /v1/dispatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DispatchQuery {
+    /// The user's appcode (required).
+    pub appcode: Option<u32>,
+    /// The user (1..=256 bytes). Absent: no session is looked up; the least loaded gates.
+    pub uid: Option<String>,
+    /// One device of the user: only its session puts a gate first.
+    pub device: Option<String>,
+}
+
+/// One gate of a dispatch answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DispatchGateBody {
+    /// The gate id.
+    pub id: String,
+    /// The address to connect to (`host:port`).
+    pub addr: String,
+    /// Open connections on the gate.
+    pub connections: u64,
+    /// The gate holds or serves a session of this user (RESUME there first).
+    pub holding: bool,
+}
+
+/// `GET /v1/dispatch`: the gates to try, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DispatchBody {
+    /// The gate holding the user's session first, then the others by fewest connections;
+    /// never a draining or stopped gate. Never empty (no serving gate is a 503).
+    pub gates: Vec<DispatchGateBody>,
+}
+
+/// One gate of `GET /v1/gates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GateBody {
+    /// The gate id (as presence and `POST /v1/gates/{id}/drain` name it).
+    pub id: String,
+    /// The address clients use for it.
+    pub addr: String,
+    /// Open connections.
+    pub connections: u64,
+    /// Sessions held without a link, waiting for a RESUME.
+    pub held: u64,
+    /// Its accept loop runs.
+    pub serving: bool,
+    /// A drain started (it stays `true` once the drain has ended and the gate stopped).
+    pub draining: bool,
+}
+
+impl From<crate::gates::GateStatus> for GateBody {
+    fn from(g: crate::gates::GateStatus) -> Self {
+        Self {
+            id: g.id,
+            addr: g.addr,
+            connections: g.connections,
+            held: g.held,
+            serving: g.serving,
+            draining: g.draining,
+        }
+    }
+}
+
+/// `GET /v1/gates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GatesBody {
+    /// Every gate of the node, first gate first.
+    pub gates: Vec<GateBody>,
+}
+
+/// `POST /v1/gates/{id}/drain` (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DrainAcceptedBody {
+    /// The gate id.
+    pub gate: String,
+    /// Always `true`: the gate is draining (or drained).
+    pub draining: bool,
+    /// `true` when this call started the drain, `false` when one had already started.
+    pub started: bool,
+}

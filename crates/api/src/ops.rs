@@ -31,8 +31,9 @@ use crate::error::ApiError;
 use crate::keys::KeyScope;
 use crate::model::{
     AckBody, AckedBody, ConsumeQuery, DeadLetterQuery, DeliveryCounterBody, DeliveryCountersBody,
-    NackBody, NackedBody, OnlineCountBody, PresenceQueryBody, PushAcceptedBody, ReplayBody,
-    ReplayedBody, StreamQuery, TopicBody, TopicsBody,
+    DispatchBody, DispatchGateBody, DispatchQuery, DrainAcceptedBody, GatesBody, NackBody,
+    NackedBody, OnlineCountBody, PresenceQueryBody, PushAcceptedBody, ReplayBody, ReplayedBody,
+    StreamQuery, TopicBody, TopicsBody,
 };
 
 /// Longest uid (and `from` label), in bytes.
@@ -735,5 +736,112 @@ pub(crate) async fn topics(shared: &Shared, scope: &KeyScope) -> Result<TopicsBo
                 dead: t.dead,
             })
             .collect(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gates: dispatch, list, drain
+
+/// `GET /v1/dispatch`: the gates a client of `appcode:uid` should try, in order
+/// ([`crate::gates::dispatch_order`]).
+///
+/// # Errors
+/// 400 when the appcode is missing or the uid/device invalid; 403 when the key does not cover
+/// the appcode; 503 when no gate is serving.
+pub(crate) async fn dispatch(
+    shared: &Shared,
+    scope: &KeyScope,
+    query: DispatchQuery,
+) -> Result<DispatchBody, ApiError> {
+    let appcode = query
+        .appcode
+        .ok_or_else(|| ApiError::invalid_argument("appcode is required"))?;
+    scope.check_appcode(appcode)?;
+    if let Some(uid) = &query.uid {
+        check_uid(uid)?;
+    }
+    if let Some(device) = &query.device {
+        if query.uid.is_none() {
+            return Err(ApiError::invalid_argument("device needs a uid"));
+        }
+        if device.is_empty() || device.len() > MAX_UID_BYTES {
+            return Err(ApiError::invalid_argument(format!(
+                "a device must be 1..={MAX_UID_BYTES} bytes"
+            )));
+        }
+    }
+    let holding = match &query.uid {
+        None => Vec::new(),
+        Some(uid) => match shared.ctx.presence.sessions(appcode, uid).await {
+            Ok(mut sessions) => {
+                sessions.retain(|s| query.device.as_ref().is_none_or(|d| &s.device_id == d));
+                // The newest session first: the device most likely asking.
+                sessions.sort_by_key(|s| std::cmp::Reverse(s.since_ms));
+                sessions.into_iter().map(|s| s.gate_id).collect()
+            }
+            Err(err) => {
+                // Dispatch must keep working when presence does not: without the holding
+                // gate the client merely logs in afresh instead of resuming.
+                tracing::warn!(error = %err, appcode, "dispatch without presence");
+                Vec::new()
+            }
+        },
+    };
+    let order = crate::gates::dispatch_order(shared.ctx.gates.gates(), &holding);
+    if order.is_empty() {
+        return Err(ApiError::unavailable(
+            "no gate is serving (every gate is draining or stopped)",
+        ));
+    }
+    Ok(DispatchBody {
+        gates: order
+            .into_iter()
+            .map(|g| DispatchGateBody {
+                id: g.status.id,
+                addr: g.status.addr,
+                connections: g.status.connections,
+                holding: g.holding,
+            })
+            .collect(),
+    })
+}
+
+/// `GET /v1/gates` (an operator key).
+pub(crate) fn gates(shared: &Shared, scope: &KeyScope) -> Result<GatesBody, ApiError> {
+    shared.ctx.keys.check_operator(scope)?;
+    Ok(GatesBody {
+        gates: shared
+            .ctx
+            .gates
+            .gates()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    })
+}
+
+/// `POST /v1/gates/{id}/drain` (an operator key): starts the drain in the background.
+/// Idempotent: a gate already draining (or drained) is answered alike, with `started: false`.
+///
+/// # Errors
+/// 403 for a non-operator key; 404 for a gate the node does not have.
+pub(crate) fn drain_gate(
+    shared: &Shared,
+    scope: &KeyScope,
+    gate_id: &str,
+) -> Result<DrainAcceptedBody, ApiError> {
+    shared.ctx.keys.check_operator(scope)?;
+    let started = match shared.ctx.gates.start_drain(gate_id) {
+        crate::gates::DrainStart::Started => true,
+        crate::gates::DrainStart::AlreadyDraining => false,
+        crate::gates::DrainStart::UnknownGate => {
+            return Err(ApiError::not_found(format!("unknown gate {gate_id:?}")));
+        }
+    };
+    tracing::info!(gate = gate_id, key = %scope.name, started, "gate drain requested");
+    Ok(DrainAcceptedBody {
+        gate: gate_id.to_owned(),
+        draining: true,
+        started,
     })
 }

@@ -756,6 +756,9 @@ async fn openapi_lists_every_route() {
         ("/v1/deadletter", "get"),
         ("/v1/deadletter/replay", "post"),
         ("/v1/topics", "get"),
+        ("/v1/dispatch", "get"),
+        ("/v1/gates", "get"),
+        ("/v1/gates/{id}/drain", "post"),
     ] {
         assert!(
             paths[path][method].is_object(),

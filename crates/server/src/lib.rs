@@ -8,17 +8,23 @@
 //! connections to end; then the API and the webhooks stop; then the bus and the store commit
 //! what they hold and close. Each stage has a timeout.
 //!
+//! Operators reach the gates through the API ([`longlink_api::GateDirectory`], implemented
+//! here by `NodeGates` over the node's `Gate`s): `GET /v1/gates`, `POST /v1/gates/{id}/drain`
+//! (the drain runs as a task this node owns, so SIGTERM's drain finds it instead of starting a
+//! second one) and dispatch.
+//!
 //! Modules: [`config`] (Config, the embedded default file, env overrides).
 
 pub mod config;
 mod gates;
 mod observe;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use longlink_api::{ApiContext, ApiKeys, ApiLimits};
+use longlink_api::{ApiContext, ApiKeys, ApiLimits, DrainStart, GateDirectory, GateStatus};
 use longlink_bus::{QueueOptions, SqliteQueue, TopicQueue, WebhookConfig};
 use longlink_gate::Gate;
 use longlink_ledger::{LedgerConfig, MemoryLedger};
@@ -46,6 +52,8 @@ pub struct RunningServer {
     api_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     gates: Vec<Gate>,
+    /// The gates as the API sees them, with the drains it started.
+    directory: Arc<NodeGates>,
     gate_tasks: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
     api_task: JoinHandle<()>,
@@ -127,7 +135,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                 .iter()
                 .map(|k| (k.name.clone(), k.key.clone(), k.appcodes.clone())),
         )
-        .map_err(|why| anyhow::anyhow!("invalid api_keys: {why}"))?,
+        .map_err(|why| anyhow::anyhow!("invalid api_keys: {why}"))?
+        // A key covering every app of the node may operate its gates.
+        .with_node_appcodes(config.apps.iter().map(|a| a.appcode)),
     );
     let webhook_configs = config
         .webhooks
@@ -174,7 +184,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .iter()
         .map(|(_, gate_config)| Gate::new(gate_config.clone(), ledger.clone(), &mut registry))
         .collect();
-    let gate = gates[0].clone();
     let logic = Arc::new(Logic::new(
         LogicConfig {
             keepalive_interval_secs: config.gate.keepalive_interval_secs,
@@ -192,8 +201,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         &mut registry,
     ));
     let node_stats = Arc::new(observe::NodeStats::new(
-        gate.clone(),
-        gate_addr,
+        gates.clone(),
         logic.metrics().clone(),
         memory_ledger
             .as_ref()
@@ -229,6 +237,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             .collect();
         gate.set_peers(peers);
     }
+    let drain_timeout = Duration::from_secs(config.gate.drain_timeout_secs);
+    let directory = Arc::new(NodeGates {
+        gates: gates.clone(),
+        drain_timeout,
+        drains: Mutex::new(HashMap::new()),
+    });
     let api_shutdown = CancellationToken::new();
     let api_task = {
         let ctx = ApiContext {
@@ -240,6 +254,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             stats: node_stats.clone(),
             ledger,
             metrics: Arc::new(registry),
+            gates: directory.clone(),
             limits: ApiLimits {
                 max_body_bytes: config.api.max_body_bytes,
                 max_content_bytes: config.logic.max_content_bytes,
@@ -273,8 +288,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         api_addr,
         shutdown,
         gates,
+        directory,
         gate_tasks,
-        drain_timeout: Duration::from_secs(config.gate.drain_timeout_secs),
+        drain_timeout,
         api_task,
         api_shutdown,
         webhooks,
@@ -299,6 +315,65 @@ async fn drain_gate(
         .map(Gate::public_addr)
         .collect();
     Some(gate.drain(&targets, timeout).await)
+}
+
+/// The node's gates behind [`GateDirectory`]: status for the API, and drains started by it,
+/// kept so that a repeated request or the node's own drain finds them.
+#[derive(Debug)]
+struct NodeGates {
+    gates: Vec<Gate>,
+    drain_timeout: Duration,
+    /// Drains started through the API, by gate id (at most one per gate, so bounded).
+    drains: Mutex<HashMap<String, JoinHandle<Option<longlink_gate::DrainReport>>>>,
+}
+
+impl NodeGates {
+    /// The API-started drain of `gate_id`, if any, to be awaited by the node's own drain.
+    fn take_drain(&self, gate_id: &str) -> Option<JoinHandle<Option<longlink_gate::DrainReport>>> {
+        self.drains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(gate_id)
+    }
+}
+
+impl GateDirectory for NodeGates {
+    fn gates(&self) -> Vec<GateStatus> {
+        self.gates
+            .iter()
+            .map(|g| GateStatus {
+                id: g.id().to_owned(),
+                addr: g.public_addr(),
+                connections: g.connection_count(),
+                held: g.held_count(),
+                serving: g.is_serving(),
+                draining: g.is_draining(),
+            })
+            .collect()
+    }
+
+    fn start_drain(&self, gate_id: &str) -> DrainStart {
+        let Some(gate) = self.gates.iter().find(|g| g.id() == gate_id) else {
+            return DrainStart::UnknownGate;
+        };
+        // The lock makes check-and-start atomic: two requests at once start one drain.
+        let mut drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        if gate.is_draining() || drains.contains_key(gate_id) {
+            return DrainStart::AlreadyDraining;
+        }
+        let (gates, id, timeout) = (self.gates.clone(), gate_id.to_owned(), self.drain_timeout);
+        let task = tokio::spawn(async move {
+            let report = drain_gate(&gates, &id, timeout).await;
+            if let Some(report) = &report {
+                tracing::info!(gate = %id, kicked = report.kicked, waves = report.waves,
+                    left_open = report.left_open, resumed_elsewhere = report.resumed_elsewhere,
+                    "gate drained (requested through the API)");
+            }
+            report
+        });
+        drains.insert(gate_id.to_owned(), task);
+        DrainStart::Started
+    }
 }
 
 impl RunningServer {
@@ -347,7 +422,21 @@ impl RunningServer {
     /// Drains every gate (SIGTERM), then stops the node: nothing acknowledged is lost, and
     /// clients come back (to this address, after their backoff) when the node restarts.
     pub async fn drain_and_stop(self) {
-        let all = self.gates.iter().map(|g| g.drain(&[], self.drain_timeout));
+        let all = self.gates.iter().map(|g| {
+            // A drain the API already started is awaited, not run a second time.
+            let started = self.directory.take_drain(g.id());
+            async move {
+                match started {
+                    Some(task) => {
+                        match tokio::time::timeout(self.drain_timeout + STAGE_TIMEOUT, task).await {
+                            Ok(Ok(Some(report))) => report,
+                            _ => longlink_gate::DrainReport::default(),
+                        }
+                    }
+                    None => g.drain(&[], self.drain_timeout).await,
+                }
+            }
+        });
         let reports = futures::future::join_all(all).await;
         for (gate, report) in self.gates.iter().zip(reports) {
             tracing::info!(
@@ -355,6 +444,7 @@ impl RunningServer {
                 kicked = report.kicked,
                 waves = report.waves,
                 left_open = report.left_open,
+                resumed_elsewhere = report.resumed_elsewhere,
                 "gate drained"
             );
         }

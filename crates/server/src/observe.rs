@@ -1,9 +1,11 @@
-//! The node's figures for `/healthz` and `/v1/stats/summary`: read from the gate's and
+//! The node's figures for `/healthz` and `/v1/stats/summary`: read from the gates' and
 //! logic's metrics and the ledger's delivery latency, plus a sampler that keeps one sample
 //! per second for the last two minutes (the dashboard's charts and per-second rates).
+//!
+//! Connections and sessions count every gate of the node, and the summary lists each gate with
+//! its `draining` flag; the frame and latency figures are still the first gate's.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +28,10 @@ const RATE_WINDOW: usize = 60;
 
 /// What the node is built of, as the summary reads it.
 pub(crate) struct NodeStats {
+    /// The first gate (the node's id; frame and latency figures).
     pub(crate) gate: Gate,
-    pub(crate) gate_addr: SocketAddr,
+    /// Every gate, the first included.
+    pub(crate) gates: Vec<Gate>,
     pub(crate) logic: LogicMetrics,
     pub(crate) c2c_delivery: Latency,
     /// (appcode, name) of every configured app.
@@ -62,8 +66,7 @@ impl NodeStats {
     /// The node's figures; registers the bus's queue depths (`longlink_bus_messages`) in
     /// `registry`, refreshed by [`NodeStats::run_sampler`].
     pub(crate) fn new(
-        gate: Gate,
-        gate_addr: SocketAddr,
+        gates: Vec<Gate>,
         logic: LogicMetrics,
         c2c_delivery: Latency,
         apps: Vec<(u32, String)>,
@@ -79,8 +82,8 @@ impl NodeStats {
         Self {
             bus,
             bus_messages,
-            gate,
-            gate_addr,
+            gate: gates[0].clone(),
+            gates,
             logic,
             c2c_delivery,
             apps,
@@ -89,11 +92,21 @@ impl NodeStats {
         }
     }
 
+    /// Open connections on every gate.
+    fn connections(&self) -> u64 {
+        self.gates.iter().map(Gate::connection_count).sum()
+    }
+
+    /// Logged-in sessions on every gate.
+    fn sessions(&self) -> u64 {
+        self.gates.iter().map(|g| g.sessions().len() as u64).sum()
+    }
+
     fn sample(&self) -> Sample {
         let gate = self.gate.metrics();
         Sample {
             at_ms: longlink_proto::unix_ms(),
-            connections: self.gate.connection_count(),
+            connections: self.connections(),
             messages: gate.frames_in.get(Cmd::C2c)
                 + gate.frames_in.get(Cmd::C2s)
                 + self.logic.pushes.get(),
@@ -167,8 +180,8 @@ fn percentiles(p: Percentiles) -> PercentilesBody {
 impl StatsSource for NodeStats {
     fn stats(&self) -> Stats {
         Stats {
-            connections: self.gate.connection_count(),
-            sessions: self.gate.sessions().len() as u64,
+            connections: self.connections(),
+            sessions: self.sessions(),
         }
     }
 
@@ -207,7 +220,7 @@ impl StatsSource for NodeStats {
             (delivered > 0).then(|| (acked as f64 / delivered as f64).min(1.0))
         });
         let gate = self.gate.metrics();
-        let sessions = self.gate.sessions().len() as u64;
+        let sessions = self.sessions();
         let mut appcodes: Vec<AppcodeSummaryBody> = self
             .apps
             .iter()
@@ -265,15 +278,20 @@ impl StatsSource for NodeStats {
                 bytes_out: gate.bytes_out.total(),
             },
             appcodes,
-            gates: vec![GateSummaryBody {
-                id: self.gate.id().to_owned(),
-                addr: self.gate_addr.to_string(),
-                connections: now.connections,
-                sessions,
-                healthy: self.gate.is_serving(),
-                draining: false,
-                last_seen_ms: now.at_ms,
-            }],
+            gates: self
+                .gates
+                .iter()
+                .map(|g| GateSummaryBody {
+                    id: g.id().to_owned(),
+                    addr: g.public_addr(),
+                    connections: g.connection_count(),
+                    sessions: g.sessions().len() as u64,
+                    // Healthy = taking clients: a draining gate still serves its last ones.
+                    healthy: g.is_serving() && !g.is_draining(),
+                    draining: g.is_draining(),
+                    last_seen_ms: now.at_ms,
+                })
+                .collect(),
             series,
         }
     }

@@ -17,6 +17,7 @@ pub(crate) mod consume;
 pub(crate) mod dashboard;
 pub(crate) mod deadletter;
 pub(crate) mod errors;
+pub(crate) mod gates;
 pub(crate) mod observe;
 pub(crate) mod openapi;
 pub(crate) mod presence;
@@ -61,6 +62,9 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/deadletter", get(deadletter::list))
         .route("/v1/deadletter/replay", post(deadletter::replay))
         .route("/v1/topics", get(deadletter::topics))
+        .route("/v1/dispatch", get(gates::dispatch))
+        .route("/v1/gates", get(gates::list))
+        .route("/v1/gates/{id}/drain", post(gates::drain))
         .fallback(errors::unknown_route)
         .method_not_allowed_fallback(errors::unknown_route)
         // Read by the body extractor, which turns an excess into the JSON 413.

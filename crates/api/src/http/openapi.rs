@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{consume, deadletter, observe, presence, push};
+use super::{consume, deadletter, gates, observe, presence, push};
 use crate::model::{ErrorBody, ErrorDetail};
 
 /// Declares the two ways to pass the API key.
@@ -53,6 +53,9 @@ impl Modify for SecuritySchemes {
         observe::metrics,
         observe::summary,
         observe::trace,
+        gates::dispatch,
+        gates::list,
+        gates::drain,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes),
@@ -62,6 +65,7 @@ impl Modify for SecuritySchemes {
         (name = "consume", description = "c2s messages routed to topics: leases, acks, dead letters"),
         (name = "health", description = "Liveness"),
         (name = "observability", description = "Metrics, the node summary and message traces"),
+        (name = "gates", description = "Dispatch (where a client should connect) and, for operator keys, the gates and their drain"),
     )
 )]
 struct ApiDoc;

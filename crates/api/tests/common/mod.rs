@@ -4,7 +4,8 @@
 //!
 //! Keys: `k129` covers appcode 129, `k130` covers 130, `kall` covers 129, 130 and 131 (131
 //! pushes are refused as overloaded). Routes: (129, 5) → `orders`, (129, 1) and (130, 2) →
-//! `mixed`, everything else → `c2s.<appcode>.<msgtype>`.
+//! `mixed`, everything else → `c2s.<appcode>.<msgtype>`. The node serves 129–131, so `kall` is
+//! the operator key. Gates: [`FakeGates`], `gate-1` and `gate-2` until a test changes them.
 
 #![allow(dead_code)] // each test binary uses a part of the fixture
 
@@ -16,7 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use longlink_api::{ApiContext, ApiKeys, ApiLimits, Stats, StatsSource};
+use longlink_api::{
+    ApiContext, ApiKeys, ApiLimits, DrainStart, GateDirectory, GateStatus, Stats, StatsSource,
+};
 use longlink_bus::{
     Bus, BusError, BusMessage, Leased, QueueOptions, Routes, SqliteQueue, TopicQueue, TopicStats,
     Unrouted,
@@ -243,6 +246,54 @@ impl StatsSource for FixedStats {
     }
 }
 
+/// A [`GateDirectory`] whose gates a test sets; a drain only flips `draining` (and is
+/// counted), as a real one would at its start.
+pub(crate) struct FakeGates {
+    pub(crate) gates: Mutex<Vec<GateStatus>>,
+    pub(crate) drains_started: AtomicUsize,
+}
+
+impl FakeGates {
+    fn two() -> Self {
+        let gate = |id: &str, port: u16, connections: u64| GateStatus {
+            id: id.to_owned(),
+            addr: format!("127.0.0.1:{port}"),
+            connections,
+            held: 0,
+            serving: true,
+            draining: false,
+        };
+        Self {
+            gates: Mutex::new(vec![gate("gate-1", 7700, 3), gate("gate-2", 7701, 5)]),
+            drains_started: AtomicUsize::new(0),
+        }
+    }
+
+    /// Replaces the gates.
+    pub(crate) fn set(&self, gates: Vec<GateStatus>) {
+        *self.gates.lock().unwrap() = gates;
+    }
+}
+
+impl GateDirectory for FakeGates {
+    fn gates(&self) -> Vec<GateStatus> {
+        self.gates.lock().unwrap().clone()
+    }
+
+    fn start_drain(&self, gate_id: &str) -> DrainStart {
+        let mut gates = self.gates.lock().unwrap();
+        match gates.iter_mut().find(|g| g.id == gate_id) {
+            None => DrainStart::UnknownGate,
+            Some(g) if g.draining => DrainStart::AlreadyDraining,
+            Some(g) => {
+                g.draining = true;
+                self.drains_started.fetch_add(1, Ordering::SeqCst);
+                DrainStart::Started
+            }
+        }
+    }
+}
+
 /// A running API.
 pub(crate) struct Fixture {
     pub(crate) http: SocketAddr,
@@ -251,6 +302,7 @@ pub(crate) struct Fixture {
     pub(crate) presence: Arc<MemoryPresence>,
     pub(crate) queue: Arc<SqliteQueue>,
     pub(crate) watched: Arc<WatchedQueue>,
+    pub(crate) gates: Arc<FakeGates>,
     pub(crate) client: reqwest::Client,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -292,7 +344,9 @@ impl Fixture {
             ("drivers", "k130", vec![130]),
             ("ops", "kall", vec![129, 130, 131]),
         ])
-        .unwrap();
+        .unwrap()
+        .with_node_appcodes([129, 130, 131]);
+        let gates = Arc::new(FakeGates::two());
         let ctx = ApiContext {
             push: push.clone(),
             presence: presence.clone(),
@@ -302,6 +356,7 @@ impl Fixture {
             stats: Arc::new(FixedStats),
             ledger: Arc::new(longlink_rpc::trace::NoLedger),
             metrics: Arc::new(longlink_metrics::Registry::default()),
+            gates: gates.clone(),
             limits: ApiLimits {
                 max_body_bytes: MAX_BODY,
                 ..ApiLimits::default()
@@ -327,6 +382,7 @@ impl Fixture {
             presence,
             queue,
             watched,
+            gates,
             client: reqwest::Client::new(),
             shutdown,
             server: Some(server),
@@ -374,8 +430,21 @@ impl Fixture {
             .unwrap();
     }
 
-    /// Registers an online session.
+    /// Registers an online session on `gate-1`.
     pub(crate) async fn login(&self, appcode: u32, uid: &str, device: &str, session_id: u64) {
+        self.login_on("gate-1", appcode, uid, device, session_id)
+            .await;
+    }
+
+    /// Registers an online session on `gate`.
+    pub(crate) async fn login_on(
+        &self,
+        gate: &str,
+        appcode: u32,
+        uid: &str,
+        device: &str,
+        session_id: u64,
+    ) {
         self.presence
             .register(
                 SessionEntry {
@@ -384,7 +453,7 @@ impl Fixture {
                     device_class: String::new(),
                     epoch: 0,
                     device_id: device.to_owned(),
-                    gate_id: "gate-1".to_owned(),
+                    gate_id: gate.to_owned(),
                     session_id,
                     since_ms: 1_763_900_000_000,
                 },
