@@ -328,7 +328,16 @@ fn message_or_end(event: Option<Event>) -> anyhow::Result<Option<Message>> {
         Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
         Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
         Some(Event::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting…"),
-        Some(Event::Reconnected { .. }) => eprintln!("reconnected"),
+        Some(Event::Reconnected { resumed, .. }) => {
+            eprintln!(
+                "{}",
+                if resumed {
+                    "reconnected (resumed)"
+                } else {
+                    "reconnected"
+                }
+            );
+        }
         Some(_) => {}
         None => bail!("connection closed"),
     }

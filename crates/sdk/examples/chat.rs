@@ -71,8 +71,11 @@ async fn main() -> anyhow::Result<()> {
                 Event::Disconnected { reason } => {
                     println!("disconnected ({reason}); reconnecting");
                 }
-                Event::Reconnected { session_id } => {
-                    println!("reconnected (session {session_id})");
+                Event::Reconnected {
+                    session_id,
+                    resumed,
+                } => {
+                    println!("reconnected (session {session_id}, resumed: {resumed})");
                 }
                 Event::Closed { reason } => println!("connection closed: {reason}"),
                 other => println!("{other:?}"),

@@ -79,8 +79,9 @@ impl Client {
     /// the server refuses the login (e.g. `BAD_TOKEN`), [`ClientError::Timeout`],
     /// [`ClientError::Closed`], [`ClientError::Io`] or [`ClientError::Protocol`] otherwise.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Incoming), ClientError> {
-        let (transport, login) =
+        let (transport, opened) =
             connect_and_login(Dial::new(&config, config.token.clone())).await?;
+        let login = opened.login.clone();
         tracing::debug!(
             session_id = login.session_id,
             uid = %login.uid,
@@ -119,7 +120,7 @@ impl Client {
             config,
             login.uid.clone(),
         );
-        tokio::spawn(driver.run(transport, login));
+        tokio::spawn(driver.run(transport, opened));
         Ok((
             client,
             Incoming {
@@ -482,7 +483,13 @@ impl Client {
                     last: Box::new(err),
                 });
             }
-            let pause = self.inner.retry.backoff(attempts - 1).min(deadline - now);
+            // The server's own hint (RATE_LIMITED's retry_after_ms) wins over our backoff.
+            let pause = self
+                .inner
+                .retry
+                .backoff(attempts - 1)
+                .max(err.retry_after().unwrap_or_default())
+                .min(deadline - now);
             tracing::debug!(cmd = ?cmd, attempts, %err, ?pause, "send failed; retrying with the same client_msg_id");
             tokio::time::sleep(pause).await;
             if Instant::now() >= deadline {

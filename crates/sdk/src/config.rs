@@ -15,6 +15,14 @@ pub struct ClientConfig {
     pub token: String,
     /// This device's id: the server keeps one session per (appcode, uid, device_id).
     pub device_id: String,
+    /// This device's class (`"phone"`, `"web"`, `"pad"`…): the appcode's multi-login policy
+    /// applies per class (a newer login on the same class may replace this session). Empty
+    /// (the default): the device id alone is the class.
+    pub device_class: String,
+    /// After a drop, take the held session over with RESUME (one round trip, no
+    /// re-authentication, the missed messages in the answer) while the server still holds it;
+    /// LOGIN otherwise. Default `true`; `false` always logs in again.
+    pub resume: bool,
     /// How long one attempt of any request (LOGIN included) waits for its answer. Default
     /// 10 s. A request issued while the client is reconnecting waits for the new connection
     /// within this same bound.
@@ -71,6 +79,8 @@ impl ClientConfig {
             appcode,
             token: token.into(),
             device_id: device_id.into(),
+            device_class: String::new(),
+            resume: true,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             send_deadline: Self::DEFAULT_SEND_DEADLINE,
             reconnect: Some(ReconnectPolicy::default()),
@@ -107,7 +117,10 @@ pub enum Jitter {
 
 /// Exponential backoff between reconnect attempts (and between retries of a send): the
 /// step for attempt `n` (0-based) is `initial_backoff * 2^n`, capped at `max_backoff`, then
-/// randomized by `jitter`. A KICK that asks for a longer wait (`backoff_ms`) is honoured.
+/// randomized by `jitter`. A KICK that asks for a longer wait (`backoff_ms`) and an ERROR's
+/// `retry_after_ms` are honoured; when the server advises a range at login
+/// (`LoginResponse.reconnect_min_ms` / `reconnect_max_ms`), reconnects use it instead of
+/// `initial_backoff` / `max_backoff`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconnectPolicy {
     /// The first step. Default 100 ms.
@@ -123,6 +136,19 @@ impl ReconnectPolicy {
     pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
     /// Default [`ReconnectPolicy::max_backoff`].
     pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+    /// This policy with the server's advised range (milliseconds; 0 = no advice for that end).
+    pub(crate) fn advised(&self, min_ms: u32, max_ms: u32) -> Self {
+        let mut policy = self.clone();
+        if min_ms > 0 {
+            policy.initial_backoff = Duration::from_millis(u64::from(min_ms));
+        }
+        if max_ms > 0 {
+            policy.max_backoff = Duration::from_millis(u64::from(max_ms));
+        }
+        policy.max_backoff = policy.max_backoff.max(policy.initial_backoff);
+        policy
+    }
 
     /// The pause before attempt `attempt` (0 = the first retry).
     pub fn backoff(&self, attempt: u32) -> Duration {

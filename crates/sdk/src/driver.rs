@@ -30,7 +30,9 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::error_code;
-use crate::handshake::{Dial, LOGIN_SEQ, Transport, connect_and_login, decode, random_log_id};
+use crate::handshake::{
+    Dial, LOGIN_SEQ, Opened, Resumed, Transport, connect_and_login, decode, random_log_id,
+};
 use crate::sequencer::{Sequencer, Step};
 use crate::shared::Shared;
 use crate::{ClientConfig, ClientError, Event, KickReason, UserRef};
@@ -58,6 +60,9 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// A connection that ends sooner than this after its login counts as a flap: the next
 /// reconnect starts further up the backoff curve.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// Most recently acknowledged msgids a RESUME repeats (their MSG_ACK may have died with the
+/// link; the server accepts up to 1000).
+const RESUME_ACKS: usize = 256;
 
 /// What the driver does with a successful response before handing it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +135,8 @@ struct Exit {
     reconnect: bool,
     /// The server asked to wait at least this long (KICK `backoff_ms`).
     not_before: Duration,
+    /// The server asked to reconnect there (KICK `reconnect_to`, e.g. while a gate drains).
+    redirect: Option<String>,
 }
 
 impl Exit {
@@ -138,6 +145,7 @@ impl Exit {
             reason: reason.into(),
             reconnect: false,
             not_before: Duration::ZERO,
+            redirect: None,
         }
     }
 
@@ -146,6 +154,7 @@ impl Exit {
             reason: reason.into(),
             reconnect: true,
             not_before: Duration::ZERO,
+            redirect: None,
         }
     }
 }
@@ -162,6 +171,84 @@ struct Kicked {
     reason: KickReason,
     message: String,
     backoff: Duration,
+    reconnect_to: String,
+}
+
+/// What the client knows about its session for reconnecting (seed 004 "fast reconnect").
+#[derive(Debug, Default)]
+struct SessionMemory {
+    /// The gate address of the current (or last) connection: reconnects try it first.
+    addr: String,
+    /// The token for RESUME (empty: the server offers none, or resume is off).
+    resume_token: String,
+    /// How long the server holds the session after a drop.
+    hold: Duration,
+    /// The session's connection epoch, sent as `prior_epoch` when a reconnect must log in.
+    epoch: u64,
+    /// The server's advised reconnect backoff range in ms (0 = none).
+    advice: (u32, u32),
+    /// The node's other gates, fallbacks in order (`LoginResponse.gates`).
+    gates: Vec<String>,
+    /// When the last connection dropped.
+    dropped_at: Option<Instant>,
+    /// The newest msgid received (RESUME `last_msgid`).
+    last_msgid: u64,
+    /// The latest acknowledged msgids, oldest first (RESUME `acked_msgids`).
+    recent_acks: VecDeque<u64>,
+}
+
+impl SessionMemory {
+    /// Takes in what a LOGIN or RESUME answer says about the session.
+    fn opened(&mut self, addr: String, login: &wire::LoginResponse, resumed: bool) {
+        self.addr = addr;
+        self.resume_token.clone_from(&login.resume_token);
+        self.hold = Duration::from_secs(u64::from(login.hold_secs));
+        self.epoch = login.epoch;
+        self.dropped_at = None;
+        if !resumed {
+            // A RESUME answer carries no advice: the last LOGIN's stays.
+            self.advice = (login.reconnect_min_ms, login.reconnect_max_ms);
+            self.gates.clone_from(&login.gates);
+        }
+    }
+
+    /// The RESUME to try, if the session may still be held.
+    fn resume_request(&self) -> Option<wire::ResumeRequest> {
+        let held = self
+            .dropped_at
+            .is_some_and(|dropped| dropped.elapsed() < self.hold);
+        (held && !self.resume_token.is_empty()).then(|| wire::ResumeRequest {
+            resume_token: self.resume_token.clone(),
+            last_msgid: self.last_msgid,
+            acked_msgids: self.recent_acks.iter().copied().collect(),
+        })
+    }
+
+    /// Where to reconnect, in order: the server's redirect, the gate used last, the node's
+    /// other gates, the configured address; each once.
+    fn candidates(&self, redirect: Option<String>, configured: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let all = redirect
+            .into_iter()
+            .chain(std::iter::once(self.addr.clone()))
+            .chain(self.gates.iter().cloned())
+            .chain(std::iter::once(configured.to_owned()));
+        for addr in all {
+            if !addr.is_empty() && !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        out
+    }
+
+    fn acked(&mut self, msgids: &[u64]) {
+        for &msgid in msgids {
+            if self.recent_acks.len() >= RESUME_ACKS {
+                self.recent_acks.pop_front();
+            }
+            self.recent_acks.push_back(msgid);
+        }
+    }
 }
 
 pub(crate) struct Driver {
@@ -199,6 +286,7 @@ pub(crate) struct Driver {
     logged_out: bool,
     /// Consecutive connections that did not last [`STABLE_CONNECTION`].
     flaps: u32,
+    memory: SessionMemory,
 }
 
 impl Driver {
@@ -236,19 +324,27 @@ impl Driver {
             kicked: None,
             logged_out: false,
             flaps: 0,
+            memory: SessionMemory::default(),
         }
     }
 
     /// Runs the logged-in `transport`, then reconnects as long as it may; finally fails what
     /// is pending and emits [`Event::Closed`].
-    pub(crate) async fn run(mut self, transport: Transport, login: wire::LoginResponse) {
-        let mut connection = (transport, login);
+    pub(crate) async fn run(mut self, transport: Transport, opened: Opened) {
+        let mut connection = (transport, opened, self.config.addr.clone());
         let reason = loop {
-            let (transport, login) = connection;
+            let (transport, opened, addr) = connection;
+            let Opened {
+                login,
+                resumed,
+                early,
+            } = opened;
             self.shared.set_connected(login.session_id);
+            self.memory.opened(addr, &login, resumed.is_some());
             let since = Instant::now();
-            let exit = self.run_connection(transport, &login).await;
+            let exit = self.run_connection(transport, &login, resumed, early).await;
             self.shared.set_disconnected();
+            self.memory.dropped_at = Some(Instant::now());
             tracing::debug!(reason = %exit.reason, reconnect = exit.reconnect, "longlink connection ended");
             if !exit.reconnect || self.config.reconnect.is_none() {
                 break exit.reason;
@@ -262,13 +358,15 @@ impl Driver {
             self.queue_event(Event::Disconnected {
                 reason: exit.reason,
             });
-            match self.reconnect(exit.not_before).await {
-                Ok((transport, login)) => {
-                    tracing::debug!(session_id = login.session_id, "reconnected");
+            match self.reconnect(exit.not_before, exit.redirect).await {
+                Ok((transport, opened, addr)) => {
+                    let resumed = opened.resumed.is_some();
+                    tracing::debug!(session_id = opened.login.session_id, resumed, %addr, "reconnected");
                     self.queue_event(Event::Reconnected {
-                        session_id: login.session_id,
+                        session_id: opened.login.session_id,
+                        resumed,
                     });
-                    connection = (transport, login);
+                    connection = (transport, opened, addr);
                 }
                 Err(reason) => break reason,
             }
@@ -277,7 +375,13 @@ impl Driver {
         self.finish(reason).await;
     }
 
-    async fn run_connection(&mut self, transport: Transport, login: &wire::LoginResponse) -> Exit {
+    async fn run_connection(
+        &mut self,
+        transport: Transport,
+        login: &wire::LoginResponse,
+        resumed: Option<Resumed>,
+        early: Vec<Frame>,
+    ) -> Exit {
         let (mut sink, mut stream) = transport.split();
         self.last_rx = Instant::now();
         self.kicked = None;
@@ -292,12 +396,21 @@ impl Driver {
             });
         // Catch up on what was missed (the first login included: nothing is lost whether or
         // not the server redelivers), send what waited, acknowledge what the app took meanwhile.
+        // A RESUME answer is the first catch-up page; `gap_free` means it was the only one.
         self.sequencer.begin_catch_up();
+        for frame in early {
+            if let Err(exit) = self.on_frame(frame) {
+                return exit;
+            }
+        }
         self.catch_up = Some(CatchUpState {
             cursor: 0,
             attempts: 0,
             in_flight: false,
         });
+        if let Some(resumed) = resumed {
+            self.on_resumed(resumed);
+        }
         self.continue_catch_up();
         self.send_waiting();
         self.collect_acks();
@@ -491,6 +604,7 @@ impl Driver {
             Some(Cmd::Msg) => match frame.decode_body::<wire::Msg>() {
                 Ok(msg) => {
                     if msg.msgid != 0 {
+                        self.memory.last_msgid = self.memory.last_msgid.max(msg.msgid);
                         if self.ack_log_ids.len() >= ACK_LOG_IDS {
                             // Forgetting only costs an ACK its log_id, never the ACK.
                             self.ack_log_ids.clear();
@@ -517,6 +631,7 @@ impl Driver {
                     reason,
                     message: kick.message.clone(),
                     backoff: Duration::from_millis(u64::from(kick.backoff_ms)),
+                    reconnect_to: kick.reconnect_to.clone(),
                 });
                 self.queue_event(Event::Kicked {
                     reason,
@@ -595,6 +710,9 @@ impl Driver {
                 state.attempts = 0;
                 let more = page.more && page.next_cursor > cursor;
                 let reached = page.next_cursor.max(cursor);
+                if let Some(newest) = page.messages.iter().map(|m| m.msgid).max() {
+                    self.memory.last_msgid = self.memory.last_msgid.max(newest);
+                }
                 if more {
                     state.cursor = page.next_cursor;
                 }
@@ -622,11 +740,34 @@ impl Driver {
                     // Retrying cannot help: go live with what arrived; the rest stays in the
                     // server's inbox for the next login.
                     tracing::warn!(%err, "catch-up refused by the server");
-                    if let ClientError::Server { code, message } = err {
+                    if let ClientError::Server { code, message, .. } = err {
                         self.queue_event(Event::Error { code, message });
                     }
                     self.sequencer.finish_catch_up(&mut steps);
                     self.catch_up = None;
+                }
+            }
+        }
+        self.apply(steps);
+    }
+
+    /// The RESUME answer's messages are the catch-up's first page: with `gap_free` the
+    /// catch-up is complete, otherwise it pulls on from the page's last msgid.
+    fn on_resumed(&mut self, resumed: Resumed) {
+        let reached = resumed.messages.iter().map(|m| m.msgid).max().unwrap_or(0);
+        self.memory.last_msgid = self.memory.last_msgid.max(reached);
+        let mut steps = Vec::new();
+        self.sequencer
+            .catch_up_page(resumed.messages, reached, &mut steps);
+        let restart = self.sequencer.take_catch_up_restart();
+        match (resumed.gap_free, restart) {
+            (true, None) => {
+                self.sequencer.finish_catch_up(&mut steps);
+                self.catch_up = None;
+            }
+            (_, restart) => {
+                if let Some(state) = &mut self.catch_up {
+                    state.cursor = restart.unwrap_or(reached);
                 }
             }
         }
@@ -840,6 +981,7 @@ impl Driver {
             for msgid in chunk {
                 self.ack_log_ids.remove(msgid);
             }
+            self.memory.acked(chunk);
             self.out.push(Frame::new(
                 Cmd::MsgAck,
                 FrameType::Ack,
@@ -938,33 +1080,58 @@ impl Driver {
         self.waiting = requeued;
     }
 
-    /// Reconnects with jittered exponential backoff (at least `not_before` the first time),
-    /// serving commands meanwhile. `Err`: the client must end, with this reason.
+    /// Reconnects with jittered exponential backoff (at least `not_before` the first time; in
+    /// the server's advised range when it gave one), serving commands meanwhile: to `redirect`
+    /// first if the server named a gate, else to the gate used last, then the others in turn.
+    /// Within the hold it sends RESUME (LOGIN on the same connection if rejected); a LOGIN
+    /// carries the last epoch so that it can never replace a newer session. `Err`: the client
+    /// must end, with this reason.
     async fn reconnect(
         &mut self,
         not_before: Duration,
-    ) -> Result<(Transport, wire::LoginResponse), String> {
-        let policy = self.config.reconnect.clone().unwrap_or_default();
+        redirect: Option<String>,
+    ) -> Result<(Transport, Opened, String), String> {
+        let (min_ms, max_ms) = self.memory.advice;
+        let policy = self
+            .config
+            .reconnect
+            .clone()
+            .unwrap_or_default()
+            .advised(min_ms, max_ms);
+        let candidates = self.memory.candidates(redirect, &self.config.addr);
         let mut attempt = self.flaps;
         let mut pause = policy.backoff(attempt).max(not_before);
+        let mut tried: usize = 0;
         loop {
             self.idle(tokio::time::sleep(pause)).await?;
-            let dial = Dial::new(&self.config, self.shared.token());
+            let addr = candidates[tried % candidates.len()].clone();
+            tried = tried.wrapping_add(1);
+            let mut dial = Dial::new(&self.config, self.shared.token());
+            dial.addr.clone_from(&addr);
+            dial.login.prior_epoch = self.memory.epoch;
+            if self.config.resume {
+                dial.resume = self.memory.resume_request();
+            }
             match self.idle(connect_and_login(dial)).await? {
-                Ok((transport, login)) if login.uid == self.uid => return Ok((transport, login)),
-                Ok((_, login)) => {
+                Ok((transport, opened)) if opened.login.uid == self.uid => {
+                    return Ok((transport, opened, addr));
+                }
+                Ok((_, opened)) => {
                     return Err(format!(
                         "login refused: the token is for uid {:?}, this client is {:?}",
-                        login.uid, self.uid
+                        opened.login.uid, self.uid
                     ));
                 }
                 Err(err) if err.is_fatal_login_refusal() => {
                     return Err(format!("login refused: {err}"));
                 }
                 Err(err) => {
-                    tracing::debug!(attempt, %err, "reconnect attempt failed");
+                    tracing::debug!(attempt, %addr, %err, "reconnect attempt failed");
                     attempt = attempt.saturating_add(1);
-                    pause = policy.backoff(attempt);
+                    // RATE_LIMITED / SHUTTING_DOWN say how long to stay away.
+                    pause = policy
+                        .backoff(attempt)
+                        .max(err.retry_after().unwrap_or_default());
                 }
             }
         }
@@ -1064,6 +1231,8 @@ impl Driver {
                         reason,
                         reconnect: true,
                         not_before: kicked.backoff,
+                        redirect: (!kicked.reconnect_to.is_empty())
+                            .then(|| kicked.reconnect_to.clone()),
                     },
                 }
             }

@@ -49,6 +49,10 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// How long the server asks the client to wait before trying again (ERROR
+        /// `retry_after_ms`, e.g. with RATE_LIMITED during a reconnect storm); `None` when it
+        /// gave no hint.
+        retry_after: Option<std::time::Duration>,
     },
     /// The server sent something this client cannot make sense of (bad frame, bad body,
     /// a response of the wrong command).
@@ -71,6 +75,15 @@ impl ClientError {
             | ClientError::DeadlineExceeded { .. } => true,
             ClientError::Server { code, .. } => is_transient(*code) || *code == ErrorCode::Internal,
             ClientError::Protocol(_) => false,
+        }
+    }
+
+    /// The wait the server asked for before a retry (ERROR `retry_after_ms`), if any.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Server { retry_after, .. } => *retry_after,
+            ClientError::DeadlineExceeded { last, .. } => last.retry_after(),
+            _ => None,
         }
     }
 
@@ -125,6 +138,8 @@ impl ClientError {
         ClientError::Server {
             code: error_code(err.code),
             message: err.message,
+            retry_after: (err.retry_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(u64::from(err.retry_after_ms))),
         }
     }
 }
@@ -157,6 +172,7 @@ mod tests {
         let server = |code| ClientError::Server {
             code,
             message: String::new(),
+            retry_after: None,
         };
         assert!(server(ErrorCode::Overloaded).is_retryable());
         assert!(server(ErrorCode::StoreUnavailable).is_retryable());

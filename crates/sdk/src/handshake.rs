@@ -1,10 +1,11 @@
-//! Opening a connection: the TCP connect and the LOGIN handshake, used by
-//! [`crate::Client::connect`] and by the driver's reconnects.
+//! Opening a connection: the TCP connect and the LOGIN handshake — or, after a drop, the
+//! RESUME that takes the held session over (LOGIN on the same connection when it is
+//! rejected) — used by [`crate::Client::connect`] and by the driver's reconnects.
 
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use longlink_proto::{Cmd, Frame, FrameCodec, FrameType, wire};
+use longlink_proto::{Cmd, ErrorCode, Frame, FrameCodec, FrameType, wire};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
@@ -22,6 +23,11 @@ pub(crate) fn random_log_id() -> u64 {
     rand::random::<u64>().max(1)
 }
 
+/// Most frames kept when they arrive before the answer to LOGIN / RESUME (pushes the server
+/// routed to the new session while the answer was being computed); beyond it they are dropped
+/// unacknowledged, and the catch-up pull or the next redelivery brings them.
+const MAX_EARLY_FRAMES: usize = 1024;
+
 /// What a connection attempt needs (owned, so that the attempt borrows nothing).
 #[derive(Debug, Clone)]
 pub(crate) struct Dial {
@@ -30,6 +36,9 @@ pub(crate) struct Dial {
     pub(crate) request_timeout: Duration,
     pub(crate) max_body_bytes: u32,
     pub(crate) login: wire::LoginRequest,
+    /// Try to take the previous session over with RESUME first (LOGIN on the same connection
+    /// if the server rejects it).
+    pub(crate) resume: Option<wire::ResumeRequest>,
 }
 
 impl Dial {
@@ -44,26 +53,46 @@ impl Dial {
                 token,
                 appcode: config.appcode,
                 device_id: config.device_id.clone(),
-                resume_capable: false,
+                resume_capable: config.resume,
                 compression: Vec::new(),
                 client_version: CLIENT_VERSION.to_owned(),
-                device_class: String::new(),
+                device_class: config.device_class.clone(),
                 prior_epoch: 0,
             },
+            resume: None,
         }
     }
 }
 
-/// Connects over TCP (at most `connect_timeout`) and logs in (the answer within
+/// A connection that is logged in (or resumed).
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// The session: for a RESUME, the fields of the `ResumeResponse` that a `LoginResponse`
+    /// also has (the rest, e.g. the gate list, stay as the last LOGIN announced them: zero).
+    pub(crate) login: wire::LoginResponse,
+    /// `Some` when the session was resumed: what the device missed.
+    pub(crate) resumed: Option<Resumed>,
+    /// Frames that arrived before the answer (pushes to the new session), in order.
+    pub(crate) early: Vec<Frame>,
+}
+
+/// What a RESUME brought back.
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// The device's unacknowledged messages, ascending by msgid.
+    pub(crate) messages: Vec<wire::Msg>,
+    /// `true`: that is all of them; `false`: pull the rest from the last one's msgid.
+    pub(crate) gap_free: bool,
+}
+
+/// Connects over TCP (at most `connect_timeout`) and resumes or logs in (each answer within
 /// `request_timeout`).
 ///
 /// # Errors
 /// [`ClientError::Connect`] when the TCP connection fails, [`ClientError::Server`] when the
 /// server refuses the login, [`ClientError::Timeout`], [`ClientError::Closed`],
 /// [`ClientError::Io`] or [`ClientError::Protocol`] otherwise.
-pub(crate) async fn connect_and_login(
-    dial: Dial,
-) -> Result<(Transport, wire::LoginResponse), ClientError> {
+pub(crate) async fn connect_and_login(dial: Dial) -> Result<(Transport, Opened), ClientError> {
     let tcp = match timeout(dial.connect_timeout, TcpStream::connect(&dial.addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => return Err(ClientError::Connect(err)),
@@ -82,20 +111,95 @@ pub(crate) async fn connect_and_login(
         tracing::debug!(%err, "could not set TCP_NODELAY");
     }
     let mut transport = Framed::new(tcp, FrameCodec::new(dial.max_body_bytes));
-    let login = timeout(dial.request_timeout, login(&mut transport, dial.login))
+    let mut early = Vec::new();
+    if let Some(resume) = dial.resume {
+        let frame = Frame::request(Cmd::Resume, LOGIN_SEQ, random_log_id(), &resume);
+        let answer = timeout(
+            dial.request_timeout,
+            exchange(&mut transport, frame, &mut early),
+        )
         .await
         .map_err(|_| ClientError::Timeout)??;
-    Ok((transport, login))
+        match answer.cmd() {
+            Some(Cmd::Resume) => {
+                let resumed: wire::ResumeResponse = decode(&answer)?;
+                let login = wire::LoginResponse {
+                    session_id: resumed.session_id,
+                    resume_token: resumed.resume_token,
+                    server_time_ms: resumed.server_time_ms,
+                    keepalive_interval_secs: resumed.keepalive_interval_secs,
+                    uid: resumed.uid,
+                    epoch: resumed.epoch,
+                    hold_secs: resumed.hold_secs,
+                    ..Default::default()
+                };
+                let resumed = Resumed {
+                    messages: resumed.messages,
+                    gap_free: resumed.gap_free,
+                };
+                return Ok((
+                    transport,
+                    Opened {
+                        login,
+                        resumed: Some(resumed),
+                        early,
+                    },
+                ));
+            }
+            Some(Cmd::Error) => {
+                let err = ClientError::from_wire(decode(&answer)?);
+                if err.server_code() != Some(ErrorCode::ResumeRejected) {
+                    return Err(err);
+                }
+                // The session is over (hold expired, replaced, logged out): log in on the
+                // same connection, as a reconnect (`prior_epoch` is in the dial).
+                tracing::debug!(%err, "resume rejected; logging in");
+            }
+            _ => {
+                return Err(ClientError::Protocol(format!(
+                    "RESUME answered with cmd {}",
+                    answer.header.cmd
+                )));
+            }
+        }
+    }
+    let frame = Frame::request(Cmd::Login, LOGIN_SEQ, random_log_id(), &dial.login);
+    let answer = timeout(
+        dial.request_timeout,
+        exchange(&mut transport, frame, &mut early),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout)??;
+    let login = match answer.cmd() {
+        Some(Cmd::Login) => decode(&answer)?,
+        Some(Cmd::Error) => return Err(ClientError::from_wire(decode(&answer)?)),
+        _ => {
+            return Err(ClientError::Protocol(format!(
+                "LOGIN answered with cmd {}",
+                answer.header.cmd
+            )));
+        }
+    };
+    Ok((
+        transport,
+        Opened {
+            login,
+            resumed: None,
+            early,
+        },
+    ))
 }
 
-/// The LOGIN handshake on a fresh connection.
-async fn login(
+/// Sends `request` (LOGIN or RESUME) and returns its answer (a response, or an ERROR push).
+/// Pushes that arrive first are kept in `early` for the driver.
+async fn exchange(
     transport: &mut Transport,
-    body: wire::LoginRequest,
-) -> Result<wire::LoginResponse, ClientError> {
-    let frame = Frame::request(Cmd::Login, LOGIN_SEQ, random_log_id(), &body);
+    request: Frame,
+    early: &mut Vec<Frame>,
+) -> Result<Frame, ClientError> {
+    let seq_id = request.header.seq_id;
     transport
-        .send(frame)
+        .send(request)
         .await
         .map_err(ClientError::from_codec)?;
     loop {
@@ -104,22 +208,11 @@ async fn login(
             Some(Err(err)) => return Err(ClientError::from_codec(err)),
             None => return Err(ClientError::Closed),
         };
-        let cmd = frame.cmd();
         match frame.header.frame_type {
-            FrameType::Response if frame.header.seq_id == LOGIN_SEQ => {
-                return match cmd {
-                    Some(Cmd::Login) => decode(&frame),
-                    Some(Cmd::Error) => Err(ClientError::from_wire(decode(&frame)?)),
-                    _ => Err(ClientError::Protocol(format!(
-                        "LOGIN answered with cmd {}",
-                        frame.header.cmd
-                    ))),
-                };
-            }
+            FrameType::Response if frame.header.seq_id == seq_id => return Ok(frame),
             // A connection-level ERROR (e.g. LOGIN_TIMEOUT) may come as a push.
-            FrameType::Push if cmd == Some(Cmd::Error) => {
-                return Err(ClientError::from_wire(decode(&frame)?));
-            }
+            FrameType::Push if frame.cmd() == Some(Cmd::Error) => return Ok(frame),
+            FrameType::Push if early.len() < MAX_EARLY_FRAMES => early.push(frame),
             _ => tracing::debug!(
                 cmd = frame.header.cmd,
                 "ignoring a frame received before the LOGIN answer"

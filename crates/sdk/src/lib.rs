@@ -11,7 +11,7 @@
 //! [`Content`], [`UserRef`], [`SendReceipt`] and [`ClientError`].
 //!
 //! Modules: `config` ([`ClientConfig`], [`ReconnectPolicy`]), `client` ([`Client`],
-//! [`Incoming`], send retries), `handshake` (TCP connect + LOGIN), `driver` (the task that
+//! [`Incoming`], send retries), `handshake` (TCP connect + RESUME or LOGIN), `driver` (the task that
 //! owns the socket: pending requests, pushes, acks, keepalive, catch-up, reconnects),
 //! `sequencer` (exactly-once, ordered delivery), `dedup` (a bounded set of msgids), `shared`
 //! (state shared by the handles, the stream and the driver), `types` (the data types),
@@ -21,17 +21,31 @@
 //!
 //! [`Client::connect`] connects and logs in once (an error there is returned, not retried).
 //! When the connection later drops (I/O error, EOF, keepalive timeout, or a KICK for
-//! SERVER_SHUTDOWN / SLOW_CONSUMER, whose `backoff_ms` is honoured), the client emits
-//! [`Event::Disconnected`], reconnects to the same address with jittered exponential backoff
-//! ([`ReconnectPolicy`]), logs in again with the same device and the current token
-//! ([`Client::set_token`]), emits [`Event::Reconnected`] and catches up (below). Requests
-//! issued meanwhile, and requests whose answer the drop swallowed, are sent on the new
-//! connection, each within its own deadline (except a C2C / C2S with an empty client message
-//! id, which could be stored twice: it fails with [`ClientError::Disconnected`]). It does
-//! not reconnect after a KICK for REPLACED / LOGGED_OUT / BLOCKED, after [`Client::close`] /
-//! [`Client::logout`], after a protocol error, or when the new login is refused for its
-//! credentials (BAD_TOKEN, UNKNOWN_APPCODE, APPCODE_MISMATCH): then [`Event::Closed`] ends
-//! the stream. With `reconnect: None` every drop ends the client, as before.
+//! RECONNECT / SERVER_SHUTDOWN / SLOW_CONSUMER), the client emits [`Event::Disconnected`] and
+//! reconnects (seed 004 "fast reconnect", protocol §6.5–6.6):
+//!
+//! - **when**: after jittered exponential backoff ([`ReconnectPolicy`]; the range the server
+//!   advised at login replaces its steps), and never sooner than a KICK's `backoff_ms` or a
+//!   refusal's `retry_after_ms` (RATE_LIMITED during a reconnect storm, SHUTTING_DOWN);
+//! - **where**: the gate a KICK names (`reconnect_to`, a draining gate), else the gate used
+//!   last, then the node's other gates (`LoginResponse.gates`), then the configured address;
+//! - **how**: within the server's hold (`hold_secs`) it sends RESUME with its resume token,
+//!   the newest msgid it saw and its latest acknowledgements: one round trip, no
+//!   re-authentication, and the answer carries what was missed (a pull follows only when the
+//!   answer says it is not `gap_free`). A rejected RESUME (hold expired, replaced, logged
+//!   out), or a reconnect after the hold, logs in again on the same connection with the same
+//!   device, the current token ([`Client::set_token`]) and its last connection epoch as
+//!   `prior_epoch`, so that it can never replace a newer session of the same device class
+//!   (`SESSION_REPLACED` ends the client instead), then catches up (below).
+//!
+//! Then it emits [`Event::Reconnected`] (`resumed` tells which). Requests issued meanwhile,
+//! and requests whose answer the drop swallowed, are sent on the new connection, each within
+//! its own deadline (except a C2C / C2S with an empty client message id, which could be
+//! stored twice: it fails with [`ClientError::Disconnected`]). It does not reconnect after a
+//! KICK for REPLACED / LOGGED_OUT / BLOCKED, after [`Client::close`] / [`Client::logout`],
+//! after a protocol error, or when the new login is refused for its credentials (BAD_TOKEN,
+//! UNKNOWN_APPCODE, APPCODE_MISMATCH, SESSION_REPLACED): then [`Event::Closed`] ends the
+//! stream. With `reconnect: None` every drop ends the client, as before.
 //!
 //! # Sends
 //!
@@ -52,8 +66,9 @@
 //! The client turns that into this guarantee for the [`Event::Message`]s of [`Incoming`]:
 //!
 //! - **Complete.** After every login (the first one included) the client pulls every
-//!   unacknowledged offline message (OFFLINE_PULL pages) and delivers them through the same
-//!   path as pushes, so a message pushed to a connection that died is not lost, whether or
+//!   unacknowledged offline message (OFFLINE_PULL pages; after a RESUME the answer's
+//!   messages are the first page, and with `gap_free` the only one) and delivers them
+//!   through the same path as pushes, so a message pushed to a connection that died is not lost, whether or
 //!   not the server redelivers it. A message is acknowledged (with `auto_ack`) only when the
 //!   application takes it from [`Incoming`], so what was queued but not taken comes again.
 //! - **Once.** A msgid is delivered at most once per [`Client`] (across reconnects): the

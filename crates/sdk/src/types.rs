@@ -293,8 +293,9 @@ pub enum Event {
     /// when the application takes it from [`crate::Incoming`].
     Message(Message),
     /// The server closed this session. After REPLACED, LOGGED_OUT and BLOCKED,
-    /// [`Event::Closed`] follows; after any other reason (SERVER_SHUTDOWN, SLOW_CONSUMER)
-    /// [`Event::Disconnected`] follows and the client reconnects (unless
+    /// [`Event::Closed`] follows; after any other reason (RECONNECT from a draining gate,
+    /// SERVER_SHUTDOWN, SLOW_CONSUMER) [`Event::Disconnected`] follows and the client
+    /// reconnects — where and after how long the KICK says — (unless
     /// [`crate::ClientConfig::reconnect`] is `None`).
     Kicked {
         /// Why.
@@ -318,12 +319,16 @@ pub enum Event {
         /// "kicked (SERVER_SHUTDOWN): …", "catch-up failed: …".
         reason: String,
     },
-    /// The client logged in again (same token unless [`crate::Client::set_token`] changed
-    /// it, same device). The messages missed meanwhile follow as [`Event::Message`]s, each
-    /// msgid once.
+    /// The client is connected again: it resumed its held session (RESUME, seed 004 "fast
+    /// reconnect": no re-authentication) or logged in again (same token unless
+    /// [`crate::Client::set_token`] changed it, same device). The messages missed meanwhile
+    /// follow as [`Event::Message`]s, each msgid once, in order.
     Reconnected {
-        /// The new session's id.
+        /// The new connection's session id.
         session_id: u64,
+        /// `true`: the session was resumed; `false`: a fresh LOGIN (the hold had expired, the
+        /// session was replaced, or resume is off).
+        resumed: bool,
     },
     /// The client is done for good; the last event, after which the stream ends.
     Closed {

@@ -46,7 +46,7 @@ async fn expect_disconnected(incoming: &mut longlink_sdk::Incoming) -> String {
 
 async fn expect_reconnected(incoming: &mut longlink_sdk::Incoming) -> u64 {
     match next_non_message(incoming).await {
-        (messages, Event::Reconnected { session_id }) if messages.is_empty() => session_id,
+        (messages, Event::Reconnected { session_id, .. }) if messages.is_empty() => session_id,
         other => panic!("expected Reconnected, got {other:?}"),
     }
 }

@@ -46,7 +46,7 @@ async fn refused_login_is_a_server_error() {
     };
     let (result, _conn) = tokio::join!(Client::connect(gate.config()), script);
     match result {
-        Err(ClientError::Server { code, message }) => {
+        Err(ClientError::Server { code, message, .. }) => {
             assert_eq!(code, ErrorCode::BadToken);
             assert_eq!(message, "token expired");
         }

@@ -53,8 +53,8 @@ fn quick(mut config: ClientConfig) -> ClientConfig {
     config
 }
 
-/// Waits until the server's health endpoint reports `want` logged-in sessions.
-async fn wait_for_sessions(server: &TestServer, want: u64) {
+/// Waits until the server's health endpoint reports `want` open connections.
+async fn wait_for_connections(server: &TestServer, want: u64) {
     let api = server.api_addr();
     wait_until(WAIT, || async move {
         let Ok(mut stream) = tokio::net::TcpStream::connect(api).await else {
@@ -66,10 +66,10 @@ async fn wait_for_sessions(server: &TestServer, want: u64) {
         }
         let mut body = String::new();
         let _ = stream.read_to_string(&mut body).await;
-        body.contains(&format!("\"sessions\":{want}"))
+        body.contains(&format!("\"connections\":{want}"))
     })
     .await
-    .unwrap_or_else(|err| panic!("{want} session(s) on the server: {err}"));
+    .unwrap_or_else(|err| panic!("{want} connection(s) on the server: {err}"));
 }
 
 async fn wait_for(what: &str, check: impl Fn() -> bool) {
@@ -205,10 +205,11 @@ async fn offline_messages_arrive_by_the_catch_up_once_and_in_order() {
 
     // Everything the app took was acknowledged: a later login of the same device (that
     // acknowledges nothing itself) soon finds nothing offline. It logs in once the server has
-    // let the old session go (a login that replaces a live session makes the server drop what
-    // that session sent but it had not read yet, acknowledgements included).
+    // read the old connection to its end (a login that replaces a live session makes the
+    // server drop what that session sent but it had not read yet, acknowledgements included;
+    // the session itself stays held for a RESUME until this login replaces it).
     carol.close().await;
-    wait_for_sessions(&server, 1).await;
+    wait_for_connections(&server, 1).await;
     let mut config = server.client_config(130, "carol", "phone");
     config.auto_ack = false;
     let (checker, _events) = Client::connect(config).await.expect("carol logs in again");
