@@ -165,7 +165,7 @@ async fn clear_stale_session(
     log_id: u64,
 ) {
     if let Err(err) = presence
-        .unregister(entry.appcode, &entry.uid, entry.session_id)
+        .unregister(entry.appcode, &entry.uid, &entry.gate_id, entry.session_id)
         .await
     {
         tracing::warn!(log_id, session.id = entry.session_id, error = %err, "stale presence not cleared");
@@ -249,7 +249,12 @@ impl LogicService for Logic {
     async fn session_closed(&self, session: &SessionInfo) {
         if let Err(err) = self
             .presence
-            .unregister(session.appcode, &session.uid, session.session_id)
+            .unregister(
+                session.appcode,
+                &session.uid,
+                &session.gate_id,
+                session.session_id,
+            )
             .await
         {
             tracing::warn!(session.id = session.session_id, error = %err, "presence unregister failed");

@@ -149,12 +149,14 @@ pub trait Presence: Send + Sync + 'static {
         session_id: u64,
     ) -> Result<Option<SessionEntry>, PresenceError>;
 
-    /// Removes the session `session_id` of the user; returns whether it was there. An entry
-    /// that already belongs to a newer session is left alone.
+    /// Removes the user's session `session_id` on gate `gate_id` (session ids are unique per
+    /// gate only: two gates of a node may hand out the same one); returns whether it was
+    /// there. An entry that already belongs to a newer session is left alone.
     async fn unregister(
         &self,
         appcode: u32,
         uid: &str,
+        gate_id: &str,
         session_id: u64,
     ) -> Result<bool, PresenceError>;
 

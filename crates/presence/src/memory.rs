@@ -144,6 +144,7 @@ impl Presence for MemoryPresence {
         &self,
         appcode: u32,
         uid: &str,
+        gate_id: &str,
         session_id: u64,
     ) -> Result<bool, PresenceError> {
         let removed = self.with_shard(appcode, uid, |map| {
@@ -152,7 +153,7 @@ impl Presence for MemoryPresence {
                 return false;
             };
             let before = sessions.len();
-            sessions.retain(|s| s.session_id != session_id);
+            sessions.retain(|s| s.session_id != session_id || s.gate_id != gate_id);
             let removed = sessions.len() != before;
             if sessions.is_empty() {
                 map.remove(&key);
@@ -287,9 +288,9 @@ mod tests {
         assert_eq!(ids(&p, "a").await, vec![2, 3]);
         assert_eq!(p.session_count().await.unwrap(), 2);
         // The replaced session's late unregister must not remove the newer one.
-        assert!(!p.unregister(129, "a", 1).await.unwrap());
-        assert!(p.unregister(129, "a", 3).await.unwrap());
-        assert!(p.unregister(129, "a", 2).await.unwrap());
+        assert!(!p.unregister(129, "a", "g1", 1).await.unwrap());
+        assert!(p.unregister(129, "a", "g1", 3).await.unwrap());
+        assert!(p.unregister(129, "a", "g1", 2).await.unwrap());
         assert!(p.sessions(129, "a").await.unwrap().is_empty());
         assert_eq!(p.session_count().await.unwrap(), 0);
     }
@@ -370,7 +371,7 @@ mod tests {
             ("g2", 7, epoch)
         );
         // The old connection's late unregister leaves the resumed session alone.
-        assert!(!p.unregister(129, "a", 1).await.unwrap());
+        assert!(!p.unregister(129, "a", "g1", 1).await.unwrap());
         assert!(
             p.resume(129, "a", "phone", epoch + 1, "g2", 8)
                 .await
@@ -386,6 +387,30 @@ mod tests {
                 .is_none(),
             "a replaced session cannot be resumed"
         );
+    }
+
+    #[tokio::test]
+    async fn unregister_names_the_gate_as_session_ids_are_unique_per_gate_only() {
+        let p = MemoryPresence::new();
+        let rule = LoginRule {
+            policy: MultiLogin::Allow { max_sessions: 5 },
+            prior_epoch: 0,
+        };
+        login(&p, entry("a", "phone", 1), rule).await;
+        let on_g2 = SessionEntry {
+            gate_id: "g2".into(),
+            ..entry("a", "web", 1)
+        };
+        login(&p, on_g2, rule).await;
+        assert!(!p.unregister(129, "a", "g3", 1).await.unwrap());
+        assert!(p.unregister(129, "a", "g1", 1).await.unwrap());
+        let left = p.sessions(129, "a").await.unwrap();
+        assert_eq!(left.len(), 1, "session 1 of g2 is another session");
+        assert_eq!(
+            (left[0].gate_id.as_str(), left[0].device_id.as_str()),
+            ("g2", "web")
+        );
+        assert_eq!(p.session_count().await.unwrap(), 1);
     }
 
     #[tokio::test]

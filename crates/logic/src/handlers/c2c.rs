@@ -124,7 +124,7 @@ pub(crate) async fn c2c(
         deliver(logic, &to, None, &push, Some(outcome.msgid), log_id).await;
         if from != to {
             // Multi-device: the sender's other sessions show what this device sent.
-            deliver(logic, &from, Some(session.session_id), &push, None, log_id).await;
+            deliver(logic, &from, Some(session), &push, None, log_id).await;
         }
     }
     Ok(Frame::response(
@@ -137,13 +137,14 @@ pub(crate) async fn c2c(
     ))
 }
 
-/// Pushes an encoded MSG to every online session of `user` except `skip_session`; with
+/// Pushes an encoded MSG to every online session of `user` except `skip` (the sending
+/// session: the same session id on the same gate — ids are unique per gate only); with
 /// `inbox_msgid`, records the push per device (stored → pushed). Failures are not errors: the
 /// message is in the store and arrives by pull or redelivery.
 async fn deliver(
     logic: &Logic,
     user: &UserKey,
-    skip_session: Option<u64>,
+    skip: Option<&SessionInfo>,
     push: &Bytes,
     inbox_msgid: Option<u64>,
     log_id: u64,
@@ -158,7 +159,7 @@ async fn deliver(
     let routed_at = longlink_rpc::trace::now_us();
     let mut queued = 0usize;
     for entry in &sessions {
-        if Some(entry.session_id) == skip_session {
+        if skip.is_some_and(|s| s.session_id == entry.session_id && s.gate_id == entry.gate_id) {
             continue;
         }
         match logic
