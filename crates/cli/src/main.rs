@@ -58,6 +58,13 @@ enum Command {
     /// The node at a glance, redrawn every second: connections, throughput, delivery rate,
     /// latency, totals, appcodes, gates (`GET /v1/stats/summary`, as the dashboard).
     Top(api_cmd::TopArgs),
+    /// The node's gates through the API: `gate list`, `gate drain ID` (moves its clients to
+    /// the other gates, then stops it). Needs a key covering every appcode of the node.
+    #[command(subcommand)]
+    Gate(api_cmd::GateCommand),
+    /// Where a client should connect: the gate addresses to try, in order — the one holding
+    /// the user's session first, then the least loaded (`GET /v1/dispatch`).
+    Dispatch(api_cmd::DispatchArgs),
     /// Load generators and measurements (not tests).
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -106,6 +113,8 @@ fn main() -> ExitCode {
             Command::Consume(args) => api_cmd::consume(args).await,
             Command::Trace(args) => api_cmd::trace(args).await,
             Command::Top(args) => api_cmd::top(args).await,
+            Command::Gate(command) => api_cmd::gate(command).await,
+            Command::Dispatch(args) => api_cmd::dispatch(args).await,
             Command::Bench(command) => bench_cmd::run(command).await,
         }
     });

@@ -1,4 +1,10 @@
 //! `longlink serve` and `longlink config default`.
+//!
+//! SIGTERM or Ctrl-C drains the node before it stops (`RunningServer::drain_and_stop`): every
+//! gate stops accepting and sends its clients KICK(RECONNECT) with a backoff, in waves, lets
+//! their queues flush, then the node stops in order; the process exits 0. Each stage is
+//! bounded (`gate.drain_timeout_secs`, then the stop's own timeouts), so a signal always ends
+//! the process.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,8 +44,14 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let server = longlink_server::start(&config).await?;
     shutdown_signal().await;
-    tracing::info!("shutdown signal received; stopping");
-    server.stop().await;
+    // Draining rather than a plain stop: clients are told to come back (after a backoff) instead
+    // of finding a dead socket, and what they sent before the KICK is answered first. The
+    // drain logs one "gate drained" line per gate (kicked, waves, left_open).
+    tracing::info!(
+        gates = server.gates().len(),
+        "shutdown signal received; draining the gates, then stopping"
+    );
+    server.drain_and_stop().await;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The business-server API from the command line: `longlink push`, `push stats`, `presence`,
 //! `consume` (docs/api.md), and the operator's views of a node: `trace` and `top`
-//! (the observability routes). Plain HTTP/JSON through reqwest: the CLI never links the server's
+//! (the observability routes), `gate list|drain` and `dispatch` (the gate routes). Plain HTTP/JSON through reqwest: the CLI never links the server's
 //! API crate, so it talks to a remote node exactly as a business server would.
 //!
 //! Errors are one line on stderr, `error: <status> <code>: <message>`, with an exit code by
@@ -9,6 +9,7 @@
 //! node cannot be reached or is unavailable (503, connection refused, timeout), 1 otherwise.
 
 mod consume;
+mod gates;
 mod presence;
 mod push;
 mod top;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub(crate) use consume::{ConsumeArgs, consume};
+pub(crate) use gates::{DispatchArgs, GateCommand, dispatch, gate};
 pub(crate) use presence::{PresenceArgs, presence};
 pub(crate) use push::{PushCommand, push};
 pub(crate) use top::{TopArgs, top};
