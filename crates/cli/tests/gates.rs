@@ -4,7 +4,8 @@
 //!   the second gate makes `GET /v1/dispatch` put that gate first with `holding: true`;
 //!   `POST /v1/gates/gate-1/drain` kicks gate-1's client with KICK(RECONNECT) towards the
 //!   second gate, marks gate-1 draining and takes it out of dispatch; unknown gate 404, bad
-//!   appcode 400 (keys and operator scopes: crates/api/tests/gates.rs);
+//!   appcode 400 (keys and operator scopes: crates/api/tests/gates.rs); the summary lists
+//!   both gates with their `draining` flag;
 //! - through the binary: `gate list`, `dispatch`, `gate drain` (and its one-line error for an
 //!   unknown gate);
 //! - SIGTERM to `longlink serve`: a connected client gets KICK(RECONNECT) before its socket
@@ -137,6 +138,19 @@ async fn dispatch_follows_the_session_and_a_drained_gate_leaves_dispatch() {
     let (_, body) = api.get("/v1/gates").await;
     assert_eq!(body["gates"][0]["draining"], true, "{body}");
     assert_eq!(body["gates"][1]["draining"], false, "{body}");
+    // The summary (dashboard, `longlink top`) lists both gates with the same flag, and counts
+    // alice's connection on the second gate.
+    let (status, summary) = api.get("/v1/stats/summary").await;
+    assert_eq!(status, 200);
+    let listed: Vec<(&str, bool)> = summary["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["id"].as_str().unwrap(), g["draining"] == true))
+        .collect();
+    assert_eq!(listed, [("gate-1", true), ("gate-1-2", false)], "{summary}");
+    assert_eq!(summary["gates"][1]["connections"], 1, "{summary}");
+    assert!(summary["connections"].as_u64() >= Some(1), "{summary}");
     for path in [
         "/v1/dispatch?appcode=129&uid=alice",
         "/v1/dispatch?appcode=130&uid=bob",

@@ -286,8 +286,9 @@ impl StatsSource for NodeStats {
                     addr: g.public_addr(),
                     connections: g.connection_count(),
                     sessions: g.sessions().len() as u64,
-                    // Healthy = taking clients: a draining gate still serves its last ones.
-                    healthy: g.is_serving() && !g.is_draining(),
+                    // Healthy = running: a draining gate is working as intended (its
+                    // `draining` badge says the rest); once stopped it is not.
+                    healthy: g.is_serving(),
                     draining: g.is_draining(),
                     last_seen_ms: now.at_ms,
                 })
