@@ -58,7 +58,7 @@ pub use keys::{ApiKeys, KeyScope};
 pub struct Stats {
     /// Open client connections (logged in or not).
     pub connections: u64,
-    /// Logged-in sessions.
+    /// Sessions: logged in, or held for a RESUME after their link dropped (seed 004).
     pub sessions: u64,
 }
 
