@@ -49,14 +49,22 @@ pub(crate) async fn run(
     tracing::info!(gate = %config.gate_id, targets = ?targets, "draining");
     let backoff = u32::try_from(config.drain_backoff.as_millis()).unwrap_or(u32::MAX);
     let mut report = DrainReport::default();
-    // Sessions that logged in while a wave went out are caught by the next pass.
+    // Sessions that logged in while a wave went out are caught by the next pass; a kicked
+    // session stays attached until its reader closes it, and is not kicked again.
+    let mut kicked = std::collections::HashSet::new();
     loop {
-        let links = gate.sessions.links();
+        let links: Vec<_> = gate
+            .sessions
+            .links()
+            .into_iter()
+            .filter(|(session_id, _)| !kicked.contains(session_id))
+            .collect();
         if links.is_empty() || Instant::now() >= deadline {
             break;
         }
         for wave in links.chunks(config.drain_wave_size.max(1)) {
-            for (_, link) in wave {
+            for (session_id, link) in wave {
+                kicked.insert(*session_id);
                 let mut kick = Kick::new(
                     KickReason::Reconnect,
                     "this gate is draining: reconnect",
@@ -94,4 +102,47 @@ pub(crate) async fn run(
     tracing::info!(gate = %config.gate_id, kicked = report.kicked, waves = report.waves,
         left_open = report.left_open, resumed_elsewhere = report.resumed_elsewhere, "drained");
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use longlink_metrics::Gauge;
+
+    use crate::close::ConnShared;
+    use crate::session_table::Link;
+    use crate::write_queue::WriteQueue;
+    use crate::{Gate, GateConfig};
+
+    /// A connection whose reader does not get to close it (busy, or slow to be scheduled)
+    /// stays attached across waves: it must still be kicked once, not once per wave.
+    #[tokio::test]
+    async fn a_session_slow_to_close_is_kicked_once() {
+        let config = GateConfig {
+            drain_wave_interval: Duration::from_millis(5),
+            ..GateConfig::default()
+        };
+        let mut registry = longlink_metrics::Registry::default();
+        let gate = Gate::new(
+            config,
+            Arc::new(longlink_rpc::trace::NoLedger),
+            &mut registry,
+        );
+        let queued = Gauge::default();
+        let link = Link {
+            queue: Arc::new(WriteQueue::new(64, queued.clone())),
+            conn: Arc::new(ConnShared::new()),
+        };
+        gate.shared.sessions.insert(1, link.clone());
+        let report = gate
+            .drain(&["127.0.0.1:2".to_owned()], Duration::from_millis(200))
+            .await;
+        assert_eq!(report.kicked, 1, "{report:?}");
+        assert_eq!(queued.get(), 1, "one KICK queued");
+        assert_eq!(report.left_open, 1, "it never closed");
+        assert_eq!(report.resumed_elsewhere, 0, "nor went anywhere");
+        assert!(link.conn.token.is_cancelled());
+    }
 }
