@@ -1,9 +1,11 @@
 //! The SDK against the real server (gate + logic + SQLite store, in-process on free ports via
 //! `longlink_testkit::TestServer`): sends complete and messages arrive once, in order, while
 //! the server restarts under running clients; a replaced device stays closed; offline
-//! messages arrive by the catch-up merged with the server's login redelivery.
+//! messages arrive by the catch-up merged with the server's login redelivery; links cut
+//! mid-stream through a forwarding proxy (seed 004) are resumed and lose nothing.
 //! Waits are on conditions with deadlines, never fixed sleeps; nothing asserts on timings.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +13,8 @@ use std::time::Duration;
 use longlink_sdk::{Client, ClientConfig, Content, Event, Incoming, KickReason, UserRef};
 use longlink_testkit::{TestServer, WAIT, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// What a receiving application saw.
 #[derive(Default)]
@@ -18,6 +22,8 @@ struct Seen {
     /// msgids of messages from the expected sender, in the order the app got them.
     msgids: Mutex<Vec<u64>>,
     reconnects: AtomicUsize,
+    /// Reconnects that resumed the held session (the rest logged in again).
+    resumed: AtomicUsize,
 }
 
 impl Seen {
@@ -36,8 +42,11 @@ fn record(mut incoming: Incoming, from: UserRef) -> Arc<Seen> {
                 Event::Message(message) if message.from == from => {
                     recorder.msgids.lock().expect("lock").push(message.msgid);
                 }
-                Event::Reconnected { .. } => {
+                Event::Reconnected { resumed, .. } => {
                     recorder.reconnects.fetch_add(1, Ordering::Relaxed);
+                    if resumed {
+                        recorder.resumed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 _ => {}
             }
@@ -247,5 +256,147 @@ async fn a_replaced_device_does_not_reconnect() {
     // The newer session was not kicked back by a reconnect of the old one.
     new.keepalive().await.expect("the newer session is alive");
     assert!(new.is_connected());
+    server.stop().await;
+}
+
+/// A TCP forwarder to `target` whose live links can all be cut at once.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (links, done) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = done.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((client, _)) = accepted else { return };
+                let cut = links.lock().expect("lock").clone();
+                tokio::spawn(forward(client, target, cut));
+            }
+        });
+        Proxy { addr, cut, stop }
+    }
+
+    /// Drops every link open now (new connections go through again).
+    fn cut(&self) {
+        let old = std::mem::replace(
+            &mut *self.cut.lock().expect("lock"),
+            CancellationToken::new(),
+        );
+        old.cancel();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut();
+    }
+}
+
+async fn forward(mut client: TcpStream, target: SocketAddr, cut: CancellationToken) {
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    tokio::select! {
+        () = cut.cancelled() => {}
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+    }
+    // Dropping both sockets closes both directions.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_cut_mid_stream_are_resumed_and_every_message_arrives_once_in_order() {
+    const CUTS: usize = 3;
+    const BETWEEN: usize = 40;
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.gate_addr()).await;
+    let alice = UserRef::new(129, "alice");
+    let bob = UserRef::new(130, "bob");
+
+    let mut config = server.client_config(130, "bob", "phone");
+    config.addr = proxy.addr.to_string();
+    let (receiver, incoming) = Client::connect(config).await.expect("bob logs in");
+    assert!(
+        !receiver.login_response().resume_token.is_empty(),
+        "the server offers a resume token"
+    );
+    let seen = record(incoming, alice.clone());
+    let (sender, _sender_events) = server.client(129, "alice", "phone").await;
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let sending = {
+        let (progress, stop, sender, bob) =
+            (progress.clone(), stop.clone(), sender.clone(), bob.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let receipt = sender
+                    .c2c_with_id(
+                        bob.clone(),
+                        &format!("m-{i}"),
+                        Content::text(format!("{i}")),
+                    )
+                    .await
+                    .unwrap_or_else(|err| panic!("send {i}: {err}"));
+                sent.push(receipt.msgid);
+                i += 1;
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            sent
+        })
+    };
+
+    for round in 1..=CUTS {
+        // Cut while messages are flowing: after the receiver has seen some of this round's.
+        let at = seen.msgids().len() + BETWEEN / 2;
+        wait_for("the receiver gets messages", || seen.msgids().len() >= at).await;
+        proxy.cut();
+        let sent_at_cut = progress.load(Ordering::Relaxed);
+        wait_for("the sender goes on during the outage", || {
+            progress.load(Ordering::Relaxed) >= sent_at_cut + BETWEEN / 2
+        })
+        .await;
+        wait_for("the receiver is back", || {
+            seen.reconnects.load(Ordering::Relaxed) >= round
+        })
+        .await;
+    }
+    stop.cancel();
+    let sent = sending.await.expect("sender task");
+    let last = sender
+        .c2c(bob.clone(), Content::text("last"))
+        .await
+        .expect("last send");
+    let mut expected = sent;
+    expected.push(last.msgid);
+    wait_for("the receiver sees the last message", || {
+        seen.msgids().contains(&last.msgid)
+    })
+    .await;
+    assert_eq!(
+        seen.msgids(),
+        expected,
+        "every acknowledged message exactly once, in msgid order"
+    );
+    assert_eq!(
+        seen.resumed.load(Ordering::Relaxed),
+        CUTS,
+        "each cut was resumed, never a fresh login"
+    );
+    receiver.close().await;
+    sender.close().await;
     server.stop().await;
 }
