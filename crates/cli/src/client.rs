@@ -319,12 +319,15 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The message of `event`; other events are reported on stderr (reconnects: the SDK retries
-/// on its own) or end the command (kicked, closed).
+/// The message of `event`; other events are reported on stderr (kicks and reconnects: the
+/// SDK moves on its own after a KICK RECONNECT, and a kick that ends the session is followed
+/// by Closed) or end the command (closed).
 fn message_or_end(event: Option<Event>) -> anyhow::Result<Option<Message>> {
     match event {
         Some(Event::Message(message)) => return Ok(Some(message)),
-        Some(Event::Kicked { reason, message }) => bail!("kicked ({reason:?}): {message}"),
+        Some(Event::Kicked { reason, message }) => {
+            eprintln!("kicked ({}): {message}", reason.as_str_name());
+        }
         Some(Event::Error { code, message }) => eprintln!("server error {code:?}: {message}"),
         Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
         Some(Event::Disconnected { reason }) => eprintln!("disconnected ({reason}); reconnecting…"),
