@@ -103,9 +103,9 @@ pub struct ReconnectStormArgs {
     #[arg(long)]
     pub no_resume: bool,
     /// Reconnects in progress at once, over all workers (connect → caught up); 0 = every
-    /// client at once. Above the gate's listen backlog (1,024) the kernel drops SYNs and
-    /// clients retry after 1 s.
-    #[arg(long, default_value_t = 1000)]
+    /// client at once. Above the gate's listen backlog (128 today) the kernel drops SYNs and
+    /// those clients retry after 1 s (reported as listen-queue overflows).
+    #[arg(long, default_value_t = 100)]
     pub in_flight: u32,
     /// `[gate] hold_secs` of a spawned server: how long a dropped session waits for its RESUME.
     #[arg(long, default_value_t = 300)]
@@ -295,12 +295,20 @@ impl Counts {
 /// A worker's own line.
 #[derive(Debug)]
 enum Line {
-    Cut { clients: u32, micros: u64 },
-    Progress { back: u32, failed: u32 },
+    Cut {
+        clients: u32,
+        micros: u64,
+    },
+    Progress {
+        back: u32,
+        failed: u32,
+    },
     Hist(String, Histogram<u64>),
     Points(Vec<(u32, u32)>),
     Done(Counts),
     Late(u64),
+    /// RATE_LIMITED answers to the first logins.
+    Throttled(u64),
 }
 
 fn parse_line(line: &str) -> Option<Line> {
@@ -336,6 +344,7 @@ fn parse_line(line: &str) -> Option<Line> {
         )),
         "storm-done" => Counts::from_words(rest).map(Line::Done),
         "late" => Some(Line::Late(number(0)?)),
+        "first-throttled" => Some(Line::Throttled(number(0)?)),
         _ => None,
     }
 }
@@ -349,6 +358,7 @@ struct StormTally {
     points: Vec<(u32, u32)>,
     done: Option<Counts>,
     late: Option<u64>,
+    throttled: u64,
 }
 
 impl Tally for StormTally {
@@ -364,6 +374,7 @@ impl Tally for StormTally {
             Line::Points(points) => self.points.extend(points),
             Line::Done(counts) => self.done = Some(counts),
             Line::Late(late) => self.late = Some(late),
+            Line::Throttled(throttled) => self.throttled = throttled,
         }
     }
 }
@@ -770,6 +781,11 @@ impl Reporter {
         }
         if !self.ready && ok + failed >= self.count {
             let micros = l.last_done_micros.load(Ordering::Relaxed);
+            // Before `ready`: the parent reads it once the logins are done.
+            lines.push(format!(
+                "first-throttled {}",
+                l.throttled.load(Ordering::Relaxed)
+            ));
             lines.push(format!("ready {ok} {failed} {micros}"));
             self.ready = true;
         }
@@ -946,6 +962,8 @@ struct Results {
 struct FirstLogins {
     logged_in: u32,
     failed: u32,
+    /// RATE_LIMITED answers (each retried after its retry_after_ms).
+    rate_limited: u64,
     failure_samples: Vec<String>,
     wall_secs: f64,
     server_cpu_secs: f64,
@@ -1002,10 +1020,11 @@ impl Report {
         let s = &r.storm;
         let c = &s.counts;
         println!(
-            "first logins {} of {} ({} failed) in {:.2} s; {} logins per server CPU-second",
+            "first logins {} of {} ({} failed, {} RATE_LIMITED answers) in {:.2} s; {} logins per server CPU-second",
             thousands(u64::from(r.first_logins.logged_in)),
             thousands(u64::from(j.inputs.clients)),
             r.first_logins.failed,
+            thousands(r.first_logins.rate_limited),
             r.first_logins.wall_secs,
             thousands(r.first_logins.logins_per_server_cpu_sec as u64)
         );
@@ -1474,6 +1493,7 @@ async fn storm(
     let first_logins = FirstLogins {
         logged_in,
         failed: workers.failed(),
+        rate_limited: workers.tallies().map(|t| t.throttled).sum(),
         failure_samples: workers.failure_samples(),
         wall_secs: round(login_wall.as_secs_f64(), 3),
         server_cpu_secs: round(login_usage.server_cpu.as_secs_f64(), 3),
