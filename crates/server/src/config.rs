@@ -43,6 +43,7 @@ pub struct GateSection {
     pub write_queue_frames: usize,
     pub write_timeout_secs: u64,
     pub max_connections: usize,
+    pub listen_backlog: u32,
     pub extra_listen: Vec<SocketAddr>,
     pub public_addr: String,
     pub hold_secs: u64,

@@ -87,8 +87,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     );
     let mut gate_listeners = Vec::new();
     for (addr, gate_config) in config.gate_configs() {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = bind_gate(addr, config.gate.listen_backlog)
             .with_context(|| format!("cannot bind gate {} on {addr}", gate_config.gate_id))?;
         gate_listeners.push((listener, gate_config));
     }
@@ -300,6 +299,19 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         bus,
         presence,
     })
+}
+
+/// A gate's listener with a backlog of its own (`TcpListener::bind` asks the kernel for 128,
+/// too few when thousands of clients reconnect at once).
+fn bind_gate(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
 }
 
 /// Drains `gate_id` among `gates`, pointing its clients at the others.
