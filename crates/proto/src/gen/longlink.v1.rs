@@ -330,6 +330,8 @@ pub enum ErrorCode {
     ResumeRejected = 17,
     /// LOGIN with prior_epoch: a newer login replaced that session; do not reconnect by yourself (closed)
     SessionReplaced = 18,
+    /// the uid, device, IP or appcode is blacklisted (or the IP is not on a whitelist); retry_after_ms = until a timed ban ends, 0 = not by itself (closed)
+    Banned = 19,
     /// Request-level (the connection stays open).
     ///
     /// a field is missing, empty or too long
@@ -377,6 +379,7 @@ impl ErrorCode {
             Self::IdleTimeout => "IDLE_TIMEOUT",
             Self::ResumeRejected => "RESUME_REJECTED",
             Self::SessionReplaced => "SESSION_REPLACED",
+            Self::Banned => "BANNED",
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::NotFound => "NOT_FOUND",
             Self::UnknownReceiverAppcode => "UNKNOWN_RECEIVER_APPCODE",
@@ -408,6 +411,7 @@ impl ErrorCode {
             "IDLE_TIMEOUT" => Some(Self::IdleTimeout),
             "RESUME_REJECTED" => Some(Self::ResumeRejected),
             "SESSION_REPLACED" => Some(Self::SessionReplaced),
+            "BANNED" => Some(Self::Banned),
             "INVALID_ARGUMENT" => Some(Self::InvalidArgument),
             "NOT_FOUND" => Some(Self::NotFound),
             "UNKNOWN_RECEIVER_APPCODE" => Some(Self::UnknownReceiverAppcode),
