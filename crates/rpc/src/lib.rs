@@ -10,10 +10,14 @@
 //! [`trace`] holds the delivery ledger's contract ([`trace::Ledger`]: stages per log_id).
 //! [`push`] holds the contract of s2c pushes ([`PushService`], implemented by logic, called by
 //! the API) and their delivery statistics.
+//! [`access`] holds the contract of black/white lists and flapping detection
+//! ([`AccessGuard`], implemented by `longlink-guard`, consulted by the gate).
 
+pub mod access;
 pub mod push;
 pub mod trace;
 
+pub use access::{AccessGuard, AdmitAll};
 pub use push::{
     DeliveryCounters, PushAccepted, PushRefusal, PushRequest, PushService, PushStats, PushTargets,
     RecipientOutcome, RecipientState,
@@ -99,6 +103,7 @@ impl Refusal {
                 | ErrorCode::LoginTimeout
                 | ErrorCode::IdleTimeout
                 | ErrorCode::SessionReplaced
+                | ErrorCode::Banned
         )
     }
 }
@@ -137,15 +142,19 @@ pub enum Reply {
 pub trait LogicService: Send + Sync + 'static {
     /// Verifies a LOGIN for the new session `session_id` on gate `gate_id`, registers the
     /// session in presence and kicks an older session of the same (appcode, uid, device).
+    /// `peer` is the client's IP as the gate sees it (`None` when it has none, e.g. an
+    /// in-process caller): logic rate-limits failed logins per IP with it (issue 8).
     ///
     /// # Errors
-    /// A [`Refusal`] with BAD_TOKEN, UNKNOWN_APPCODE, APPCODE_MISMATCH or INVALID_ARGUMENT.
+    /// A [`Refusal`] with BAD_TOKEN, UNKNOWN_APPCODE, APPCODE_MISMATCH, INVALID_ARGUMENT or
+    /// RATE_LIMITED (too many failed logins from this IP or for this uid).
     async fn login(
         &self,
         gate_id: &str,
         session_id: u64,
         request: wire::LoginRequest,
         log_id: u64,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<LoginAccepted, Refusal>;
 
     /// Takes over the session a RESUME token names (held after its link dropped, or still
