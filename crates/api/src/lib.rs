@@ -2,7 +2,8 @@
 //! semantics, plus `GET /healthz`, `GET /openapi.json`, Prometheus `GET /metrics`, the node
 //! summary `GET /v1/stats/summary`, message traces `GET /v1/trace/{id}` and the live
 //! dashboard at `GET /`, and the gates: dispatch `GET /v1/dispatch`, `GET /v1/gates` and
-//! `POST /v1/gates/{id}/drain`.
+//! `POST /v1/gates/{id}/drain`; the black/white lists: `POST`/`GET /v1/bans`,
+//! `DELETE /v1/bans/{id}` (over `longlink_guard::Guard`).
 //!
 //! Business app-servers push s2c messages and read their delivery statistics, look up
 //! presence, and consume the c2s messages routed to their topics. Every `/v1` call is
@@ -40,6 +41,7 @@ mod http;
 pub mod keys;
 pub mod model;
 mod ops;
+pub mod tokens;
 
 /// The gRPC messages, client and server generated from `proto/api.proto` (see
 /// `tests/codegen.rs`).
@@ -52,6 +54,7 @@ pub use error::{ApiError, ErrorKind};
 pub use gates::{DrainStart, GateDirectory, GateStatus, NoGates};
 pub use http::openapi::openapi;
 pub use keys::{ApiKeys, KeyScope};
+pub use tokens::{NoRevocations, RevokeFailure, RevokeOutcome, TokenRevoker};
 
 /// A point-in-time view of the node, as `/healthz` reports it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -113,6 +116,10 @@ pub struct ApiContext {
     pub metrics: Arc<Registry>,
     /// The node's gates: dispatch, `GET /v1/gates`, drains ([`NoGates`] when it runs none).
     pub gates: Arc<dyn GateDirectory>,
+    /// Token revocation, `POST /v1/tokens/revoke` ([`NoRevocations`] when the node has none).
+    pub tokens: Arc<dyn TokenRevoker>,
+    /// The black/white lists, `/v1/bans` (`Guard::in_memory` when the node keeps none).
+    pub bans: Arc<longlink_guard::Guard>,
     /// Limits.
     pub limits: ApiLimits,
 }

@@ -78,6 +78,8 @@ pub(crate) struct ConnShared {
     reason: AtomicU8,
     /// `appcode:uid/device` once logged in: the `who` of the ledger events its writer records.
     pub(crate) label: std::sync::OnceLock<std::sync::Arc<str>>,
+    /// The session and peer IP once logged in: what the access-list sweep re-checks.
+    pub(crate) visitor: std::sync::OnceLock<crate::access::Visitor>,
 }
 
 impl ConnShared {
@@ -86,6 +88,7 @@ impl ConnShared {
             token: CancellationToken::new(),
             reason: AtomicU8::new(0),
             label: std::sync::OnceLock::new(),
+            visitor: std::sync::OnceLock::new(),
         }
     }
 

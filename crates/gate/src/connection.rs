@@ -8,8 +8,6 @@ use longlink_metrics::{Counter, Gauge};
 use longlink_proto::{Cmd, CodecError, ErrorCode, Frame, FrameCodec, FrameType, KickReason, wire};
 use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, session_label, user_label};
 use longlink_rpc::{LogicService, Refusal, Reply, SessionInfo};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken as Release;
@@ -20,11 +18,9 @@ use tracing::Instrument;
 use crate::close::{ConnShared, Kick};
 use crate::metrics::cmd_label;
 use crate::session_table::Link;
+use crate::transport::{ReadSide, Received, Stream};
 use crate::write_queue::{QueueError, WriteQueue};
 use crate::{CloseReason, GateShared, write_queue};
-
-/// Bytes read per readiness event; the buffer is freed again once fully decoded.
-const READ_CHUNK: usize = 4096;
 
 /// Most bytes a kicked connection reads to find MSG_ACKs already sent.
 const KICK_DRAIN_BYTES: usize = 64 * 1024;
@@ -73,12 +69,11 @@ impl Connection {
         }
     }
 
-    pub(crate) async fn run(self, stream: TcpStream, tracker: &TaskTracker) {
+    pub(crate) async fn run(self, stream: Stream, tracker: &TaskTracker) {
         let conn_id = self.gate.next_log_id();
         let span = tracing::debug_span!("conn", conn.id = conn_id, peer.addr = %self.peer);
         self.gate.metrics.connections.inc();
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let (mut read, write) = stream.split();
         let queue = Arc::new(WriteQueue::new(
             self.gate.config.write_queue_frames,
             self.gate.metrics.queued_frames.clone(),
@@ -104,9 +99,10 @@ impl Connection {
             resumable: false,
         };
         let reason = self
-            .read_loop(&mut reader, read)
+            .read_loop(&mut reader, &mut read)
             .instrument(span.clone())
             .await;
+        read.closing(reason);
         self.gate.metrics.closed(reason.label());
         if let Some((sessions, _)) = reader.session_metrics.take() {
             sessions.dec();
@@ -153,8 +149,14 @@ impl Connection {
         reader.queue.close();
     }
 
-    async fn read_loop(&self, reader: &mut Reader, read: OwnedReadHalf) -> CloseReason {
+    async fn read_loop(&self, reader: &mut Reader, read: &mut ReadSide) -> CloseReason {
         let config = &self.gate.config;
+        if let Err(refusal) = self.gate.admit_connection(self.peer.ip()) {
+            // The access lists or flapping (crate::access), before any frame: the ERROR is a
+            // push (seq 0, log 0), then the close.
+            reader.queue_now(refusal.frame(None, 0).to_bytes());
+            return CloseReason::NotAdmitted;
+        }
         let login_deadline = Instant::now() + config.login_timeout;
         let mut last_activity = Instant::now();
         let mut buf = BytesMut::new();
@@ -172,7 +174,7 @@ impl Connection {
                 _ = reader.conn.token.cancelled() => {
                     let reason = reader.conn.reason();
                     if reason == CloseReason::Kicked {
-                        Box::pin(self.apply_acks_already_received(reader, &read, &mut buf)).await;
+                        Box::pin(self.apply_acks_already_received(reader, read, &mut buf)).await;
                     }
                     return reason;
                 }
@@ -184,25 +186,46 @@ impl Connection {
                     reader.queue_now(Frame::error(None, 0, code, message).to_bytes());
                     return reason;
                 }
-                ready = read.readable() => {
-                    if ready.is_err() {
-                        return CloseReason::Io;
-                    }
-                    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                        buf.reserve(READ_CHUNK);
-                    }
-                    match read.try_read_buf(&mut buf) {
-                        Ok(0) => return CloseReason::ByPeer,
-                        Ok(_) => last_activity = Instant::now(),
-                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                            // A spurious wake-up (readiness is cleared only by WouldBlock): an
-                            // idle connection must not keep the buffer reserved above.
-                            if buf.is_empty() {
-                                buf = BytesMut::new();
-                            }
+                received = read.read(&mut buf) => {
+                    match received {
+                        Ok(Received::Data) => last_activity = Instant::now(),
+                        Ok(Received::Activity) => {
+                            // A WebSocket ping or pong: the client is alive (keepalive).
+                            last_activity = Instant::now();
                             continue;
                         }
+                        Ok(Received::Closed) => return CloseReason::ByPeer,
+                        Ok(Received::Refused(code, message)) => {
+                            tracing::info!(code = ?code, message, "transport rule broken");
+                            reader.queue_now(Frame::error(None, 0, code, message).to_bytes());
+                            return CloseReason::ProtocolError(code);
+                        }
                         Err(_) => return CloseReason::Io,
+                    }
+                    if read.message_based() {
+                        // WebSocket: one whole frame per binary message, nothing more or less.
+                        match reader.codec.decode(&mut buf) {
+                            Ok(Some(frame)) if buf.is_empty() => {
+                                buf = BytesMut::new();
+                                if let Next::Close(reason) = Box::pin(self.on_frame(reader, frame)).await {
+                                    return reason;
+                                }
+                                continue;
+                            }
+                            Ok(_) => {
+                                let message = "a WebSocket binary message must carry exactly one whole frame";
+                                let code = ErrorCode::BadBody;
+                                reader.queue_now(Frame::error(None, 0, code, message).to_bytes());
+                                return CloseReason::ProtocolError(code);
+                            }
+                            Err(CodecError::Decode(err)) => {
+                                let code = err.error_code();
+                                tracing::info!(error = %err, "malformed frame");
+                                reader.queue_now(Frame::error(err.seq_id(), 0, code, err.to_string()).to_bytes());
+                                return CloseReason::ProtocolError(code);
+                            }
+                            Err(CodecError::Io(_)) => return CloseReason::Io,
+                        }
                     }
                     loop {
                         match reader.codec.decode(&mut buf) {
@@ -238,16 +261,15 @@ impl Connection {
     async fn apply_acks_already_received(
         &self,
         reader: &mut Reader,
-        read: &OwnedReadHalf,
+        read: &mut ReadSide,
         buf: &mut BytesMut,
     ) {
         let Some(session) = reader.session.clone() else {
             return;
         };
         while buf.len() < KICK_DRAIN_BYTES {
-            buf.reserve(READ_CHUNK);
-            match read.try_read_buf(buf) {
-                Ok(n) if n > 0 => continue,
+            match read.read_available(buf) {
+                Ok(Received::Data | Received::Activity) => continue,
                 _ => break,
             }
         }
@@ -450,6 +472,26 @@ impl Connection {
         }
     }
 
+    /// The access lists and flapping detection for a session logic accepted
+    /// (`crate::access`): a refused one is ended before it gets any frame.
+    async fn admit_session(&self, reader: &Reader, session: &SessionInfo) -> Result<(), Refusal> {
+        let ip = self.peer.ip();
+        // Recorded before the check, so a list change that this check missed finds the
+        // session in the sweep that follows it.
+        let _ = reader.conn.visitor.set(crate::access::Visitor {
+            session: session.clone(),
+            ip,
+        });
+        let verdict = self.gate.admit_login(session, ip);
+        if let Err(refusal) = &verdict {
+            self.gate.sessions.remove(session.session_id);
+            self.logic.session_closed(session).await;
+            self.gate.metrics.login_failed(refusal.code);
+            tracing::info!(session.id = session.session_id, uid = %session.uid, code = ?refusal.code, "session refused by the access guard");
+        }
+        verdict
+    }
+
     async fn login(&self, reader: &mut Reader, frame: Frame) -> Next {
         let header = frame.header;
         if let Err(refusal) = self.admit(Cmd::Login) {
@@ -472,10 +514,14 @@ impl Connection {
                 session_id,
                 request,
                 header.log_id,
+                Some(self.peer.ip()),
             )
             .await;
         match accepted {
             Ok(mut accepted) => {
+                if let Err(refusal) = self.admit_session(reader, &accepted.session).await {
+                    return reader.refuse_and_close(&header, refusal);
+                }
                 self.gate.metrics.logins.inc();
                 let config = &self.gate.config;
                 let response = &mut accepted.response;
@@ -540,6 +586,9 @@ impl Connection {
             .await
         {
             Ok(mut accepted) => {
+                if let Err(refusal) = self.admit_session(reader, &accepted.session).await {
+                    return reader.refuse_and_close(&header, refusal);
+                }
                 self.gate.metrics.resumes.inc();
                 accepted.response.hold_secs = self.hold_secs(true);
                 let next = reader

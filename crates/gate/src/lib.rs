@@ -16,11 +16,16 @@
 //! [`Gate::drain`] moves every client away in waves (KICK RECONNECT with another gate's
 //! address and a backoff) before the gate stops.
 //!
-//! Modules: [`config`] (GateConfig), `listener` (accept loop, connection cap), `connection`
+//! A gate serves one or more listeners ([`GateListener`]): plain TCP, TLS, WebSocket (ws or
+//! wss), all carrying the same frames into the same session table ([`transport`]).
+//!
+//! Modules: [`config`] (GateConfig), `listener` (accept loops, connection cap), [`transport`]
+//! (TCP / TLS / WebSocket streams and handshakes), `connection`
 //! (the reader and its state machine, LOGIN/RESUME, holds), `write_queue` (WriteQueue and the
 //! writer task), [`session_table`] (session id → link or hold; push, kick, detach), `drain`,
 //! [`close`] (CloseReason, KICK frames).
 
+mod access;
 pub mod close;
 pub mod config;
 mod connection;
@@ -28,6 +33,7 @@ mod drain;
 mod listener;
 pub mod metrics;
 pub mod session_table;
+pub mod transport;
 mod write_queue;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +50,7 @@ pub use config::GateConfig;
 pub use drain::DrainReport;
 pub use metrics::GateMetrics;
 pub use session_table::SessionTable;
+pub use transport::{GateListener, ServerTls, TlsError, Transport};
 
 /// A gate: its configuration, its session table and its id generators.
 #[derive(Debug, Clone)]
@@ -71,6 +78,8 @@ struct GateShared {
     draining: AtomicBool,
     /// Cancelled when the gate stops accepting (drain).
     stop_accepting: CancellationToken,
+    /// Black/white lists and flapping detection ([`Gate::set_guard`]; unset: everyone).
+    guard: OnceLock<Arc<dyn longlink_rpc::AccessGuard>>,
     /// This gate's own stop (a child of the node's shutdown), set by [`Gate::serve`].
     stop: OnceLock<CancellationToken>,
 }
@@ -94,6 +103,7 @@ impl Gate {
                 draining: AtomicBool::new(false),
                 stop_accepting: CancellationToken::new(),
                 stop: OnceLock::new(),
+                guard: OnceLock::new(),
                 config,
                 sessions: Arc::new(SessionTable::new()),
                 next_session_id: AtomicU64::new(seed),
@@ -158,6 +168,18 @@ impl Gate {
         *self.shared.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
+    /// Consults `guard` at accept and after each LOGIN/RESUME (refusals: BANNED, or
+    /// RATE_LIMITED for flapping). The first call wins; call it before [`Gate::serve`].
+    pub fn set_guard(&self, guard: Arc<dyn longlink_rpc::AccessGuard>) {
+        let _ = self.shared.guard.set(guard);
+    }
+
+    /// Re-checks every attached session against the guard's lists and kicks (KICK BLOCKED)
+    /// those refused: call it when the lists change. Returns how many were kicked.
+    pub fn enforce_guard(&self) -> usize {
+        self.shared.enforce_guard()
+    }
+
     /// Whether [`Gate::drain`] started: the gate must not be dispatched.
     pub fn is_draining(&self) -> bool {
         self.shared.is_draining()
@@ -180,7 +202,20 @@ impl Gate {
         logic: Arc<dyn LogicService>,
         shutdown: CancellationToken,
     ) {
-        if let Ok(bound) = listener.local_addr() {
+        self.serve_all(vec![GateListener::tcp(listener)], logic, shutdown)
+            .await;
+    }
+
+    /// Like [`Gate::serve`] on several listeners at once (e.g. TLS, plain TCP on loopback and
+    /// WebSocket), sharing one connection cap and one session table. The first listener's
+    /// address is the one advertised (unless `public_addr` is set).
+    pub async fn serve_all(
+        &self,
+        listeners: Vec<GateListener>,
+        logic: Arc<dyn LogicService>,
+        shutdown: CancellationToken,
+    ) {
+        if let Some(bound) = listeners.first().and_then(|l| l.local_addr().ok()) {
             self.advertise(bound);
         }
         let stop = self
@@ -189,7 +224,7 @@ impl Gate {
             .get_or_init(|| shutdown.child_token())
             .clone();
         self.shared.serving.store(true, Ordering::Release);
-        listener::run(self.shared.clone(), listener, logic, stop).await;
+        listener::run(self.shared.clone(), listeners, logic, stop).await;
         self.shared.serving.store(false, Ordering::Release);
     }
 }

@@ -11,7 +11,7 @@ use crate::{Refusal, SessionInfo};
 
 /// Decides who may connect and log in. A refusal carries the ERROR the client gets: BANNED
 /// (a black/white list) or RATE_LIMITED with `retry_after_ms` (flapping).
-pub trait AccessGuard: Send + Sync + 'static {
+pub trait AccessGuard: Send + Sync + std::fmt::Debug + 'static {
     /// A new connection from `ip`, before any frame is read: the IP lists that apply to every
     /// appcode, and the per-IP connection count (flapping). Counts the connection.
     ///

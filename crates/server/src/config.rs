@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// The commented default configuration (`longlink config default`).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
-const SECTIONS: [&str; 6] = ["gate", "api", "store", "logic", "bus", "trace"];
+const SECTIONS: [&str; 7] = ["gate", "api", "store", "logic", "bus", "trace", "guard"];
 
 /// A configuration problem, naming the field. The CLI exits with code 64 on it.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,16 @@ pub struct GateSection {
     pub max_connections: usize,
     pub listen_backlog: u32,
     pub extra_listen: Vec<SocketAddr>,
+    /// TLS certificate chain (PEM); empty = plain TCP.
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM); empty = plain TCP.
+    pub tls_key: PathBuf,
+    /// `None` when configured as "": no plain listener next to the TLS one.
+    #[serde(deserialize_with = "optional_addr")]
+    pub plain_listen: Option<SocketAddr>,
+    /// `None` when configured as "": no WebSocket listener.
+    #[serde(deserialize_with = "optional_addr")]
+    pub ws_listen: Option<SocketAddr>,
     pub public_addr: String,
     pub hold_secs: u64,
     pub reconnect_min_ms: u64,
@@ -97,6 +107,50 @@ pub struct StoreSection {
 pub struct LogicSection {
     pub max_content_bytes: usize,
     pub resume_secret: String,
+    pub token_leeway_secs: u64,
+    pub login_failures_per_ip: u32,
+    pub login_failures_per_uid: u32,
+    pub login_failure_window_secs: u64,
+    pub login_lockout_secs: u64,
+}
+
+/// `[guard]`: flapping detection (the black/white lists themselves are changed at run time
+/// through the API and kept in `<store.data_dir>/guard.sqlite`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct GuardSection {
+    pub device_max_logins: u32,
+    pub device_window_secs: u64,
+    pub device_penalty_secs: u64,
+    pub ip_max_connects: u32,
+    pub ip_window_secs: u64,
+    pub ip_penalty_secs: u64,
+    pub max_tracked: usize,
+}
+
+impl GuardSection {
+    /// The guard's flapping configuration.
+    pub fn guard_config(&self) -> longlink_guard::GuardConfig {
+        let rule = |max, window, penalty| longlink_guard::FlapRule {
+            max,
+            window: Duration::from_secs(window),
+            penalty: Duration::from_secs(penalty),
+        };
+        longlink_guard::GuardConfig {
+            device: rule(
+                self.device_max_logins,
+                self.device_window_secs,
+                self.device_penalty_secs,
+            ),
+            ip: rule(
+                self.ip_max_connects,
+                self.ip_window_secs,
+                self.ip_penalty_secs,
+            ),
+            max_tracked: self.max_tracked,
+        }
+    }
 }
 
 /// `[trace]`: the delivery ledger.
@@ -189,7 +243,11 @@ pub struct ApiKeySection {
 pub struct AppSection {
     pub appcode: u32,
     pub name: String,
+    /// One HS256 key without a kid (the original form; may be "" when `keys` has some).
+    #[serde(default)]
     pub secret: String,
+    #[serde(default)]
+    pub keys: Vec<AppKeySection>,
     #[serde(default)]
     pub multi_login: MultiLoginPolicy,
     #[serde(default = "default_max_sessions")]
@@ -198,6 +256,78 @@ pub struct AppSection {
 
 fn default_max_sessions() -> usize {
     5
+}
+
+/// One `[[apps.keys]]` entry: a token key of the appcode, named by `kid`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // documented in default.toml
+pub struct AppKeySection {
+    pub kid: String,
+    #[serde(default = "default_key_alg")]
+    pub alg: String,
+    /// HS256 only.
+    #[serde(default)]
+    pub secret: String,
+    /// RS256 / ES256 only: a PEM (`-----BEGIN PUBLIC KEY-----…`) or the path of a PEM file.
+    #[serde(default)]
+    pub public_key: String,
+}
+
+fn default_key_alg() -> String {
+    "HS256".to_owned()
+}
+
+impl AppKeySection {
+    /// The key as logic takes it (a public key file read).
+    fn resolve(&self, appcode: u32) -> Result<longlink_logic::AppKey, String> {
+        let field = format!("apps[appcode={appcode}].keys[kid={:?}]", self.kid);
+        let alg = longlink_logic::KeyAlg::parse(&self.alg)
+            .ok_or_else(|| format!("{field}.alg: one of HS256, RS256, ES256"))?;
+        let material = match alg {
+            longlink_logic::KeyAlg::Hs256 => {
+                if !self.public_key.is_empty() {
+                    return Err(format!("{field}.public_key: HS256 takes a secret"));
+                }
+                self.secret.clone()
+            }
+            _ => {
+                if !self.secret.is_empty() {
+                    return Err(format!(
+                        "{field}.secret: {alg} takes a public_key, never a secret"
+                    ));
+                }
+                if self.public_key.trim_start().starts_with("-----BEGIN") {
+                    self.public_key.clone()
+                } else if self.public_key.is_empty() {
+                    return Err(format!("{field}.public_key: required for {alg}"));
+                } else {
+                    std::fs::read_to_string(&self.public_key).map_err(|err| {
+                        format!("{field}.public_key: cannot read {}: {err}", self.public_key)
+                    })?
+                }
+            }
+        };
+        Ok(longlink_logic::AppKey {
+            kid: self.kid.clone(),
+            alg,
+            material,
+        })
+    }
+}
+
+impl AppSection {
+    /// The appcode's token keys: `secret` (kid "") first, then `keys` in order.
+    fn token_keys(&self) -> Result<Vec<longlink_logic::AppKey>, String> {
+        let mut keys = Vec::with_capacity(self.keys.len() + 1);
+        if !self.secret.is_empty() {
+            keys.push(longlink_logic::AppKey::hs256("", self.secret.clone()));
+        }
+        for key in &self.keys {
+            keys.push(key.resolve(self.appcode)?);
+        }
+        Ok(keys)
+    }
 }
 
 /// `apps.multi_login`.
@@ -221,6 +351,7 @@ pub struct Config {
     pub logic: LogicSection,
     pub bus: BusSection,
     pub trace: TraceSection,
+    pub guard: GuardSection,
     pub apps: Vec<AppSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
@@ -316,17 +447,52 @@ impl Config {
                 "need 1 <= reconnect_min_ms <= reconnect_max_ms",
             );
         }
+        let (cert, key) = (&self.gate.tls_cert, &self.gate.tls_key);
+        if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+            return bad(
+                "gate.tls_cert / gate.tls_key",
+                "set both (TLS) or neither (plain TCP)",
+            );
+        }
+        if self.gate.plain_listen.is_some() && !self.gate_tls_enabled() {
+            return bad(
+                "gate.plain_listen",
+                "only with gate.tls_cert and gate.tls_key: without TLS, gate.listen is plain TCP already",
+            );
+        }
+        let guard = &self.guard;
+        if (guard.device_max_logins > 0
+            && (guard.device_window_secs == 0 || guard.device_penalty_secs == 0))
+            || (guard.ip_max_connects > 0
+                && (guard.ip_window_secs == 0 || guard.ip_penalty_secs == 0))
+        {
+            return bad(
+                "guard.*_window_secs / guard.*_penalty_secs",
+                "must be at least 1 while the matching max is not 0",
+            );
+        }
         if self.gate.drain_wave_size == 0 || self.gate.drain_timeout_secs == 0 {
             return bad(
                 "gate.drain_wave_size / gate.drain_timeout_secs",
                 "must be at least 1",
             );
         }
-        if let Some(app) = self.apps.iter().find(|a| a.secret.len() < 8) {
+        if let Some(app) = self
+            .apps
+            .iter()
+            .find(|a| !a.secret.is_empty() && a.secret.len() < 8)
+        {
             return bad(
                 &format!("apps[appcode={}].secret", app.appcode),
                 "must be at least 8 bytes",
             );
+        }
+        // Every key parses (PEM files read) and each appcode has 1..=4 with distinct kids.
+        if let Err(why) = self.try_apps() {
+            return Err(ConfigError::Invalid(why));
+        }
+        if self.logic.login_failure_window_secs == 0 {
+            return bad("logic.login_failure_window_secs", "must be at least 1");
         }
         if self.bus.max_attempts == 0 || self.bus.lease_secs == 0 || self.bus.max_backlog == 0 {
             return bad(
@@ -410,6 +576,11 @@ impl Config {
         out
     }
 
+    /// Whether the gates speak TLS (`gate.tls_cert` and `gate.tls_key` are set).
+    pub fn gate_tls_enabled(&self) -> bool {
+        !self.gate.tls_cert.as_os_str().is_empty() && !self.gate.tls_key.as_os_str().is_empty()
+    }
+
     /// The settings of the gate on `gate.listen`.
     pub fn gate_config(&self) -> longlink_gate::GateConfig {
         let gate = &self.gate;
@@ -454,24 +625,43 @@ impl Config {
         )
     }
 
-    /// The token keys of every configured appcode.
+    /// The token keys of every configured appcode. [`Config::load`] checked them; should a
+    /// key file have changed since, no appcode is served (every LOGIN is refused) and the
+    /// reason is logged.
     pub fn apps(&self) -> longlink_logic::Apps {
-        let apps: Vec<longlink_logic::App> = self
-            .apps
-            .iter()
-            .map(|a| longlink_logic::App {
+        self.try_apps().unwrap_or_else(|why| {
+            tracing::error!(error = %why, "token keys unusable: no appcode is served");
+            longlink_logic::Apps::default()
+        })
+    }
+
+    fn try_apps(&self) -> Result<longlink_logic::Apps, String> {
+        let mut apps = Vec::with_capacity(self.apps.len());
+        for a in &self.apps {
+            apps.push(longlink_logic::App {
                 appcode: a.appcode,
                 name: a.name.clone(),
-                secret: a.secret.clone(),
+                keys: a.token_keys()?,
                 multi_login: match a.multi_login {
                     MultiLoginPolicy::Kick => longlink_presence::MultiLogin::Kick,
                     MultiLoginPolicy::Allow => longlink_presence::MultiLogin::Allow {
                         max_sessions: a.max_sessions,
                     },
                 },
-            })
-            .collect();
-        longlink_logic::Apps::new(&apps)
+            });
+        }
+        longlink_logic::Apps::with_leeway(&apps, self.logic.token_leeway_secs)
+            .map_err(|err| format!("apps: {err}"))
+    }
+
+    /// The failed-login limits of `[logic]`.
+    pub fn login_limits(&self) -> longlink_logic::LoginLimits {
+        longlink_logic::LoginLimits {
+            max_failures_per_ip: self.logic.login_failures_per_ip,
+            max_failures_per_uid: self.logic.login_failures_per_uid,
+            window: Duration::from_secs(self.logic.login_failure_window_secs),
+            lockout: Duration::from_secs(self.logic.login_lockout_secs),
+        }
     }
 }
 

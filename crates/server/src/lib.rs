@@ -26,7 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 use longlink_api::{ApiContext, ApiKeys, ApiLimits, DrainStart, GateDirectory, GateStatus};
 use longlink_bus::{QueueOptions, SqliteQueue, TopicQueue, WebhookConfig};
-use longlink_gate::Gate;
+use longlink_gate::{Gate, GateListener, ServerTls};
+use longlink_guard::{Guard, SqliteBanStore};
 use longlink_ledger::{LedgerConfig, MemoryLedger};
 use longlink_logic::{Logic, LogicConfig};
 use longlink_metrics::Latency;
@@ -49,6 +50,10 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct RunningServer {
     gate_addr: std::net::SocketAddr,
+    /// The first gate's WebSocket listener (`gate.ws_listen`), when on.
+    ws_addr: Option<std::net::SocketAddr>,
+    /// The first gate's plain TCP listener next to TLS (`gate.plain_listen`), when on.
+    plain_addr: Option<std::net::SocketAddr>,
     api_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     gates: Vec<Gate>,
@@ -85,11 +90,50 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         )
         .with_context(|| format!("cannot open store in {}", config.store.data_dir.display()))?,
     );
-    let mut gate_listeners = Vec::new();
-    for (addr, gate_config) in config.gate_configs() {
+    // The black/white lists (durable, changed through the API) and flapping detection.
+    let guard_path = config.store.data_dir.join(longlink_guard::GUARD_FILE);
+    let guard = Arc::new(
+        SqliteBanStore::open(&guard_path)
+            .and_then(|store| Guard::open(Arc::new(store), config.guard.guard_config()))
+            .with_context(|| format!("cannot open the ban lists {}", guard_path.display()))?,
+    );
+    let gate_tls = if config.gate_tls_enabled() {
+        Some(
+            ServerTls::from_pem_files(&config.gate.tls_cert, &config.gate.tls_key)
+                .context("cannot load gate.tls_cert / gate.tls_key")?,
+        )
+    } else {
+        None
+    };
+    // Each gate: its main listener (TLS when configured), and for the first gate the plain
+    // loopback listener and the WebSocket listener (docs/protocol.md "Transports").
+    let mut gate_listeners: Vec<(Vec<GateListener>, longlink_gate::GateConfig)> = Vec::new();
+    let (mut ws_addr, mut plain_addr) = (None, None);
+    for (i, (addr, gate_config)) in config.gate_configs().into_iter().enumerate() {
         let listener = bind_gate(addr, config.gate.listen_backlog)
             .with_context(|| format!("cannot bind gate {} on {addr}", gate_config.gate_id))?;
-        gate_listeners.push((listener, gate_config));
+        let mut listeners = vec![match &gate_tls {
+            Some(tls) => GateListener::tls(listener, tls.clone()),
+            None => GateListener::tcp(listener),
+        }];
+        if i == 0 {
+            if let Some(addr) = config.gate.plain_listen {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "gate.plain_listen is not a loopback address: clients there speak without TLS");
+                }
+                let listener = bind_gate(addr, config.gate.listen_backlog)
+                    .with_context(|| format!("cannot bind gate.plain_listen {addr}"))?;
+                plain_addr = Some(listener.local_addr()?);
+                listeners.push(GateListener::tcp(listener));
+            }
+            if let Some(addr) = config.gate.ws_listen {
+                let listener = bind_gate(addr, config.gate.listen_backlog)
+                    .with_context(|| format!("cannot bind gate.ws_listen {addr}"))?;
+                ws_addr = Some(listener.local_addr()?);
+                listeners.push(GateListener::ws(listener, gate_tls.clone()));
+            }
+        }
+        gate_listeners.push((listeners, gate_config));
     }
     let api_listener = TcpListener::bind(config.api.listen)
         .await
@@ -102,7 +146,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         ),
         None => None,
     };
-    let gate_addr = gate_listeners[0].0.local_addr()?;
+    let gate_addr = gate_listeners[0].0[0].local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let grpc_addr = grpc_listener
         .as_ref()
@@ -122,6 +166,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("cannot open bus {}", bus_path.display()))?,
     );
     let presence = Arc::new(MemoryPresence::new());
+    let revocations_path = config.store.data_dir.join("tokens.sqlite");
+    let revocations = Arc::new(
+        longlink_store::SqliteRevocations::open(&revocations_path)
+            .with_context(|| format!("cannot open {}", revocations_path.display()))?,
+    );
     let routes = Arc::new(
         config
             .routes()
@@ -183,12 +232,17 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .iter()
         .map(|(_, gate_config)| Gate::new(gate_config.clone(), ledger.clone(), &mut registry))
         .collect();
-    let logic = Arc::new(Logic::new(
+    for gate in &gates {
+        gate.set_guard(guard.clone());
+    }
+    let logic = Arc::new(
+        Logic::new(
         LogicConfig {
             keepalive_interval_secs: config.gate.keepalive_interval_secs,
             max_content_bytes: config.logic.max_content_bytes,
             max_response_bytes: config.gate.max_body_bytes as usize,
             resume_secret: config.logic.resume_secret.clone(),
+            login_limits: config.login_limits(),
         },
         Arc::new(config.apps()),
         presence.clone() as Arc<dyn Presence>,
@@ -198,7 +252,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         Arc::new(gates::GateSet::new(&gates)),
         ledger.clone(),
         &mut registry,
-    ));
+    )
+    // Token revocations survive a restart (issue 8): <data_dir>/tokens.sqlite.
+    .with_revocations(revocations),
+    );
     let node_stats = Arc::new(observe::NodeStats::new(
         gates.clone(),
         logic.metrics().clone(),
@@ -215,16 +272,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     ));
 
     let shutdown = CancellationToken::new();
-    for ((listener, _), gate) in gate_listeners.iter().zip(&gates) {
-        gate.advertise(listener.local_addr()?);
+    tokio::spawn(enforce_access_lists(
+        guard.subscribe(),
+        gates.clone(),
+        shutdown.clone(),
+    ));
+    for ((listeners, _), gate) in gate_listeners.iter().zip(&gates) {
+        gate.advertise(listeners[0].local_addr()?);
     }
     let mut gate_tasks = Vec::new();
-    for ((listener, _), gate) in gate_listeners.into_iter().zip(&gates) {
+    for ((listeners, _), gate) in gate_listeners.into_iter().zip(&gates) {
         let gate = gate.clone();
         let shutdown = shutdown.clone();
         let logic = logic.clone();
         gate_tasks.push(tokio::spawn(async move {
-            gate.serve(listener, logic, shutdown).await;
+            gate.serve_all(listeners, logic, shutdown).await;
         }));
     }
     // Each gate tells its clients the others as fallbacks.
@@ -254,6 +316,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             ledger,
             metrics: Arc::new(registry),
             gates: directory.clone(),
+            bans: guard.clone(),
+            tokens: Arc::new(LogicTokens(logic.clone())),
             limits: ApiLimits {
                 max_body_bytes: config.api.max_body_bytes,
                 max_content_bytes: config.logic.max_content_bytes,
@@ -281,9 +345,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         })
         .collect();
     let grpc_shown = grpc_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    tracing::info!(gate = %gate_addr, api = %api_addr, grpc = %grpc_shown, data_dir = %config.store.data_dir.display(), "longlink ready");
+    let ws_shown = ws_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let gate_transport = if gate_tls.is_some() { "tls" } else { "tcp" };
+    tracing::info!(gate = %gate_addr, gate_transport, ws = %ws_shown, api = %api_addr, grpc = %grpc_shown, data_dir = %config.store.data_dir.display(), "longlink ready");
     Ok(RunningServer {
         gate_addr,
+        ws_addr,
+        plain_addr,
         api_addr,
         shutdown,
         gates,
@@ -301,6 +369,34 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     })
 }
 
+/// Token revocation for the API (`POST /v1/tokens/revoke`), done by logic.
+struct LogicTokens(Arc<Logic>);
+
+#[async_trait::async_trait]
+impl longlink_api::TokenRevoker for LogicTokens {
+    async fn revoke(
+        &self,
+        appcode: u32,
+        uid: &str,
+        before_ms: Option<u64>,
+    ) -> Result<longlink_api::RevokeOutcome, longlink_api::RevokeFailure> {
+        use longlink_logic::RevokeError;
+        match self.0.revoke_tokens(appcode, uid, before_ms).await {
+            Ok(revoked) => Ok(longlink_api::RevokeOutcome {
+                before_ms: revoked.before_ms,
+                kicked: revoked.kicked,
+            }),
+            Err(RevokeError::UnknownAppcode(_)) => Err(longlink_api::RevokeFailure::UnknownAppcode),
+            Err(RevokeError::InvalidArgument(why)) => {
+                Err(longlink_api::RevokeFailure::InvalidArgument(why))
+            }
+            Err(RevokeError::Unavailable(why)) => {
+                Err(longlink_api::RevokeFailure::Unavailable(why))
+            }
+        }
+    }
+}
+
 /// A gate's listener with a backlog of its own (`TcpListener::bind` asks the kernel for 128,
 /// too few when thousands of clients reconnect at once).
 fn bind_gate(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -312,6 +408,27 @@ fn bind_gate(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpLis
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog.max(1))
+}
+
+/// Makes list changes effective on open sessions: after each change every gate re-checks its
+/// sessions and kicks (KICK BLOCKED) those the lists now refuse. Changes arriving during a
+/// sweep coalesce into one more sweep (a watch channel keeps only the latest).
+async fn enforce_access_lists(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    gates: Vec<Gate>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        changes.borrow_and_update();
+        let kicked: usize = gates.iter().map(Gate::enforce_guard).sum();
+        if kicked > 0 {
+            tracing::info!(kicked, "sessions kicked after an access list change");
+        }
+    }
 }
 
 /// Drains `gate_id` among `gates`, pointing its clients at the others.
@@ -392,6 +509,17 @@ impl RunningServer {
     /// The bound gate address (useful with port 0).
     pub fn gate_addr(&self) -> std::net::SocketAddr {
         self.gate_addr
+    }
+
+    /// The bound WebSocket address of the first gate (`gate.ws_listen`; wss with TLS), when
+    /// enabled.
+    pub fn ws_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ws_addr
+    }
+
+    /// The bound plain TCP address next to TLS (`gate.plain_listen`), when enabled.
+    pub fn plain_addr(&self) -> Option<std::net::SocketAddr> {
+        self.plain_addr
     }
 
     /// The bound gRPC API address, when enabled.

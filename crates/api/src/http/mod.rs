@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use crate::model::HealthBody;
 use crate::ops::Shared;
 
+pub(crate) mod bans;
 pub(crate) mod consume;
 pub(crate) mod dashboard;
 pub(crate) mod deadletter;
@@ -22,6 +23,7 @@ pub(crate) mod observe;
 pub(crate) mod openapi;
 pub(crate) mod presence;
 pub(crate) mod push;
+pub(crate) mod tokens;
 
 /// Node health: status, version, connections and sessions.
 #[utoipa::path(
@@ -65,6 +67,9 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/dispatch", get(gates::dispatch))
         .route("/v1/gates", get(gates::list))
         .route("/v1/gates/{id}/drain", post(gates::drain))
+        .route("/v1/bans", post(bans::add).get(bans::list))
+        .route("/v1/bans/{id}", axum::routing::delete(bans::remove))
+        .route("/v1/tokens/revoke", post(tokens::revoke))
         .fallback(errors::unknown_route)
         .method_not_allowed_fallback(errors::unknown_route)
         // Read by the body extractor, which turns an excess into the JSON 413.

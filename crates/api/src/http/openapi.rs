@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{consume, deadletter, gates, observe, presence, push};
+use super::{bans, consume, deadletter, gates, observe, presence, push, tokens};
 use crate::model::{ErrorBody, ErrorDetail};
 
 /// Declares the two ways to pass the API key.
@@ -56,6 +56,10 @@ impl Modify for SecuritySchemes {
         gates::dispatch,
         gates::list,
         gates::drain,
+        bans::add,
+        bans::remove,
+        bans::list,
+        tokens::revoke,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes),
@@ -65,7 +69,9 @@ impl Modify for SecuritySchemes {
         (name = "consume", description = "c2s messages routed to topics: leases, acks, dead letters"),
         (name = "health", description = "Liveness"),
         (name = "observability", description = "Metrics, the node summary and message traces"),
+        (name = "bans", description = "Black/white lists of uids, devices, IPs and appcodes (effective at once)"),
         (name = "gates", description = "Dispatch (where a client should connect) and, for operator keys, the gates and their drain"),
+        (name = "tokens", description = "Revoking a user's login tokens"),
     )
 )]
 struct ApiDoc;

@@ -357,6 +357,8 @@ impl Fixture {
             ledger: Arc::new(longlink_rpc::trace::NoLedger),
             metrics: Arc::new(longlink_metrics::Registry::default()),
             gates: gates.clone(),
+            bans: Arc::new(longlink_guard::Guard::in_memory(Default::default())),
+            tokens: Arc::new(longlink_api::NoRevocations),
             limits: ApiLimits {
                 max_body_bytes: MAX_BODY,
                 ..ApiLimits::default()
