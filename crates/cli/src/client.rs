@@ -56,6 +56,16 @@ pub(crate) struct Identity {
     /// Seconds to wait for each answer from the server.
     #[arg(long, default_value_t = 10)]
     request_timeout_secs: u64,
+    /// Speak TLS to the gate (needs --ca).
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA that signed the gate's certificate (e.g. ca.pem from
+    /// `longlink cert dev`); implies --tls.
+    #[arg(long, env = "LONGLINK_TLS_CA")]
+    ca: Option<PathBuf>,
+    /// The name the gate's certificate must carry (default: the host of --server).
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +188,14 @@ async fn connect_with(
     let mut config = ClientConfig::new(&identity.server, identity.appcode, token, device);
     config.request_timeout = Duration::from_secs(identity.request_timeout_secs.max(1));
     config.auto_ack = auto_ack;
+    config.tls = match (&identity.ca, identity.tls) {
+        (Some(ca), _) => Some(longlink_sdk::TlsConfig {
+            server_name: identity.tls_server_name.clone(),
+            ..longlink_sdk::TlsConfig::ca_file(ca)
+        }),
+        (None, true) => bail!("--tls needs --ca FILE: the CA that signed the gate's certificate"),
+        (None, false) => None,
+    };
     Client::connect(config)
         .await
         .with_context(|| format!("cannot log in to {}", identity.server))

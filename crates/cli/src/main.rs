@@ -4,6 +4,7 @@
 
 mod api_cmd;
 mod bench_cmd;
+mod cert;
 mod client;
 mod serve;
 mod token;
@@ -65,6 +66,9 @@ enum Command {
     /// Where a client should connect: the gate addresses to try, in order — the one holding
     /// the user's session first, then the least loaded (`GET /v1/dispatch`).
     Dispatch(api_cmd::DispatchArgs),
+    /// TLS certificates: `cert dev` writes a development CA and a server certificate.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Load generators and measurements (not tests).
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
             Command::Gate(command) => api_cmd::gate(command).await,
             Command::Dispatch(args) => api_cmd::dispatch(args).await,
             Command::Bench(command) => bench_cmd::run(command).await,
+            Command::Cert(command) => cert::run(command),
         }
     });
     match result {

@@ -49,6 +49,8 @@ fn config(data: &Path, gate_port: u16, api_port: u16) -> String {
             "listen = \"127.0.0.1:7780\"",
             &format!("listen = \"127.0.0.1:{api_port}\""),
         )
+        // No WebSocket listener: its default port would collide between tests.
+        .replace("ws_listen = \"127.0.0.1:7701\"", "ws_listen = \"\"")
         .replace(
             "data_dir = \"./longlink-data\"",
             &format!("data_dir = {:?}", data.display().to_string()),

@@ -116,6 +116,8 @@ pub struct GateMetrics {
     pub logins_throttled: Counter,
     /// 1 while the gate drains.
     pub draining: Gauge,
+    /// TLS / WebSocket handshakes that failed or timed out, per transport.
+    handshake_failures: Family<Label, Counter>,
 }
 
 impl GateMetrics {
@@ -145,6 +147,12 @@ impl GateMetrics {
         let holds_expired = Counter::default();
         let logins_throttled = Counter::default();
         let draining = Gauge::default();
+        let handshake_failures = Family::<Label, Counter>::default();
+        registry.register(
+            "longlink_gate_handshake_failures",
+            "TLS and WebSocket handshakes that failed or ran past the login timeout, per transport",
+            handshake_failures.clone(),
+        );
         registry.register(
             "longlink_gate_held_sessions",
             "Sessions held without a link, waiting for a RESUME",
@@ -268,6 +276,7 @@ impl GateMetrics {
             holds_expired,
             logins_throttled,
             draining,
+            handshake_failures,
         }
     }
 
@@ -321,6 +330,19 @@ impl GateMetrics {
     /// ERROR frames sent, every code.
     pub fn errors_total(&self) -> u64 {
         self.errors_total.get()
+    }
+
+    pub(crate) fn handshake_failed(&self, transport: &'static str) {
+        self.handshake_failures
+            .get_or_create(&label("transport", transport))
+            .inc();
+    }
+
+    /// Failed TLS / WebSocket handshakes on `transport` (`tls`, `ws`, `wss`).
+    pub fn handshake_failures(&self, transport: &str) -> u64 {
+        self.handshake_failures
+            .get(&label("transport", transport.to_owned()))
+            .map_or(0, |c| c.get())
     }
 
     pub(crate) fn closed(&self, reason: &str) {

@@ -10,9 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use longlink_metrics::Gauge;
@@ -21,6 +19,7 @@ use longlink_rpc::WriteReceipt;
 use longlink_rpc::trace::{Stage, TraceEvent};
 
 use crate::close::{ConnShared, Kick};
+use crate::transport::WriteSide;
 use crate::{CloseReason, GateShared};
 
 /// Why a frame was not queued.
@@ -34,7 +33,7 @@ pub(crate) enum QueueError {
 
 /// A queued frame, with the receipt to call once it is written (tracked pushes only).
 pub(crate) struct Outgoing {
-    frame: Bytes,
+    pub(crate) frame: Bytes,
     receipt: Option<(Arc<dyn WriteReceipt>, u64)>,
 }
 
@@ -197,7 +196,7 @@ const MAX_BATCH: usize = 64;
 /// or the connection is closed from outside; then flushes what is queued and shuts the socket
 /// down. A batch that takes longer than `write_timeout` closes the connection.
 pub(crate) async fn run(
-    mut write: OwnedWriteHalf,
+    mut write: WriteSide,
     queue: Arc<WriteQueue>,
     conn: Arc<ConnShared>,
     write_timeout: Duration,
@@ -241,7 +240,7 @@ pub(crate) async fn run(
             }
         }
         if closing {
-            let _ = tokio::time::timeout(write_timeout, write.shutdown()).await;
+            let _ = tokio::time::timeout(write_timeout, write.shutdown(conn.reason())).await;
             return;
         }
         if batch.capacity() > MAX_BATCH {
@@ -292,15 +291,8 @@ fn observe_written(gate: &GateShared, conn: &ConnShared, frame: &Bytes) {
     gate.ledger.record(event);
 }
 
-async fn write_batch(write: &mut OwnedWriteHalf, batch: &[Outgoing]) -> std::io::Result<()> {
-    if let [only] = batch {
-        return write.write_all(&only.frame).await;
-    }
-    let mut out = BytesMut::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
-    for sent in batch {
-        out.extend_from_slice(&sent.frame);
-    }
-    write.write_all(&out).await
+async fn write_batch(write: &mut WriteSide, batch: &[Outgoing]) -> std::io::Result<()> {
+    write.write_frames(batch).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 /// adjust the public fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The gate's TCP address, e.g. `"127.0.0.1:7700"`.
+    /// The gate's TCP address, e.g. `"127.0.0.1:7700"` (a TLS address when
+    /// [`ClientConfig::tls`] is set).
     pub addr: String,
     /// The appcode (client kind / account system) to log in to.
     pub appcode: u32,
@@ -36,7 +37,7 @@ pub struct ClientConfig {
     /// timeout, a KICK other than REPLACED / LOGGED_OUT / BLOCKED). `None`: the client ends
     /// with [`crate::Event::Closed`] instead. Default `Some(ReconnectPolicy::default())`.
     pub reconnect: Option<ReconnectPolicy>,
-    /// How long the TCP connect may take. Default 5 s.
+    /// How long the TCP connect may take (and then the TLS handshake, again). Default 5 s.
     pub connect_timeout: Duration,
     /// How often the client sends KEEPALIVE. `None` (the default) uses the interval the server
     /// announces in its `LoginResponse` (30 s if it announces 0); `Some(Duration::ZERO)`
@@ -53,6 +54,9 @@ pub struct ClientConfig {
     /// Largest frame body accepted from the server. Default
     /// [`longlink_proto::DEFAULT_MAX_BODY_BYTES`] (64 KiB).
     pub max_body_bytes: u32,
+    /// Speak TLS to the gate (every address dialed, reconnects included), trusting these CA
+    /// certificates. Default `None`: plain TCP.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl ClientConfig {
@@ -89,6 +93,7 @@ impl ClientConfig {
             auto_ack: true,
             incoming_capacity: Self::DEFAULT_INCOMING_CAPACITY,
             max_body_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES,
+            tls: None,
         }
     }
 

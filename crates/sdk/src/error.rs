@@ -58,6 +58,11 @@ pub enum ClientError {
     /// a response of the wrong command).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The TLS settings cannot be used ([`crate::ClientConfig::tls`]: an unreadable CA file,
+    /// no certificate in it, an invalid server name). A failed TLS handshake (e.g. a
+    /// certificate the CA did not sign) is a [`ClientError::Connect`].
+    #[error("tls configuration: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -74,7 +79,7 @@ impl ClientError {
             | ClientError::Disconnected
             | ClientError::DeadlineExceeded { .. } => true,
             ClientError::Server { code, .. } => is_transient(*code) || *code == ErrorCode::Internal,
-            ClientError::Protocol(_) => false,
+            ClientError::Protocol(_) | ClientError::Tls(_) => false,
         }
     }
 
@@ -122,7 +127,7 @@ impl ClientError {
                     | ErrorCode::LoginTimeout
                     | ErrorCode::IdleTimeout
             ),
-            ClientError::Protocol(_) => true,
+            ClientError::Protocol(_) | ClientError::Tls(_) => true,
             _ => false,
         }
     }

@@ -1,4 +1,4 @@
-//! Opening a connection: the TCP connect and the LOGIN handshake — or, after a drop, the
+//! Opening a connection: the TCP connect (then TLS when configured) and the LOGIN handshake — or, after a drop, the
 //! RESUME that takes the held session over (LOGIN on the same connection when it is
 //! rejected) — used by [`crate::Client::connect`] and by the driver's reconnects.
 
@@ -10,10 +10,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-use crate::{CLIENT_VERSION, ClientConfig, ClientError};
+use crate::tls::Stream;
+use crate::{CLIENT_VERSION, ClientConfig, ClientError, TlsConfig};
 
-/// The socket with the longlink codec on it.
-pub(crate) type Transport = Framed<TcpStream, FrameCodec>;
+/// The socket (TCP or TLS) with the longlink codec on it.
+pub(crate) type Transport = Framed<Stream, FrameCodec>;
 
 /// The seq_id of the LOGIN request; the driver numbers the following requests after it.
 pub(crate) const LOGIN_SEQ: u32 = 1;
@@ -35,6 +36,7 @@ pub(crate) struct Dial {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) max_body_bytes: u32,
+    pub(crate) tls: Option<TlsConfig>,
     pub(crate) login: wire::LoginRequest,
     /// Try to take the previous session over with RESUME first (LOGIN on the same connection
     /// if the server rejects it).
@@ -49,6 +51,7 @@ impl Dial {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
+            tls: config.tls.clone(),
             login: wire::LoginRequest {
                 token,
                 appcode: config.appcode,
@@ -89,7 +92,8 @@ pub(crate) struct Resumed {
 /// `request_timeout`).
 ///
 /// # Errors
-/// [`ClientError::Connect`] when the TCP connection fails, [`ClientError::Server`] when the
+/// [`ClientError::Connect`] when the TCP connection or the TLS handshake fails,
+/// [`ClientError::Tls`] when the TLS settings are unusable, [`ClientError::Server`] when the
 /// server refuses the login, [`ClientError::Timeout`], [`ClientError::Closed`],
 /// [`ClientError::Io`] or [`ClientError::Protocol`] otherwise.
 pub(crate) async fn connect_and_login(dial: Dial) -> Result<(Transport, Opened), ClientError> {
@@ -110,7 +114,26 @@ pub(crate) async fn connect_and_login(dial: Dial) -> Result<(Transport, Opened),
     if let Err(err) = tcp.set_nodelay(true) {
         tracing::debug!(%err, "could not set TCP_NODELAY");
     }
-    let mut transport = Framed::new(tcp, FrameCodec::new(dial.max_body_bytes));
+    let stream = match &dial.tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => {
+            let (connector, name) = tls.connector(&dial.addr)?;
+            match timeout(dial.connect_timeout, connector.connect(name, tcp)).await {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(err)) => return Err(ClientError::Connect(err)),
+                Err(_) => {
+                    return Err(ClientError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the TLS handshake with {} took longer than {:?}",
+                            dial.addr, dial.connect_timeout
+                        ),
+                    )));
+                }
+            }
+        }
+    };
+    let mut transport = Framed::new(stream, FrameCodec::new(dial.max_body_bytes));
     let mut early = Vec::new();
     if let Some(resume) = dial.resume {
         let frame = Frame::request(Cmd::Resume, LOGIN_SEQ, random_log_id(), &resume);

@@ -130,11 +130,13 @@ mod error;
 mod handshake;
 mod sequencer;
 mod shared;
+mod tls;
 mod types;
 
 pub use client::{CLIENT_VERSION, Client, Incoming};
 pub use config::{ClientConfig, Jitter, ReconnectPolicy};
 pub use error::ClientError;
+pub use tls::{TlsConfig, TlsRoots};
 pub use types::{Content, Event, Message, ParseUserRefError, PullPage, SendReceipt, UserRef};
 
 pub use longlink_proto;

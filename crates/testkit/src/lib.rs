@@ -45,6 +45,8 @@ impl TestServer {
         let data = tempfile::tempdir().expect("temp data dir");
         let mut config = Config::default();
         config.gate.listen = "127.0.0.1:0".parse().expect("addr");
+        // The WebSocket listener is on by default (7701): tests run side by side.
+        config.gate.ws_listen = Some("127.0.0.1:0".parse().expect("addr"));
         config.api.listen = "127.0.0.1:0".parse().expect("addr");
         config.api.grpc_listen = Some("127.0.0.1:0".parse().expect("addr"));
         config.store.data_dir = data.path().to_owned();
@@ -143,6 +145,8 @@ impl TestServer {
     pub async fn restart(&mut self) {
         let server = self.server.take().expect("server is running");
         self.config.gate.listen = server.gate_addr();
+        self.config.gate.ws_listen = server.ws_addr();
+        self.config.gate.plain_listen = server.plain_addr();
         self.config.api.listen = server.api_addr();
         self.config.api.grpc_listen = server.grpc_addr();
         server.stop().await;
@@ -427,6 +431,7 @@ pub fn config_on_free_ports(data_dir: &Path) -> String {
         .replace("listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"")
         .replace("listen = \"127.0.0.1:7780\"", "listen = \"127.0.0.1:0\"")
         .replace("listen = \"127.0.0.1:7790\"", "listen = \"127.0.0.1:0\"")
+        .replace("ws_listen = \"127.0.0.1:7701\"", "ws_listen = \"127.0.0.1:0\"")
         .replace(
             "data_dir = \"./longlink-data\"",
             &format!("data_dir = {:?}", data_dir.display().to_string()),
