@@ -66,6 +66,18 @@ enum Command {
     /// Where a client should connect: the gate addresses to try, in order — the one holding
     /// the user's session first, then the least loaded (`GET /v1/dispatch`).
     Dispatch(api_cmd::DispatchArgs),
+    /// Login tokens through the API: `tokens revoke --appcode N --uid U` voids a user's
+    /// tokens issued so far and kicks its sessions. Needs a key covering the appcode.
+    #[command(subcommand)]
+    Tokens(api_cmd::TokensCommand),
+    /// Adds a black/white list entry through the API: `ban uid alice --appcode 129`,
+    /// `ban device ID`, `ban ip 10.0.0.0/8`, `ban appcode --appcode 131`; `--ttl-secs`,
+    /// `--reason`, `--allow` (ip whitelist). Effective at once: matching sessions are kicked.
+    Ban(api_cmd::BanArgs),
+    /// Removes a black/white list entry by id (`longlink bans` lists them).
+    Unban(api_cmd::UnbanArgs),
+    /// Lists the active black/white list entries.
+    Bans(api_cmd::BansArgs),
     /// TLS certificates: `cert dev` writes a development CA and a server certificate.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -119,6 +131,10 @@ fn main() -> ExitCode {
             Command::Top(args) => api_cmd::top(args).await,
             Command::Gate(command) => api_cmd::gate(command).await,
             Command::Dispatch(args) => api_cmd::dispatch(args).await,
+            Command::Tokens(command) => api_cmd::tokens(command).await,
+            Command::Ban(args) => api_cmd::ban(args).await,
+            Command::Unban(args) => api_cmd::unban(args).await,
+            Command::Bans(args) => api_cmd::bans(args).await,
             Command::Bench(command) => bench_cmd::run(command).await,
             Command::Cert(command) => cert::run(command),
         }

@@ -1,6 +1,7 @@
 //! The business-server API from the command line: `longlink push`, `push stats`, `presence`,
 //! `consume` (docs/api.md), and the operator's views of a node: `trace` and `top`
-//! (the observability routes), `gate list|drain` and `dispatch` (the gate routes). Plain HTTP/JSON through reqwest: the CLI never links the server's
+//! (the observability routes), `gate list|drain` and `dispatch` (the gate routes), `ban`,
+//! `unban` and `bans` (the black/white lists). Plain HTTP/JSON through reqwest: the CLI never links the server's
 //! API crate, so it talks to a remote node exactly as a business server would.
 //!
 //! Errors are one line on stderr, `error: <status> <code>: <message>`, with an exit code by
@@ -8,10 +9,12 @@
 //! (400, 413, 415), 77 for a missing, unknown or out-of-scope key (401, 403), 69 when the
 //! node cannot be reached or is unavailable (503, connection refused, timeout), 1 otherwise.
 
+mod bans;
 mod consume;
 mod gates;
 mod presence;
 mod push;
+mod tokens;
 mod top;
 mod trace;
 
@@ -22,10 +25,12 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub(crate) use bans::{BanArgs, BansArgs, UnbanArgs, ban, bans, unban};
 pub(crate) use consume::{ConsumeArgs, consume};
 pub(crate) use gates::{DispatchArgs, GateCommand, dispatch, gate};
 pub(crate) use presence::{PresenceArgs, presence};
 pub(crate) use push::{PushCommand, push};
+pub(crate) use tokens::{TokensCommand, tokens};
 pub(crate) use top::{TopArgs, top};
 pub(crate) use trace::{TraceArgs, trace};
 
@@ -218,6 +223,17 @@ impl Api {
     ) -> anyhow::Result<T> {
         self.send(Method::POST, self.url(segments), Some(body), Duration::ZERO)
             .await
+    }
+
+    /// `DELETE` of `segments`; the answer's JSON as `T`.
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, segments: &[&str]) -> anyhow::Result<T> {
+        self.send(
+            Method::DELETE,
+            self.url(segments),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(
