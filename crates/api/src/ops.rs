@@ -845,3 +845,43 @@ pub(crate) fn drain_gate(
         started,
     })
 }
+
+/// `POST /v1/tokens/revoke`: a key covering the appcode (an operator key covers all) revokes
+/// the user's tokens issued before now or `before_ms`.
+///
+/// # Errors
+/// 403 when the key does not cover the appcode; 400 for a bad uid or instant; 404 for an
+/// unknown appcode; 503 when the revocation could not be stored.
+pub(crate) async fn revoke_tokens(
+    shared: &Shared,
+    scope: &KeyScope,
+    body: crate::tokens::RevokeBody,
+) -> Result<crate::tokens::RevokedBody, ApiError> {
+    use crate::tokens::RevokeFailure;
+    scope.check_appcode(body.appcode)?;
+    if body.uid.is_empty() || body.uid.len() > MAX_UID_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "uid must be 1..={MAX_UID_BYTES} bytes"
+        )));
+    }
+    let outcome = shared
+        .ctx
+        .tokens
+        .revoke(body.appcode, &body.uid, body.before_ms)
+        .await
+        .map_err(|failure| match failure {
+            RevokeFailure::UnknownAppcode => {
+                ApiError::not_found(format!("unknown appcode {}", body.appcode))
+            }
+            RevokeFailure::InvalidArgument(message) => ApiError::invalid_argument(message),
+            RevokeFailure::Unavailable(message) => ApiError::unavailable(message),
+        })?;
+    tracing::info!(key = %scope.name, app.code = body.appcode, uid = %body.uid,
+        before_ms = outcome.before_ms, kicked = outcome.kicked, "tokens revoked");
+    Ok(crate::tokens::RevokedBody {
+        appcode: body.appcode,
+        uid: body.uid,
+        before_ms: outcome.before_ms,
+        kicked: outcome.kicked as u64,
+    })
+}

@@ -8,14 +8,17 @@
 //! online session of the receiver and the sender's other sessions, then the sender is ACKed
 //! with the server msgid; a receiver MSG_ACK marks it delivered for that device.
 //!
-//! Modules: [`auth`] (JWT per appcode), `handlers/` (one file per command: login, logout, c2s,
+//! Modules: [`auth`] (JWTs: keys per appcode, kid, rotation), [`login_guard`] (failed-login
+//! limits), `revoke` (token revocation), `handlers/` (one file per command: login, logout, c2s,
 //! c2c, msg_ack, offline_pull, history_pull), `convert` (store rows ↔ wire messages).
 
 pub mod auth;
 mod convert;
 mod handlers;
+pub mod login_guard;
 pub mod metrics;
 mod push;
+mod revoke;
 
 use std::sync::Arc;
 
@@ -28,10 +31,12 @@ use longlink_rpc::trace::Ledger;
 use longlink_rpc::{
     GatePush, LogicService, LoginAccepted, Refusal, Reply, ResumeAccepted, SessionInfo,
 };
-use longlink_store::MessageStore;
+use longlink_store::{MessageStore, TokenRevocations};
 
-pub use auth::{App, Apps, Claims, ResumeKeys, TokenError};
+pub use auth::{App, AppKey, Apps, Claims, KeyAlg, ResumeKeys, TokenError, Verified};
+pub use login_guard::LoginLimits;
 pub use metrics::LogicMetrics;
+pub use revoke::{RevokeError, Revoked};
 
 /// Tunables of logic.
 #[derive(Debug, Clone)]
@@ -45,6 +50,8 @@ pub struct LogicConfig {
     /// The secret resume tokens are signed with; empty = a random one per process (enough
     /// for one node; a cluster shares one so that a session resumes on any gate).
     pub resume_secret: String,
+    /// Failed-login limits per IP and per uid (issue 8).
+    pub login_limits: LoginLimits,
 }
 
 impl Default for LogicConfig {
@@ -54,6 +61,7 @@ impl Default for LogicConfig {
             max_content_bytes: 60 * 1024,
             max_response_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES as usize,
             resume_secret: String::new(),
+            login_limits: LoginLimits::default(),
         }
     }
 }
@@ -71,6 +79,9 @@ pub struct Logic {
     pushes: push::PushEngine,
     ledger: Arc<dyn Ledger>,
     metrics: LogicMetrics,
+    /// Whose tokens are revoked (issue 8); in memory unless [`Logic::with_revocations`].
+    revocations: Arc<dyn TokenRevocations>,
+    login_guard: login_guard::LoginGuard,
 }
 
 impl std::fmt::Debug for Logic {
@@ -112,6 +123,8 @@ impl Logic {
         }));
         Self {
             resume_keys: ResumeKeys::new(&config.resume_secret),
+            login_guard: login_guard::LoginGuard::new(&config.login_limits),
+            revocations: Arc::new(longlink_store::MemoryRevocations::new()),
             config,
             apps,
             presence,
@@ -123,6 +136,29 @@ impl Logic {
             ledger,
             metrics,
         }
+    }
+
+    /// Keeps token revocations in `revocations` (durable on a node: `SqliteRevocations`)
+    /// instead of this process's memory.
+    #[must_use]
+    pub fn with_revocations(mut self, revocations: Arc<dyn TokenRevocations>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// Revokes every token of `(appcode, uid)` issued before `before_ms` (unix ms; `None` =
+    /// now), durably, then ends the user's sessions opened with such tokens: online ones get
+    /// KICK (LOGGED_OUT), held ones end, and none of them can RESUME.
+    ///
+    /// # Errors
+    /// [`RevokeError`]: unknown appcode, a bad uid or instant, or the store failed.
+    pub async fn revoke_tokens(
+        &self,
+        appcode: u32,
+        uid: &str,
+        before_ms: Option<u64>,
+    ) -> Result<Revoked, RevokeError> {
+        revoke::revoke(self, appcode, uid, before_ms).await
     }
 
     /// Logic's metrics (also in the registry given to [`Logic::new`]).
@@ -190,8 +226,9 @@ impl LogicService for Logic {
         session_id: u64,
         request: longlink_proto::wire::LoginRequest,
         log_id: u64,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<LoginAccepted, Refusal> {
-        handlers::login::login(self, gate_id, session_id, request, log_id).await
+        handlers::login::login(self, gate_id, session_id, request, log_id, peer).await
     }
 
     async fn resume(

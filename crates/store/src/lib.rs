@@ -14,12 +14,16 @@
 //! Module map:
 //! - `lib.rs`: the trait, domain types, errors and the paging rules every backend shares.
 //! - `sqlite.rs`: [`SqliteStore`], [`SqliteOptions`], [`WriterStats`].
+//! - `revocations.rs`: [`TokenRevocations`] (which users' tokens are revoked, issue 8),
+//!   [`SqliteRevocations`] (`tokens.sqlite`), [`MemoryRevocations`].
 //! - `testsuite.rs` (tests only): `store_testsuite!`, the behaviour suite every backend runs.
 
+mod revocations;
 mod sqlite;
 #[cfg(test)]
 mod testsuite;
 
+pub use revocations::{MemoryRevocations, SqliteRevocations, TokenRevocations};
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};
 
 /// Page size used when a request asks for `limit == 0`.

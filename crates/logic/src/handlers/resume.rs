@@ -23,6 +23,18 @@ pub(crate) async fn resume(
     log_id: u64,
 ) -> Result<ResumeAccepted, Refusal> {
     let claims = logic.resume_keys.verify(&request.resume_token)?;
+    let revoked = || {
+        crate::revoke::is_revoked(
+            logic.revocations.as_ref(),
+            claims.appcode,
+            &claims.sub,
+            claims.auth_iat,
+        )
+    };
+    if revoked() {
+        tracing::info!(log_id, uid = %claims.sub, device = %claims.dev, "resume refused: the user's tokens were revoked");
+        return Err(resume_revoked());
+    }
     if request.acked_msgids.len() > MAX_ACK_BATCH {
         return Err(Refusal::new(
             ErrorCode::InvalidArgument,
@@ -50,6 +62,15 @@ pub(crate) async fn resume(
     };
     // The old connection, held or half-open, is done; it must not unregister the session.
     logic.gate.detach(&before.gate_id, before.session_id).await;
+    if revoked() {
+        // A revocation landed meanwhile; its kicks may have missed this session while it
+        // moved: end it here (the gate drops the new connection's entry on the refusal).
+        let _ = logic
+            .presence
+            .unregister(claims.appcode, &claims.sub, gate_id, session_id)
+            .await;
+        return Err(resume_revoked());
+    }
     let session = SessionInfo {
         gate_id: gate_id.to_owned(),
         session_id,
@@ -111,7 +132,7 @@ pub(crate) async fn resume(
         session_id,
         gap_free: !page.more,
         messages: page.messages,
-        resume_token: logic.resume_keys.mint(&session),
+        resume_token: logic.resume_keys.mint(&session, claims.auth_iat),
         epoch: session.epoch,
         keepalive_interval_secs: logic.config.keepalive_interval_secs,
         hold_secs: 0,
@@ -119,4 +140,11 @@ pub(crate) async fn resume(
         uid: session.uid.clone(),
     };
     Ok(ResumeAccepted { session, response })
+}
+
+fn resume_revoked() -> Refusal {
+    Refusal::new(
+        ErrorCode::ResumeRejected,
+        "this user's tokens were revoked: log in with a new token",
+    )
 }
