@@ -807,4 +807,44 @@ mod tests {
         let off = Config::from_toml("[api]\ngrpc_listen = \"\"\n", &BTreeMap::new()).unwrap();
         assert_eq!(off.api.grpc_listen, None);
     }
+
+    #[test]
+    fn gate_transports_tls_pairs_plain_listen_and_websocket() {
+        let defaults = Config::default();
+        assert!(!defaults.gate_tls_enabled());
+        assert_eq!(defaults.gate.plain_listen, None);
+        assert_eq!(
+            defaults.gate.ws_listen.map(|a| a.to_string()),
+            Some("127.0.0.1:7701".to_owned())
+        );
+        let cases = [
+            (
+                "[gate]\ntls_cert = \"c.pem\"\n",
+                "gate.tls_cert / gate.tls_key",
+            ),
+            (
+                "[gate]\ntls_key = \"k.pem\"\n",
+                "gate.tls_cert / gate.tls_key",
+            ),
+            (
+                "[gate]\nplain_listen = \"127.0.0.1:0\"\n",
+                "gate.plain_listen",
+            ),
+            ("[gate]\nws_listen = \"nowhere\"\n", "ws_listen"),
+        ];
+        for (text, named) in cases {
+            let err = Config::from_toml(text, &BTreeMap::new())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{text:?} -> {err}");
+        }
+        let tls = Config::from_toml(
+            "[gate]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nplain_listen = \"127.0.0.1:0\"\nws_listen = \"\"\n",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(tls.gate_tls_enabled());
+        assert!(tls.gate.plain_listen.is_some());
+        assert_eq!(tls.gate.ws_listen, None);
+    }
 }
