@@ -23,7 +23,8 @@
 //! (TCP / TLS / WebSocket streams and handshakes), `connection`
 //! (the reader and its state machine, LOGIN/RESUME, holds), `write_queue` (WriteQueue and the
 //! writer task), [`session_table`] (session id → link or hold; push, kick, detach), `drain`,
-//! [`close`] (CloseReason, KICK frames).
+//! [`close`] (CloseReason, KICK frames), `access` (the black/white lists and flapping checks at
+//! accept and after LOGIN/RESUME, and the sweep that kicks sessions the lists now refuse).
 
 mod access;
 pub mod close;

@@ -13,6 +13,10 @@
 //! (the drain runs as a task this node owns, so SIGTERM's drain finds it instead of starting a
 //! second one) and dispatch.
 //!
+//! The black/white lists and flapping detection (`longlink_guard::Guard`, kept in
+//! `<data_dir>/guard.sqlite`) are given to every gate and to the API; after each change of
+//! the lists every gate re-checks its sessions and kicks those now refused.
+//!
 //! Modules: [`config`] (Config, the embedded default file, env overrides).
 
 pub mod config;
