@@ -38,18 +38,24 @@ struct GrpcApi {
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let max_message = shared.ctx.limits.max_body_bytes;
     let service = ApiServer::new(GrpcApi { shared }).max_decoding_message_size(max_message);
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop.cancelled_owned(),
-        )
-        .await
-        .map_err(std::io::Error::other)
+    let router = tonic::transport::Server::builder().add_service(service);
+    let done = stop.clone().cancelled_owned();
+    match tls {
+        Some(config) => {
+            let incoming = crate::tls::TlsIncoming::new(listener, config, stop)?;
+            router.serve_with_incoming_shutdown(incoming, done).await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, done).await
+        }
+    }
+    .map_err(std::io::Error::other)
 }
 
 impl GrpcApi {

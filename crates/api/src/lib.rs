@@ -41,6 +41,7 @@ mod http;
 pub mod keys;
 pub mod model;
 mod ops;
+pub mod tls;
 pub mod tokens;
 
 /// The gRPC messages, client and server generated from `proto/api.proto` (see
@@ -183,20 +184,47 @@ pub async fn serve(
     ctx: ApiContext,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_tls(http, grpc, ctx, None, shutdown).await
+}
+
+/// [`serve`], with both listeners speaking TLS (`config`, see [`tls::with_alpn`]) when
+/// `tls` is given: HTTP/1.1 and HTTP/2 on the HTTP port, gRPC over HTTP/2 on the gRPC port.
+///
+/// # Errors
+/// A listener failed.
+pub async fn serve_tls(
+    http: TcpListener,
+    grpc: Option<TcpListener>,
+    ctx: ApiContext,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     // A child token: a failing server stops its sibling without cancelling the caller's token.
     let stop = shutdown.child_token();
     let shared = Arc::new(ops::Shared::new(ctx, stop.clone()));
     let http_server = {
         let stop = stop.clone();
         let app = http::app(Arc::clone(&shared));
+        let tls = tls.clone();
         async move {
-            // Small answers and SSE events go out at once instead of waiting on Nagle.
-            let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let result = axum::serve(http, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .await;
+            let graceful = stop.clone().cancelled_owned();
+            let result = match tls {
+                Some(config) => {
+                    let incoming = tls::TlsIncoming::new(http, config, stop.clone())?;
+                    axum::serve(incoming, app)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                }
+                None => {
+                    // Small answers and SSE events go out at once instead of waiting on Nagle.
+                    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(http, app)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                }
+            };
             stop.cancel();
             result
         }
@@ -208,7 +236,7 @@ pub async fn serve(
             let Some(listener) = grpc else {
                 return Ok(());
             };
-            let result = grpc::serve(listener, shared, stop.clone()).await;
+            let result = grpc::serve(listener, shared, tls, stop.clone()).await;
             stop.cancel();
             result
         }

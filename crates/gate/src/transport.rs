@@ -104,6 +104,7 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct ServerTls {
     acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -154,9 +155,17 @@ impl ServerTls {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|err| TlsError::Config(err.to_string()))?;
+        let config = Arc::new(config);
         Ok(Self {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::clone(&config)),
+            config,
         })
+    }
+
+    /// The rustls configuration (the API serves its own listeners with a copy that adds
+    /// ALPN for HTTP/2 and gRPC).
+    pub fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.config)
     }
 }
 

@@ -40,6 +40,11 @@ pub struct GateSection {
     pub idle_timeout_secs: u64,
     pub keepalive_interval_secs: u32,
     pub max_body_bytes: u32,
+    /// Algorithms agreed at LOGIN, best first ("zstd", "lz4"); empty = no compression.
+    pub compression: Vec<String>,
+    pub compression_min_bytes: u32,
+    /// 0 = `max_body_bytes`.
+    pub max_decompressed_bytes: u32,
     pub write_queue_frames: usize,
     pub write_timeout_secs: u64,
     pub max_connections: usize,
@@ -65,6 +70,17 @@ pub struct GateSection {
     pub drain_wave_interval_ms: u64,
     pub drain_backoff_ms: u64,
     pub drain_timeout_secs: u64,
+    pub send_frames_per_sec: u32,
+    pub send_frames_burst: u32,
+    pub pull_frames_per_sec: u32,
+    pub pull_frames_burst: u32,
+    pub ack_frames_per_sec: u32,
+    pub ack_frames_burst: u32,
+    pub other_frames_per_sec: u32,
+    pub other_frames_burst: u32,
+    pub flood_refusals: u32,
+    pub read_bytes_per_sec: u32,
+    pub read_bytes_burst: u32,
 }
 
 /// `[api]`.
@@ -77,6 +93,9 @@ pub struct ApiSection {
     #[serde(deserialize_with = "optional_addr")]
     pub grpc_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
+    /// PEM certificate chain and key: both set = the HTTP and gRPC listeners speak TLS only.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 fn optional_addr<'de, D: serde::Deserializer<'de>>(
@@ -447,11 +466,29 @@ impl Config {
                 "need 1 <= reconnect_min_ms <= reconnect_max_ms",
             );
         }
+        if let Some(name) = self
+            .gate
+            .compression
+            .iter()
+            .find(|name| longlink_proto::Compression::from_name(name).is_none())
+        {
+            return bad(
+                "gate.compression",
+                &format!("unknown algorithm {name:?}: use \"zstd\" and/or \"lz4\""),
+            );
+        }
         let (cert, key) = (&self.gate.tls_cert, &self.gate.tls_key);
         if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
             return bad(
                 "gate.tls_cert / gate.tls_key",
                 "set both (TLS) or neither (plain TCP)",
+            );
+        }
+        let (cert, key) = (&self.api.tls_cert, &self.api.tls_key);
+        if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+            return bad(
+                "api.tls_cert / api.tls_key",
+                "set both (TLS) or neither (plain HTTP)",
             );
         }
         if self.gate.plain_listen.is_some() && !self.gate_tls_enabled() {
@@ -576,6 +613,11 @@ impl Config {
         out
     }
 
+    /// Whether the HTTP and gRPC APIs speak TLS (`api.tls_cert` and `api.tls_key` are set).
+    pub fn api_tls_enabled(&self) -> bool {
+        !self.api.tls_cert.as_os_str().is_empty() && !self.api.tls_key.as_os_str().is_empty()
+    }
+
     /// Whether the gates speak TLS (`gate.tls_cert` and `gate.tls_key` are set).
     pub fn gate_tls_enabled(&self) -> bool {
         !self.gate.tls_cert.as_os_str().is_empty() && !self.gate.tls_key.as_os_str().is_empty()
@@ -598,9 +640,30 @@ impl Config {
             login_timeout: Duration::from_secs(self.gate.login_timeout_secs),
             idle_timeout: Duration::from_secs(self.gate.idle_timeout_secs),
             max_body_bytes: self.gate.max_body_bytes,
+            compression: gate
+                .compression
+                .iter()
+                .filter_map(|name| longlink_proto::Compression::from_name(name))
+                .collect(),
+            compression_min_bytes: gate.compression_min_bytes,
+            max_decompressed_bytes: match gate.max_decompressed_bytes {
+                0 => gate.max_body_bytes,
+                cap => cap,
+            },
             write_queue_frames: self.gate.write_queue_frames,
             write_timeout: Duration::from_secs(self.gate.write_timeout_secs),
             max_connections: self.gate.max_connections,
+            limits: longlink_gate::ConnLimitsConfig {
+                send: longlink_gate::Rate::new(gate.send_frames_per_sec, gate.send_frames_burst),
+                pull: longlink_gate::Rate::new(gate.pull_frames_per_sec, gate.pull_frames_burst),
+                ack: longlink_gate::Rate::new(gate.ack_frames_per_sec, gate.ack_frames_burst),
+                other: longlink_gate::Rate::new(gate.other_frames_per_sec, gate.other_frames_burst),
+                flood_refusals: gate.flood_refusals,
+                read_bytes: longlink_gate::Rate::new(
+                    gate.read_bytes_per_sec,
+                    gate.read_bytes_burst,
+                ),
+            },
         }
     }
 

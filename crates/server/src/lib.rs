@@ -139,6 +139,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         }
         gate_listeners.push((listeners, gate_config));
     }
+    // Loaded before anything starts, so a bad file stops the node cleanly.
+    let api_tls = match config.api_tls_enabled() {
+        true => Some(longlink_api::tls::with_alpn(
+            &ServerTls::from_pem_files(&config.api.tls_cert, &config.api.tls_key)
+                .context("cannot load api.tls_cert / api.tls_key")?
+                .rustls_config(),
+        )),
+        false => None,
+    };
     let api_listener = TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot bind api.listen {}", config.api.listen))?;
@@ -329,9 +338,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             },
         };
         let api_shutdown = api_shutdown.clone();
+        let tls = api_tls;
         tokio::spawn(async move {
             if let Err(err) =
-                longlink_api::serve(api_listener, grpc_listener, ctx, api_shutdown).await
+                longlink_api::serve_tls(api_listener, grpc_listener, ctx, tls, api_shutdown).await
             {
                 tracing::error!(error = %err, "api server failed");
             }

@@ -1,6 +1,7 @@
 //! The gate's transports over a real node: TLS (SDK clients with a CA made here by rcgen), the
 //! plain TCP listener next to it, and WebSocket (a tokio-tungstenite client sending raw
-//! longlink frames, one per binary message) — each chatting with the others.
+//! longlink frames, one per binary message) — each chatting with the others; and the API's
+//! HTTPS and gRPC-over-TLS listeners.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -386,5 +387,73 @@ async fn a_wss_client_logs_in_with_the_gate_certificate() {
     })
     .await
     .expect("the failed handshake is counted");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_speaks_tls_for_http_and_grpc_when_configured() {
+    use longlink_api::pb;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_certs(dir.path());
+    let server = TestServer::start_with(|config| {
+        config.api.tls_cert = cert;
+        config.api.tls_key = key;
+    })
+    .await;
+    let ca_pem = std::fs::read(&ca).unwrap();
+
+    // HTTPS with the CA: /healthz answers (over HTTP/2 when negotiated, or HTTP/1.1).
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", server.api_addr().port());
+    let response = https.get(&url).send().await.expect("https answers");
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("\"connections\""));
+
+    // Plain HTTP to the TLS port gets no HTTP answer; a client that does not trust the CA
+    // fails its handshake; the API keeps serving.
+    let plain = reqwest::Client::new();
+    let url_plain = format!("http://127.0.0.1:{}/healthz", server.api_addr().port());
+    assert!(
+        plain.get(&url_plain).send().await.is_err(),
+        "plain HTTP refused"
+    );
+    let untrusting = reqwest::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .unwrap();
+    assert!(
+        untrusting.get(&url).send().await.is_err(),
+        "unknown CA refused"
+    );
+    assert_eq!(https.get(&url).send().await.unwrap().status(), 200);
+
+    // gRPC over TLS.
+    let channel = Channel::from_shared(format!("https://localhost:{}", server.grpc_addr().port()))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("grpc over tls connects");
+    let mut grpc = pb::api_client::ApiClient::new(channel);
+    let mut request = tonic::Request::new(pb::OnlineCountRequest { appcode: 129 });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", longlink_testkit::DEV_API_KEY)
+            .parse()
+            .unwrap(),
+    );
+    grpc.online_count(request)
+        .await
+        .expect("grpc answers over tls");
     server.stop().await;
 }

@@ -65,6 +65,10 @@ pub(crate) struct ApiOpts {
         hide_default_value = true
     )]
     pub(crate) api_key: String,
+    /// A PEM CA certificate to trust for an `https://` API (e.g. `longlink cert dev`'s
+    /// `ca.pem`) besides the system's roots.
+    #[arg(long = "api-ca", env = "LONGLINK_API_CA", value_name = "FILE")]
+    pub(crate) ca: Option<std::path::PathBuf>,
 }
 
 /// A failed API call, printed as one line without the usual `longlink:` prefix (the line
@@ -179,9 +183,19 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("longlink-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("longlink-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &opts.ca {
+            let pem = std::fs::read(path).map_err(|err| {
+                crate::CliExit(EXIT_INVALID, format!("--api-ca {}: {err}", path.display()))
+            })?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|err| {
+                crate::CliExit(EXIT_INVALID, format!("--api-ca {}: {err}", path.display()))
+            })?;
+            http = http.add_root_certificate(ca);
+        }
+        let http = http
             .build()
             .map_err(|err| anyhow::anyhow!("cannot set up the HTTP client: {err}"))?;
         Ok(Api {
@@ -330,6 +344,7 @@ mod tests {
         let api = Api::new(&ApiOpts {
             url: "http://h:1/longlink".to_owned(),
             api_key: "k".to_owned(),
+            ca: None,
         })
         .unwrap();
         assert_eq!(
@@ -339,7 +354,8 @@ mod tests {
         assert!(
             Api::new(&ApiOpts {
                 url: "ftp://h".to_owned(),
-                api_key: "k".to_owned()
+                api_key: "k".to_owned(),
+                ca: None,
             })
             .is_err()
         );
