@@ -139,14 +139,18 @@ proptest! {
         let mut got = Vec::new();
         let mut start = 0;
         let mut outcome = Ok(());
-        for end in points {
+        'chunks: for end in points {
             buf.extend_from_slice(&whole[start..end]);
             start = end;
-            match decode_all(&mut codec, &mut buf) {
-                Ok(frames) => got.extend(frames),
-                Err(err) => {
-                    outcome = Err(err);
-                    break;
+            // Frame by frame: frames decoded before an error in the same chunk count too.
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => got.push(frame),
+                    Ok(None) => break,
+                    Err(err) => {
+                        outcome = Err(err.to_string());
+                        break 'chunks;
+                    }
                 }
             }
         }
