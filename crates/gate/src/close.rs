@@ -32,6 +32,9 @@ pub enum CloseReason {
     Resumed,
     /// Admission control turned a LOGIN away (rate, or the gate drains) with a retry-after.
     NotAdmitted,
+    /// The client kept sending frames beyond its per-connection rate without waiting the
+    /// `retry_after_ms` of its RATE_LIMITED refusals ([`crate::limits`]).
+    Flooding,
     /// The socket failed.
     Io,
 }
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::Drained => "drained",
             CloseReason::Resumed => "resumed",
             CloseReason::NotAdmitted => "not_admitted",
+            CloseReason::Flooding => "flooding",
             CloseReason::Io => "io",
         }
     }

@@ -42,6 +42,9 @@ pub struct GateConfig {
     /// `backoff_ms` of the drain KICK: clients wait this long (plus jitter up to the same
     /// again, so that a wave does not come back in lockstep) before reconnecting.
     pub drain_backoff: Duration,
+    /// Per-connection rate limits: frames/s per command class, bytes/s read
+    /// ([`crate::limits`]).
+    pub limits: crate::limits::ConnLimitsConfig,
 }
 
 impl Default for GateConfig {
@@ -63,6 +66,7 @@ impl Default for GateConfig {
             drain_wave_size: 500,
             drain_wave_interval: Duration::from_millis(100),
             drain_backoff: Duration::from_millis(200),
+            limits: crate::limits::ConnLimitsConfig::default(),
         }
     }
 }

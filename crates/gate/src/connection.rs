@@ -28,6 +28,10 @@ const KICK_DRAIN_BYTES: usize = 64 * 1024;
 /// Backoff suggested to clients in the shutdown KICK.
 const SHUTDOWN_BACKOFF_MS: u32 = 1000;
 
+/// Least `retry_after_ms` of the RATE_LIMITED that closes a flooding connection: reconnecting
+/// at once would only repeat the flood.
+const FLOOD_BACKOFF_MS: u32 = 1000;
+
 pub(crate) struct Connection {
     gate: Arc<GateShared>,
     logic: Arc<dyn LogicService>,
@@ -52,6 +56,8 @@ struct Reader {
     session_metrics: Option<(Gauge, Counter)>,
     /// The client can RESUME: its session is held when the link fails.
     resumable: bool,
+    /// Frames/s per class and bytes/s of this connection (lazily allocated).
+    limits: crate::limits::ConnLimits,
 }
 
 impl Connection {
@@ -97,6 +103,7 @@ impl Connection {
             codec: FrameCodec::new(self.gate.config.max_body_bytes),
             session_metrics: None,
             resumable: false,
+            limits: crate::limits::ConnLimits::default(),
         };
         let reason = self
             .read_loop(&mut reader, &mut read)
@@ -165,6 +172,13 @@ impl Connection {
                 None => login_deadline,
                 Some(_) => last_activity + config.idle_timeout,
             };
+            // Beyond its bytes/s the connection is not read until the bucket refills: the
+            // kernel's receive buffer fills and TCP slows the sender (no error is sent).
+            let paused = reader.limits.read_paused_until(&config.limits);
+            if paused.is_some() {
+                self.gate.metrics.read_pauses.inc();
+            }
+            let buffered = buf.len();
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
@@ -186,9 +200,14 @@ impl Connection {
                     reader.queue_now(Frame::error(None, 0, code, message).to_bytes());
                     return reason;
                 }
-                received = read.read(&mut buf) => {
+                () = tokio::time::sleep_until(paused.map_or(deadline, Instant::from_std)), if paused.is_some() => continue,
+                received = read.read(&mut buf), if paused.is_none() => {
                     match received {
-                        Ok(Received::Data) => last_activity = Instant::now(),
+                        Ok(Received::Data) => {
+                            last_activity = Instant::now();
+                            // `read` appends to what an earlier read left of a frame.
+                            reader.limits.bytes_read(&config.limits, buf.len().saturating_sub(buffered));
+                        }
                         Ok(Received::Activity) => {
                             // A WebSocket ping or pong: the client is alive (keepalive).
                             last_activity = Instant::now();
@@ -313,6 +332,36 @@ impl Connection {
                     ),
                 )
                 .await;
+        }
+        let class = crate::limits::Class::of(header.cmd);
+        match reader.limits.check_frame(&self.gate.config.limits, class) {
+            crate::limits::Verdict::Pass => {}
+            crate::limits::Verdict::Refuse(retry_after_ms) => {
+                // Not handled, nothing stored: the client sends it again after the wait (the
+                // SDK does so with the same client_msg_id).
+                metrics.frame_throttled(class);
+                let refusal = Refusal::new(
+                    ErrorCode::RateLimited,
+                    "too many frames on this connection: retry after retry_after_ms",
+                )
+                .retry_after(retry_after_ms);
+                return reader.refuse(&header, refusal).await;
+            }
+            crate::limits::Verdict::Flood(retry_after_ms) => {
+                metrics.frame_throttled(class);
+                tracing::info!(
+                    cmd = cmd_label(header.cmd),
+                    class = class.label(),
+                    "frame flood: closing"
+                );
+                let refusal = Refusal::new(
+                    ErrorCode::RateLimited,
+                    "frame flood: refusals were not waited for; connection closed",
+                )
+                .retry_after(retry_after_ms.max(FLOOD_BACKOFF_MS));
+                reader.queue_now(refusal.frame(Some(header.seq_id), header.log_id).to_bytes());
+                return Next::Close(CloseReason::Flooding);
+            }
         }
         match Cmd::try_from(header.cmd) {
             Ok(Cmd::Keepalive) => {

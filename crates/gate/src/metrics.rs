@@ -118,6 +118,11 @@ pub struct GateMetrics {
     pub draining: Gauge,
     /// TLS / WebSocket handshakes that failed or timed out, per transport.
     handshake_failures: Family<Label, Counter>,
+    /// Frames refused by the per-connection rate of their class (RATE_LIMITED), in
+    /// [`crate::Class::ALL`] order.
+    frames_throttled: Vec<Counter>,
+    /// Times a reader paused because its connection read beyond its bytes/s.
+    pub read_pauses: Counter,
 }
 
 impl GateMetrics {
@@ -148,6 +153,18 @@ impl GateMetrics {
         let logins_throttled = Counter::default();
         let draining = Gauge::default();
         let handshake_failures = Family::<Label, Counter>::default();
+        let frames_throttled = Family::<Label, Counter>::default();
+        let read_pauses = Counter::default();
+        registry.register(
+            "longlink_gate_frames_throttled",
+            "Frames refused with RATE_LIMITED by their connection's per-class frame rate, per class (send, pull, ack, other)",
+            frames_throttled.clone(),
+        );
+        registry.register(
+            "longlink_gate_read_pauses",
+            "Times a connection's reader stopped reading because it exceeded its bytes/s (TCP backpressure, no error)",
+            read_pauses.clone(),
+        );
         registry.register(
             "longlink_gate_handshake_failures",
             "TLS and WebSocket handshakes that failed or ran past the login timeout, per transport",
@@ -277,7 +294,29 @@ impl GateMetrics {
             logins_throttled,
             draining,
             handshake_failures,
+            frames_throttled: crate::Class::ALL
+                .iter()
+                .map(|class| {
+                    frames_throttled
+                        .get_or_create(&label("class", class.label()))
+                        .clone()
+                })
+                .collect(),
+            read_pauses,
         }
+    }
+
+    pub(crate) fn frame_throttled(&self, class: crate::Class) {
+        if let Some(counter) = self.frames_throttled.get(class as usize) {
+            counter.inc();
+        }
+    }
+
+    /// Frames of `class` refused by the per-connection frame rate.
+    pub fn frames_throttled(&self, class: crate::Class) -> u64 {
+        self.frames_throttled
+            .get(class as usize)
+            .map_or(0, Counter::get)
     }
 
     /// The sessions gauge of `appcode` (resolved once per login).
@@ -347,6 +386,13 @@ impl GateMetrics {
 
     pub(crate) fn closed(&self, reason: &str) {
         self.closes.get_or_create(&label("reason", reason)).inc();
+    }
+
+    /// Connections closed for `reason` (a [`crate::CloseReason::label`]).
+    pub fn closes(&self, reason: &str) -> u64 {
+        self.closes
+            .get(&label("reason", reason.to_owned()))
+            .map_or(0, |c| c.get())
     }
 
     pub(crate) fn request_done(&self, cmd: u16, elapsed: Duration) {

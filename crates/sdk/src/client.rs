@@ -409,9 +409,26 @@ impl Client {
     }
 
     /// Queues `frame` for the driver and waits for its answer, all within request_timeout.
+    /// A RATE_LIMITED answer (the gate's per-connection frame rate) is retried after its
+    /// `retry_after_ms` while that fits the deadline: the request was not handled at all, and
+    /// these requests (pulls, history, ack, keepalive, logout) are idempotent.
     async fn request(&self, frame: Frame, expect: Expect) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + self.inner.request_timeout;
-        self.request_until(frame, expect, deadline, true).await
+        loop {
+            let err = match self
+                .request_until(frame.clone(), expect, deadline, true)
+                .await
+            {
+                Err(err) if err.server_code() == Some(longlink_proto::ErrorCode::RateLimited) => {
+                    err
+                }
+                answer => return answer,
+            };
+            match err.retry_after() {
+                Some(wait) if Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                _ => return Err(err),
+            }
+        }
     }
 
     /// Queues `frame` for the driver and waits for its answer until `deadline` (also while
