@@ -7,12 +7,14 @@
 //! [`DecodeError`] (never a panic) that maps to the [`ErrorCode`] sent in an ERROR frame.
 //!
 //! Modules: [`header`] (layout, constants), [`cmd`] (command ids), [`frame`] (a whole frame and
-//! builders), [`codec`] (tokio-util `Decoder`/`Encoder`), [`error`] (typed errors), [`wire`]
+//! builders), [`codec`] (tokio-util `Decoder`/`Encoder`), [`compress`] (per-frame zstd/lz4 with
+//! a capped output), [`error`] (typed errors), [`wire`]
 //! (the prost messages generated from `proto/longlink.proto`, checked in under `src/gen/`).
 //! The full specification is `docs/protocol.md`.
 
 pub mod cmd;
 pub mod codec;
+pub mod compress;
 pub mod error;
 pub mod frame;
 pub mod header;
@@ -25,6 +27,7 @@ pub mod wire {
 
 pub use cmd::Cmd;
 pub use codec::FrameCodec;
+pub use compress::Compression;
 pub use error::{BodyError, CodecError, DecodeError};
 pub use frame::Frame;
 pub use header::{
