@@ -51,12 +51,20 @@ pub struct ClientConfig {
     /// the socket until the application drains [`crate::Incoming`] (backpressure). Default 1024
     /// (0 counts as 1).
     pub incoming_capacity: usize,
-    /// Largest frame body accepted from the server. Default
+    /// Largest frame body accepted from the server — for a compressed frame, its decompressed
+    /// body too. Default
     /// [`longlink_proto::DEFAULT_MAX_BODY_BYTES`] (64 KiB).
     pub max_body_bytes: u32,
     /// Speak TLS to the gate (every address dialed, reconnects included), trusting these CA
     /// certificates. Default `None`: plain TCP.
     pub tls: Option<crate::TlsConfig>,
+    /// Compression algorithms offered at LOGIN, best first (docs/protocol.md §2.2). The server
+    /// picks one by its own preference (default: zstd, then lz4) or none; then frames with
+    /// bodies of 512 bytes or more are compressed both ways, and incoming ones are
+    /// decompressed to at most [`ClientConfig::max_body_bytes`]. Default empty: nothing is
+    /// offered (opt in: it costs CPU on both ends and pays off for large messages and pull
+    /// pages on slow links). A RESUMEd connection is never compressed.
+    pub compression: Vec<longlink_proto::Compression>,
 }
 
 impl ClientConfig {
@@ -94,6 +102,7 @@ impl ClientConfig {
             incoming_capacity: Self::DEFAULT_INCOMING_CAPACITY,
             max_body_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES,
             tls: None,
+            compression: Vec::new(),
         }
     }
 

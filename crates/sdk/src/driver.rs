@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use longlink_proto::{Cmd, CodecError, FLAG_COMPRESSED, Frame, FrameType, wire};
+use longlink_proto::{Cmd, CodecError, Compression, Frame, FrameType, wire};
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -287,6 +287,8 @@ pub(crate) struct Driver {
     /// Consecutive connections that did not last [`STABLE_CONNECTION`].
     flaps: u32,
     memory: SessionMemory,
+    /// The compression the current connection's LOGIN agreed on (`None` after a RESUME).
+    agreed: Option<Compression>,
 }
 
 impl Driver {
@@ -325,6 +327,7 @@ impl Driver {
             logged_out: false,
             flaps: 0,
             memory: SessionMemory::default(),
+            agreed: None,
         }
     }
 
@@ -341,6 +344,9 @@ impl Driver {
             } = opened;
             self.shared.set_connected(login.session_id);
             self.memory.opened(addr, &login, resumed.is_some());
+            // An unknown name would be a server bug; treated as none, its flagged frames then
+            // end the connection as protocol errors.
+            self.agreed = Compression::from_name(&login.compression);
             let since = Instant::now();
             let exit = self.run_connection(transport, &login, resumed, early).await;
             self.shared.set_disconnected();
@@ -492,12 +498,18 @@ impl Driver {
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), Exit> {
-        if frame.header.flags & FLAG_COMPRESSED != 0 {
-            return Err(Exit::fatal(format!(
-                "protocol error: compressed {} frame, but no compression was negotiated",
-                frame.header.cmd
-            )));
-        }
+        let cmd = frame.header.cmd;
+        // Decompressed with a cap: a server (or a man in the middle of a plain link) cannot
+        // make the client allocate more than max_body_bytes per frame.
+        let cap = self.config.max_body_bytes as usize;
+        let frame = match longlink_proto::compress::inflate(frame, self.agreed, cap) {
+            Ok(frame) => frame,
+            Err(err) => {
+                return Err(Exit::fatal(format!(
+                    "protocol error: frame of cmd {cmd}: {err}"
+                )));
+            }
+        };
         match frame.header.frame_type {
             FrameType::Response => self.on_response(frame),
             FrameType::Push => self.on_push(frame),
@@ -938,6 +950,18 @@ impl Driver {
             return Ok(false);
         }
         let mut frames: VecDeque<Frame> = std::mem::take(&mut self.out).into();
+        if let Some(algorithm) = self.agreed {
+            // Large requests (a C2C with a big content, a C2S payload) go compressed.
+            for frame in &mut frames {
+                if let Some(packed) = longlink_proto::compress::deflate(
+                    frame,
+                    algorithm,
+                    longlink_proto::compress::DEFAULT_MIN_BYTES,
+                ) {
+                    *frame = packed;
+                }
+            }
+        }
         let shutdown = self.shutdown.clone();
         let written = {
             let write = async {

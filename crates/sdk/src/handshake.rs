@@ -57,7 +57,11 @@ impl Dial {
                 appcode: config.appcode,
                 device_id: config.device_id.clone(),
                 resume_capable: config.resume,
-                compression: Vec::new(),
+                compression: config
+                    .compression
+                    .iter()
+                    .map(|algorithm| algorithm.name().to_owned())
+                    .collect(),
                 client_version: CLIENT_VERSION.to_owned(),
                 device_class: config.device_class.clone(),
                 prior_epoch: 0,

@@ -141,4 +141,4 @@ pub use types::{Content, Event, Message, ParseUserRefError, PullPage, SendReceip
 
 pub use longlink_proto;
 pub use longlink_proto::wire::{HistoryDirection, MsgKind};
-pub use longlink_proto::{ContentType, ErrorCode, KickReason};
+pub use longlink_proto::{Compression, ContentType, ErrorCode, KickReason};
