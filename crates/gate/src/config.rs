@@ -13,6 +13,15 @@ pub struct GateConfig {
     pub idle_timeout: Duration,
     /// Frames with a larger body_len are refused before allocation.
     pub max_body_bytes: u32,
+    /// Compression algorithms this gate agrees to at LOGIN, best first (the first one the
+    /// client offers wins); empty = never compress (`[gate] compression`).
+    pub compression: Vec<longlink_proto::Compression>,
+    /// Frame bodies shorter than this are never compressed (`[gate] compression_min_bytes`).
+    pub compression_min_bytes: u32,
+    /// Most bytes a compressed client frame may decompress to; more is refused as a
+    /// decompression bomb (BODY_TOO_LARGE, close). `[gate] max_decompressed_bytes`, by default
+    /// `max_body_bytes`.
+    pub max_decompressed_bytes: u32,
     /// Capacity of each connection's write queue, in frames; a push to a full queue closes
     /// the connection as a slow consumer.
     pub write_queue_frames: usize,
@@ -54,6 +63,9 @@ impl Default for GateConfig {
             login_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_body_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES,
+            compression: longlink_proto::Compression::ALL.to_vec(),
+            compression_min_bytes: longlink_proto::compress::DEFAULT_MIN_BYTES,
+            max_decompressed_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES,
             write_queue_frames: 1024,
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,

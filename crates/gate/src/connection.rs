@@ -293,7 +293,13 @@ impl Connection {
             }
         }
         let drain = async {
+            let cap = self.gate.config.max_decompressed_bytes as usize;
             while let Ok(Some(frame)) = reader.codec.decode(buf) {
+                let Ok(frame) =
+                    longlink_proto::compress::inflate(frame, reader.queue.compression(), cap)
+                else {
+                    break;
+                };
                 if frame.cmd() == Some(Cmd::MsgAck) && frame.header.frame_type == FrameType::Ack {
                     let _ = self.logic.handle(&session, frame).await;
                 }
@@ -314,13 +320,19 @@ impl Connection {
             (longlink_proto::HEADER_LEN + frame.body.len()) as u64,
         );
         if header.flags != 0 {
-            // Compression is not negotiated by this server: any flag is a protocol error.
-            return reader
-                .refuse(
-                    &header,
-                    Refusal::new(ErrorCode::BadFlags, "no flags were negotiated"),
-                )
-                .await;
+            // Flag bit 0 = compressed with the algorithm agreed at LOGIN: decompressed here
+            // with a cap (a bomb is refused, never inflated). Any other bit, or the flag when
+            // nothing was agreed: BAD_FLAGS. Every refusal closes (crate::compression).
+            let cap = self.gate.config.max_decompressed_bytes as usize;
+            frame = match longlink_proto::compress::inflate(frame, reader.queue.compression(), cap)
+            {
+                Ok(frame) => frame,
+                Err(err) => {
+                    tracing::info!(error = %err, "compressed frame refused");
+                    let refusal = Refusal::new(err.error_code(), err.to_string());
+                    return reader.refuse(&header, refusal).await;
+                }
+            };
         }
         if !matches!(header.frame_type, FrameType::Request | FrameType::Ack) {
             return reader
@@ -555,6 +567,12 @@ impl Connection {
             }
         };
         let resumable = request.resume_capable && !self.gate.config.hold.is_zero();
+        // The gate picks the compression (it is the one that compresses): the first of its
+        // preference list the client offered. Logic leaves the field empty.
+        let agreed = longlink_proto::compress::negotiate(
+            &request.compression,
+            &self.gate.config.compression,
+        );
         let session_id = self.new_session(reader);
         let accepted = self
             .logic
@@ -583,9 +601,21 @@ impl Connection {
                 response.reconnect_max_ms =
                     u32::try_from(config.reconnect_max.as_millis()).unwrap_or(u32::MAX);
                 response.gates = self.gate.peers();
+                response.compression = agreed.map(|a| a.name().to_owned()).unwrap_or_default();
                 let next = reader
                     .queue(Frame::response(&header, &accepted.response).to_bytes())
                     .await;
+                if let Some(algorithm) = agreed {
+                    // After the answer that names it: the answer and anything queued before
+                    // went plain; the redelivery below is the first to be compressed.
+                    reader
+                        .queue
+                        .set_compression(crate::compression::Outbound::new(
+                            algorithm,
+                            config.compression_min_bytes,
+                            self.gate.frame_cache.clone(),
+                        ));
+                }
                 self.logic.session_ready(&accepted.session, false).await;
                 self.attach(reader, accepted.session, resumable);
                 next

@@ -23,11 +23,13 @@
 //! (TCP / TLS / WebSocket streams and handshakes), `connection`
 //! (the reader and its state machine, LOGIN/RESUME, holds), `write_queue` (WriteQueue and the
 //! writer task), [`session_table`] (session id → link or hold; push, kick, detach), `drain`,
-//! [`close`] (CloseReason, KICK frames), `access` (the black/white lists and flapping checks at
+//! [`close`] (CloseReason, KICK frames), `compression` (outgoing frame compression and its
+//! cache of compressed pushes), `access` (the black/white lists and flapping checks at
 //! accept and after LOGIN/RESUME, and the sweep that kicks sessions the lists now refuse).
 
 mod access;
 pub mod close;
+mod compression;
 pub mod config;
 mod connection;
 mod drain;
@@ -85,6 +87,8 @@ struct GateShared {
     guard: OnceLock<Arc<dyn longlink_rpc::AccessGuard>>,
     /// This gate's own stop (a child of the node's shutdown), set by [`Gate::serve`].
     stop: OnceLock<CancellationToken>,
+    /// Compressed pushes, shared by the sessions a fan-out reaches (`compression`).
+    frame_cache: Arc<compression::FrameCache>,
 }
 
 impl Gate {
@@ -106,6 +110,7 @@ impl Gate {
                 draining: AtomicBool::new(false),
                 stop_accepting: CancellationToken::new(),
                 stop: OnceLock::new(),
+                frame_cache: Arc::default(),
                 guard: OnceLock::new(),
                 config,
                 sessions: Arc::new(SessionTable::new()),

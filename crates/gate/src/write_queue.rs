@@ -7,7 +7,7 @@
 //! for a push or a drain, never across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use longlink_rpc::WriteReceipt;
 use longlink_rpc::trace::{Stage, TraceEvent};
 
 use crate::close::{ConnShared, Kick};
+use crate::compression::Outbound;
 use crate::transport::WriteSide;
 use crate::{CloseReason, GateShared};
 
@@ -81,6 +82,9 @@ pub(crate) struct WriteQueue {
     ready: Notify,
     /// Wakes a sender waiting for room: the writer took frames.
     room: Notify,
+    /// The compression agreed at LOGIN, applied to every frame queued after it is set
+    /// (crate::compression); unset = frames go as they are.
+    outbound: OnceLock<Outbound>,
 }
 
 impl WriteQueue {
@@ -91,6 +95,27 @@ impl WriteQueue {
             queued,
             ready: Notify::new(),
             room: Notify::new(),
+            outbound: OnceLock::new(),
+        }
+    }
+
+    /// From now on, frames queued here are compressed as `outbound` says (set once, right
+    /// after the LOGIN answer is queued: that answer and everything before it go plain).
+    pub(crate) fn set_compression(&self, outbound: Outbound) {
+        let _ = self.outbound.set(outbound);
+    }
+
+    /// The algorithm agreed for this connection, if any (also the one its client may use).
+    pub(crate) fn compression(&self) -> Option<longlink_proto::Compression> {
+        self.outbound.get().map(|outbound| outbound.algorithm)
+    }
+
+    /// `frame` as it goes on the wire: compressed when agreed and worth it. Runs in the
+    /// caller's task, before the queue's lock is taken.
+    fn encode(&self, frame: Bytes) -> Bytes {
+        match self.outbound.get() {
+            Some(outbound) => outbound.apply(frame),
+            None => frame,
         }
     }
 
@@ -100,7 +125,13 @@ impl WriteQueue {
     }
 
     /// Queues `frame` (maybe tracked) if there is room.
-    pub(crate) fn try_push_outgoing(&self, frame: Outgoing) -> Result<(), QueueError> {
+    pub(crate) fn try_push_outgoing(&self, mut frame: Outgoing) -> Result<(), QueueError> {
+        frame.frame = self.encode(frame.frame);
+        self.try_push_encoded(frame)
+    }
+
+    /// Queues a frame already in its wire form if there is room.
+    fn try_push_encoded(&self, frame: Outgoing) -> Result<(), QueueError> {
         {
             let mut state = self.state.lock().map_err(|_| QueueError::Closed)?;
             if state.closed {
@@ -118,13 +149,15 @@ impl WriteQueue {
 
     /// Queues `frame`, waiting at most `wait` for room.
     pub(crate) async fn push(&self, frame: Bytes, wait: Duration) -> Result<(), QueueError> {
+        // Compressed once, not at every retry.
+        let frame = self.encode(frame);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the attempt, so room made in between is not missed.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_push(frame.clone()) {
+            match self.try_push_encoded(Outgoing::plain(frame.clone())) {
                 Err(QueueError::Full) => {}
                 other => return other,
             }
