@@ -355,6 +355,10 @@ async fn a_byte_flood_is_throttled_without_growing_memory() {
         "the gate read {read_bytes} bytes of the flood"
     );
     let grown = rss_after.saturating_sub(rss_before);
+    eprintln!(
+        "byte flood: the gate read {read_bytes} B, paused {} times; RSS {rss_before} → {rss_after} KiB",
+        gate.metrics().read_pauses.get()
+    );
     assert!(
         grown < 48 * 1024,
         "RSS grew by {grown} KiB during the byte flood"
