@@ -618,7 +618,7 @@ mod tests {
                 appcode: 129,
                 name: "customer".into(),
                 keys: vec![AppKey::hs256("", "secret-129")],
-                multi_login: MultiLogin::Kick,
+                multi_login: MultiLogin::default(),
             },
             App {
                 appcode: 130,
@@ -704,7 +704,7 @@ mod tests {
                 appcode: 129,
                 name: "c".into(),
                 keys: vec![AppKey::hs256("", "secret-129")],
-                multi_login: MultiLogin::Kick,
+                multi_login: MultiLogin::default(),
             }],
             0,
         )
@@ -768,13 +768,13 @@ mod tests {
                 appcode: 1,
                 name: "a".into(),
                 keys: vec![AppKey::hs256("", "same-secret")],
-                multi_login: MultiLogin::Kick,
+                multi_login: MultiLogin::default(),
             },
             App {
                 appcode: 2,
                 name: "b".into(),
                 keys: vec![AppKey::hs256("", "same-secret")],
-                multi_login: MultiLogin::Kick,
+                multi_login: MultiLogin::default(),
             },
         ])
         .unwrap();
@@ -788,7 +788,7 @@ mod tests {
             appcode: 9,
             name: "x".into(),
             keys,
-            multi_login: MultiLogin::Kick,
+            multi_login: MultiLogin::default(),
         };
         assert!(Apps::new(&[app(vec![])]).is_err());
         assert!(Apps::new(&[app(vec![AppKey::hs256("", "short")])]).is_err());

@@ -54,16 +54,33 @@ impl SessionEntry {
 
 /// How many sessions of one user an appcode allows at once. Whatever the policy, a login
 /// from the same device id replaces that device's older session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MultiLogin {
-    /// One session per device class: a newer login on the same class replaces the older.
-    #[default]
-    Kick,
+    /// One session per device class: a newer login on the same class replaces the older; and,
+    /// because a client names its class itself, at most `max_sessions` sessions in all (a
+    /// login beyond replaces the oldest), so invented classes cannot multiply sessions.
+    Kick {
+        /// Most sessions at once across classes (at least 1).
+        max_sessions: usize,
+    },
     /// Up to `max_sessions` sessions of any classes; a login beyond replaces the oldest.
     Allow {
         /// Most sessions at once (at least 1).
         max_sessions: usize,
     },
+}
+
+impl MultiLogin {
+    /// The cap on sessions per user when none is configured.
+    pub const DEFAULT_MAX_SESSIONS: usize = 5;
+}
+
+impl Default for MultiLogin {
+    fn default() -> Self {
+        MultiLogin::Kick {
+            max_sessions: Self::DEFAULT_MAX_SESSIONS,
+        }
+    }
 }
 
 /// What a login asks of [`Presence::register`].
@@ -93,26 +110,27 @@ pub enum Registration {
     },
 }
 
-/// The sessions `entry` replaces among `sessions` under `policy`: the same device, then the
-/// same class (`Kick`) or the oldest beyond the allowed count (`Allow`). Shared by the
+/// The sessions `entry` replaces among `sessions` under `policy`: the same device, the same
+/// class (`Kick`), then the oldest beyond the allowed count (both policies). Shared by the
 /// backends so that they decide alike.
 pub fn victims(sessions: &[SessionEntry], entry: &SessionEntry, policy: MultiLogin) -> Vec<usize> {
+    let (per_class, max_sessions) = match policy {
+        MultiLogin::Kick { max_sessions } => (true, max_sessions),
+        MultiLogin::Allow { max_sessions } => (false, max_sessions),
+    };
     let mut out: Vec<usize> = sessions
         .iter()
         .enumerate()
         .filter(|(_, s)| {
-            s.device_id == entry.device_id
-                || (policy == MultiLogin::Kick && s.class_key() == entry.class_key())
+            s.device_id == entry.device_id || (per_class && s.class_key() == entry.class_key())
         })
         .map(|(i, _)| i)
         .collect();
-    if let MultiLogin::Allow { max_sessions } = policy {
-        let mut rest: Vec<usize> = (0..sessions.len()).filter(|i| !out.contains(i)).collect();
-        rest.sort_by_key(|&i| sessions[i].epoch);
-        let keep = max_sessions.max(1) - 1;
-        let excess = rest.len().saturating_sub(keep);
-        out.extend(rest.into_iter().take(excess));
-    }
+    let mut rest: Vec<usize> = (0..sessions.len()).filter(|i| !out.contains(i)).collect();
+    rest.sort_by_key(|&i| sessions[i].epoch);
+    let keep = max_sessions.max(1) - 1;
+    let excess = rest.len().saturating_sub(keep);
+    out.extend(rest.into_iter().take(excess));
     out
 }
 

@@ -317,6 +317,17 @@ mod tests {
         let (_, replaced) = login(&p, classed("b", "p3", "phone", 13), allow2).await;
         assert_eq!(replaced, vec![12], "the same device replaces itself only");
         assert_eq!(ids(&p, "b").await, vec![11, 13]);
+
+        // Under kick, invented classes cannot multiply sessions: the cap replaces the oldest.
+        let kick2 = LoginRule {
+            policy: MultiLogin::Kick { max_sessions: 2 },
+            prior_epoch: 0,
+        };
+        login(&p, classed("c", "d1", "x1", 20), kick2).await;
+        login(&p, classed("c", "d2", "x2", 21), kick2).await;
+        let (_, replaced) = login(&p, classed("c", "d3", "x3", 22), kick2).await;
+        assert_eq!(replaced, vec![20], "beyond max_sessions the oldest goes");
+        assert_eq!(ids(&p, "c").await, vec![21, 22]);
     }
 
     #[tokio::test]

@@ -706,7 +706,9 @@ impl Config {
                 name: a.name.clone(),
                 keys: a.token_keys()?,
                 multi_login: match a.multi_login {
-                    MultiLoginPolicy::Kick => longlink_presence::MultiLogin::Kick,
+                    MultiLoginPolicy::Kick => longlink_presence::MultiLogin::Kick {
+                        max_sessions: a.max_sessions,
+                    },
                     MultiLoginPolicy::Allow => longlink_presence::MultiLogin::Allow {
                         max_sessions: a.max_sessions,
                     },
