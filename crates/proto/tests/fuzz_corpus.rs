@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use longlink_proto::{Cmd, Frame, FrameType, HEADER_LEN, Header, wire};
+use longlink_proto::{Cmd, Compression, Frame, FrameType, HEADER_LEN, Header, wire};
 use prost::Message;
 
 /// One seed: target, file name, bytes.
@@ -357,6 +357,28 @@ fn seeds() -> Vec<Seed> {
         [60, 61],
         b"\x28\xb5\x2f\xfd",
     );
+
+    // decompress: [mode][cap as u16 in units of 2 bytes][data]; mode bit 0 = lz4, bit 1 =
+    // compress the data first. Compressed bodies of a real message and of a bomb (64 KiB of
+    // zeros) under a cap that fits and one that does not, plus plain data for the round trip.
+    let message = msg(1_882_668_419_281_584_128).encode_to_vec();
+    let bomb = vec![0u8; 64 * 1024];
+    for (algorithm, bit) in [(Compression::Zstd, 0u8), (Compression::Lz4, 1)] {
+        let name = algorithm.name();
+        for (what, data) in [("msg", &message), ("bomb", &bomb)] {
+            let packed = algorithm.compress(data).expect("compresses");
+            for (fit, cap) in [("fits", data.len()), ("over-cap", data.len() / 4)] {
+                let units = u16::try_from(cap.div_ceil(2)).unwrap_or(u16::MAX);
+                let mut input = vec![bit];
+                input.extend_from_slice(&units.to_be_bytes());
+                input.extend_from_slice(&packed);
+                seeds.push(("decompress", format!("{name}-{what}-{fit}"), input));
+            }
+        }
+        let mut input = vec![bit | 2, 0, 0];
+        input.extend_from_slice(&message);
+        seeds.push(("decompress", format!("{name}-round-trip-msg"), input));
+    }
     seeds
 }
 
