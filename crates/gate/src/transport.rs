@@ -39,6 +39,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::either::Either;
 
 use crate::CloseReason;
 use crate::write_queue::Outgoing;
@@ -226,51 +227,9 @@ impl GateListener {
 
 type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// The byte stream under a WebSocket: TCP, or TLS for wss.
-pub(crate) enum WsIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
-}
-
-impl AsyncRead for WsIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WsIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// The byte stream under a WebSocket: TCP, or TLS for wss (tokio-util's `Either` forwards
+/// reads and writes to whichever it holds).
+pub(crate) type WsIo = Either<TcpStream, Box<TlsStream>>;
 
 type Ws = WebSocketStream<WsIo>;
 
@@ -317,9 +276,11 @@ pub(crate) async fn establish(
         }
         Transport::Ws | Transport::Wss => {
             let io = match (transport, tls) {
-                (Transport::Wss, Some(tls)) => WsIo::Tls(Box::new(tls.acceptor.accept(tcp).await?)),
+                (Transport::Wss, Some(tls)) => {
+                    Either::Right(Box::new(tls.acceptor.accept(tcp).await?))
+                }
                 (Transport::Wss, None) => return Err(no_tls()),
-                _ => WsIo::Plain(tcp),
+                _ => Either::Left(tcp),
             };
             let ws =
                 tokio_tungstenite::accept_async_with_config(io, Some(ws_config(max_body_bytes)))

@@ -12,6 +12,7 @@ use tokio_util::codec::Framed;
 
 use crate::tls::Stream;
 use crate::{CLIENT_VERSION, ClientConfig, ClientError, TlsConfig};
+use tokio_util::either::Either;
 
 /// The socket (TCP or TLS) with the longlink codec on it.
 pub(crate) type Transport = Framed<Stream, FrameCodec>;
@@ -119,11 +120,11 @@ pub(crate) async fn connect_and_login(dial: Dial) -> Result<(Transport, Opened),
         tracing::debug!(%err, "could not set TCP_NODELAY");
     }
     let stream = match &dial.tls {
-        None => Stream::Tcp(tcp),
+        None => Either::Left(tcp),
         Some(tls) => {
             let (connector, name) = tls.connector(&dial.addr)?;
             match timeout(dial.connect_timeout, connector.connect(name, tcp)).await {
-                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Ok(tls)) => Either::Right(Box::new(tls)),
                 Ok(Err(err)) => return Err(ClientError::Connect(err)),
                 Err(_) => {
                     return Err(ClientError::Connect(std::io::Error::new(
