@@ -333,21 +333,44 @@ async fn an_sdk_with_compression_chats_with_an_sdk_without() {
     config.compression = vec![Compression::Zstd, Compression::Lz4];
     let (zip, mut zip_in) = longlink_sdk::Client::connect(config).await.unwrap();
     let (plain, mut plain_in) = server.client(129, "plain", "d").await;
+    // The gate's byte counters show what crossed the wire (headers included).
+    let metrics = server.server().gates()[0].metrics();
     for round in 0..3 {
         let big = json_message(1000 + 1500 * round);
+        let before = metrics.bytes_in.get(Cmd::C2c);
         zip.c2c(UserRef::new(129, "plain"), Content::text(big.clone()))
             .await
             .unwrap();
+        let sent = metrics.bytes_in.get(Cmd::C2c) - before;
+        assert!(
+            (sent as usize) < big.len() / 2,
+            "the SDK compressed its C2C: {sent} bytes for {}",
+            big.len()
+        );
         assert_eq!(
             next_message(&mut plain_in).await.content,
             Content::text(big)
         );
         let big = json_message(1200 + 1400 * round);
+        let before = metrics.bytes_out.get(Cmd::Msg);
         plain
             .c2c(UserRef::new(129, "zip"), Content::text(big.clone()))
             .await
             .unwrap();
-        assert_eq!(next_message(&mut zip_in).await.content, Content::text(big));
+        assert_eq!(
+            next_message(&mut zip_in).await.content,
+            Content::text(big.clone())
+        );
+        // Counted by the writer right after the write: wait for it rather than race it.
+        longlink_testkit::wait_until(WAIT, || async { metrics.bytes_out.get(Cmd::Msg) > before })
+            .await
+            .unwrap();
+        let pushed = metrics.bytes_out.get(Cmd::Msg) - before;
+        assert!(
+            (pushed as usize) < big.len() / 2,
+            "the MSG to the SDK went compressed: {pushed} bytes for {}",
+            big.len()
+        );
     }
     // Small messages too (below the threshold: plain frames).
     zip.c2c(UserRef::new(129, "plain"), Content::text("hi"))
