@@ -7,6 +7,11 @@ use longlink_proto::{Cmd, Compression, ErrorCode, FLAG_COMPRESSED, Frame, FrameT
 use longlink_sdk::{Content, Event, Incoming, Message, UserRef};
 use longlink_testkit::{RawClient, TestServer, WAIT, error_of};
 
+/// The tests of this file run one at a time: the bomb test measures the resident memory of
+/// the whole test process, which servers started by tests running alongside would inflate.
+static SERIAL: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
 /// A 1–4 KB JSON-ish chat payload, as the measurements in docs/security.md use.
 fn json_message(n: usize) -> String {
     let mut out = String::from("{\"items\":[");
@@ -128,6 +133,7 @@ fn flagged_c2c(seq_id: u32, body: Vec<u8>) -> Frame {
 
 #[tokio::test]
 async fn zstd_and_lz4_are_agreed_and_large_messages_arrive_compressed() {
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start_with(|config| {
         config.gate.compression = vec!["zstd".into(), "lz4".into()];
     })
@@ -171,6 +177,7 @@ async fn zstd_and_lz4_are_agreed_and_large_messages_arrive_compressed() {
 
 #[tokio::test]
 async fn a_client_offering_nothing_gets_no_flagged_frames() {
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start().await;
     let (sender, _sender_in) = server.client(129, "sender", "d").await;
     let (mut raw, login) = raw_login(&server, "plain-rx", &[]).await;
@@ -194,6 +201,7 @@ async fn a_client_offering_nothing_gets_no_flagged_frames() {
 
 #[tokio::test]
 async fn a_compressed_c2c_from_a_client_is_delivered() {
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start().await;
     let (_receiver, mut receiver_in) = server.client(129, "bob", "d").await;
     for algorithm in Compression::ALL {
@@ -225,6 +233,7 @@ async fn a_compressed_c2c_from_a_client_is_delivered() {
 
 #[tokio::test]
 async fn a_decompression_bomb_is_refused_and_closed_without_inflating() {
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start().await;
     let (watcher, mut watcher_in) = server.client(129, "watcher", "d").await;
     let (peer, _peer_in) = server.client(129, "peer", "d").await;
@@ -281,6 +290,7 @@ async fn a_decompression_bomb_is_refused_and_closed_without_inflating() {
 
 #[tokio::test]
 async fn a_flag_without_agreement_is_bad_flags() {
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start().await;
     // Logged in without offering anything, then a flagged frame.
     let (mut raw, login) = raw_login(&server, "flagger", &[]).await;
@@ -328,6 +338,7 @@ async fn a_flag_without_agreement_is_bad_flags() {
 
 #[tokio::test]
 async fn an_sdk_with_compression_chats_with_an_sdk_without() {
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start().await;
     let mut config = server.client_config(129, "zip", "d");
     config.compression = vec![Compression::Zstd, Compression::Lz4];
