@@ -349,6 +349,7 @@ async fn an_sdk_with_compression_chats_with_an_sdk_without() {
     for round in 0..3 {
         let big = json_message(1000 + 1500 * round);
         let before = metrics.bytes_in.get(Cmd::C2c);
+        let msgs_before = metrics.bytes_out.get(Cmd::Msg);
         zip.c2c(UserRef::new(129, "plain"), Content::text(big.clone()))
             .await
             .unwrap();
@@ -362,6 +363,13 @@ async fn an_sdk_with_compression_chats_with_an_sdk_without() {
             next_message(&mut plain_in).await.content,
             Content::text(big)
         );
+        // The MSG to `plain` is counted by its writer after the write, maybe after `plain` read
+        // it: wait for that count, so the next delta holds the MSG to `zip` alone.
+        longlink_testkit::wait_until(WAIT, || async {
+            metrics.bytes_out.get(Cmd::Msg) > msgs_before
+        })
+        .await
+        .unwrap();
         let big = json_message(1200 + 1400 * round);
         let before = metrics.bytes_out.get(Cmd::Msg);
         plain
