@@ -267,7 +267,7 @@ pub(crate) async fn push(
         persist: call.persist,
         ttl_secs: call.ttl_secs,
         from,
-        log_id: call.log_id.unwrap_or_else(|| shared.next_log_id()),
+        log_id: push_log_id(shared, call.log_id),
     };
     let log_id = request.log_id;
     let accepted = ctx.push.push(request).await?;
@@ -299,6 +299,26 @@ pub(crate) fn trace_by(by: Option<&str>) -> Result<longlink_rpc::trace::TraceBy,
             "by must be `log_id` or `msgid`, not {other:?}"
         ))),
     }
+}
+
+/// The log_id of a new push: the caller's if it names no traced message, else (or without
+/// one) a fresh id that names none either. A caller-chosen id naming another message's open
+/// trace would merge the push into it and widen who may read that trace (docs/security.md
+/// "Isolation"); the answer says which id was used.
+fn push_log_id(shared: &Shared, wanted: Option<u64>) -> u64 {
+    // "" is no sender's label: only ids without an open trace pass.
+    let ledger = &shared.ctx.ledger;
+    if let Some(id) = wanted.filter(|id| *id != 0 && ledger.claim(*id, "")) {
+        return id;
+    }
+    let mut id = shared.next_log_id();
+    for _ in 0..8 {
+        if ledger.claim(id, "") {
+            break;
+        }
+        id = shared.next_log_id();
+    }
+    id
 }
 
 /// `GET /v1/trace/{id}`, gRPC `Trace`: a message's trail from the ledger, read as `by` says.

@@ -395,6 +395,13 @@ impl Connection {
                 let Some(session) = reader.session.as_ref() else {
                     return Next::Close(CloseReason::Io);
                 };
+                if header.frame_type == FrameType::Request
+                    && matches!(Cmd::try_from(header.cmd), Ok(Cmd::C2c | Cmd::C2s))
+                {
+                    let from = user_label(session.appcode, &session.uid);
+                    frame.header.log_id = self.claimed_log_id(header.log_id, &from);
+                }
+                let header = frame.header;
                 let span = tracing::debug_span!(
                     "request",
                     log_id = header.log_id,
@@ -432,6 +439,28 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// `log_id` if `from` may open (or go on with) its trace, else a fresh id: a client picks
+    /// its frames' log_ids, and one naming another sender's open trace would merge this message
+    /// into it — and let this sender's API key read that trace. The answer echoes the id used.
+    fn claimed_log_id(&self, log_id: u64, from: &str) -> u64 {
+        let ledger = &self.gate.ledger;
+        let mut id = log_id;
+        for _ in 0..8 {
+            if ledger.claim(id, from) {
+                return id;
+            }
+            id = self.gate.next_log_id();
+        }
+        // Someone opened traces at the next ids too (they are sequential): random ones.
+        for _ in 0..8 {
+            id = rand::random::<u64>().max(1);
+            if ledger.claim(id, from) {
+                break;
+            }
+        }
+        id
     }
 
     /// A C2C or C2S from a logged-in session: counted, and its trace opened in the ledger

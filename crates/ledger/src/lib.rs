@@ -146,6 +146,23 @@ impl MemoryLedger {
 }
 
 impl Ledger for MemoryLedger {
+    fn claim(&self, log_id: u64, from: &str) -> bool {
+        if log_id == 0 {
+            return true;
+        }
+        let Ok(shard) = self.traces[Self::shard(log_id)].lock() else {
+            return true;
+        };
+        match shard.traces.get(&log_id) {
+            Some(entry) if !self.expired(entry.opened_us, now_us()) => entry
+                .subject
+                .from
+                .as_deref()
+                .is_none_or(|opener| opener == from),
+            _ => true,
+        }
+    }
+
     fn record(&self, event: TraceEvent) {
         let log_id = match (event.log_id, event.msgid) {
             (0, 0) => return,

@@ -235,6 +235,15 @@ pub trait Ledger: Send + Sync + std::fmt::Debug + 'static {
 
     /// The trace of `id`.
     fn trace(&self, id: u64, by: TraceBy) -> Option<Trace>;
+
+    /// Whether a new message from `from` (`appcode:uid`, or the API's label for a push) may
+    /// carry `log_id`: false when an open trace of that id was opened by someone else. Clients
+    /// and API callers pick log_ids; one naming another sender's trace would merge into it and
+    /// let the newcomer read it (docs/security.md "Isolation"), so callers replace such an id.
+    fn claim(&self, log_id: u64, from: &str) -> bool {
+        let _ = (log_id, from);
+        true
+    }
 }
 
 /// A ledger that keeps nothing (tracing disabled).
