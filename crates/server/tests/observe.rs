@@ -487,8 +487,19 @@ async fn metrics_and_the_summary_move_with_scripted_traffic() {
 
     // Bounded cardinality: only these label names, never a uid or a device.
     let allowed = [
-        "gate", "appcode", "cmd", "reason", "code", "op", "msgtype", "topic", "state", "le",
-        "quantile", "class", "transport",
+        "gate",
+        "appcode",
+        "cmd",
+        "reason",
+        "code",
+        "op",
+        "msgtype",
+        "topic",
+        "state",
+        "le",
+        "quantile",
+        "class",
+        "transport",
     ];
     for sample in &samples {
         for (name, value) in sample.labels.iter() {
