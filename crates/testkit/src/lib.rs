@@ -431,7 +431,10 @@ pub fn config_on_free_ports(data_dir: &Path) -> String {
         .replace("listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"")
         .replace("listen = \"127.0.0.1:7780\"", "listen = \"127.0.0.1:0\"")
         .replace("listen = \"127.0.0.1:7790\"", "listen = \"127.0.0.1:0\"")
-        .replace("ws_listen = \"127.0.0.1:7701\"", "ws_listen = \"127.0.0.1:0\"")
+        .replace(
+            "ws_listen = \"127.0.0.1:7701\"",
+            "ws_listen = \"127.0.0.1:0\"",
+        )
         .replace(
             "data_dir = \"./longlink-data\"",
             &format!("data_dir = {:?}", data_dir.display().to_string()),
