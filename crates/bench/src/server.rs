@@ -146,6 +146,15 @@ impl Target {
                 free_loopback_addr()?.to_string(),
             )?;
         }
+        // The WebSocket listener is on by default (7701): off here, for the same reason (the
+        // scenarios drive TCP clients only).
+        if config
+            .get("gate")
+            .and_then(|gate| gate.get("ws_listen"))
+            .is_some()
+        {
+            set(&mut config, "gate", "ws_listen", String::new())?;
+        }
         set(
             &mut config,
             "store",
