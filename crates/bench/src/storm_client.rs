@@ -296,6 +296,7 @@ impl Conn {
             resume_token: identity.resume_token.clone(),
             last_msgid: inbox.last(),
             acked_msgids: Vec::new(),
+            compression: Vec::new(),
         };
         let seq = self.next_seq();
         self.send(

@@ -441,6 +441,25 @@ impl Connection {
         }
     }
 
+    /// Compresses what is queued from now on with `agreed` (if any). Called right after the
+    /// LOGIN or RESUME answer that names it: the answer and anything queued before went plain;
+    /// the redelivery that follows is the first to be compressed.
+    fn enable_compression(
+        &self,
+        reader: &Reader,
+        agreed: Option<longlink_proto::compress::Compression>,
+    ) {
+        if let Some(algorithm) = agreed {
+            reader
+                .queue
+                .set_compression(crate::compression::Outbound::new(
+                    algorithm,
+                    self.gate.config.compression_min_bytes,
+                    self.gate.frame_cache.clone(),
+                ));
+        }
+    }
+
     /// `log_id` if `from` may open (or go on with) its trace, else a fresh id: a client picks
     /// its frames' log_ids, and one naming another sender's open trace would merge this message
     /// into it — and let this sender's API key read that trace. The answer echoes the id used.
@@ -634,17 +653,7 @@ impl Connection {
                 let next = reader
                     .queue(Frame::response(&header, &accepted.response).to_bytes())
                     .await;
-                if let Some(algorithm) = agreed {
-                    // After the answer that names it: the answer and anything queued before
-                    // went plain; the redelivery below is the first to be compressed.
-                    reader
-                        .queue
-                        .set_compression(crate::compression::Outbound::new(
-                            algorithm,
-                            config.compression_min_bytes,
-                            self.gate.frame_cache.clone(),
-                        ));
-                }
+                self.enable_compression(reader, agreed);
                 self.logic.session_ready(&accepted.session, false).await;
                 self.attach(reader, accepted.session, resumable);
                 next
@@ -682,6 +691,10 @@ impl Connection {
                 )
                 .await;
         }
+        let agreed = longlink_proto::compress::negotiate(
+            &request.compression,
+            &self.gate.config.compression,
+        );
         let session_id = self.new_session(reader);
         match self
             .logic
@@ -699,9 +712,12 @@ impl Connection {
                 }
                 self.gate.metrics.resumes.inc();
                 accepted.response.hold_secs = self.hold_secs(true);
+                accepted.response.compression =
+                    agreed.map(|a| a.name().to_owned()).unwrap_or_default();
                 let next = reader
                     .queue(Frame::response(&header, &accepted.response).to_bytes())
                     .await;
+                self.enable_compression(reader, agreed);
                 self.logic.session_ready(&accepted.session, true).await;
                 self.attach(reader, accepted.session, true);
                 next

@@ -74,6 +74,7 @@ fn bodies() -> Vec<(&'static str, Vec<u8>)> {
                 resume_token: TOKEN.to_owned(),
                 last_msgid: msgid,
                 acked_msgids: vec![msgid - 2, msgid - 1],
+                compression: Vec::new(),
             }
             .encode_to_vec(),
         ),
@@ -159,6 +160,7 @@ fn bodies() -> Vec<(&'static str, Vec<u8>)> {
                 hold_secs: 30,
                 server_time_ms: 1_795_452_517_777,
                 uid: "alice".to_owned(),
+                compression: String::new(),
             }
             .encode_to_vec(),
         ),

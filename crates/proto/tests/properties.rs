@@ -186,7 +186,7 @@ proptest! {
         let mut buf = BytesMut::new();
         let login = wire::LoginRequest { token: token.clone(), appcode, device_id: device.clone(),
             resume_capable: true, prior_epoch: log_id, ..Default::default() };
-        let resume = wire::ResumeRequest { resume_token: token, last_msgid: cursor, acked_msgids: msgids.clone() };
+        let resume = wire::ResumeRequest { resume_token: token, last_msgid: cursor, acked_msgids: msgids.clone(), compression: Vec::new() };
         let c2c = wire::C2cRequest { to: to.clone(), client_msg_id: device, content_type: 1,
             msgtype: seq_id, content: Bytes::from(content.clone()) };
         let c2s = wire::C2sRequest { msgtype: appcode, payload: Bytes::from(content), client_msg_id: uid };

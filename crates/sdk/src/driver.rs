@@ -221,6 +221,7 @@ impl SessionMemory {
             resume_token: self.resume_token.clone(),
             last_msgid: self.last_msgid,
             acked_msgids: self.recent_acks.iter().copied().collect(),
+            compression: Vec::new(),
         })
     }
 
@@ -287,7 +288,7 @@ pub(crate) struct Driver {
     /// Consecutive connections that did not last [`STABLE_CONNECTION`].
     flaps: u32,
     memory: SessionMemory,
-    /// The compression the current connection's LOGIN agreed on (`None` after a RESUME).
+    /// The compression the current connection's LOGIN or RESUME agreed on.
     agreed: Option<Compression>,
 }
 
@@ -1134,7 +1135,11 @@ impl Driver {
             dial.addr.clone_from(&addr);
             dial.login.prior_epoch = self.memory.epoch;
             if self.config.resume {
-                dial.resume = self.memory.resume_request();
+                dial.resume = self.memory.resume_request().map(|mut resume| {
+                    // The same offer as the LOGIN's: a resumed connection compresses too.
+                    resume.compression.clone_from(&dial.login.compression);
+                    resume
+                });
             }
             match self.idle(connect_and_login(dial)).await? {
                 Ok((transport, opened)) if opened.login.uid == self.uid => {

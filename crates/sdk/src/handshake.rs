@@ -159,6 +159,7 @@ pub(crate) async fn connect_and_login(dial: Dial) -> Result<(Transport, Opened),
                     uid: resumed.uid,
                     epoch: resumed.epoch,
                     hold_secs: resumed.hold_secs,
+                    compression: resumed.compression,
                     ..Default::default()
                 };
                 let resumed = Resumed {

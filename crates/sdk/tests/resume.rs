@@ -44,6 +44,7 @@ fn resume_response(
         hold_secs: 30,
         server_time_ms: 1,
         uid: UID.to_owned(),
+        compression: String::new(),
     }
 }
 

@@ -403,3 +403,59 @@ async fn an_sdk_with_compression_chats_with_an_sdk_without() {
     plain.close().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_resumed_connection_agrees_on_compression_too() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    let (sender, _sender_in) = server.client(129, "sender", "d").await;
+    // A resume-capable login with zstd offered.
+    let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
+    let request = wire::LoginRequest {
+        token: server.token(129, "resumer"),
+        appcode: 129,
+        device_id: "raw".into(),
+        resume_capable: true,
+        compression: vec!["zstd".into()],
+        ..Default::default()
+    };
+    raw.send(Frame::request(Cmd::Login, 1, 0, &request))
+        .await
+        .unwrap();
+    let login: wire::LoginResponse = raw.recv().await.unwrap().decode_body().unwrap();
+    assert_eq!(login.compression, "zstd");
+    assert!(!login.resume_token.is_empty());
+    drop(raw);
+
+    // Back with RESUME, offering zstd again: the answer names it and a large live MSG
+    // arrives compressed.
+    let mut raw = RawClient::connect(server.gate_addr()).await.unwrap();
+    let resume = wire::ResumeRequest {
+        resume_token: login.resume_token.clone(),
+        compression: vec!["zstd".into()],
+        ..Default::default()
+    };
+    raw.send(Frame::request(Cmd::Resume, 1, 0, &resume))
+        .await
+        .unwrap();
+    // Held, or still half-open: either way the RESUME takes the session over.
+    let answer = raw.recv().await.unwrap();
+    assert_eq!(answer.cmd(), Some(Cmd::Resume), "{answer:?}");
+    assert_eq!(
+        answer.header.flags, 0,
+        "the RESUME answer is never compressed"
+    );
+    let resumed: wire::ResumeResponse = answer.decode_body().unwrap();
+    assert_eq!(resumed.compression, "zstd");
+    let text = json_message(3000);
+    sender
+        .c2c(UserRef::new(129, "resumer"), Content::text(text.clone()))
+        .await
+        .unwrap();
+    let frame = next_msg_frame(&mut raw).await;
+    assert_eq!(frame.header.flags, FLAG_COMPRESSED);
+    let plain = inflate(frame, Some(Compression::Zstd), 64 * 1024).unwrap();
+    let msg: wire::Msg = plain.decode_body().unwrap();
+    assert_eq!(msg.content, text.as_bytes());
+    server.stop().await;
+}

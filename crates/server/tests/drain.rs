@@ -78,6 +78,7 @@ async fn ride_out_the_drain(mut conn: Conn, token: String, mut seen: Seen) -> (C
             resume_token: token,
             last_msgid: seen.times.keys().max().copied().unwrap_or(0),
             acked_msgids: seen.acked.clone(),
+            ..Default::default()
         })
         .await
         .expect("RESUME on the gate the KICK named");

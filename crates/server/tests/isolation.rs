@@ -515,6 +515,7 @@ async fn a_resume_token_resumes_only_its_own_session() {
             resume_token: token_a.clone(),
             last_msgid: m,
             acked_msgids: vec![m_b],
+            ..Default::default()
         })
         .await
         .expect("A resumes");

@@ -64,6 +64,7 @@ async fn resume_after_a_cut_returns_what_was_missed_in_order_and_keeps_the_epoch
             resume_token: login.resume_token.clone(),
             last_msgid: 0,
             acked_msgids: Vec::new(),
+            ..Default::default()
         })
         .await
         .expect("RESUME accepted");
@@ -124,6 +125,7 @@ async fn resume_after_a_cut_returns_what_was_missed_in_order_and_keeps_the_epoch
             last_msgid: sixth.msgid,
             // The ack of these may have been lost with the link: acknowledged first.
             acked_msgids: all[3..5].to_vec(),
+            ..Default::default()
         })
         .await
         .expect("the token of the last RESUME works");

@@ -138,6 +138,8 @@ pub(crate) async fn resume(
         hold_secs: 0,
         server_time_ms: longlink_proto::unix_ms(),
         uid: session.uid.clone(),
+        // The gate picks it (it is the one that compresses).
+        compression: String::new(),
     };
     Ok(ResumeAccepted { session, response })
 }

@@ -111,6 +111,9 @@ pub struct ResumeRequest {
     /// msgids whose MSG_ACK may have been lost with the link (at most 1000): acknowledged first
     #[prost(uint64, repeated, tag = "3")]
     pub acked_msgids: ::prost::alloc::vec::Vec<u64>,
+    /// as LoginRequest.compression: algorithms accepted, best first
+    #[prost(string, repeated, tag = "4")]
+    pub compression: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// RESUME (cmd 4), type 1: the session is back, with what this device missed.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -138,6 +141,9 @@ pub struct ResumeResponse {
     pub server_time_ms: u64,
     #[prost(string, tag = "9")]
     pub uid: ::prost::alloc::string::String,
+    /// as LoginResponse.compression: the algorithm chosen, "" = none
+    #[prost(string, tag = "10")]
+    pub compression: ::prost::alloc::string::String,
 }
 /// KICK (cmd 5), type 2 push. The server closes the connection right after it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
