@@ -69,9 +69,9 @@ pub struct IdleArgs {
     /// uids are this prefix followed by 0, 1, 2, …
     #[arg(long, default_value = "bench-idle-")]
     pub uid_prefix: String,
-    /// Logins in flight at once, over all workers. Above the gate's listen backlog (128 today)
-    /// the kernel drops connection attempts and clients retry after 1 s, which lowers logins/s
-    /// (reported as listen-queue overflows).
+    /// Logins in flight at once, over all workers. Above the gate's listen backlog (`[gate]
+    /// listen_backlog`, 4096, capped by net.core.somaxconn) the kernel drops connection attempts
+    /// and clients retry after 1 s, which lowers logins/s (reported as listen-queue overflows).
     #[arg(long, default_value_t = 100)]
     pub concurrency: u32,
     /// Most connections per worker process (each may open 20,000 files).

@@ -102,9 +102,10 @@ pub struct ReconnectStormArgs {
     /// resume_capable, as before RESUME existed.
     #[arg(long)]
     pub no_resume: bool,
-    /// Reconnects in progress at once, over all workers (connect → caught up); 0 = every
-    /// client at once. Above the gate's listen backlog (128 today) the kernel drops SYNs and
-    /// those clients retry after 1 s (reported as listen-queue overflows).
+    /// Reconnects in progress at once, over all workers (connect → caught up); 0 = every client at
+    /// once. Above the gate's listen backlog (`[gate] listen_backlog`, 4096, capped by
+    /// net.core.somaxconn) the kernel drops SYNs and those clients retry after 1 s (reported as
+    /// listen-queue overflows).
     #[arg(long, default_value_t = 100)]
     pub in_flight: u32,
     /// `[gate] hold_secs` of a spawned server: how long a dropped session waits for its RESUME.

@@ -155,6 +155,20 @@ impl Target {
         {
             set(&mut config, "gate", "ws_listen", String::new())?;
         }
+        // Every bench client comes from loopback: the per-IP connection flapping limit
+        // (600 per 10 s by default, docs/security.md) would refuse a load generator.
+        if config
+            .get("guard")
+            .and_then(|guard| guard.get("ip_max_connects"))
+            .is_some()
+        {
+            set_value(
+                &mut config,
+                "guard",
+                "ip_max_connects",
+                toml::Value::Integer(0),
+            )?;
+        }
         set(
             &mut config,
             "store",
