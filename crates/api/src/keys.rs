@@ -199,7 +199,7 @@ impl ApiKeys {
 }
 
 /// The key of `Bearer <key>` (scheme case-insensitive, RFC 9110).
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, key) = value.trim().split_once(' ')?;
     let key = key.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)

@@ -39,6 +39,14 @@ pub trait TokenRevoker: Send + Sync + 'static {
         uid: &str,
         before_ms: Option<u64>,
     ) -> Result<RevokeOutcome, RevokeFailure>;
+
+    /// The uid of a valid, unrevoked login token of `appcode` (what a LOGIN would accept),
+    /// so that an app may ask `GET /v1/dispatch` with the token it logs in with; `None` for
+    /// anything else. A node without login tokens answers `None`.
+    fn user_of(&self, appcode: u32, token: &str) -> Option<String> {
+        let _ = (appcode, token);
+        None
+    }
 }
 
 /// A node without revocations (tests of other parts): every call is 503.

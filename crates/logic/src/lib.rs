@@ -161,6 +161,20 @@ impl Logic {
         revoke::revoke(self, appcode, uid, before_ms).await
     }
 
+    /// The uid of `token` if a LOGIN of `appcode` would accept it (a key of the appcode
+    /// verifies it, it is current, and it is not revoked); `None` otherwise. For callers that
+    /// authenticate an app by its login token outside a connection (`GET /v1/dispatch`).
+    pub fn user_of(&self, appcode: u32, token: &str) -> Option<String> {
+        let verified = self.apps.verify(appcode, token).ok()?;
+        let revoked = revoke::is_revoked(
+            self.revocations.as_ref(),
+            appcode,
+            &verified.uid,
+            verified.iat,
+        );
+        (!revoked).then_some(verified.uid)
+    }
+
     /// Logic's metrics (also in the registry given to [`Logic::new`]).
     pub fn metrics(&self) -> &LogicMetrics {
         &self.metrics

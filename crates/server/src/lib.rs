@@ -409,6 +409,10 @@ impl longlink_api::TokenRevoker for LogicTokens {
             }
         }
     }
+
+    fn user_of(&self, appcode: u32, token: &str) -> Option<String> {
+        self.0.user_of(appcode, token)
+    }
 }
 
 /// A gate's listener with a backlog of its own (`TcpListener::bind` asks the kernel for 128,

@@ -566,3 +566,36 @@ async fn failed_logins_are_rate_limited_per_ip_and_per_uid() {
     drop(client);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_app_dispatches_with_its_own_login_token_for_itself_only() {
+    let server = TestServer::start().await;
+    let token = server.token(129, "alice");
+    let app = server.api().with_key(Some(&token));
+    let (status, body) = app.get("/v1/dispatch?appcode=129").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["gates"][0]["addr"],
+        server.gate_addr().to_string(),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/dispatch?appcode=129&uid=alice").await.0, 200);
+    // Another uid, another appcode, garbage: refused.
+    assert_eq!(app.get("/v1/dispatch?appcode=129&uid=bob").await.0, 403);
+    assert_eq!(app.get("/v1/dispatch?appcode=130").await.0, 401);
+    let garbage = server.api().with_key(Some("not-a-token"));
+    assert_eq!(garbage.get("/v1/dispatch?appcode=129").await.0, 401);
+    // A login token opens nothing else.
+    assert_eq!(app.get("/v1/presence/129/alice").await.0, 401);
+    // Revoked: refused like at LOGIN.
+    let (status, _) = server
+        .api()
+        .post(
+            "/v1/tokens/revoke",
+            &json!({"appcode": 129, "uid": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.get("/v1/dispatch?appcode=129").await.0, 401);
+    server.stop().await;
+}
