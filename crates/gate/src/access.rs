@@ -16,13 +16,6 @@ use longlink_rpc::{AccessGuard, Refusal, SessionInfo};
 use crate::close::Kick;
 use crate::{CloseReason, GateShared};
 
-/// Who a logged-in connection is, for the sweep: the session and the peer's IP.
-#[derive(Debug, Clone)]
-pub(crate) struct Visitor {
-    pub(crate) session: SessionInfo,
-    pub(crate) ip: IpAddr,
-}
-
 impl GateShared {
     fn guard(&self) -> Option<&Arc<dyn AccessGuard>> {
         self.guard.get()

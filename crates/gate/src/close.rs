@@ -74,6 +74,14 @@ impl CloseReason {
     }
 }
 
+/// Who a logged-in connection is, for the access-list sweep (`access.rs`): the session and
+/// the peer's IP.
+#[derive(Debug, Clone)]
+pub(crate) struct Visitor {
+    pub(crate) session: longlink_rpc::SessionInfo,
+    pub(crate) ip: std::net::IpAddr,
+}
+
 /// What one connection shares between its reader, its writer and the session table.
 #[derive(Debug)]
 pub(crate) struct ConnShared {
@@ -83,7 +91,7 @@ pub(crate) struct ConnShared {
     /// `appcode:uid/device` once logged in: the `who` of the ledger events its writer records.
     pub(crate) label: std::sync::OnceLock<std::sync::Arc<str>>,
     /// The session and peer IP once logged in: what the access-list sweep re-checks.
-    pub(crate) visitor: std::sync::OnceLock<crate::access::Visitor>,
+    pub(crate) visitor: std::sync::OnceLock<Visitor>,
 }
 
 impl ConnShared {

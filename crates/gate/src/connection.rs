@@ -587,7 +587,7 @@ impl Connection {
         let ip = self.peer.ip();
         // Recorded before the check, so a list change that this check missed finds the
         // session in the sweep that follows it.
-        let _ = reader.conn.visitor.set(crate::access::Visitor {
+        let _ = reader.conn.visitor.set(crate::close::Visitor {
             session: session.clone(),
             ip,
         });

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use longlink_proto::ErrorCode;
@@ -42,7 +42,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::either::Either;
 
 use crate::CloseReason;
-use crate::write_queue::Outgoing;
 
 /// Bytes read per readiness event; the buffer is freed again once fully decoded.
 pub(crate) const READ_CHUNK: usize = 4096;
@@ -499,7 +498,7 @@ pub(crate) enum WriteSide {
 impl WriteSide {
     /// Writes encoded frames: on a byte stream as one write (TLS: then flushed, since rustls
     /// may hold the last record); on a WebSocket as one binary message per frame.
-    pub(crate) async fn write_frames(&mut self, frames: &[Outgoing]) -> io::Result<()> {
+    pub(crate) async fn write_frames<F: AsRef<Bytes>>(&mut self, frames: &[F]) -> io::Result<()> {
         match self {
             WriteSide::Tcp(write) => write_joined(write, frames).await,
             WriteSide::Tls(write) => {
@@ -508,7 +507,7 @@ impl WriteSide {
             }
             WriteSide::Ws { sink, .. } => {
                 for sent in frames {
-                    sink.feed(Message::Binary(sent.frame.clone()))
+                    sink.feed(Message::Binary(sent.as_ref().clone()))
                         .await
                         .map_err(ws_io)?;
                 }
@@ -540,13 +539,16 @@ impl WriteSide {
     }
 }
 
-async fn write_joined<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Outgoing]) -> io::Result<()> {
+async fn write_joined<W: AsyncWrite + Unpin, F: AsRef<Bytes>>(
+    write: &mut W,
+    frames: &[F],
+) -> io::Result<()> {
     if let [only] = frames {
-        return write.write_all(&only.frame).await;
+        return write.write_all(only.as_ref()).await;
     }
-    let mut out = BytesMut::with_capacity(frames.iter().map(|o| o.frame.len()).sum());
+    let mut out = BytesMut::with_capacity(frames.iter().map(|o| o.as_ref().len()).sum());
     for sent in frames {
-        out.extend_from_slice(&sent.frame);
+        out.extend_from_slice(sent.as_ref());
     }
     write.write_all(&out).await
 }

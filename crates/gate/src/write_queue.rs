@@ -38,6 +38,12 @@ pub(crate) struct Outgoing {
     receipt: Option<(Arc<dyn WriteReceipt>, u64)>,
 }
 
+impl AsRef<Bytes> for Outgoing {
+    fn as_ref(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
 impl Outgoing {
     /// A frame nobody waits for.
     pub(crate) fn plain(frame: Bytes) -> Self {
