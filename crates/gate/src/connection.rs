@@ -601,18 +601,31 @@ impl Connection {
         verdict
     }
 
+    /// The common start of LOGIN and RESUME: admission (draining, the login rate), then the
+    /// body; `Err` is what the connection does instead.
+    async fn admitted<M: prost::Message + Default>(
+        &self,
+        reader: &mut Reader,
+        cmd: Cmd,
+        frame: &Frame,
+    ) -> Result<M, Next> {
+        let header = frame.header;
+        if let Err(refusal) = self.admit(cmd) {
+            return Err(reader.refuse_and_close(&header, refusal));
+        }
+        match frame.decode_body() {
+            Ok(request) => Ok(request),
+            Err(err) => Err(reader
+                .refuse(&header, Refusal::new(ErrorCode::BadBody, err.to_string()))
+                .await),
+        }
+    }
+
     async fn login(&self, reader: &mut Reader, frame: Frame) -> Next {
         let header = frame.header;
-        if let Err(refusal) = self.admit(Cmd::Login) {
-            return reader.refuse_and_close(&header, refusal);
-        }
-        let request: wire::LoginRequest = match frame.decode_body() {
+        let request: wire::LoginRequest = match self.admitted(reader, Cmd::Login, &frame).await {
             Ok(request) => request,
-            Err(err) => {
-                return reader
-                    .refuse(&header, Refusal::new(ErrorCode::BadBody, err.to_string()))
-                    .await;
-            }
+            Err(next) => return next,
         };
         let resumable = request.resume_capable && !self.gate.config.hold.is_zero();
         // The gate picks the compression (it is the one that compresses): the first of its
@@ -669,16 +682,9 @@ impl Connection {
 
     async fn resume(&self, reader: &mut Reader, frame: Frame) -> Next {
         let header = frame.header;
-        if let Err(refusal) = self.admit(Cmd::Resume) {
-            return reader.refuse_and_close(&header, refusal);
-        }
-        let request: wire::ResumeRequest = match frame.decode_body() {
+        let request: wire::ResumeRequest = match self.admitted(reader, Cmd::Resume, &frame).await {
             Ok(request) => request,
-            Err(err) => {
-                return reader
-                    .refuse(&header, Refusal::new(ErrorCode::BadBody, err.to_string()))
-                    .await;
-            }
+            Err(next) => return next,
         };
         if self.gate.config.hold.is_zero() {
             return reader
