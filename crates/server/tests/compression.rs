@@ -76,32 +76,6 @@ async fn next_message(incoming: &mut Incoming) -> Message {
     }
 }
 
-/// After each bad client, a healthy client can still log in and chat.
-async fn others_unaffected(server: &TestServer) {
-    let (a, _a_in) = server.client(129, "healthy-a", "d").await;
-    let receipt = a
-        .c2c(UserRef::new(129, "healthy-b"), Content::text("still fine"))
-        .await
-        .expect("the gate keeps serving everyone else");
-    assert!(receipt.msgid > 0);
-    a.close().await;
-}
-
-/// The test process's resident memory (the server runs in it), in bytes.
-fn vm_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// A zstd frame of `blocks` RLE blocks of 128 KiB zeros, 4 bytes each (8192 blocks: 1 GiB
 /// from 32 KiB), declaring its size or not.
 fn zstd_bomb(blocks: u32, declare: bool) -> Vec<u8> {
@@ -237,7 +211,7 @@ async fn a_decompression_bomb_is_refused_and_closed_without_inflating() {
     let server = TestServer::start().await;
     let (watcher, mut watcher_in) = server.client(129, "watcher", "d").await;
     let (peer, _peer_in) = server.client(129, "peer", "d").await;
-    let before = vm_rss();
+    let before = longlink_testkit::vm_rss_bytes();
     // zstd declaring 1 GiB, zstd hiding its size, and an lz4 block claiming 1 GiB.
     let lz4_bomb = {
         let mut body = (1u32 << 30).to_le_bytes().to_vec();
@@ -267,7 +241,7 @@ async fn a_decompression_bomb_is_refused_and_closed_without_inflating() {
         error_of(frames.last().unwrap()).unwrap(),
         (ErrorCode::BadBody, 4)
     );
-    let grown = vm_rss().saturating_sub(before);
+    let grown = longlink_testkit::vm_rss_bytes().saturating_sub(before);
     assert!(
         grown < 64 * 1024 * 1024,
         "RSS grew by {grown} bytes while refusing 3 GiB of bombs"
@@ -283,7 +257,7 @@ async fn a_decompression_bomb_is_refused_and_closed_without_inflating() {
         next_message(&mut watcher_in).await.content,
         Content::text("after the bombs")
     );
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     watcher.close().await;
     server.stop().await;
 }
@@ -332,7 +306,7 @@ async fn a_flag_without_agreement_is_bad_flags() {
         error_of(frames.last().unwrap()).unwrap(),
         (ErrorCode::BadFlags, 8)
     );
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 

@@ -15,17 +15,6 @@ use longlink_testkit::{RawClient, TestServer, error_of, is_response, wait_until}
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::codec::FramedRead;
 
-/// A healthy client can still log in and chat.
-async fn others_unaffected(server: &TestServer) {
-    let (a, _a_in) = server.client(129, "healthy-a", "d").await;
-    let receipt = a
-        .c2c(UserRef::new(129, "healthy-b"), Content::text("still fine"))
-        .await
-        .expect("the gate keeps serving everyone else");
-    assert!(receipt.msgid > 0);
-    a.close().await;
-}
-
 fn c2c(seq_id: u32, to: &str, client_msg_id: &str) -> Frame {
     Frame::request(
         Cmd::C2c,
@@ -65,15 +54,6 @@ async fn inbox(server: &TestServer, uid: &str) -> Vec<String> {
         .collect()
 }
 
-fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
-
 /// Slowloris: a header trickled in and never finished does not extend the login deadline.
 #[tokio::test]
 async fn a_header_that_is_never_finished_is_closed_at_the_login_deadline() {
@@ -86,7 +66,7 @@ async fn a_header_that_is_never_finished_is_closed_at_the_login_deadline() {
         raw.send_raw(&header[..10]).await.unwrap();
         slow.push(raw);
     }
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     for raw in &mut slow {
         let frames = raw.until_closed().await.expect("closed by the server");
         let last = frames.last().expect("an ERROR before the close");
@@ -137,7 +117,7 @@ async fn garbage_after_a_valid_header_is_refused_and_nothing_is_stored() {
         (ErrorCode::BadMagic, 0)
     );
     assert_eq!(inbox(&server, "garbage-victim").await, vec!["g-2"]);
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -189,7 +169,7 @@ async fn a_frame_flood_is_refused_then_closed_while_others_chat() {
     .await
     .unwrap();
     assert!(is_response(&raw.recv().await.unwrap(), Cmd::Keepalive));
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
 
     // Keep sending without waiting: one refusal after another until the close.
     let mut refusals = 1;
@@ -232,7 +212,7 @@ async fn a_frame_flood_is_refused_then_closed_while_others_chat() {
         !stored.contains(&"m6".to_owned()),
         "the refused sixth is not stored"
     );
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -286,8 +266,8 @@ async fn a_byte_flood_is_throttled_without_growing_memory() {
     })
     .await;
     let gate = &server.server().gates()[0];
-    others_unaffected(&server).await;
-    let rss_before = vm_rss_kib();
+    server.assert_others_unaffected().await;
+    let rss_before = longlink_testkit::vm_rss_bytes() / 1024;
 
     let stream = tokio::net::TcpStream::connect(server.gate_addr())
         .await
@@ -343,8 +323,8 @@ async fn a_byte_flood_is_throttled_without_growing_memory() {
     })
     .await
     .expect("the flooding connection is throttled, not closed");
-    others_unaffected(&server).await;
-    let rss_after = vm_rss_kib();
+    server.assert_others_unaffected().await;
+    let rss_after = longlink_testkit::vm_rss_bytes() / 1024;
     let read_bytes = gate.metrics().bytes_in.get(Cmd::Keepalive);
     assert!(
         !writer.is_finished(),

@@ -4,17 +4,6 @@ use longlink_proto::{Cmd, ErrorCode, Frame, FrameType, wire};
 use longlink_sdk::{Content, UserRef};
 use longlink_testkit::{RawClient, TestServer, error_of, header_only, is_response};
 
-/// After each bad client, a healthy client can still log in and chat.
-async fn others_unaffected(server: &TestServer) {
-    let (a, _a_in) = server.client(129, "healthy-a", "d").await;
-    let receipt = a
-        .c2c(UserRef::new(129, "healthy-b"), Content::text("still fine"))
-        .await
-        .expect("the gate keeps serving everyone else");
-    assert!(receipt.msgid > 0);
-    a.close().await;
-}
-
 /// Expects an ERROR with `code` (and `seq_id`) and then the close.
 async fn expect_error_then_close(client: &mut RawClient, code: ErrorCode, seq_id: u32) {
     let frames = client
@@ -32,7 +21,7 @@ async fn bad_token_is_refused_and_closed() {
     let answer = raw.login(129, "not-a-token", "d").await.unwrap();
     assert_eq!(error_of(&answer).unwrap(), (ErrorCode::BadToken, 1));
     assert!(raw.until_closed().await.unwrap().is_empty());
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -62,7 +51,7 @@ async fn wrong_and_unknown_appcodes_are_refused() {
         .unwrap_err();
     assert_eq!(err.server_code(), Some(ErrorCode::UnknownReceiverAppcode));
     assert!(zed.keepalive().await.is_ok(), "connection stays open");
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -76,7 +65,7 @@ async fn bad_magic_gets_an_error_and_a_close() {
     raw.send_raw(&bytes).await.unwrap();
     // The header cannot be trusted, so the ERROR carries seq_id 0.
     expect_error_then_close(&mut raw, ErrorCode::BadMagic, 0).await;
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -89,7 +78,7 @@ async fn oversized_body_len_is_refused_before_the_body_arrives() {
         .await
         .unwrap();
     expect_error_then_close(&mut raw, ErrorCode::BodyTooLarge, 77).await;
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -118,7 +107,7 @@ async fn a_frame_before_login_is_refused() {
     let pong = raw.recv().await.unwrap();
     assert!(is_response(&pong, Cmd::Keepalive));
     assert_eq!(pong.header.seq_id, 3);
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -165,7 +154,7 @@ async fn garbage_bodies_and_bad_types_are_refused() {
     .await
     .unwrap();
     assert!(is_response(&raw.recv().await.unwrap(), Cmd::Keepalive));
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -176,7 +165,7 @@ async fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
     let frames = raw.until_closed().await.expect("closed by the server");
     let last = frames.last().expect("an ERROR before the close");
     assert_eq!(error_of(last).unwrap().0, ErrorCode::LoginTimeout);
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 
@@ -204,7 +193,7 @@ async fn a_silent_logged_in_connection_is_closed_after_the_idle_timeout() {
     let frames = raw.until_closed().await.expect("closed by the server");
     let last = frames.last().expect("an ERROR before the close");
     assert_eq!(error_of(last).unwrap().0, ErrorCode::IdleTimeout);
-    others_unaffected(&server).await;
+    server.assert_others_unaffected().await;
     server.stop().await;
 }
 

@@ -140,6 +140,21 @@ impl TestServer {
         Client::connect(config).await.expect("client logs in")
     }
 
+    /// Asserts that the server still serves everyone else: a fresh client logs in and a c2c
+    /// of its is acknowledged. Attack tests call it after each bad client.
+    pub async fn assert_others_unaffected(&self) {
+        let (a, _a_in) = self.client(129, "healthy-a", "d").await;
+        let receipt = a
+            .c2c(
+                longlink_sdk::UserRef::new(129, "healthy-b"),
+                longlink_sdk::Content::text("still fine"),
+            )
+            .await
+            .expect("the gate keeps serving everyone else");
+        assert!(receipt.msgid > 0);
+        a.close().await;
+    }
+
     /// Stops the server (in order, as on SIGTERM) and starts it again on the same data
     /// directory and the same ports.
     pub async fn restart(&mut self) {
@@ -521,4 +536,16 @@ impl ApiClient {
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
     }
+}
+
+/// This process's resident memory in bytes (`VmRSS` of `/proc/self/status`): a test's
+/// in-process server is part of it, so an attack that inflates the server shows here.
+pub fn vm_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
 }
