@@ -91,8 +91,8 @@ impl Class {
     pub fn of(cmd: u16) -> Class {
         match Cmd::try_from(cmd) {
             Ok(Cmd::C2c | Cmd::C2s) => Class::Send,
-            Ok(Cmd::OfflinePull | Cmd::HistoryPull) => Class::Pull,
-            Ok(Cmd::MsgAck) => Class::Ack,
+            Ok(Cmd::OfflinePull | Cmd::HistoryPull | Cmd::Conversations) => Class::Pull,
+            Ok(Cmd::MsgAck | Cmd::MarkRead) => Class::Ack,
             _ => Class::Other,
         }
     }

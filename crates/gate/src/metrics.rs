@@ -36,6 +36,9 @@ pub fn cmd_label(cmd: u16) -> &'static str {
         Ok(Cmd::MsgAck) => "msg_ack",
         Ok(Cmd::OfflinePull) => "offline_pull",
         Ok(Cmd::HistoryPull) => "history_pull",
+        Ok(Cmd::Receipt) => "receipt",
+        Ok(Cmd::Conversations) => "conversations",
+        Ok(Cmd::MarkRead) => "mark_read",
         Ok(Cmd::Error) => "error",
         Err(_) => "other",
     }

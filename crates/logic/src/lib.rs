@@ -284,7 +284,11 @@ impl LogicService for Logic {
                 ErrorCode::AlreadyLoggedIn,
                 "this connection is already logged in",
             )),
-            Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Error => Err(Refusal::new(
+            Cmd::Conversations | Cmd::MarkRead => Err(Refusal::new(
+                ErrorCode::UnknownCmd,
+                format!("{cmd} is not served by this build yet"),
+            )),
+            Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Receipt | Cmd::Error => Err(Refusal::new(
                 ErrorCode::UnknownCmd,
                 format!("{cmd} is not a request a client may send"),
             )),

@@ -163,6 +163,7 @@ impl PushRecord {
     /// The MSG frame for recipient `uid`.
     fn frame(&self, uid: &str) -> Bytes {
         let msg = wire::Msg {
+            delivered: false,
             msgid: self.msgid.load(Ordering::Acquire),
             from: Some(wire::UserRef {
                 appcode: self.appcode,

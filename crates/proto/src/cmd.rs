@@ -26,13 +26,19 @@ pub enum Cmd {
     OfflinePull = 20,
     /// `HistoryPullRequest` / `HistoryPullResponse`.
     HistoryPull = 21,
+    /// `Receipt`, pushed: messages this user sent were delivered or read.
+    Receipt = 22,
+    /// `ConversationsRequest` / `ConversationsResponse`: the user's conversations.
+    Conversations = 23,
+    /// `MarkReadRequest` / `MarkReadResponse`: a read mark in one conversation.
+    MarkRead = 24,
     /// `Error`: a status code and message; seq_id echoes the offending request when known.
     Error = 255,
 }
 
 impl Cmd {
     /// Every command, in id order.
-    pub const ALL: [Cmd; 12] = [
+    pub const ALL: [Cmd; 15] = [
         Cmd::Login,
         Cmd::Logout,
         Cmd::Keepalive,
@@ -44,6 +50,9 @@ impl Cmd {
         Cmd::MsgAck,
         Cmd::OfflinePull,
         Cmd::HistoryPull,
+        Cmd::Receipt,
+        Cmd::Conversations,
+        Cmd::MarkRead,
         Cmd::Error,
     ];
 
@@ -61,6 +70,9 @@ impl Cmd {
             Cmd::MsgAck => "MSG_ACK",
             Cmd::OfflinePull => "OFFLINE_PULL",
             Cmd::HistoryPull => "HISTORY_PULL",
+            Cmd::Receipt => "RECEIPT",
+            Cmd::Conversations => "CONVERSATIONS",
+            Cmd::MarkRead => "MARK_READ",
             Cmd::Error => "ERROR",
         }
     }

@@ -36,6 +36,7 @@ fn msg(msgid: u64) -> wire::Msg {
         log_id: 123_456_789,
         kind: wire::MsgKind::C2c as i32,
         prev_msgid: msgid - 1,
+        delivered: false,
     }
 }
 

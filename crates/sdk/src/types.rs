@@ -216,6 +216,9 @@ pub struct Message {
     /// The msgid of the previous message of the same conversation, as the server saw it
     /// (0 = unknown). The client uses it to detect and fill gaps.
     pub prev_msgid: u64,
+    /// History and conversation lists only: a device of the receiver acknowledged it (shown
+    /// as "delivered" on the sender's side).
+    pub delivered: bool,
 }
 
 impl From<wire::Msg> for Message {
@@ -232,6 +235,7 @@ impl From<wire::Msg> for Message {
             log_id: msg.log_id,
             kind: MsgKind::try_from(msg.kind).unwrap_or(MsgKind::Unspecified),
             prev_msgid: msg.prev_msgid,
+            delivered: msg.delivered,
         }
     }
 }
@@ -252,6 +256,7 @@ impl From<Message> for wire::Msg {
             log_id: msg.log_id,
             kind: msg.kind as i32,
             prev_msgid: msg.prev_msgid,
+            delivered: msg.delivered,
         }
     }
 }

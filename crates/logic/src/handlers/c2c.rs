@@ -47,6 +47,7 @@ pub(crate) async fn c2c(
 
     if request.content_type == ContentType::Typing as i32 {
         let msg = wire::Msg {
+            delivered: false,
             msgid: 0,
             from: Some(crate::convert::user_ref(&from)),
             to: Some(crate::convert::user_ref(&to)),

@@ -240,6 +240,10 @@ pub struct Msg {
     /// HISTORY_PULL (direction NEWER, cursor = its last msgid) before showing this message.
     #[prost(uint64, tag = "12")]
     pub prev_msgid: u64,
+    /// HISTORY_PULL and CONVERSATIONS only: at least one device of the receiver acknowledged this
+    /// message (MSG_ACK). A sender shows it as "delivered" (a RECEIPT DELIVERED says it live).
+    #[prost(bool, tag = "13")]
+    pub delivered: bool,
 }
 /// MSG_ACK (cmd 19): the client has these messages. Type 3 (ack): no answer unless an error.
 /// Type 0 (request): answered with a MsgAckResponse.
@@ -294,6 +298,81 @@ pub struct HistoryPullResponse {
     pub next_cursor: u64,
     #[prost(bool, tag = "3")]
     pub more: bool,
+}
+/// RECEIPT (cmd 22), type 2 push: what became of messages this user sent. Ephemeral: pushed to
+/// the sender's online sessions only, never stored, never acked. A client that was offline
+/// learns the same from HISTORY_PULL (Msg.delivered) and CONVERSATIONS (peer_read_upto).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Receipt {
+    #[prost(enumeration = "ReceiptKind", tag = "1")]
+    pub kind: i32,
+    /// the receiver (the peer of the conversation)
+    #[prost(message, optional, tag = "2")]
+    pub by: ::core::option::Option<UserRef>,
+    /// the receiver's device that acked / marked read
+    #[prost(string, tag = "3")]
+    pub by_device: ::prost::alloc::string::String,
+    /// DELIVERED: the messages now delivered, ascending
+    #[prost(uint64, repeated, tag = "4")]
+    pub msgids: ::prost::alloc::vec::Vec<u64>,
+    /// READ: every message of the conversation up to this msgid is read
+    #[prost(uint64, tag = "5")]
+    pub read_upto: u64,
+}
+/// CONVERSATIONS (cmd 23), type 0: this user's conversations, the most recent first (by the
+/// msgid of their last message). Page with before_msgid = the last entry's last.msgid.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConversationsRequest {
+    /// 0 = 50; at most 500
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+    /// only conversations whose last message is older (0 = from the newest)
+    #[prost(uint64, tag = "2")]
+    pub before_msgid: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Conversation {
+    #[prost(message, optional, tag = "1")]
+    pub with: ::core::option::Option<UserRef>,
+    /// the conversation's newest message (delivered set as in HISTORY_PULL)
+    #[prost(message, optional, tag = "2")]
+    pub last: ::core::option::Option<Msg>,
+    /// messages from `with` after read_upto, counted up to 1000
+    #[prost(uint32, tag = "3")]
+    pub unread: u32,
+    /// this user's read mark (MARK_READ, shared by all its devices), 0 = none
+    #[prost(uint64, tag = "4")]
+    pub read_upto: u64,
+    /// the peer's read mark: this user's messages up to it were read
+    #[prost(uint64, tag = "5")]
+    pub peer_read_upto: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ConversationsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub conversations: ::prost::alloc::vec::Vec<Conversation>,
+    /// older conversations follow
+    #[prost(bool, tag = "2")]
+    pub more: bool,
+}
+/// MARK_READ (cmd 24), type 0: this user has read the conversation with `with` up to msgid (a
+/// message of that conversation). Read marks only move forward; the peer's online sessions get
+/// a RECEIPT READ.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MarkReadRequest {
+    #[prost(message, optional, tag = "1")]
+    pub with: ::core::option::Option<UserRef>,
+    #[prost(uint64, tag = "2")]
+    pub msgid: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MarkReadResponse {
+    /// the read mark now (never lower than before)
+    #[prost(uint64, tag = "1")]
+    pub read_upto: u64,
+    /// messages from `with` still unread after it
+    #[prost(uint32, tag = "2")]
+    pub unread: u32,
 }
 /// Status codes carried by ERROR frames (cmd 255). 0 is never sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -572,6 +651,37 @@ impl HistoryDirection {
         match value {
             "OLDER" => Some(Self::Older),
             "NEWER" => Some(Self::Newer),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ReceiptKind {
+    Unspecified = 0,
+    /// the first device of the receiver acknowledged (MSG_ACK) these messages
+    Delivered = 1,
+    /// the receiver read the conversation up to read_upto (MARK_READ)
+    Read = 2,
+}
+impl ReceiptKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RECEIPT_KIND_UNSPECIFIED",
+            Self::Delivered => "DELIVERED",
+            Self::Read => "READ",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RECEIPT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "DELIVERED" => Some(Self::Delivered),
+            "READ" => Some(Self::Read),
             _ => None,
         }
     }

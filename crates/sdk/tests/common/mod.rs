@@ -251,6 +251,7 @@ pub(crate) fn msg(msgid: u64, text: &str) -> wire::Msg {
         log_id: 99,
         kind: MsgKind::C2c as i32,
         prev_msgid: 0,
+        delivered: false,
     }
 }
 
