@@ -176,6 +176,7 @@ export class Client {
   /** Opens the socket and logs in; rejects with a LonglinkError (e.g. BAD_TOKEN) and ends the client. */
   connect(): Promise<void> {
     if (this.connectPromise !== undefined) return this.connectPromise;
+    if (this.finished) return Promise.reject(closedError());
     this.started = true;
     this.setState("connecting", {});
     this.connectPromise = this.establish(false).catch((err: unknown) => {
@@ -314,7 +315,7 @@ export class Client {
     } catch (err) {
       // A lost link ends this catch-up; the next connection starts its own.
       const error = asLonglinkError(err);
-      if (error.code !== "CLOSED") this.events.emit("error", error);
+      if (error.code !== "CLOSED" && error.code !== "NETWORK") this.events.emit("error", error);
     }
   }
 
@@ -568,7 +569,7 @@ export class Client {
         const error = asLonglinkError(err);
         const remaining = deadline - Date.now();
         if (this.finished || remaining <= 0) throw error;
-        if (error.code === "CLOSED") continue; // wait for the reconnect, then send again
+        if (error.code === "NETWORK" || error.code === "CLOSED") continue; // after the reconnect, send again
         if (error.code === "TIMEOUT") continue; // no answer on this link: the same request again
         if (RETRY_LATER.has(error.code)) {
           await this.sleep(Math.min(remaining, Math.max(error.retryAfterMs, 100)));

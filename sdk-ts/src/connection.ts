@@ -213,7 +213,13 @@ export class Connection {
     this.pending.clear();
     for (const p of pending) {
       clearTimeout(p.timer);
-      p.reject(error.code === "CLOSED" ? error : closedError(`connection lost before the answer (${error.message})`));
+      // CLOSED: we closed it (the client is ending); NETWORK: the link broke (a request may be
+      // sent again on the next connection).
+      p.reject(
+        error.code === "CLOSED"
+          ? error
+          : new LonglinkError("NETWORK", `connection lost before the answer (${error.message})`, { logId: error.logId }),
+      );
     }
     this.handlers?.onClose(error);
   }
