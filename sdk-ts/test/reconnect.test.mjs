@@ -39,8 +39,11 @@ async function proxy() {
   return p;
 }
 
-async function cliSend(from, to, text, extra = []) {
-  const out = await server.cli(["send", "--json", "--appcode", String(from.appcode), "--uid", from.uid, "--to", `${to.appcode}:${to.uid}`, ...extra, text]);
+async function cliSend(from, to, text, extra = [], timeoutMs = 20_000) {
+  const out = await server.cli(
+    ["send", "--json", "--appcode", String(from.appcode), "--uid", from.uid, "--to", `${to.appcode}:${to.uid}`, ...extra, text],
+    timeoutMs,
+  );
   return out
     .split("\n")
     .filter((l) => l.trim())
@@ -146,6 +149,30 @@ test("restart: KICK SERVER_SHUTDOWN, RESUME rejected by the new process, LOGIN w
     alice.rec.messages.map((m) => m.msgid),
     sent.map((s) => BigInt(s.msgid)),
     "each once (redelivery and the catch-up pull deduplicated)",
+  );
+  await waitFor(async () => (await alice.client.pullOffline()).messages.length === 0, "all acknowledged");
+});
+
+test("resume: more than one RESUME answer holds (gap_free false) → the rest is pulled, each once", async () => {
+  const link = await proxy();
+  const alice = await client(129, uniq("alice"), { url: link.url });
+  await alice.client.connect();
+  const bob = { appcode: 130, uid: uniq("bob") };
+  link.blocked = true;
+  link.cut();
+  await waitFor(() => alice.client.state === "reconnecting", "state reconnecting");
+  // A RESUME answer carries at most 500 messages (§5.4): 600 cannot be gap-free.
+  const sent = await cliSend(bob, alice.user, "bulk", ["--count", "600"], 60_000);
+  assert.equal(sent.length, 600);
+  const back = nextEvent(alice.client, "state", (s) => s === "connected", 20_000);
+  link.blocked = false;
+  assert.deepEqual((await back)[1], { resumed: true });
+  await waitFor(() => alice.rec.messages.length >= 600, "600 messages", 20_000);
+  await alice.client.keepalive();
+  assert.deepEqual(
+    alice.rec.messages.map((m) => m.msgid),
+    sent.map((s) => BigInt(s.msgid)),
+    "each once, in msgid order",
   );
   await waitFor(async () => (await alice.client.pullOffline()).messages.length === 0, "all acknowledged");
 });
