@@ -176,3 +176,26 @@ test("resume: more than one RESUME answer holds (gap_free false) → the rest is
   );
   await waitFor(async () => (await alice.client.pullOffline()).messages.length === 0, "all acknowledged");
 });
+
+test("timeout: while the link stays down, requests settle by their deadline (send: 3 × requestTimeoutMs)", async () => {
+  const link = await proxy();
+  const alice = await client(129, uniq("alice"), { url: link.url, requestTimeoutMs: 300 });
+  await alice.client.connect();
+  link.blocked = true;
+  link.cut();
+  await waitFor(() => alice.client.state === "reconnecting", "state reconnecting");
+  const t0 = Date.now();
+  const results = await Promise.allSettled([
+    alice.client.sendText({ appcode: 129, uid: "nobody" }, "never"),
+    alice.client.history({ appcode: 129, uid: "nobody" }),
+  ]);
+  const took = Date.now() - t0;
+  for (const r of results) {
+    assert.equal(r.status, "rejected");
+    assert.equal(r.reason.code, "TIMEOUT");
+  }
+  assert.ok(took >= 850 && took < 2000, `settled after ${took} ms`);
+  assert.equal(alice.client.state, "reconnecting", "still trying");
+  alice.client.close();
+  assert.equal(alice.client.state, "closed");
+});
