@@ -197,7 +197,11 @@ export class Connection {
   close(error: LonglinkError = closedError("closed by the client")): void {
     if (this.closed) return;
     try {
-      this.ws.close(1000);
+      // A socket that can be torn down at once (the `ws` package's terminate()) is: a close
+      // handshake over a dead link never completes, and in Node the socket would outlive us.
+      const terminate = (this.ws as { terminate?: () => void }).terminate;
+      if (typeof terminate === "function") terminate.call(this.ws);
+      else this.ws.close(1000);
     } catch {
       /* already closing */
     }
