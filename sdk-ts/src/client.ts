@@ -208,9 +208,10 @@ export class Client {
       const withinHold = Date.now() - this.droppedAtMs < session.holdSecs * 1000;
       if (reconnecting && session.resumeToken !== "" && withinHold) {
         try {
-          resumed = await this.resume(conn);
+          const answer = await this.resume(conn);
+          resumed = answer.messages;
           // gap_free = false: the answer could not hold everything; pull after its last message.
-          if (this.lastResumeGapFree === false) pullFrom = resumed.at(-1)?.msgid ?? 0n;
+          if (!answer.gapFree) pullFrom = resumed.at(-1)?.msgid ?? 0n;
         } catch (err) {
           // RESUME_REJECTED leaves the connection open for a LOGIN (§6.5).
           if (!(err instanceof LonglinkError) || err.code !== "RESUME_REJECTED") throw err;
@@ -229,9 +230,7 @@ export class Client {
     }
   }
 
-  private lastResumeGapFree: boolean | undefined;
-
-  private async resume(conn: Connection): Promise<Msg[]> {
+  private async resume(conn: Connection): Promise<{ messages: Msg[]; gapFree: boolean }> {
     const acked = [...this.recentAcks, ...this.ackQueue].slice(-MAX_ACK_IDS);
     const body = toBinary(
       ResumeRequestSchema,
@@ -249,8 +248,7 @@ export class Client {
     if (r.keepaliveIntervalSecs > 0) this.session.keepaliveSecs = r.keepaliveIntervalSecs;
     this._sessionId = r.sessionId;
     if (r.uid !== "") this._uid = r.uid;
-    this.lastResumeGapFree = r.gapFree;
-    return r.messages;
+    return { messages: r.messages, gapFree: r.gapFree };
   }
 
   private async login(conn: Connection, priorEpoch: bigint): Promise<void> {

@@ -199,3 +199,25 @@ test("timeout: while the link stays down, requests settle by their deadline (sen
   alice.client.close();
   assert.equal(alice.client.state, "closed");
 });
+
+test("SESSION_REPLACED: a newer login of the same class while the link was down ends the client", async () => {
+  const link = await proxy();
+  const uid = uniq("alice");
+  const older = await client(129, uid, { url: link.url, deviceId: "tab-1" });
+  await older.client.connect();
+  link.blocked = true;
+  link.cut();
+  await waitFor(() => older.client.state === "reconnecting", "state reconnecting");
+  // Another tab (device class "web" too) logs in: under the default `kick` policy it replaces
+  // the held session. The older one must not take it back.
+  const newer = await client(129, uid, { deviceId: "tab-2" });
+  await newer.client.connect();
+  const closed = nextEvent(older.client, "state", (s) => s === "closed", 15_000);
+  link.blocked = false;
+  const [, detail] = await closed;
+  assert.equal(detail.error.code, "SESSION_REPLACED");
+  assert.equal(newer.client.state, "connected");
+  await newer.client.keepalive();
+  assert.equal(newer.client.state, "connected", "the newer session was not kicked");
+  assert.deepEqual(newer.rec.kicked, []);
+});
