@@ -1,7 +1,7 @@
 //! The business API of longlink (docs/api.md): HTTP/JSON (axum) and gRPC (tonic) with the same
 //! semantics, plus `GET /healthz`, `GET /openapi.json`, Prometheus `GET /metrics`, the node
 //! summary `GET /v1/stats/summary`, message traces `GET /v1/trace/{id}` and the live
-//! dashboard at `GET /`, and the gates: dispatch `GET /v1/dispatch`, `GET /v1/gates` and
+//! dashboard at `GET /`, the browser chat page at `GET /chat`, and the gates: dispatch `GET /v1/dispatch`, `GET /v1/gates` and
 //! `POST /v1/gates/{id}/drain`; the black/white lists: `POST`/`GET /v1/bans`,
 //! `DELETE /v1/bans/{id}` (over `longlink_guard::Guard`).
 //!
@@ -34,6 +34,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod chat;
 pub mod error;
 pub mod gates;
 mod grpc;
@@ -51,6 +52,7 @@ pub mod pb {
     include!("gen/longlink.api.v1.rs");
 }
 
+pub use chat::{ChatSettings, DevTokens};
 pub use error::{ApiError, ErrorKind};
 pub use gates::{DrainStart, GateDirectory, GateStatus, NoGates};
 pub use http::openapi::openapi;
@@ -123,6 +125,8 @@ pub struct ApiContext {
     pub bans: Arc<longlink_guard::Guard>,
     /// Limits.
     pub limits: ApiLimits,
+    /// The browser chat page's view of the node (`/chat`; default: no WebSocket, no dev login).
+    pub chat: ChatSettings,
 }
 
 impl std::fmt::Debug for ApiContext {

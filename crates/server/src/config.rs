@@ -96,6 +96,9 @@ pub struct ApiSection {
     /// PEM certificate chain and key: both set = the HTTP and gRPC listeners speak TLS only.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// `POST /chat/dev-token` mints login tokens for anyone who asks: development only, and
+    /// refused by [`Config::validated`] unless `listen` is a loopback address.
+    pub chat_dev_login: bool,
 }
 
 fn optional_addr<'de, D: serde::Deserializer<'de>>(
@@ -491,6 +494,17 @@ impl Config {
                 "set both (TLS) or neither (plain HTTP)",
             );
         }
+        if self.api.chat_dev_login && !self.api.listen.ip().is_loopback() {
+            return bad(
+                "api.chat_dev_login",
+                &format!(
+                    "hands out login tokens for any user, so it is allowed only while api.listen \
+                     is a loopback address (it is {}); set chat_dev_login = false \
+                     (LONGLINK_API_CHAT_DEV_LOGIN=false) before the API faces a network",
+                    self.api.listen
+                ),
+            );
+        }
         if self.gate.plain_listen.is_some() && !self.gate_tls_enabled() {
             return bad(
                 "gate.plain_listen",
@@ -871,6 +885,23 @@ mod tests {
         }
         let off = Config::from_toml("[api]\ngrpc_listen = \"\"\n", &BTreeMap::new()).unwrap();
         assert_eq!(off.api.grpc_listen, None);
+    }
+
+    #[test]
+    fn chat_dev_login_is_refused_beyond_loopback() {
+        assert!(Config::default().api.chat_dev_login);
+        let err = Config::from_toml("[api]\nlisten = \"0.0.0.0:7780\"\n", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.chat_dev_login"), "{err}");
+        let off = Config::from_toml(
+            "[api]\nlisten = \"0.0.0.0:7780\"\nchat_dev_login = false\n",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(!off.api.chat_dev_login);
+        let v6 = Config::from_toml("[api]\nlisten = \"[::1]:7780\"\n", &BTreeMap::new());
+        assert!(v6.is_ok(), "{v6:?}");
     }
 
     #[test]

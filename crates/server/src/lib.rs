@@ -336,6 +336,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                 max_content_bytes: config.logic.max_content_bytes,
                 default_lease: Duration::from_secs(config.bus.lease_secs),
             },
+            chat: chat_settings(config, ws_addr, gate_tls.is_some()),
         };
         let api_shutdown = api_shutdown.clone();
         let tls = api_tls;
@@ -381,6 +382,36 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         bus,
         presence,
     })
+}
+
+/// What the browser chat page (`/chat`) is told about this node; development logins sign with
+/// the appcodes' configured keys, only while `[api] chat_dev_login` is on.
+fn chat_settings(
+    config: &Config,
+    ws_addr: Option<std::net::SocketAddr>,
+    ws_tls: bool,
+) -> longlink_api::ChatSettings {
+    longlink_api::ChatSettings {
+        ws_addr,
+        ws_tls,
+        appcodes: config.apps.iter().map(|a| a.appcode).collect(),
+        max_body_bytes: config.gate.max_body_bytes,
+        dev_tokens: config.api.chat_dev_login.then(|| {
+            tracing::warn!("chat development logins are on ([api] chat_dev_login): anyone who reaches the API may log in as anyone");
+            Arc::new(DevLogins(config.apps())) as Arc<dyn longlink_api::DevTokens>
+        }),
+    }
+}
+
+/// `POST /chat/dev-token`: tokens as `longlink token` mints them.
+struct DevLogins(longlink_logic::Apps);
+
+impl longlink_api::DevTokens for DevLogins {
+    fn mint(&self, appcode: u32, uid: &str) -> Result<String, String> {
+        self.0
+            .mint(appcode, uid, longlink_api::chat::DEV_TOKEN_TTL_SECS)
+            .map_err(|err| err.to_string())
+    }
 }
 
 /// Token revocation for the API (`POST /v1/tokens/revoke`), done by logic.

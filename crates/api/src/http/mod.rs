@@ -14,6 +14,7 @@ use crate::model::HealthBody;
 use crate::ops::Shared;
 
 pub(crate) mod bans;
+pub(crate) mod chat;
 pub(crate) mod consume;
 pub(crate) mod dashboard;
 pub(crate) mod deadletter;
@@ -46,6 +47,11 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::asset))
+        .route("/chat", get(chat::index))
+        .route("/chat/", get(chat::index))
+        .route("/chat/config.json", get(chat::config))
+        .route("/chat/dev-token", post(chat::dev_token))
+        .route("/chat/{file}", get(chat::asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(observe::metrics))
         .route("/openapi.json", get(openapi_json))

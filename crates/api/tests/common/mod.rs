@@ -363,6 +363,7 @@ impl Fixture {
                 max_body_bytes: MAX_BODY,
                 ..ApiLimits::default()
             },
+            chat: Default::default(),
         };
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
