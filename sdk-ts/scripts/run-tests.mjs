@@ -58,6 +58,9 @@ const files = readdirSync(join(sdk, "test"))
   .sort()
   .map((f) => join("test", f));
 const flags = typeof globalThis.WebSocket === "undefined" ? ["--experimental-websocket"] : [];
+// Each file runs its own server and mostly waits on sockets: run them all at once, whatever
+// the core count (node's default is one file per core).
+flags.push(`--test-concurrency=${files.length}`);
 const extra = process.argv.slice(2); // e.g. npm test -- --test-name-pattern=resume
 const status = run(process.execPath, [...flags, "--test", ...extra, ...files], {
   cwd: sdk,
