@@ -285,6 +285,7 @@ export class Client {
     this.attempt = 0;
     this.startKeepalive(conn);
     this.setState("connected", { resumed: resumed !== undefined });
+    if (this.finished) return; // a state listener closed the client
     for (const msg of resumed ?? []) this.deliver(msg);
     conn.releasePushes();
     for (const waiter of [...this.waiters]) {
