@@ -35,6 +35,6 @@ pub(crate) fn wire_msg(message: &StoredMessage) -> wire::Msg {
             wire::MsgKind::C2c as i32
         },
         prev_msgid: message.prev_msgid,
-        delivered: false,
+        delivered: message.delivered,
     }
 }

@@ -284,10 +284,10 @@ impl LogicService for Logic {
                 ErrorCode::AlreadyLoggedIn,
                 "this connection is already logged in",
             )),
-            Cmd::Conversations | Cmd::MarkRead => Err(Refusal::new(
-                ErrorCode::UnknownCmd,
-                format!("{cmd} is not served by this build yet"),
-            )),
+            Cmd::Conversations => {
+                handlers::conversations::conversations(self, session, &frame).await
+            }
+            Cmd::MarkRead => handlers::mark_read::mark_read(self, session, &frame).await,
             Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Receipt | Cmd::Error => Err(Refusal::new(
                 ErrorCode::UnknownCmd,
                 format!("{cmd} is not a request a client may send"),

@@ -17,7 +17,7 @@ use crate::handshake::random_log_id;
 use crate::handshake::{Dial, connect_and_login, decode};
 use crate::shared::Shared;
 use crate::{
-    ClientConfig, ClientError, Content, Event, HistoryDirection, Message, PullPage,
+    ClientConfig, ClientError, Content, Conversation, Event, HistoryDirection, Message, PullPage,
     ReconnectPolicy, SendReceipt, UserRef,
 };
 
@@ -329,6 +329,49 @@ impl Client {
             next_cursor: resp.next_cursor,
             more: resp.more,
         })
+    }
+
+    /// This user's conversations, the most recent first: `before_msgid` 0 = from the newest,
+    /// else those whose last message is older (page on with the last entry's last msgid);
+    /// `limit` 0 = 50. Returns the page and whether older conversations follow.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`], [`ClientError::Timeout`], [`ClientError::Closed`].
+    pub async fn conversations(
+        &self,
+        before_msgid: u64,
+        limit: u32,
+    ) -> Result<(Vec<Conversation>, bool), ClientError> {
+        let body = wire::ConversationsRequest {
+            limit,
+            before_msgid,
+        };
+        let frame = self.request_frame(Cmd::Conversations, &body).await?;
+        let resp: wire::ConversationsResponse = decode(&frame)?;
+        Ok((
+            resp.conversations
+                .into_iter()
+                .map(Conversation::from)
+                .collect(),
+            resp.more,
+        ))
+    }
+
+    /// Marks the conversation with `with` read up to `msgid` (a message of it) for every
+    /// device of this user; the peer gets a read receipt. Returns the read mark now and the
+    /// unread count after it.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`NOT_FOUND` when `msgid` is not in that conversation),
+    /// [`ClientError::Timeout`], [`ClientError::Closed`].
+    pub async fn mark_read(&self, with: UserRef, msgid: u64) -> Result<(u64, u32), ClientError> {
+        let body = wire::MarkReadRequest {
+            with: Some(with.into()),
+            msgid,
+        };
+        let frame = self.request_frame(Cmd::MarkRead, &body).await?;
+        let resp: wire::MarkReadResponse = decode(&frame)?;
+        Ok((resp.read_upto, resp.unread))
     }
 
     /// Acknowledges messages explicitly (MSG_ACK as a request, type 0); returns how many the

@@ -655,6 +655,10 @@ impl Driver {
                 let (code, message) = decode_error(&frame);
                 self.queue_event(Event::Error { code, message });
             }
+            Some(Cmd::Receipt) => match frame.decode_body::<wire::Receipt>() {
+                Ok(receipt) => self.queue_event(Event::Receipt(receipt.into())),
+                Err(err) => tracing::debug!(%err, "dropping an undecodable RECEIPT push"),
+            },
             _ => {
                 tracing::debug!(cmd = frame.header.cmd, "ignoring an unknown push");
             }

@@ -137,8 +137,11 @@ pub use client::{CLIENT_VERSION, Client, Incoming};
 pub use config::{ClientConfig, Jitter, ReconnectPolicy};
 pub use error::ClientError;
 pub use tls::{TlsConfig, TlsRoots};
-pub use types::{Content, Event, Message, ParseUserRefError, PullPage, SendReceipt, UserRef};
+pub use types::{
+    Content, Conversation, Event, Message, ParseUserRefError, PullPage, Receipt, SendReceipt,
+    UserRef,
+};
 
 pub use longlink_proto;
-pub use longlink_proto::wire::{HistoryDirection, MsgKind};
+pub use longlink_proto::wire::{HistoryDirection, MsgKind, ReceiptKind};
 pub use longlink_proto::{Compression, ContentType, ErrorCode, KickReason};

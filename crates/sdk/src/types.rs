@@ -8,7 +8,7 @@ use bytes::Bytes;
 use longlink_proto::wire;
 use longlink_proto::{ContentType, ErrorCode, KickReason};
 
-use crate::MsgKind;
+use crate::{MsgKind, ReceiptKind};
 
 /// A user: an account system / client kind (`appcode`) and a user id within it.
 ///
@@ -343,6 +343,64 @@ pub enum Event {
         /// "i/o error: …").
         reason: String,
     },
+    /// Messages this user sent were delivered to (acknowledged by) a device of the receiver,
+    /// or the receiver read the conversation up to a msgid (RECEIPT push; online only — the
+    /// same facts are in [`Message::delivered`] and [`Conversation::peer_read_upto`]).
+    Receipt(Receipt),
+}
+
+/// A delivery or read receipt: see [`Event::Receipt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// `Delivered` or `Read`.
+    pub kind: ReceiptKind,
+    /// The receiver (the peer of the conversation).
+    pub by: UserRef,
+    /// The receiver's device that acknowledged / marked read.
+    pub by_device: String,
+    /// Delivered: the messages now delivered, ascending.
+    pub msgids: Vec<u64>,
+    /// Read: every message of the conversation up to this msgid is read.
+    pub read_upto: u64,
+}
+
+impl From<wire::Receipt> for Receipt {
+    fn from(receipt: wire::Receipt) -> Self {
+        Receipt {
+            kind: ReceiptKind::try_from(receipt.kind).unwrap_or(ReceiptKind::Unspecified),
+            by: receipt.by.map(UserRef::from).unwrap_or_default(),
+            by_device: receipt.by_device,
+            msgids: receipt.msgids,
+            read_upto: receipt.read_upto,
+        }
+    }
+}
+
+/// One entry of [`crate::Client::conversations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// The other user.
+    pub with: UserRef,
+    /// The newest message (with [`Message::delivered`]); `None` only from a non-conforming server.
+    pub last: Option<Message>,
+    /// Messages from `with` after `read_upto` (counted up to 1000).
+    pub unread: u32,
+    /// This user's read mark (shared by all its devices), 0 = none.
+    pub read_upto: u64,
+    /// The peer's read mark: this user's messages up to it were read.
+    pub peer_read_upto: u64,
+}
+
+impl From<wire::Conversation> for Conversation {
+    fn from(c: wire::Conversation) -> Self {
+        Conversation {
+            with: c.with.map(UserRef::from).unwrap_or_default(),
+            last: c.last.map(Message::from),
+            unread: c.unread,
+            read_upto: c.read_upto,
+            peer_read_upto: c.peer_read_upto,
+        }
+    }
 }
 
 #[cfg(test)]

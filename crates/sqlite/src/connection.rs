@@ -66,17 +66,43 @@ pub fn ensure_schema(
     version: i64,
     schema_sql: &str,
 ) -> rusqlite::Result<()> {
+    ensure_schema_upgrading(conn, version, schema_sql, &[])
+}
+
+/// [`ensure_schema`] for a schema that grew: `upgrades[i]` turns version `i + 1` into `i + 2`
+/// (so `upgrades.len()` must be `version - 1`). A database of an older known version runs the
+/// missing upgrades in order, all in one `BEGIN IMMEDIATE` transaction, so a failed upgrade
+/// leaves it at its old version; a new database runs `schema_sql` (the whole current schema).
+///
+/// # Errors
+/// As [`ensure_schema`]; a version above `version`, or one no upgrade chain starts from, is
+/// refused.
+pub fn ensure_schema_upgrading(
+    conn: &mut Connection,
+    version: i64,
+    schema_sql: &str,
+    upgrades: &[&str],
+) -> rusqlite::Result<()> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if found == version {
         return Ok(());
     }
-    if found != 0 {
+    let first_upgradable = version - i64::try_from(upgrades.len()).unwrap_or(0);
+    if found != 0 && !(first_upgradable..version).contains(&found) {
         return Err(rusqlite::Error::InvalidParameterName(format!(
             "schema version {found} is not this build's {version}"
         )));
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(schema_sql)?;
+    if found == 0 {
+        tx.execute_batch(schema_sql)?;
+    } else {
+        // found >= first_upgradable >= 1 here, so the index is in range.
+        let start = usize::try_from(found - first_upgradable).unwrap_or(0);
+        for upgrade in &upgrades[start..] {
+            tx.execute_batch(upgrade)?;
+        }
+    }
     tx.pragma_update(None, "user_version", version)?;
     tx.commit()
 }
@@ -160,6 +186,45 @@ mod tests {
         let mut conn = open_writer(&db(&dir)).expect("reopen");
         ensure_schema(&mut conn, 3, SCHEMA).expect("reopen, same version");
         assert_eq!(query_i64(&conn, "SELECT COUNT(*) FROM t"), 1);
+    }
+
+    #[test]
+    fn an_older_version_is_upgraded_in_order_and_a_failed_upgrade_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = open_writer(&db(&dir)).expect("open");
+        ensure_schema(&mut conn, 1, SCHEMA).expect("version 1");
+        conn.execute("INSERT INTO t (v) VALUES ('kept')", [])
+            .expect("row");
+        let upgrades = [
+            "CREATE TABLE u2 (v TEXT NOT NULL) STRICT;",
+            "INSERT INTO u2 (v) SELECT v FROM t;",
+        ];
+        // A failing upgrade rolls back the ones before it: still version 1, no u2.
+        let broken = [upgrades[0], "INSERT INTO nowhere VALUES (1);"];
+        ensure_schema_upgrading(&mut conn, 3, SCHEMA, &broken).expect_err("broken upgrade");
+        assert_eq!(pragma_i64(&conn, "user_version"), 1);
+        assert_eq!(
+            query_i64(
+                &conn,
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'u2'"
+            ),
+            0
+        );
+        ensure_schema_upgrading(&mut conn, 3, SCHEMA, &upgrades).expect("upgrade 1 -> 3");
+        assert_eq!(pragma_i64(&conn, "user_version"), 3);
+        assert_eq!(query_i64(&conn, "SELECT COUNT(*) FROM u2"), 1);
+        // A version newer than the build, or older than any upgrade chain, is refused.
+        let err = ensure_schema_upgrading(&mut conn, 2, SCHEMA, &upgrades[..1]).expect_err("newer");
+        assert!(
+            err.to_string()
+                .contains("schema version 3 is not this build's 2")
+        );
+        // A new database gets the whole current schema, no upgrades.
+        let fresh_dir = tempfile::tempdir().expect("tempdir");
+        let mut fresh = open_writer(&db(&fresh_dir)).expect("open");
+        ensure_schema_upgrading(&mut fresh, 3, SCHEMA, &upgrades).expect("fresh");
+        assert_eq!(pragma_i64(&fresh, "user_version"), 3);
+        assert_eq!(query_i64(&fresh, "SELECT COUNT(*) FROM t"), 0);
     }
 
     #[test]

@@ -40,7 +40,8 @@ mod writer;
 
 pub use checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 pub use connection::{
-    BUSY_TIMEOUT, JOURNAL_SIZE_LIMIT, ensure_schema, open_read_only, open_writer,
+    BUSY_TIMEOUT, JOURNAL_SIZE_LIMIT, ensure_schema, ensure_schema_upgrading, open_read_only,
+    open_writer,
 };
 pub use lock::{LockError, lock_exclusive};
 pub use read_pool::{OpenReader, ReadError, ReadPool};

@@ -102,6 +102,8 @@ pub struct StoredMessage {
     pub log_id: u64,
     /// The msgid of the conversation's previous message (0 = it was the first).
     pub prev_msgid: u64,
+    /// At least one device of a receiver acknowledged it (MSG_ACK).
+    pub delivered: bool,
 }
 
 impl StoredMessage {
@@ -214,7 +216,55 @@ pub struct AckOutcome {
     pub acked: u32,
     /// The msgids that are not in the owner's inbox, in request order, without repeats.
     pub not_found: Vec<u64>,
+    /// The c2c messages this ack delivered for the first time (no device of the receiver had
+    /// acked them before), ascending by msgid: their senders get a delivery receipt.
+    pub first_delivered: Vec<Delivered>,
 }
+
+/// A c2c message that was just delivered: see [`AckOutcome::first_delivered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The message.
+    pub msgid: u64,
+    /// Its sender.
+    pub from: UserKey,
+}
+
+/// One conversation of a user, as [`MessageStore::conversations`] lists it.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    /// The other user (the owner themself for notes to self).
+    pub peer: UserKey,
+    /// The newest message of the conversation.
+    pub last: StoredMessage,
+    /// Messages from the peer after `read_upto`, counted up to [`MAX_UNREAD_COUNT`].
+    pub unread: u32,
+    /// The owner's read mark in this conversation (0 = none).
+    pub read_upto: u64,
+    /// The peer's read mark in the same conversation (0 = none).
+    pub peer_read_upto: u64,
+}
+
+/// A page of [`MessageStore::conversations`].
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPage {
+    /// Most recent first (by the msgid of their last message).
+    pub conversations: Vec<Conversation>,
+    /// Older conversations follow.
+    pub more: bool,
+}
+
+/// The answer of [`MessageStore::mark_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMark {
+    /// The owner's read mark now (never lower than before).
+    pub read_upto: u64,
+    /// Messages from the peer still unread after it, counted up to [`MAX_UNREAD_COUNT`].
+    pub unread: u32,
+}
+
+/// Unread counts stop at this number (a badge shows "1000+"), so counting stays cheap.
+pub const MAX_UNREAD_COUNT: u32 = 1000;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +371,32 @@ pub trait MessageStore: Send + Sync + 'static {
         device: &str,
         msgid: u64,
     ) -> Result<Option<DeliveryState>, StoreError>;
+
+    /// Owner's conversations whose last message is older than `before_msgid` (0 = all), the
+    /// most recent first, at most `limit` (0 → 50, capped at 500).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidArgument`] for a bad owner, [`StoreError::Unavailable`],
+    /// [`StoreError::Closed`].
+    async fn conversations(
+        &self,
+        owner: &UserKey,
+        before_msgid: u64,
+        limit: u32,
+    ) -> Result<ConversationPage, StoreError>;
+
+    /// Moves owner's read mark in the conversation with `peer` forward to `msgid` (a mark
+    /// already past it stays). `None` when `msgid` is not a message of that conversation.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidArgument`] for a bad owner or peer, [`StoreError::Unavailable`],
+    /// [`StoreError::Closed`].
+    async fn mark_read(
+        &self,
+        owner: &UserKey,
+        peer: &UserKey,
+        msgid: u64,
+    ) -> Result<Option<ReadMark>, StoreError>;
 }
 
 /// The page size a request gets: 0 → [`DEFAULT_PAGE_LIMIT`], at most [`MAX_PAGE_LIMIT`].

@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
-    AckOutcome, AppendOutcome, DeliveryState, Direction, MAX_ACK_IDS, MessageStore, NewMessage,
-    NewS2c, Page, S2cOutcome, StoreError, StoredMessage, UserKey, effective_limit, validate_id,
-    validate_user,
+    AckOutcome, AppendOutcome, Conversation, ConversationPage, Delivered, DeliveryState, Direction,
+    MAX_ACK_IDS, MAX_UNREAD_COUNT, MessageStore, NewMessage, NewS2c, Page, ReadMark, S2cOutcome,
+    StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
 };
 
 /// File name of the database inside the store directory.
@@ -35,8 +35,10 @@ const DB_FILE: &str = "messages.sqlite3";
 /// two writers would each assign msgids from their own `last_msgid`.
 const LOCK_FILE: &str = "messages.lock";
 /// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_SQL: &str = include_str!("sqlite/schema.sql");
+/// `UPGRADES[i]` turns schema version `i + 1` into `i + 2`.
+const UPGRADES: [&str; 1] = [include_str!("sqlite/upgrade_2.sql")];
 
 /// How long a write waits for room in a full write queue before `Unavailable`.
 const WRITE_QUEUE_WAIT: Duration = Duration::from_secs(1);
@@ -454,6 +456,86 @@ impl MessageStore for SqliteStore {
         })
         .await
     }
+
+    async fn conversations(
+        &self,
+        owner: &UserKey,
+        before_msgid: u64,
+        limit: u32,
+    ) -> Result<ConversationPage, StoreError> {
+        validate_user(owner, "owner")?;
+        let limit = effective_limit(limit);
+        let owner = owner.clone();
+        self.read(move |conn| {
+            // One pass over owner's history rows (its primary key), grouped by peer.
+            let mut stmt = conn.prepare_cached(
+                "SELECT peer_appcode, peer_uid, MAX(msgid) AS last FROM history \
+                 WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+                 GROUP BY peer_appcode, peer_uid HAVING last < ?3 \
+                 ORDER BY last DESC LIMIT ?4",
+            )?;
+            let peers = stmt
+                .query_map(
+                    params![
+                        owner.appcode,
+                        owner.uid,
+                        upper_bound_inclusive(before_msgid).saturating_add(1),
+                        i64::from(limit) + 1
+                    ],
+                    |row| {
+                        Ok((
+                            UserKey {
+                                appcode: row.get(0)?,
+                                uid: row.get(1)?,
+                            },
+                            row.get::<_, i64>(2)?,
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let more = peers.len() > limit as usize;
+            let mut message = conn.prepare_cached(MESSAGE_BY_ID_SQL)?;
+            let mut conversations = Vec::with_capacity(peers.len().min(limit as usize));
+            for (peer, last_msgid) in peers.into_iter().take(limit as usize) {
+                let last = message.query_row(params![last_msgid], read_message)?;
+                let read_upto = read_mark(conn, &owner, &peer)?;
+                let peer_read_upto = read_mark(conn, &peer, &owner)?;
+                let unread = unread_count(conn, &owner, &peer, read_upto)?;
+                conversations.push(Conversation {
+                    peer,
+                    last,
+                    unread,
+                    read_upto,
+                    peer_read_upto,
+                });
+            }
+            Ok(ConversationPage {
+                conversations,
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        owner: &UserKey,
+        peer: &UserKey,
+        msgid: u64,
+    ) -> Result<Option<ReadMark>, StoreError> {
+        validate_user(owner, "owner")?;
+        validate_user(peer, "peer")?;
+        let (reply, reply_rx) = oneshot::channel();
+        self.submit(WriteOp::MarkRead {
+            owner: owner.clone(),
+            peer: peer.clone(),
+            msgid,
+            reply,
+            outcome: None,
+        })
+        .await?;
+        self.await_reply(reply_rx).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,7 +546,8 @@ impl MessageStore for SqliteStore {
 macro_rules! message_columns {
     () => {
         "m.msgid, m.from_appcode, m.from_uid, m.from_device, m.client_msg_id, m.to_appcode, \
-         m.to_uid, m.msgtype, m.content_type, m.msgcontent, m.senddate, m.log_id, m.prev_msgid"
+         m.to_uid, m.msgtype, m.content_type, m.msgcontent, m.senddate, m.log_id, m.prev_msgid, \
+         m.state"
     };
 }
 
@@ -497,6 +580,13 @@ const HISTORY_NEWER_SQL: &str = concat!(
      WHERE h.owner_appcode = ?1 AND h.owner_uid = ?2 AND h.peer_appcode = ?3 \
        AND h.peer_uid = ?4 AND h.msgid > ?5 \
      ORDER BY h.msgid ASC LIMIT ?6"
+);
+
+/// ?1 msgid.
+const MESSAGE_BY_ID_SQL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages AS m WHERE m.msgid = ?1"
 );
 
 /// `msgid > cursor` as an i64 bound: a cursor past i64::MAX matches nothing, like i64::MAX.
@@ -533,6 +623,7 @@ fn read_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         senddate_ms: non_negative(row, 10)?,
         log_id: u64_from_bits(row.get(11)?),
         prev_msgid: u64::try_from(row.get::<_, i64>(12)?).unwrap_or(0),
+        delivered: row.get::<_, i64>(13)? != 0,
     })
 }
 
@@ -568,7 +659,7 @@ fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "cache_size", -64 * 1024)?;
     disable_reprepare_on_bind(&conn)?;
     conn.set_prepared_statement_cache_capacity(32);
-    longlink_sqlite::ensure_schema(&mut conn, SCHEMA_VERSION, SCHEMA_SQL)?;
+    longlink_sqlite::ensure_schema_upgrading(&mut conn, SCHEMA_VERSION, SCHEMA_SQL, &UPGRADES)?;
     Ok(conn)
 }
 
@@ -617,6 +708,13 @@ enum WriteOp {
         reply: oneshot::Sender<Result<AckOutcome, StoreError>>,
         outcome: Option<AckOutcome>,
     },
+    MarkRead {
+        owner: UserKey,
+        peer: UserKey,
+        msgid: u64,
+        reply: oneshot::Sender<Result<Option<ReadMark>, StoreError>>,
+        outcome: Option<Option<ReadMark>>,
+    },
     /// Fire and forget: nobody waits for it.
     Pushed {
         owner: UserKey,
@@ -652,6 +750,9 @@ impl WriteOp {
             Self::Ack { reply, outcome, .. } => {
                 let _ = reply.send(outcome.ok_or_else(missing));
             }
+            Self::MarkRead { reply, outcome, .. } => {
+                let _ = reply.send(outcome.ok_or_else(missing));
+            }
             Self::Pushed { .. } => {}
         }
     }
@@ -665,6 +766,9 @@ impl WriteOp {
                 let _ = reply.send(Err(err));
             }
             Self::Ack { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Self::MarkRead { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             Self::Pushed { .. } => {}
@@ -757,6 +861,15 @@ impl Writer {
                     ..
                 } => {
                     *outcome = Some(ack_in_tx(&tx, owner, device, msgids)?);
+                }
+                WriteOp::MarkRead {
+                    owner,
+                    peer,
+                    msgid,
+                    outcome,
+                    ..
+                } => {
+                    *outcome = Some(mark_read_in_tx(&tx, owner, peer, *msgid)?);
                 }
                 WriteOp::Pushed {
                     owner,
@@ -971,8 +1084,11 @@ fn ack_in_tx(
         "INSERT OR IGNORE INTO acks (owner_appcode, owner_uid, device, msgid) \
          VALUES (?1, ?2, ?3, ?4)",
     )?;
-    let mut mark_acked =
-        tx.prepare_cached("UPDATE messages SET state = 1 WHERE msgid = ?1 AND state = 0")?;
+    // Returns the sender only when this ack is the message's first delivery.
+    let mut mark_acked = tx.prepare_cached(
+        "UPDATE messages SET state = 1 WHERE msgid = ?1 AND state = 0 \
+         RETURNING from_appcode, from_uid, from_device",
+    )?;
     let mut seen = HashSet::with_capacity(msgids.len());
     let mut outcome = AckOutcome::default();
     for &msgid in msgids {
@@ -986,13 +1102,114 @@ fn ack_in_tx(
         };
         if in_inbox.exists(params![owner.appcode, owner.uid, id])? {
             insert_ack.execute(params![owner.appcode, owner.uid, device, id])?;
-            mark_acked.execute(params![id])?;
+            let mut rows = mark_acked.query(params![id])?;
+            if let Some(row) = rows.next()? {
+                let from_device: String = row.get(2)?;
+                // s2c pushes (no sender device) have no sender to tell.
+                if !from_device.is_empty() {
+                    outcome.first_delivered.push(Delivered {
+                        msgid,
+                        from: UserKey {
+                            appcode: row.get(0)?,
+                            uid: row.get(1)?,
+                        },
+                    });
+                }
+            }
             outcome.acked = outcome.acked.saturating_add(1);
         } else {
             outcome.not_found.push(msgid);
         }
     }
+    outcome.first_delivered.sort_by_key(|d| d.msgid);
     Ok(outcome)
+}
+
+/// MARK_READ inside the batch: `None` when msgid is not in owner's conversation with peer.
+fn mark_read_in_tx(
+    tx: &Transaction<'_>,
+    owner: &UserKey,
+    peer: &UserKey,
+    msgid: u64,
+) -> Result<Option<ReadMark>, WriteError> {
+    let Ok(id) = i64::try_from(msgid) else {
+        return Ok(None);
+    };
+    let in_conversation = tx
+        .prepare_cached(
+            "SELECT 1 FROM history WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+             AND peer_appcode = ?3 AND peer_uid = ?4 AND msgid = ?5",
+        )?
+        .exists(params![
+            owner.appcode,
+            owner.uid,
+            peer.appcode,
+            peer.uid,
+            id
+        ])?;
+    if !in_conversation {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "INSERT INTO read_marks (owner_appcode, owner_uid, peer_appcode, peer_uid, msgid) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT DO UPDATE SET msgid = MAX(msgid, excluded.msgid)",
+    )?
+    .execute(params![
+        owner.appcode,
+        owner.uid,
+        peer.appcode,
+        peer.uid,
+        id
+    ])?;
+    let read_upto = read_mark(tx, owner, peer)?;
+    let unread = unread_count(tx, owner, peer, read_upto)?;
+    Ok(Some(ReadMark { read_upto, unread }))
+}
+
+/// Owner's read mark in the conversation with peer (0 = none).
+fn read_mark(conn: &Connection, owner: &UserKey, peer: &UserKey) -> rusqlite::Result<u64> {
+    let mark: Option<i64> = conn
+        .prepare_cached(
+            "SELECT msgid FROM read_marks WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+             AND peer_appcode = ?3 AND peer_uid = ?4",
+        )?
+        .query_row(
+            params![owner.appcode, owner.uid, peer.appcode, peer.uid],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(mark.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
+}
+
+/// Messages from peer to owner after `read_upto`, up to [`MAX_UNREAD_COUNT`]: a range scan of
+/// owner's history with peer past the mark (bounded by the LIMIT) plus one rowid lookup each.
+fn unread_count(
+    conn: &Connection,
+    owner: &UserKey,
+    peer: &UserKey,
+    read_upto: u64,
+) -> rusqlite::Result<u32> {
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM history AS h \
+               CROSS JOIN messages AS m ON m.msgid = h.msgid \
+             WHERE h.owner_appcode = ?1 AND h.owner_uid = ?2 AND h.peer_appcode = ?3 \
+               AND h.peer_uid = ?4 AND h.msgid > ?5 \
+               AND m.from_appcode = ?3 AND m.from_uid = ?4 LIMIT ?6)",
+        )?
+        .query_row(
+            params![
+                owner.appcode,
+                owner.uid,
+                peer.appcode,
+                peer.uid,
+                lower_bound(read_upto),
+                i64::from(MAX_UNREAD_COUNT)
+            ],
+            |row| row.get(0),
+        )?;
+    Ok(u32::try_from(count).unwrap_or(MAX_UNREAD_COUNT))
 }
 
 #[cfg(test)]

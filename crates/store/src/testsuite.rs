@@ -41,6 +41,8 @@ macro_rules! store_testsuite {
             prev_msgid_links_each_conversation,
             delivery_state_moves_stored_pushed_acked_per_device,
             s2c_reaches_each_recipients_inbox_once_with_one_msgid,
+            first_delivery_is_reported_once_and_history_shows_it,
+            conversations_list_peers_with_unread_counts_and_read_marks,
         );
     };
     (@cases $new_store:path; $($case:ident),* $(,)?) => {
@@ -198,6 +200,7 @@ pub(crate) async fn append_then_pull_returns_all_fields<S: MessageStore>(store: 
         senddate_ms: outcome.senddate_ms,
         log_id: msg.log_id,
         prev_msgid: 0,
+        delivered: false,
     };
     assert_eq!(page.messages, vec![expected.clone()]);
     assert_eq!(page.next_cursor, outcome.msgid);
@@ -1147,6 +1150,11 @@ pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: Mes
         .await
         .expect("ack");
     assert_eq!(ack.acked, 1);
+    assert!(
+        ack.first_delivered.is_empty(),
+        "an s2c push has no sender to tell: {:?}",
+        ack.first_delivered
+    );
     assert!(pull_all(&store, &alice, "phone", 50).await.is_empty());
     assert_eq!(
         pull_all(&store, &bob, "phone", 50).await,
@@ -1196,4 +1204,160 @@ pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: Mes
         matches!(bad, Err(StoreError::InvalidArgument(_))),
         "{bad:?}"
     );
+}
+
+pub(crate) async fn first_delivery_is_reported_once_and_history_shows_it<S: MessageStore>(
+    store: S,
+) {
+    let (alice, bob) = (user(12, "alice"), user(12, "bob"));
+    let m1 = append_ok(&store, message(&alice, &bob, "d1")).await;
+    let m2 = append_ok(&store, message(&alice, &bob, "d2")).await;
+    let delivered = |page: &Page| -> Vec<(u64, bool)> {
+        page.messages
+            .iter()
+            .map(|m| (m.msgid, m.delivered))
+            .collect()
+    };
+    let history = store
+        .history(&alice, &bob, 0, Direction::Newer, 50)
+        .await
+        .expect("history");
+    assert_eq!(delivered(&history), vec![(m1, false), (m2, false)]);
+
+    // The first device to ack m1 delivers it; the sender is named.
+    let ack = store.ack(&bob, "phone", &[m1]).await.expect("ack");
+    assert_eq!(
+        ack.first_delivered,
+        vec![crate::Delivered {
+            msgid: m1,
+            from: alice.clone()
+        }]
+    );
+    // Another device acking both delivers only m2 for the first time; a repeat delivers none.
+    let ack = store.ack(&bob, "pad", &[m2, m1]).await.expect("ack");
+    assert_eq!(ack.acked, 2);
+    assert_eq!(
+        ack.first_delivered,
+        vec![crate::Delivered {
+            msgid: m2,
+            from: alice.clone()
+        }]
+    );
+    let again = store.ack(&bob, "phone", &[m1, m2]).await.expect("ack");
+    assert!(again.first_delivered.is_empty(), "{again:?}");
+    // Alice cannot ack her own message into "delivered" (it is not in her inbox).
+    let m3 = append_ok(&store, message(&alice, &bob, "d3")).await;
+    let foreign = store.ack(&alice, "phone", &[m3]).await.expect("ack");
+    assert_eq!(foreign.not_found, vec![m3]);
+    assert!(foreign.first_delivered.is_empty());
+    // Both owners' histories show the state.
+    for (owner, peer) in [(&alice, &bob), (&bob, &alice)] {
+        let history = store
+            .history(owner, peer, 0, Direction::Newer, 50)
+            .await
+            .expect("history");
+        assert_eq!(
+            delivered(&history),
+            vec![(m1, true), (m2, true), (m3, false)],
+            "{owner:?}"
+        );
+    }
+}
+
+pub(crate) async fn conversations_list_peers_with_unread_counts_and_read_marks<S: MessageStore>(
+    store: S,
+) {
+    let (alice, bob, carol) = (user(13, "alice"), user(14, "bob"), user(13, "carol"));
+    let b1 = append_ok(&store, message(&bob, &alice, "b1")).await;
+    let b2 = append_ok(&store, message(&bob, &alice, "b2")).await;
+    let a1 = append_ok(&store, message(&alice, &bob, "a1")).await;
+    let b3 = append_ok(&store, message(&bob, &alice, "b3")).await;
+    let c1 = append_ok(&store, message(&carol, &alice, "c1")).await;
+    // Noise: a conversation alice is not part of.
+    let other = append_ok(&store, message(&bob, &carol, "x1")).await;
+
+    let page = store.conversations(&alice, 0, 0).await.expect("list");
+    assert!(!page.more);
+    let summary: Vec<(UserKey, u64, u32, u64, u64)> = page
+        .conversations
+        .iter()
+        .map(|c| {
+            (
+                c.peer.clone(),
+                c.last.msgid,
+                c.unread,
+                c.read_upto,
+                c.peer_read_upto,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(carol.clone(), c1, 1, 0, 0), (bob.clone(), b3, 3, 0, 0)],
+        "most recent first; unread counts only the peer's messages"
+    );
+    assert_eq!(page.conversations[0].last.from, carol);
+    assert_eq!(&page.conversations[1].last.content[..], b"bob->alice b3");
+
+    // Paging: one at a time, by the last msgid of the previous page.
+    let first = store.conversations(&alice, 0, 1).await.expect("page 1");
+    assert!(first.more);
+    assert_eq!(first.conversations[0].peer, carol);
+    let second = store.conversations(&alice, c1, 1).await.expect("page 2");
+    assert!(!second.more);
+    assert_eq!(second.conversations[0].peer, bob);
+
+    // Reading moves forward only, and only to messages of that conversation.
+    let mark = store.mark_read(&alice, &bob, b2).await.expect("mark");
+    assert_eq!(
+        mark,
+        Some(crate::ReadMark {
+            read_upto: b2,
+            unread: 1
+        })
+    );
+    let stays = store.mark_read(&alice, &bob, b1).await.expect("older mark");
+    assert_eq!(stays.map(|m| m.read_upto), Some(b2));
+    assert_eq!(
+        store.mark_read(&alice, &bob, c1).await.expect("wrong"),
+        None
+    );
+    assert_eq!(
+        store.mark_read(&alice, &bob, other).await.expect("foreign"),
+        None
+    );
+    assert_eq!(
+        store
+            .mark_read(&alice, &bob, u64::MAX)
+            .await
+            .expect("absent"),
+        None
+    );
+    // Alice's own message counts as read-through too (she may mark up to any message).
+    let mark = store
+        .mark_read(&alice, &bob, a1)
+        .await
+        .expect("own message");
+    assert_eq!(mark.map(|m| (m.read_upto, m.unread)), Some((a1, 1)));
+
+    let page = store.conversations(&alice, 0, 0).await.expect("list");
+    let bob_row = &page.conversations[1];
+    assert_eq!((bob_row.unread, bob_row.read_upto), (1, a1));
+    // Bob sees alice's mark as the peer's; his own unread count is about alice's messages.
+    let page = store.conversations(&bob, 0, 0).await.expect("bob's list");
+    let with_alice = page
+        .conversations
+        .iter()
+        .find(|c| c.peer == alice)
+        .expect("bob has alice");
+    assert_eq!(
+        (
+            with_alice.peer_read_upto,
+            with_alice.unread,
+            with_alice.last.msgid
+        ),
+        (a1, 1, b3)
+    );
+    let mark = store.mark_read(&alice, &bob, b3).await.expect("all read");
+    assert_eq!(mark.map(|m| m.unread), Some(0));
 }

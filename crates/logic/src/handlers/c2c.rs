@@ -120,6 +120,7 @@ pub(crate) async fn c2c(
             senddate_ms: outcome.senddate_ms,
             log_id,
             prev_msgid: outcome.prev_msgid,
+            delivered: false,
         };
         let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
         deliver(logic, &to, None, &push, Some(outcome.msgid), log_id).await;
@@ -142,7 +143,7 @@ pub(crate) async fn c2c(
 /// session: the same session id on the same gate — ids are unique per gate only); with
 /// `inbox_msgid`, records the push per device (stored → pushed). Failures are not errors: the
 /// message is in the store and arrives by pull or redelivery.
-async fn deliver(
+pub(crate) async fn deliver(
     logic: &Logic,
     user: &UserKey,
     skip: Option<&SessionInfo>,

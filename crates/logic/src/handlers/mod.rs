@@ -2,9 +2,11 @@
 
 pub(crate) mod c2c;
 pub(crate) mod c2s;
+pub(crate) mod conversations;
 pub(crate) mod history_pull;
 pub(crate) mod login;
 pub(crate) mod logout;
+pub(crate) mod mark_read;
 pub(crate) mod msg_ack;
 pub(crate) mod offline_pull;
 pub(crate) mod redeliver;

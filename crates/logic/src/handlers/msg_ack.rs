@@ -2,7 +2,7 @@
 //! any other msgid is refused with NOT_FOUND (the same answer for "absent" and "not yours")
 //! and changes nothing.
 
-use longlink_proto::{ErrorCode, Frame, FrameType, wire};
+use longlink_proto::{Cmd, ErrorCode, Frame, FrameType, wire};
 use longlink_rpc::trace::Stage;
 use longlink_rpc::{Refusal, Reply, SessionInfo};
 use longlink_store::UserKey;
@@ -75,6 +75,7 @@ pub(crate) async fn ack_msgids(
         )
         .await
         .map_err(store_unavailable)?;
+    send_delivery_receipts(logic, session, &outcome.first_delivered).await;
     let acked: Vec<u64> = msgids
         .iter()
         .copied()
@@ -91,4 +92,32 @@ pub(crate) async fn ack_msgids(
         ));
     }
     Ok(outcome.acked + acked_online_only)
+}
+
+/// Tells each sender, on its online sessions, which of its messages this ack delivered for the
+/// first time (RECEIPT DELIVERED). Best effort: a sender offline now learns it from
+/// `Msg.delivered` in its history.
+async fn send_delivery_receipts(
+    logic: &Logic,
+    session: &SessionInfo,
+    delivered: &[longlink_store::Delivered],
+) {
+    let mut by_sender: std::collections::BTreeMap<&UserKey, Vec<u64>> = Default::default();
+    for d in delivered {
+        by_sender.entry(&d.from).or_default().push(d.msgid);
+    }
+    for (sender, msgids) in by_sender {
+        let receipt = wire::Receipt {
+            kind: wire::ReceiptKind::Delivered as i32,
+            by: Some(crate::convert::user_ref(&UserKey {
+                appcode: session.appcode,
+                uid: session.uid.clone(),
+            })),
+            by_device: session.device_id.clone(),
+            msgids,
+            read_upto: 0,
+        };
+        let push = Frame::push(Cmd::Receipt, 0, &receipt).to_bytes();
+        crate::handlers::c2c::deliver(logic, sender, None, &push, None, 0).await;
+    }
 }

@@ -1,4 +1,5 @@
--- longlink embedded store, schema version 1 (PRAGMA user_version).
+-- longlink embedded store, schema version 2 (PRAGMA user_version); upgrade_2.sql turns a
+-- version 1 database into version 2.
 -- Every key starts with the appcode (tenant), then the uid. Ids are INTEGER (i64); msgids are
 -- assigned by the store and never negative, log_id is the u64 bit pattern stored as i64.
 
@@ -69,4 +70,15 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     msgid         INTEGER NOT NULL,
     senddate      INTEGER NOT NULL,
     PRIMARY KEY (from_appcode, from_uid, from_device, client_msg_id)
+) WITHOUT ROWID, STRICT;
+
+-- Read marks (MARK_READ): owner has read the conversation with peer up to msgid. One row per
+-- (owner, peer), shared by all of owner's devices; the mark only moves forward.
+CREATE TABLE IF NOT EXISTS read_marks (
+    owner_appcode INTEGER NOT NULL,
+    owner_uid     TEXT    NOT NULL,
+    peer_appcode  INTEGER NOT NULL,
+    peer_uid      TEXT    NOT NULL,
+    msgid         INTEGER NOT NULL,
+    PRIMARY KEY (owner_appcode, owner_uid, peer_appcode, peer_uid)
 ) WITHOUT ROWID, STRICT;

@@ -598,3 +598,27 @@ async fn the_background_checkpointer_copies_the_wal_into_the_database() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_version_1_database_is_upgraded_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (user(1, "a"), user(1, "b"));
+    let store = reopen(&dir);
+    let m1 = store.append(message(&b, &a, "1")).await.expect("append");
+    store.close().await.expect("close");
+    drop(store);
+    // Turn the file back into what a build with schema version 1 left behind.
+    let conn = inspect(&dir);
+    conn.execute_batch("DROP TABLE read_marks; PRAGMA user_version = 1;")
+        .expect("downgrade");
+    drop(conn);
+
+    let store = reopen(&dir);
+    assert_eq!(count(&inspect(&dir), "PRAGMA user_version"), SCHEMA_VERSION);
+    let page = store.conversations(&a, 0, 0).await.expect("list");
+    assert_eq!(page.conversations.len(), 1);
+    assert_eq!(page.conversations[0].last.msgid, m1.msgid);
+    assert_eq!(page.conversations[0].unread, 1);
+    let mark = store.mark_read(&a, &b, m1.msgid).await.expect("mark");
+    assert_eq!(mark.map(|m| m.unread), Some(0));
+}
