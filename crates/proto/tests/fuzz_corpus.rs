@@ -216,6 +216,55 @@ fn bodies() -> Vec<(&'static str, Vec<u8>)> {
             .encode_to_vec(),
         ),
         (
+            "Receipt",
+            wire::Receipt {
+                kind: wire::ReceiptKind::Delivered as i32,
+                by: user(130, "bob"),
+                by_device: "bob-phone".to_owned(),
+                msgids: vec![msgid, msgid + 1],
+                read_upto: 0,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "ConversationsRequest",
+            wire::ConversationsRequest {
+                limit: 20,
+                before_msgid: msgid,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "ConversationsResponse",
+            wire::ConversationsResponse {
+                conversations: vec![wire::Conversation {
+                    with: user(130, "bob"),
+                    last: Some(msg(msgid)),
+                    unread: 3,
+                    read_upto: msgid - 7,
+                    peer_read_upto: msgid - 2,
+                }],
+                more: true,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "MarkReadRequest",
+            wire::MarkReadRequest {
+                with: user(130, "bob"),
+                msgid,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "MarkReadResponse",
+            wire::MarkReadResponse {
+                read_upto: msgid,
+                unread: 0,
+            }
+            .encode_to_vec(),
+        ),
+        (
             "Error",
             wire::Error {
                 code: wire::ErrorCode::NotFound as i32,
@@ -255,6 +304,11 @@ fn frame_of(index: usize, body: &[u8]) -> (Cmd, Frame) {
         17 => (Cmd::MsgAck, FrameType::Response),
         18 => (Cmd::OfflinePull, FrameType::Response),
         19 => (Cmd::HistoryPull, FrameType::Response),
+        20 => (Cmd::Receipt, FrameType::Push),
+        21 => (Cmd::Conversations, FrameType::Request),
+        22 => (Cmd::Conversations, FrameType::Response),
+        23 => (Cmd::MarkRead, FrameType::Request),
+        24 => (Cmd::MarkRead, FrameType::Response),
         _ => (Cmd::Error, FrameType::Response),
     };
     let seq_id = if frame_type == FrameType::Push {
@@ -351,7 +405,7 @@ fn seeds() -> Vec<Seed> {
     roundtrip("c2c-split-in-header", 0, 17, 0, [3, 20], &bodies[5].1);
     roundtrip("msg-ack-type3", 0, 19, 3, [128, 129], &bodies[6].1);
     roundtrip("msg-push", 0, 18, 2, [100, 101], &bodies[16].1);
-    roundtrip("error-response", 0, 255, 1, [0, 0], &bodies[20].1);
+    roundtrip("error-response", 0, 255, 1, [0, 0], &bodies[25].1);
     roundtrip(
         "compressed-flag-unknown-cmd",
         1,

@@ -665,7 +665,8 @@ export type Msg = Message<"longlink.v1.Msg"> & {
   prevMsgid: bigint;
 
   /**
-   * HISTORY_PULL and CONVERSATIONS only: at least one device of the receiver acknowledged this
+   * Set where a stored message is returned (pulls, history, conversations, RESUME); false in
+   * live pushes: at least one device of the receiver acknowledged this
    * message (MSG_ACK). A sender shows it as "delivered" (a RECEIPT DELIVERED says it live).
    *
    * @generated from field: bool delivered = 13;

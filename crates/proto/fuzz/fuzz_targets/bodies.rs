@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    match selector % 21 {
+    match selector % 26 {
         0 => check::<wire::LoginRequest>(body),
         1 => check::<wire::LogoutRequest>(body),
         2 => check::<wire::KeepaliveRequest>(body),
@@ -39,6 +39,11 @@ fuzz_target!(|data: &[u8]| {
         17 => check::<wire::MsgAckResponse>(body),
         18 => check::<wire::OfflinePullResponse>(body),
         19 => check::<wire::HistoryPullResponse>(body),
+        20 => check::<wire::Receipt>(body),
+        21 => check::<wire::ConversationsRequest>(body),
+        22 => check::<wire::ConversationsResponse>(body),
+        23 => check::<wire::MarkReadRequest>(body),
+        24 => check::<wire::MarkReadResponse>(body),
         _ => check::<wire::Error>(body),
     }
 });

@@ -240,7 +240,8 @@ pub struct Msg {
     /// HISTORY_PULL (direction NEWER, cursor = its last msgid) before showing this message.
     #[prost(uint64, tag = "12")]
     pub prev_msgid: u64,
-    /// HISTORY_PULL and CONVERSATIONS only: at least one device of the receiver acknowledged this
+    /// Set where a stored message is returned (pulls, history, conversations, RESUME); false in
+    /// live pushes: at least one device of the receiver acknowledged this
     /// message (MSG_ACK). A sender shows it as "delivered" (a RECEIPT DELIVERED says it live).
     #[prost(bool, tag = "13")]
     pub delivered: bool,
