@@ -1,6 +1,6 @@
 // Cut links: a send whose answer is lost is retried with the same client_msg_id (duplicate,
 // same msgid, received once); RESUME within the hold delivers what was sent meanwhile exactly
-// once; a restarted server rejects the RESUME, so the client logs in again and pulls.
+// once; a restarted server (drained: KICK RECONNECT) rejects the RESUME, so the client logs in again and pulls.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Client } from "../dist/index.js";
@@ -118,7 +118,7 @@ test("resume: messages sent while the link is down arrive exactly once after RES
   assert.deepEqual(alice.rec.errors, []);
 });
 
-test("restart: KICK SERVER_SHUTDOWN, RESUME rejected by the new process, LOGIN with prior_epoch, catch-up pull", async () => {
+test("restart: the draining server's KICK RECONNECT, RESUME rejected by the new process, LOGIN with prior_epoch, catch-up pull", async () => {
   const link = await proxy();
   let tokens = 0;
   const uid = uniq("alice");
@@ -135,7 +135,9 @@ test("restart: KICK SERVER_SHUTDOWN, RESUME rejected by the new process, LOGIN w
   link.blocked = true; // keep alice away until the messages wait for her
   const reconnecting = nextEvent(alice.client, "state", (s) => s === "reconnecting");
   await server.restart();
-  await reconnecting;
+  const [, dropped] = await reconnecting;
+  // SIGTERM drains the gate: KICK RECONNECT with a backoff, then the close (§6.6).
+  assert.match(dropped.error.message, /kicked: RECONNECT/);
   link.target = server.wsAddr;
   const sent = await cliSend(bob, alice.user, "after restart", ["--count", "5"]);
   const back = nextEvent(alice.client, "state", (s) => s === "connected", 20_000);
