@@ -1,7 +1,8 @@
 //! A small Chrome DevTools Protocol client for browser tests: [`Browser::launch`] starts a
 //! headless Chromium with a throwaway profile (killed, with every process it started, when the
 //! [`Browser`] is dropped), [`Browser::new_page`] opens a tab, and a [`Page`] navigates,
-//! evaluates JavaScript, waits for a condition with a deadline and takes screenshots.
+//! evaluates JavaScript, waits for a condition with a deadline, types and presses keys, goes
+//! offline and takes screenshots.
 //!
 //! Only what the tests need of CDP: one websocket to the browser, sessions attached with
 //! `flatten: true`, requests matched to responses by id; events are ignored. Every call has a
@@ -482,6 +483,127 @@ impl Page {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Reloads the page and waits (at most [`WAIT`]) until the new document has loaded.
+    ///
+    /// # Errors
+    /// The reload failed or did not finish in time.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        self.eval("window.__longlinkOldDocument = true").await?;
+        self.call("Page.reload", json!({"ignoreCache": true}))
+            .await?;
+        self.wait_for(
+            "!window.__longlinkOldDocument && document.readyState === 'complete'",
+            WAIT,
+        )
+        .await
+        .context("reloading")
+    }
+
+    /// Runs `js` in every document this tab loads from now on, before the page's own scripts
+    /// (e.g. to collect errors into a global the test reads). It runs even under a strict
+    /// Content-Security-Policy.
+    ///
+    /// # Errors
+    /// A CDP call failed.
+    pub async fn add_init_script(&self, js: &str) -> anyhow::Result<()> {
+        self.call("Page.enable", json!({})).await?;
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": js}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Types `text` into the focused element as if it came from the keyboard (one `input`
+    /// event, like an IME commit; no key events).
+    ///
+    /// # Errors
+    /// A CDP call failed.
+    pub async fn insert_text(&self, text: &str) -> anyhow::Result<()> {
+        self.call("Input.insertText", json!({"text": text})).await?;
+        Ok(())
+    }
+
+    /// Presses and releases one key on the focused element: `key` is a DOM key name
+    /// ("Enter", "Escape", "Tab", "ArrowDown"…, or one character) and `modifiers` the CDP bit
+    /// set (1 Alt, 2 Ctrl, 4 Meta, 8 Shift). Enter and characters insert their text like a
+    /// real key press would.
+    ///
+    /// # Errors
+    /// The key is unknown to this helper, or a CDP call failed.
+    pub async fn press_key(&self, key: &str, modifiers: u32) -> anyhow::Result<()> {
+        let (code, key_code, text) = match key {
+            "Enter" => ("Enter".to_owned(), 13, "\r".to_owned()),
+            "Escape" => ("Escape".to_owned(), 27, String::new()),
+            "Tab" => ("Tab".to_owned(), 9, String::new()),
+            "Backspace" => ("Backspace".to_owned(), 8, String::new()),
+            "ArrowUp" => ("ArrowUp".to_owned(), 38, String::new()),
+            "ArrowDown" => ("ArrowDown".to_owned(), 40, String::new()),
+            "Home" => ("Home".to_owned(), 36, String::new()),
+            "End" => ("End".to_owned(), 35, String::new()),
+            one if one.chars().count() == 1 => {
+                let c = one.chars().next().unwrap_or(' ');
+                let upper = c.to_ascii_uppercase();
+                let code = if c.is_ascii_alphabetic() {
+                    format!("Key{upper}")
+                } else if c.is_ascii_digit() {
+                    format!("Digit{c}")
+                } else {
+                    String::new()
+                };
+                (code, u32::from(upper), one.to_owned())
+            }
+            other => bail!("press_key: no key code for {other:?}"),
+        };
+        let mut down = json!({
+            "type": if text.is_empty() { "rawKeyDown" } else { "keyDown" },
+            "key": key,
+            "code": code,
+            "windowsVirtualKeyCode": key_code,
+            "nativeVirtualKeyCode": key_code,
+            "modifiers": modifiers,
+        });
+        if !text.is_empty() {
+            down["text"] = Value::from(text.clone());
+            down["unmodifiedText"] = Value::from(text);
+        }
+        self.call("Input.dispatchKeyEvent", down).await?;
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({
+                "type": "keyUp",
+                "key": key,
+                "code": code,
+                "windowsVirtualKeyCode": key_code,
+                "nativeVirtualKeyCode": key_code,
+                "modifiers": modifiers,
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the tab off the network (`true`: every new connection fails, as with no network
+    /// at all) or puts it back.
+    ///
+    /// # Errors
+    /// A CDP call failed.
+    pub async fn set_offline(&self, offline: bool) -> anyhow::Result<()> {
+        self.call("Network.enable", json!({})).await?;
+        self.call(
+            "Network.emulateNetworkConditions",
+            json!({
+                "offline": offline,
+                "latency": 0,
+                "downloadThroughput": -1,
+                "uploadThroughput": -1,
+            }),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Closes the tab.
