@@ -32,6 +32,8 @@ interface Conv {
   preview: string;
   previewMine: boolean;
   unread: number;
+  /** The newest msgid the server's unread count already includes (CONVERSATIONS). */
+  countedUpto: bigint;
   readUpto: bigint;
   peerReadUpto: bigint;
   /** Delivered receipts that arrived before the send's answer named the msgid. */
@@ -256,7 +258,8 @@ export class ChatApp {
       conv.typingUntil = 0;
       if (conv === this.open && this.visible()) {
         this.markRead(conv);
-      } else if (m.msgid > conv.readUpto) {
+      } else if (m.msgid > conv.readUpto && m.msgid > conv.countedUpto) {
+        // The login's catch-up may deliver messages the server's count already holds.
         conv.unread += 1;
       }
       const shake = m.content.type === "rich" && renderRich(m.content.markup).shake;
@@ -309,6 +312,7 @@ export class ChatApp {
         preview: "",
         previewMine: false,
         unread: 0,
+        countedUpto: 0n,
         readUpto: 0n,
         peerReadUpto: 0n,
         earlyDelivered: new Set(),
@@ -334,6 +338,7 @@ export class ChatApp {
         const conv = this.ensureConv(c.with);
         conv.readUpto = c.readUpto > conv.readUpto ? c.readUpto : conv.readUpto;
         conv.unread = conv === this.open && this.visible() ? 0 : c.unread;
+        if (c.last !== undefined && c.last.msgid > conv.countedUpto) conv.countedUpto = c.last.msgid;
         if (c.last !== undefined) this.addStored(conv, c.last, false);
         this.applyPeerRead(conv, c.peerReadUpto);
       }

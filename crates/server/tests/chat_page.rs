@@ -5,7 +5,8 @@
 //!
 //! Needs `chromium` (scripts/test installs it) and, for the terminal test, the `longlink`
 //! binary (`cargo build -p longlink-cli`, or `LONGLINK_BIN`); without them the tests fail and
-//! say so. The screenshot test writes `target/test-artifacts/chat.png` (and `chat-narrow.png`).
+//! say so. The screenshot test writes `target/test-artifacts/chat.png` (and `chat-narrow.png`,
+//! `chat-login.png`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -977,6 +978,10 @@ async fn screenshot_of_a_support_agents_day() -> anyhow::Result<()> {
 
     let browser = Browser::launch().await?;
     let page = open_chat(&browser, &server, 1280, 800).await?;
+    let dir = artifacts_dir()?;
+    fill(&page, "login-appcode", "132").await?;
+    fill(&page, "login-uid", "agent-anna").await?;
+    page.screenshot_png(&dir.join("chat-login.png")).await?;
     sign_in(&page, 132, "agent-anna").await?;
     click_conversation(&page, "129:maria.lopez").await?;
     wait_for(
@@ -1029,7 +1034,6 @@ async fn screenshot_of_a_support_agents_day() -> anyhow::Result<()> {
         WAIT,
     )
     .await?;
-    let dir = artifacts_dir()?;
     page.screenshot_png(&dir.join("chat.png")).await?;
 
     // The same on a phone: the conversation alone.
