@@ -45,8 +45,6 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, FrameCodec, FrameType, wire};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -55,11 +53,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Minter, Session};
 use crate::latency::{self, Latency, ms};
+use crate::link::{LinkRead, LinkWrite, Transport};
 use crate::num::round;
 use crate::plot;
 use crate::procfs;
 use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};
-use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
+use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides};
 
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
 const TARGET_RATE: u32 = 10_000;
@@ -100,6 +99,11 @@ pub struct C2cArgs {
     /// Messages per second, over all senders (open loop: message k is due at k / rate).
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// How senders and receivers reach the gate: plain TCP, or WebSocket (a spawned server
+    /// then listens for WebSocket on a free port; with --server, that address is the
+    /// WebSocket listener).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// Length of the send phase in seconds.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
@@ -193,10 +197,11 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
     let target = args
         .target
-        .resolve(
+        .resolve_with(
             &exe,
             args.sender_appcode,
             &args.server_log,
+            &transport_overrides(args.transport)?,
             deadline,
             || {
                 args.sender_secret
@@ -476,7 +481,7 @@ struct SenderOut {
 async fn sender_writer(
     shared: Arc<Shared>,
     index: u64,
-    mut write: OwnedWriteHalf,
+    mut write: LinkWrite,
     receiver_uids: Arc<Vec<String>>,
     receiver_appcode: u32,
     content_bytes: usize,
@@ -526,7 +531,7 @@ async fn sender_writer(
         let written = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            written = write.write_all(&buf) => written,
+            written = write.send(&mut buf) => written,
         };
         buf.clear();
         if let Err(err) = written {
@@ -557,7 +562,7 @@ async fn sender_writer(
 async fn sender_reader(
     shared: Arc<Shared>,
     index: u64,
-    mut read: OwnedReadHalf,
+    mut read: LinkRead,
     stop: CancellationToken,
 ) {
     let mut codec = FrameCodec::default();
@@ -638,7 +643,7 @@ struct ReceiverOut {
 async fn receiver_writer(
     shared: Arc<Shared>,
     index: u64,
-    mut write: OwnedWriteHalf,
+    mut write: LinkWrite,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     keepalive: Duration,
     stop: CancellationToken,
@@ -686,7 +691,7 @@ async fn receiver_writer(
         let written = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            written = write.write_all(&buf) => written,
+            written = write.send(&mut buf) => written,
         };
         buf.clear();
         if let Err(err) = written {
@@ -705,7 +710,7 @@ async fn receiver_writer(
 async fn receiver_reader(
     shared: Arc<Shared>,
     index: u64,
-    mut read: OwnedReadHalf,
+    mut read: LinkRead,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     ack_batch: usize,
     ack_interval: Duration,
@@ -892,6 +897,10 @@ struct C2cJson {
 
 #[derive(Debug, Serialize)]
 struct Inputs {
+    /// `tcp` or `ws`: how senders and receivers reached the gate.
+    transport: Transport,
+    /// The address they connected to (the gate's listener of `transport`).
+    endpoint: String,
     rate: u32,
     duration_secs: u64,
     messages_scheduled: u64,
@@ -1034,6 +1043,7 @@ fn histogram_template() -> anyhow::Result<Histogram<u64>> {
 /// Logs in `count` connections as `<prefix>{i}`, a few at a time.
 async fn login_all(
     gate: SocketAddr,
+    transport: Transport,
     minter: Arc<Minter>,
     prefix: String,
     count: u32,
@@ -1045,7 +1055,7 @@ async fn login_all(
         let (minter, permits, uid) = (minter.clone(), permits.clone(), format!("{prefix}{i}"));
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let session = client::login(gate, None, &minter, &uid, timeout)
+            let session = client::login(gate, transport, None, &minter, &uid, timeout)
                 .await
                 .map_err(|err| anyhow!("login of {uid} (appcode {}): {err}", minter.appcode()))?;
             anyhow::Ok((i, session))
@@ -1062,6 +1072,8 @@ async fn login_all(
 /// What is known about the server and the run before the connections open.
 struct Setup {
     version: String,
+    /// The gate's listener of `--transport`.
+    endpoint: SocketAddr,
     data_dir_fs: Option<String>,
     sender_secret: String,
     receiver_secret: String,
@@ -1073,6 +1085,7 @@ struct Setup {
 
 async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Setup> {
     let mut notes = Vec::new();
+    let endpoint = target.endpoint(args.transport)?;
     let loadavg = procfs::loadavg();
     let version = target.version().await;
     let data_dir_fs = target.data_dir().and_then(|dir| procfs::fs_type(&dir));
@@ -1093,7 +1106,7 @@ async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Se
     let receiver_secret = secret(args.receiver_appcode, &args.receiver_secret, 130)?;
     let prefix = format!("{}{}-", args.uid_prefix, longlink_proto::unix_ms());
     println!(
-        "longlink bench c2c: {} msg/s for {} s ({} messages, open loop), {} senders (appcode {}) → {} receivers (appcode {}), {} B content",
+        "longlink bench c2c: {} msg/s for {} s ({} messages, open loop), {} senders (appcode {}) → {} receivers (appcode {}), {} B content, over {}",
         thousands(u64::from(args.rate)),
         args.duration_secs,
         thousands(total),
@@ -1101,7 +1114,8 @@ async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Se
         args.sender_appcode,
         args.receivers,
         args.receiver_appcode,
-        args.content_bytes
+        args.content_bytes,
+        args.transport
     );
     println!(
         "{}{}",
@@ -1113,6 +1127,7 @@ async fn setup(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Se
     );
     Ok(Setup {
         version,
+        endpoint,
         data_dir_fs,
         sender_secret,
         receiver_secret,
@@ -1135,15 +1150,12 @@ struct Running {
 impl Running {
     /// Logs every connection in (receivers first, so they are online before the first
     /// message), then starts their tasks; message 0 is due [`START_LEAD`] later.
-    async fn start(
-        args: &C2cArgs,
-        target: &Target,
-        setup: &Setup,
-        total: u64,
-    ) -> anyhow::Result<Running> {
+    async fn start(args: &C2cArgs, setup: &Setup, total: u64) -> anyhow::Result<Running> {
         let login_timeout = Duration::from_secs(args.login_timeout_secs);
+        let endpoint = setup.endpoint;
         let receiver_sessions = login_all(
-            target.gate,
+            endpoint,
+            args.transport,
             Arc::new(Minter::new(args.receiver_appcode, &setup.receiver_secret)),
             format!("{}r", setup.prefix),
             args.receivers,
@@ -1151,7 +1163,8 @@ impl Running {
         )
         .await?;
         let sender_sessions = login_all(
-            target.gate,
+            endpoint,
+            args.transport,
             Arc::new(Minter::new(args.sender_appcode, &setup.sender_secret)),
             format!("{}s", setup.prefix),
             args.senders,
@@ -1182,7 +1195,7 @@ impl Running {
         let ack_interval = Duration::from_millis(args.ack_interval_ms);
         for (j, session) in receiver_sessions.into_iter().enumerate() {
             let keepalive = session.keepalive;
-            let (read, write) = session.stream.into_split();
+            let (read, write) = session.link.into_split();
             let (tx, rx) = mpsc::unbounded_channel();
             running.helpers.spawn(receiver_writer(
                 shared.clone(),
@@ -1205,7 +1218,7 @@ impl Running {
         }
         for (i, session) in sender_sessions.into_iter().enumerate() {
             let keepalive = session.keepalive;
-            let (read, write) = session.stream.into_split();
+            let (read, write) = session.link.into_split();
             running.helpers.spawn(sender_reader(
                 shared.clone(),
                 i as u64,
@@ -1308,7 +1321,7 @@ impl Running {
 
 async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Report> {
     let setup = setup(args, target, total).await?;
-    let running = Running::start(args, target, &setup, total).await?;
+    let running = Running::start(args, &setup, total).await?;
     // The measured interval runs from t0 to the end of the drain. Both processes are idle
     // until t0: what is read now is what they had used at t0. The load generator is this
     // process.
@@ -1361,6 +1374,7 @@ fn summarize(
 ) -> Report {
     let Setup {
         version,
+        endpoint,
         data_dir_fs,
         prefix,
         loadavg,
@@ -1541,6 +1555,8 @@ fn summarize(
     let json = C2cJson {
         run: RunStamp::now("c2c"),
         inputs: Inputs {
+            transport: args.transport,
+            endpoint: endpoint.to_string(),
             rate: args.rate,
             duration_secs: args.duration_secs,
             messages_scheduled: total,
@@ -1672,6 +1688,7 @@ impl Report {
         let j = &self.json;
         let r = &j.results;
         let i = &j.inputs;
+        println!("transport    {} (to {})", i.transport, i.endpoint);
         println!(
             "sent         {} of {} scheduled in {:.2} s ({} msg/s; {} not sent)",
             thousands(r.sent),

@@ -1,5 +1,6 @@
-//! A lean wire-protocol client for load generation: a raw `TcpStream`, [`FrameCodec`] on a
-//! small buffer that lives only while an answer is awaited, HS256 tokens minted locally.
+//! A lean wire-protocol client for load generation: a raw `TcpStream` (or a WebSocket on one,
+//! see [`crate::link`]), [`FrameCodec`] on a small buffer that lives only while an answer is
+//! awaited, HS256 tokens minted locally.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,11 +10,13 @@ use bytes::BytesMut;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameCodec, FrameType, wire};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
+
+use crate::link::{Link, Transport};
 
 /// Device id of every bench connection (one session per (appcode, uid, device)).
 pub(crate) const DEVICE_ID: &str = "bench";
@@ -63,15 +66,18 @@ impl Minter {
 
 /// A logged-in connection.
 pub(crate) struct Session {
-    pub(crate) stream: TcpStream,
+    /// The connection (TCP, or a WebSocket on TCP).
+    pub(crate) link: Link,
     /// The KEEPALIVE interval the server asked for at login.
     pub(crate) keepalive: Duration,
 }
 
-/// Connects to `server` and logs `uid` in, all within `timeout`. The error is one short line
-/// (an ERROR frame's code and message, or the I/O failure) fit to be counted by kind.
+/// Connects to `server` over `transport` and logs `uid` in, all within `timeout`. The error is
+/// one short line (an ERROR frame's code and message, or the I/O failure) fit to be counted by
+/// kind.
 pub(crate) async fn login(
     server: SocketAddr,
+    transport: Transport,
     source: Option<&SourcePorts>,
     minter: &Minter,
     uid: &str,
@@ -79,10 +85,12 @@ pub(crate) async fn login(
 ) -> Result<Session, String> {
     let token = minter.mint(uid)?;
     let attempt = async {
-        let mut stream = connect(server, source)
+        let stream = connect(server, source)
             .await
             .map_err(|err| format!("connect: {err}"))?;
-        let _ = stream.set_nodelay(true);
+        let mut link = Link::establish(transport, stream, server)
+            .await
+            .map_err(|err| err.to_string())?;
         let request = wire::LoginRequest {
             token,
             appcode: minter.appcode(),
@@ -90,17 +98,17 @@ pub(crate) async fn login(
             client_version: concat!("longlink-bench/", env!("CARGO_PKG_VERSION")).to_owned(),
             ..Default::default()
         };
-        let frame = Frame::request(Cmd::Login, 1, 0, &request);
-        stream
-            .write_all(&frame.to_bytes())
+        let mut frame = BytesMut::new();
+        Frame::request(Cmd::Login, 1, 0, &request).encode_to(&mut frame);
+        link.send(&mut frame)
             .await
             .map_err(|err| format!("send LOGIN: {err}"))?;
-        let answer = read_answer(&mut stream, Cmd::Login).await?;
+        let answer = read_answer(&mut link, Cmd::Login).await?;
         let response: wire::LoginResponse = answer
             .decode_body()
             .map_err(|err| format!("bad LOGIN response: {err}"))?;
         let keepalive = Duration::from_secs(u64::from(response.keepalive_interval_secs.max(1)));
-        Ok(Session { stream, keepalive })
+        Ok(Session { link, keepalive })
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
@@ -192,21 +200,24 @@ pub(crate) async fn connect(
 /// Sends LOGOUT and waits (at most `timeout`) for the server to close the connection.
 pub(crate) async fn logout(mut session: Session, timeout: Duration) -> Result<(), String> {
     let attempt = async {
-        let frame = Frame::request(Cmd::Logout, 2, 0, &wire::LogoutRequest {});
+        let mut frame = BytesMut::new();
+        Frame::request(Cmd::Logout, 2, 0, &wire::LogoutRequest {}).encode_to(&mut frame);
         session
-            .stream
-            .write_all(&frame.to_bytes())
+            .link
+            .send(&mut frame)
             .await
             .map_err(|err| format!("send LOGOUT: {err}"))?;
-        read_answer(&mut session.stream, Cmd::Logout).await?;
-        let mut sink = [0u8; 256];
+        read_answer(&mut session.link, Cmd::Logout).await?;
+        let mut sink = BytesMut::new();
         while session
-            .stream
-            .read(&mut sink)
+            .link
+            .read_buf(&mut sink)
             .await
             .map_err(|err| err.to_string())?
             > 0
-        {}
+        {
+            sink.clear();
+        }
         Ok(())
     };
     tokio::time::timeout(timeout, attempt)
@@ -215,7 +226,7 @@ pub(crate) async fn logout(mut session: Session, timeout: Duration) -> Result<()
 }
 
 /// Reads frames until the response of `cmd` (or an ERROR) arrives; pushes are skipped.
-async fn read_answer(stream: &mut TcpStream, cmd: Cmd) -> Result<Frame, String> {
+async fn read_answer(link: &mut Link, cmd: Cmd) -> Result<Frame, String> {
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::with_capacity(256);
     loop {
@@ -229,7 +240,7 @@ async fn read_answer(stream: &mut TcpStream, cmd: Cmd) -> Result<Frame, String> 
                 _ => {}
             }
         }
-        let read = stream
+        let read = link
             .read_buf(&mut buf)
             .await
             .map_err(|err| format!("read: {err}"))?;
@@ -262,12 +273,18 @@ pub(crate) enum HoldEnd {
 
 /// Keeps `session` open and idle until `stop`: sends a KEEPALIVE every interval the server
 /// asked for (what a real idle client does) and discards what arrives (pongs). Holds no
-/// buffer between events. On `stop` the connection is reset, leaving no TIME_WAIT behind.
+/// buffer between events on TCP (a WebSocket keeps tungstenite's own). On `stop` the
+/// connection is reset, leaving no TIME_WAIT behind.
 pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
-    let Session {
-        mut stream,
-        keepalive,
-    } = session;
+    let Session { link, keepalive } = session;
+    match link.into_tcp() {
+        Ok(stream) => hold_tcp(stream, keepalive, stop).await,
+        Err(link) => hold_link(link, keepalive, stop).await,
+    }
+}
+
+/// [`hold`] on plain TCP: a readiness loop with a stack buffer.
+async fn hold_tcp(mut stream: TcpStream, keepalive: Duration, stop: CancellationToken) -> HoldEnd {
     let mut next_ping = Instant::now() + keepalive;
     loop {
         tokio::select! {
@@ -291,13 +308,8 @@ pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
                 }
             }
             _ = tokio::time::sleep_until(next_ping) => {
-                let ping = Frame::request(
-                    Cmd::Keepalive,
-                    3,
-                    0,
-                    &wire::KeepaliveRequest { client_time_ms: longlink_proto::unix_ms() },
-                );
-                let sent = tokio::time::timeout(keepalive, stream.write_all(&ping.to_bytes())).await;
+                let ping = keepalive_frame().to_bytes();
+                let sent = tokio::time::timeout(keepalive, stream.write_all(&ping)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return HoldEnd::Dropped;
                 }
@@ -305,6 +317,47 @@ pub(crate) async fn hold(session: Session, stop: CancellationToken) -> HoldEnd {
             }
         }
     }
+}
+
+/// [`hold`] on any other link (WebSocket): what arrives is read and dropped.
+async fn hold_link(mut link: Link, keepalive: Duration, stop: CancellationToken) -> HoldEnd {
+    let mut next_ping = Instant::now() + keepalive;
+    let mut buf = BytesMut::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                link.set_zero_linger();
+                return HoldEnd::Stopped;
+            }
+            read = link.read_buf(&mut buf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return HoldEnd::Dropped;
+                }
+                buf = BytesMut::new();
+            }
+            _ = tokio::time::sleep_until(next_ping) => {
+                let mut ping = BytesMut::new();
+                keepalive_frame().encode_to(&mut ping);
+                let sent = tokio::time::timeout(keepalive, link.send(&mut ping)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return HoldEnd::Dropped;
+                }
+                next_ping += keepalive;
+            }
+        }
+    }
+}
+
+fn keepalive_frame() -> Frame {
+    Frame::request(
+        Cmd::Keepalive,
+        3,
+        0,
+        &wire::KeepaliveRequest {
+            client_time_ms: longlink_proto::unix_ms(),
+        },
+    )
 }
 
 #[cfg(test)]

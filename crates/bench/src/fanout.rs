@@ -269,10 +269,11 @@ async fn receive(
     ack: bool,
     stop: CancellationToken,
 ) -> HoldEnd {
-    let Session {
-        mut stream,
-        keepalive,
-    } = session;
+    let Session { link, keepalive } = session;
+    // The push and broadcast scenarios run their clients over TCP only.
+    let Ok(mut stream) = link.into_tcp() else {
+        return HoldEnd::Dropped;
+    };
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::new();
     // Per-connection msgids seen: a second copy of one is a duplicate delivery.

@@ -32,10 +32,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{self, Minter};
+use crate::link::Transport;
 use crate::num::round;
 use crate::procfs::{self, Rss};
 use crate::report::{Machine, RunStamp, mib, per, thousands, verdict};
-use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
+use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides};
 use crate::workers::{
     self, LoginWorker, REPORT_INTERVAL, SECRET_ENV, WorkerArgs, WorkerSpec, Workers,
 };
@@ -56,6 +57,11 @@ pub struct IdleArgs {
     /// 20,000 open files per process).
     #[arg(long, default_value_t = 1000)]
     pub connections: u32,
+    /// How the connections reach the gate: plain TCP, or WebSocket (a spawned server then
+    /// listens for WebSocket on a free port; with --server, that address is the WebSocket
+    /// listener).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// The server measured: one started by the bench, or --server/--server-pid/--api.
     #[command(flatten)]
     pub target: ServerTarget,
@@ -129,12 +135,19 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
     let target = args
         .target
-        .resolve(&exe, args.appcode, &args.server_log, deadline, || {
-            // The default config's secret of appcode 129, whatever --appcode says.
-            args.token_secret
-                .clone()
-                .map_or_else(|| dev_secret(129), Ok)
-        })
+        .resolve_with(
+            &exe,
+            args.appcode,
+            &args.server_log,
+            &overrides(args.transport)?,
+            deadline,
+            || {
+                // The default config's secret of appcode 129, whatever --appcode says.
+                args.token_secret
+                    .clone()
+                    .map_or_else(|| dev_secret(129), Ok)
+            },
+        )
         .await?;
     let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &target, deadline)).await;
     let report = target
@@ -153,6 +166,21 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         crate::report::write_json(path, &report.json)?;
     }
     Ok(())
+}
+
+/// A spawned server's settings for this scenario: the listener of `transport`, and an
+/// admission limiter that does not refuse the load generator (`[gate] login_rate_per_sec`,
+/// 5,000/s by default, is below the rate the workers log in at; a refused LOGIN is not
+/// retried, and this scenario measures the cost of a login, not admission control).
+fn overrides(transport: Transport) -> anyhow::Result<Vec<crate::server::ConfigOverride>> {
+    let mut overrides = transport_overrides(transport)?;
+    overrides.push((
+        "gate",
+        "login_rate_per_sec",
+        toml::Value::Integer(1_000_000),
+    ));
+    overrides.push(("gate", "login_burst", toml::Value::Integer(1_000_000)));
+    Ok(overrides)
 }
 
 /// The figures of one run, and what went wrong if the run is not valid.
@@ -176,6 +204,10 @@ struct IdleJson {
 #[derive(Debug, Serialize)]
 struct Inputs {
     connections: u32,
+    /// `tcp` or `ws`.
+    transport: Transport,
+    /// The address the connections went to (the gate's listener of `transport`).
+    endpoint: String,
     workers: u32,
     per_worker: u32,
     concurrency: u32,
@@ -230,9 +262,10 @@ impl Report {
         let r = &j.results;
         let n = r.logged_in.max(1);
         println!(
-            "logged in    {} of {} ({} failed) in {:.2} s: {} logins/s",
+            "logged in    {} of {} over {} ({} failed) in {:.2} s: {} logins/s",
             thousands(u64::from(r.logged_in)),
             thousands(u64::from(j.inputs.connections)),
+            j.inputs.transport,
             r.failed,
             r.login_wall_secs,
             thousands(r.logins_per_sec as u64)
@@ -326,13 +359,14 @@ async fn settle(pid: u32) -> anyhow::Result<Settled> {
 /// Logs `count` connections in and out, concurrently: the server's lazily built state
 /// (runtime threads' allocator arenas, first-use tables) exists before the baseline.
 async fn warm_up(args: &IdleArgs, gate: SocketAddr, minter: &Arc<Minter>) -> anyhow::Result<()> {
+    let transport = args.transport;
     let timeout = Duration::from_secs(args.login_timeout_secs);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.warmup.max(1) {
         let minter = minter.clone();
         let uid = format!("{}warmup-{i}", args.uid_prefix);
         tasks.spawn(async move {
-            let session = client::login(gate, None, &minter, &uid, timeout).await?;
+            let session = client::login(gate, transport, None, &minter, &uid, timeout).await?;
             client::logout(session, timeout).await
         });
     }
@@ -353,16 +387,18 @@ async fn measure(
     let n = args.connections;
     let pid = target.pid;
     let workers_count = workers::count(n, args.per_worker);
+    let endpoint = target.endpoint(args.transport)?;
     let mut notes = Vec::new();
     let version = target.version().await;
     let sessions_before = target.health().await.map(|h| h.sessions);
     let open_files = procfs::open_files(pid).ok();
     let sources: Vec<IpAddr> = (0..workers_count)
-        .filter_map(|index| workers::source_address(target.gate, index))
+        .filter_map(|index| workers::source_address(endpoint, index))
         .collect();
     println!(
-        "longlink bench idle: {} connections over {workers_count} worker process(es){}, {} logins in flight",
+        "longlink bench idle: {} connections over {} to {endpoint}, {workers_count} worker process(es){}, {} logins in flight",
         thousands(u64::from(n)),
+        args.transport,
         match (sources.first(), sources.last()) {
             (Some(first), Some(last)) if first == last => format!(" from {first}"),
             (Some(first), Some(last)) => format!(" from {first}–{last}"),
@@ -391,7 +427,7 @@ async fn measure(
     }
 
     let minter = Arc::new(Minter::new(args.appcode, &target.secret));
-    warm_up(args, target.gate, &minter).await?;
+    warm_up(args, endpoint, &minter).await?;
     let baseline = settle(pid).await?;
     println!(
         "baseline     RSS {} after {} warm-up login(s) and logout(s)",
@@ -417,7 +453,8 @@ async fn measure(
     let mut workers: Workers<()> = Workers::spawn(
         &WorkerSpec {
             exe,
-            gate: target.gate,
+            gate: endpoint,
+            transport: args.transport,
             secret: &target.secret,
             appcode: args.appcode,
             uid_prefix: &args.uid_prefix,
@@ -546,6 +583,8 @@ async fn measure(
         run: RunStamp::now("idle"),
         inputs: Inputs {
             connections: n,
+            transport: args.transport,
+            endpoint: endpoint.to_string(),
             workers: workers_count,
             per_worker: args.per_worker,
             concurrency: args.concurrency,

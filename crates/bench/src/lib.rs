@@ -19,7 +19,7 @@
 //! [`fanout`] (the receiving clients of those two, in worker processes), [`workers`] (client
 //! worker processes: what idle's workers and fanout's share), [`s2c`] (what push and broadcast
 //! share), `api` (the HTTP API calls they make), `latency` (histogram summaries), `plot`
-//! (SVG/PNG latency plots), `client` (a lean wire-protocol client), `server` (a spawned or
+//! (SVG/PNG latency plots), `client` (a lean wire-protocol client), [`link`] (its transports: TCP or WebSocket), `server` (a spawned or
 //! external server under test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`),
 //! `report` (dates).
 
@@ -31,6 +31,7 @@ pub mod fanout;
 mod http;
 pub mod idle;
 mod latency;
+pub mod link;
 mod num;
 mod plot;
 mod procfs;

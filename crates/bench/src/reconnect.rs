@@ -1348,6 +1348,7 @@ async fn measure(
         &WorkerSpec {
             exe,
             gate: target.gate,
+            transport: crate::link::Transport::Tcp,
             secret: &target.secret,
             appcode: args.appcode,
             uid_prefix: &uid_prefix,

@@ -221,6 +221,7 @@ pub(crate) async fn go_online(
         clients: WorkerSpec {
             exe,
             gate: bench.target.gate,
+            transport: crate::link::Transport::Tcp,
             secret: &bench.secret,
             appcode: clients.appcode,
             uid_prefix: &prefix,

@@ -12,6 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::http;
+use crate::link::Transport;
 
 /// How long a spawned server may take to answer `/healthz`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,12 +54,17 @@ pub(crate) struct ServerIdentity {
     version: String,
     pid: u32,
     gate: String,
+    /// The WebSocket listener of a spawned server, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ws: Option<String>,
 }
 
 /// A server under test.
 pub(crate) struct Target {
     /// The gate's TCP address.
     pub(crate) gate: SocketAddr,
+    /// A spawned server's WebSocket listener (`[gate] ws_listen`), when turned on.
+    pub(crate) ws: Option<SocketAddr>,
     /// The HTTP API, when known (`/healthz`).
     pub(crate) api: Option<SocketAddr>,
     /// The server's pid (for `/proc`).
@@ -90,6 +96,7 @@ impl Target {
         }
         Ok(Target {
             gate,
+            ws: None,
             api,
             pid,
             secret,
@@ -146,8 +153,9 @@ impl Target {
                 free_loopback_addr()?.to_string(),
             )?;
         }
-        // The WebSocket listener is on by default (7701): off here, for the same reason (the
-        // scenarios drive TCP clients only).
+        // The WebSocket listener is on by default (7701): off here, for the same reason; a
+        // scenario run with `--transport ws` turns it on again on a free port (an override,
+        // see [`transport_overrides`]).
         if config
             .get("gate")
             .and_then(|gate| gate.get("ws_listen"))
@@ -178,6 +186,7 @@ impl Target {
         for (section, field, value) in overrides {
             set_value(&mut config, section, field, value.clone())?;
         }
+        let ws = ws_listen(&config)?;
         let secret = app_secret(&config, appcode)?;
         let secrets = app_secrets(&config);
         let config_path = dir.path().join("longlink.toml");
@@ -233,6 +242,7 @@ impl Target {
         }
         Ok(Target {
             gate,
+            ws,
             api: Some(api),
             pid,
             secret,
@@ -243,6 +253,21 @@ impl Target {
                 log_level: log_level.to_owned(),
             }),
         })
+    }
+
+    /// Where a client of `transport` connects: the gate's TCP address, or a spawned server's
+    /// WebSocket listener. For a server the bench did not start, `--server` is taken to be
+    /// the listener of the transport asked for.
+    ///
+    /// # Errors
+    /// A spawned server without a WebSocket listener (the scenario did not turn it on).
+    pub(crate) fn endpoint(&self, transport: Transport) -> anyhow::Result<SocketAddr> {
+        match (transport, self.ws) {
+            (Transport::Tcp, _) => Ok(self.gate),
+            (Transport::Ws, Some(ws)) => Ok(ws),
+            (Transport::Ws, None) if !self.is_spawned() => Ok(self.gate),
+            (Transport::Ws, None) => bail!("the spawned server has no WebSocket listener"),
+        }
     }
 
     /// Whether the bench started this server.
@@ -278,6 +303,7 @@ impl Target {
             version,
             pid: self.pid,
             gate: self.gate.to_string(),
+            ws: self.ws.map(|ws| ws.to_string()),
         }
     }
 
@@ -285,13 +311,16 @@ impl Target {
     /// adds what else it knows).
     pub(crate) fn describe(&self, version: &str) -> String {
         format!(
-            "server: pid {}, {}, longlink {version}, gate {}",
+            "server: pid {}, {}, longlink {version}, gate {}{}",
             self.pid,
             match self.log_level() {
                 Some(level) => format!("started by the bench (serve, LONGLINK_LOG={level})"),
                 None => "already running".to_owned(),
             },
-            self.gate
+            self.gate,
+            self.ws
+                .map(|ws| format!(", WebSocket {ws}"))
+                .unwrap_or_default()
         )
     }
 
@@ -426,6 +455,37 @@ fn set_value(
 
 /// One setting of a spawned server's configuration: `[section] field = value`.
 pub(crate) type ConfigOverride = (&'static str, &'static str, toml::Value);
+
+/// The settings a spawned server needs for clients of `transport`: for WebSocket, its
+/// `[gate] ws_listen` on a free loopback port (the bench turns it off otherwise).
+///
+/// # Errors
+/// No free loopback port.
+pub(crate) fn transport_overrides(transport: Transport) -> anyhow::Result<Vec<ConfigOverride>> {
+    Ok(match transport {
+        Transport::Tcp => Vec::new(),
+        Transport::Ws => vec![(
+            "gate",
+            "ws_listen",
+            toml::Value::String(free_loopback_addr()?.to_string()),
+        )],
+    })
+}
+
+/// The WebSocket listener a configuration turns on (`None` when `ws_listen` is off).
+fn ws_listen(config: &toml::Table) -> anyhow::Result<Option<SocketAddr>> {
+    match config
+        .get("gate")
+        .and_then(|gate| gate.get("ws_listen"))
+        .and_then(toml::Value::as_str)
+    {
+        None | Some("") => Ok(None),
+        Some(addr) => addr
+            .parse()
+            .map(Some)
+            .with_context(|| format!("[gate] ws_listen {addr:?} is not an address")),
+    }
+}
 
 fn app_secret(config: &toml::Table, appcode: u32) -> anyhow::Result<String> {
     config

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, HoldEnd, Minter, Session, SourcePorts};
+use crate::link::Transport;
 use crate::procfs;
 
 /// Environment variable carrying the token secret to workers (kept off their command line).
@@ -63,9 +64,12 @@ const WORKER_DEADLINE_MARGIN: Duration = Duration::from_secs(15);
 /// The command line every worker process takes (`<exe> bench <scenario>-worker`).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// The gate's address.
+    /// The gate's address (its listener of --transport).
     #[arg(long)]
     pub server: SocketAddr,
+    /// How the connections reach the gate.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// The appcode to log in with.
     #[arg(long)]
     pub appcode: u32,
@@ -200,7 +204,7 @@ impl LoginWorker {
                     let uid = format!("{}{i}", args.uid_prefix);
                     tracker.spawn(async move {
                         let result = tokio::select! {
-                            result = client::login(args.server, source.as_deref(), &minter, &uid, timeout) => result,
+                            result = client::login(args.server, args.transport, source.as_deref(), &minter, &uid, timeout) => result,
                             _ = stop.cancelled() => return,
                         };
                         drop(permit);
@@ -291,7 +295,9 @@ pub(crate) fn emit(lines: &[String]) -> bool {
 /// Worker processes to start: how many clients, where, as whom.
 pub(crate) struct WorkerSpec<'a> {
     pub(crate) exe: &'a Path,
+    /// The gate's listener of `transport`.
     pub(crate) gate: SocketAddr,
+    pub(crate) transport: Transport,
     /// The appcode's HS256 secret.
     pub(crate) secret: &'a str,
     pub(crate) appcode: u32,
@@ -416,6 +422,8 @@ impl<T: Tally> Workers<T> {
                 .args(["bench", subcommand])
                 .arg("--server")
                 .arg(spec.gate.to_string())
+                .arg("--transport")
+                .arg(spec.transport.label())
                 .arg("--appcode")
                 .arg(spec.appcode.to_string())
                 .arg("--uid-prefix")

@@ -1,5 +1,5 @@
 //! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast) runs small against its own spawned server,
-//! exits 0 and writes the JSON it documents. (No timing is asserted: figures live in
+//! exits 0 and writes the JSON it documents; idle and c2c also over WebSocket (`--transport ws`). (No timing is asserted: figures live in
 //! docs/benchmarks.md.)
 
 mod common;
@@ -35,8 +35,31 @@ async fn idle_scenario_logs_everyone_in_and_reports_memory() {
     )
     .await;
     assert_eq!(report["scenario"], "idle");
+    assert_eq!(report["inputs"]["transport"], "tcp");
     let results = &report["results"];
     assert_eq!(results["logged_in"], 50, "{results}");
+    assert!(results["rss_per_connection_bytes"].is_number(), "{results}");
+}
+
+#[tokio::test]
+async fn idle_scenario_over_websocket_logs_everyone_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &["idle", "--connections", "20", "--transport", "ws"],
+        &dir.path().join("idle-ws.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "idle");
+    let inputs = &report["inputs"];
+    assert_eq!(inputs["transport"], "ws", "{inputs}");
+    // The clients went to the spawned server's WebSocket listener, not its TCP gate.
+    assert_eq!(inputs["endpoint"], report["server"]["ws"], "{report}");
+    assert_ne!(inputs["endpoint"], report["server"]["gate"], "{report}");
+    let results = &report["results"];
+    assert_eq!(results["logged_in"], 20, "{results}");
+    assert_eq!(results["failed"], 0, "{results}");
+    assert_eq!(results["dropped"], 0, "{results}");
+    assert_eq!(results["sessions_reported"], 20, "{results}");
     assert!(results["rss_per_connection_bytes"].is_number(), "{results}");
 }
 
@@ -59,6 +82,7 @@ async fn c2c_scenario_delivers_everything_it_acknowledged() {
     )
     .await;
     assert_eq!(report["scenario"], "c2c");
+    assert_eq!(report["inputs"]["transport"], "tcp");
     let results = &report["results"];
     assert_eq!(results["sent"], 400, "{results}");
     assert_eq!(results["acked"], 400, "{results}");
@@ -66,6 +90,47 @@ async fn c2c_scenario_delivers_everything_it_acknowledged() {
     assert_eq!(results["lost"], 0, "{results}");
     assert_eq!(results["duplicate_deliveries"], 0, "{results}");
     assert!(results["e2e_latency_ms"]["p99"].is_number(), "{results}");
+}
+
+#[tokio::test]
+async fn c2c_scenario_over_websocket_delivers_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "c2c",
+            "--transport",
+            "ws",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "2",
+            "--senders",
+            "4",
+            "--receivers",
+            "4",
+        ],
+        &dir.path().join("c2c-ws.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "c2c");
+    let inputs = &report["inputs"];
+    assert_eq!(inputs["transport"], "ws", "{inputs}");
+    assert_eq!(inputs["endpoint"], report["server"]["ws"], "{report}");
+    let results = &report["results"];
+    for count in ["sent", "acked", "received"] {
+        assert_eq!(results[count], 200, "{count}: {results}");
+    }
+    for zero in [
+        "errors",
+        "unanswered",
+        "lost",
+        "duplicate_deliveries",
+        "misrouted",
+        "unexpected_frames",
+    ] {
+        assert_eq!(results[zero], 0, "{zero}: {results}");
+    }
+    assert_eq!(results["e2e_latency_ms"]["count"], 200, "{results}");
 }
 
 #[tokio::test]
