@@ -525,7 +525,8 @@ async fn a_reloaded_page_shows_the_same_history_paged_back_on_scroll() -> anyhow
         "signed in again after the reload, conversation open",
         "document.body.dataset.view === 'chat' && document.body.dataset.state === 'connected' \
          && !document.getElementById('conv').hidden \
-         && document.getElementById('peer-name').textContent === 'dave · 130'",
+         && document.getElementById('peer-name').textContent === 'dave · 130' \
+         && document.querySelectorAll('#messages li.msg').length >= 30",
     )
     .await?;
     page.eval("document.getElementById('scroller').scrollTop = 0")
