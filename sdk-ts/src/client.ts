@@ -92,6 +92,7 @@ export class Client {
   private readonly options: ClientOptions;
   private readonly WS: WebSocketConstructor;
   private readonly timeoutMs: number;
+  private readonly maxBodyBytes: number;
   private readonly events = new Emitter<Events>();
 
   private _state: State = "closed";
@@ -139,6 +140,7 @@ export class Client {
     this.options = options;
     this.WS = WS;
     this.timeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.maxBodyBytes = options.maxBodyBytes ?? 65_536;
   }
 
   /** Creates a client and connects it. */
@@ -558,6 +560,12 @@ export class Client {
    * its retry_after_ms.
    */
   private async request<S extends DescMessage>(cmd: number, body: Uint8Array, schema: S, budgetMs: number): Promise<MessageShape<S>> {
+    if (body.length > this.maxBodyBytes) {
+      throw new LonglinkError(
+        "BODY_TOO_LARGE",
+        `this request's body is ${body.length} bytes; the limit is ${this.maxBodyBytes} (maxBodyBytes)`,
+      );
+    }
     const deadline = Date.now() + budgetMs;
     for (;;) {
       const conn = await this.ready(deadline);

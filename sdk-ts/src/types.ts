@@ -101,4 +101,10 @@ export interface ClientOptions {
    * until you call `ack()` — unacknowledged messages come back at the next login.
    */
   autoAck?: boolean;
+  /**
+   * Default 65 536, the gate's default `max_body_bytes`: a request whose body is larger is
+   * refused here with BODY_TOO_LARGE, without sending it (the gate would close the connection
+   * on it, and a resend after the reconnect would meet the same fate).
+   */
+  maxBodyBytes?: number;
 }

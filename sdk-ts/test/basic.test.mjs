@@ -175,6 +175,28 @@ test("errors: a request error is a LonglinkError with the ErrorCode name", async
   assert.equal(a.client.state, "connected", "request errors leave the connection up");
 });
 
+test("oversized: a body over maxBodyBytes is refused with BODY_TOO_LARGE before it is sent; the link stays", async () => {
+  const a = await connect(129, uniq("big"));
+  const b = await connect(130, uniq("big-peer"));
+  const states = [];
+  a.client.on("state", (s) => states.push(s));
+  await assert.rejects(
+    a.client.sendText(b.user, "x".repeat(70_000)),
+    (e) => e instanceof LonglinkError && e.code === "BODY_TOO_LARGE" && /70\d{3} bytes/.test(e.message),
+  );
+  assert.equal(a.client.state, "connected");
+  assert.deepEqual(states, [], "no reconnect: nothing was sent");
+  // The same client still sends, and the server's own content limit answers a body that fits
+  // the frame but not the content limit.
+  const ok = await a.client.sendText(b.user, "small again");
+  assert.ok(ok.msgid > 0n);
+  await assert.rejects(
+    a.client.sendText(b.user, "y".repeat(63_000)),
+    (e) => e instanceof LonglinkError && e.code === "INVALID_ARGUMENT",
+  );
+  assert.equal(a.client.state, "connected");
+});
+
 test("timeout: a request without an answer rejects TIMEOUT within requestTimeoutMs", async () => {
   const uid = uniq("slow");
   const proxy = await startProxy(server.wsAddr);
