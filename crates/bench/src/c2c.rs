@@ -260,6 +260,8 @@ struct Shared {
     /// A MSG at the wrong receiver, or frames the bench did not expect.
     misrouted: AtomicU64,
     unexpected: AtomicU64,
+    /// Messages RECEIPT DELIVERED pushes named to their senders.
+    receipts: AtomicU64,
     /// Nanoseconds after t0 of the last write, ACK and delivery.
     last_sent_ns: AtomicU64,
     last_ack_ns: AtomicU64,
@@ -307,6 +309,7 @@ impl Shared {
             duplicate_stores: AtomicU64::new(0),
             misrouted: AtomicU64::new(0),
             unexpected: AtomicU64::new(0),
+            receipts: AtomicU64::new(0),
             last_sent_ns: AtomicU64::new(0),
             last_ack_ns: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
@@ -607,6 +610,13 @@ async fn sender_reader(
                 }
                 (Some(Cmd::Error), _) => shared.count_error(error_name("(push)", &frame)),
                 (Some(Cmd::Keepalive), FrameType::Response) => {}
+                (Some(Cmd::Receipt), FrameType::Push) => {
+                    // The receiver's first ack of each message comes back as a receipt.
+                    let named = frame
+                        .decode_body::<wire::Receipt>()
+                        .map_or(0, |r| r.msgids.len() as u64);
+                    shared.receipts.fetch_add(named, Ordering::Relaxed);
+                }
                 (Some(Cmd::Kick), _) => {
                     let reason = frame
                         .decode_body::<wire::Kick>()
@@ -957,6 +967,8 @@ struct Results {
     duplicate_stores: u64,
     misrouted: u64,
     unexpected_frames: u64,
+    /// Messages the senders were told were delivered (RECEIPT DELIVERED pushes).
+    delivery_receipts: u64,
     error_counts: BTreeMap<String, u64>,
     events: Vec<String>,
     /// t0 → the last write.
@@ -1514,6 +1526,7 @@ fn summarize(
         duplicate_stores: shared.duplicate_stores.load(Ordering::Relaxed),
         misrouted: shared.misrouted.load(Ordering::Relaxed),
         unexpected_frames: shared.unexpected.load(Ordering::Relaxed),
+        delivery_receipts: shared.receipts.load(Ordering::Relaxed),
         error_counts: shared
             .errors
             .lock()
