@@ -11,7 +11,9 @@ use serde::Deserialize;
 /// The commented default configuration (`longlink config default`).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
-const SECTIONS: [&str; 7] = ["gate", "api", "store", "logic", "bus", "trace", "guard"];
+const SECTIONS: [&str; 8] = [
+    "gate", "api", "store", "logic", "bus", "trace", "guard", "cluster",
+];
 
 /// A configuration problem, naming the field. The CLI exits with code 64 on it.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,100 @@ pub struct LogicSection {
 
 /// `[guard]`: flapping detection (the black/white lists themselves are changed at run time
 /// through the API and kept in `<store.data_dir>/guard.sqlite`).
+/// The roles a process runs (`[cluster] roles`, `longlink serve --roles`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Client connections (the gate listeners).
+    Gate,
+    /// The stateless rules: answers the gates' calls (over NATS in a cluster).
+    Logic,
+    /// The business API (HTTP and gRPC), the dashboard and the chat page.
+    Api,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "gate" => Ok(Role::Gate),
+            "logic" => Ok(Role::Logic),
+            "api" => Ok(Role::Api),
+            other => Err(format!(
+                "unknown role {other:?}: expected gate, logic or api"
+            )),
+        }
+    }
+}
+
+/// `[cluster]`: empty URLs = the embedded single node.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each field is documented in default.toml
+pub struct ClusterSection {
+    pub roles: Vec<Role>,
+    pub redis_url: String,
+    pub postgres_url: String,
+    pub nats_url: String,
+    /// 0 = leased from Redis at start.
+    pub node_id: u16,
+    pub migrate_on_start: bool,
+    pub heartbeat_secs: u64,
+    pub gate_dead_secs: u64,
+    pub rpc_timeout_ms: u64,
+}
+
+impl ClusterSection {
+    /// Whether this process runs on the shared engines (all three URLs set).
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty() && !self.postgres_url.is_empty() && !self.nats_url.is_empty()
+    }
+
+    /// Whether this process runs `role`.
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The checks a cluster config must pass.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = [&self.redis_url, &self.postgres_url, &self.nats_url]
+            .iter()
+            .filter(|url| !url.is_empty())
+            .count();
+        if set != 0 && set != 3 {
+            return Err(ConfigError::Invalid(
+                "cluster: set all of redis_url, postgres_url and nats_url (a cluster) or none \
+                 (the embedded single node)"
+                    .to_owned(),
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(ConfigError::Invalid(
+                "cluster.roles: at least one of gate, logic, api".to_owned(),
+            ));
+        }
+        if !self.enabled() && self.roles.len() < 3 {
+            return Err(ConfigError::Invalid(
+                "cluster.roles: a single node runs every role; separate roles need \
+                 cluster.redis_url, postgres_url and nats_url"
+                    .to_owned(),
+            ));
+        }
+        if self.node_id >= 1024 {
+            return Err(ConfigError::Invalid(
+                "cluster.node_id: 0 (leased) or 1..=1023".to_owned(),
+            ));
+        }
+        if self.heartbeat_secs == 0 || self.gate_dead_secs <= self.heartbeat_secs {
+            return Err(ConfigError::Invalid(
+                "cluster: heartbeat_secs must be > 0 and gate_dead_secs above it".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)] // each field is documented in default.toml
@@ -374,6 +470,7 @@ pub struct Config {
     pub bus: BusSection,
     pub trace: TraceSection,
     pub guard: GuardSection,
+    pub cluster: ClusterSection,
     pub apps: Vec<AppSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
@@ -505,6 +602,7 @@ impl Config {
                 ),
             );
         }
+        self.cluster.validate()?;
         if self.gate.plain_listen.is_some() && !self.gate_tls_enabled() {
             return bad(
                 "gate.plain_listen",
@@ -885,6 +983,39 @@ mod tests {
         }
         let off = Config::from_toml("[api]\ngrpc_listen = \"\"\n", &BTreeMap::new()).unwrap();
         assert_eq!(off.api.grpc_listen, None);
+    }
+
+    #[test]
+    fn cluster_needs_all_three_urls_and_roles_split_only_in_a_cluster() {
+        let single = Config::default();
+        assert!(!single.cluster.enabled());
+        assert!(single.cluster.runs(Role::Gate) && single.cluster.runs(Role::Api));
+        let parse = |toml: &str| Config::from_toml(toml, &BTreeMap::new());
+        let err = parse("[cluster]\nredis_url = \"redis://127.0.0.1:1/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("all of redis_url, postgres_url and nats_url"),
+            "{err}"
+        );
+        let err = parse("[cluster]\nroles = [\"gate\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("separate roles need"), "{err}");
+        let cluster = parse(
+            "[cluster]\nroles = [\"gate\"]\nredis_url = \"redis://r/\"\n\
+             postgres_url = \"postgres://p/db\"\nnats_url = \"nats://n:4222\"\n",
+        )
+        .expect("a gate-only cluster process");
+        assert!(cluster.cluster.enabled());
+        assert!(cluster.cluster.runs(Role::Gate) && !cluster.cluster.runs(Role::Logic));
+        let env = BTreeMap::from([("LONGLINK_CLUSTER_NODE_ID".to_owned(), "1024".to_owned())]);
+        let err = Config::from_toml(DEFAULT_CONFIG, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.node_id"), "{err}");
+        assert_eq!("logic".parse::<Role>(), Ok(Role::Logic));
+        assert!("db".parse::<Role>().is_err());
     }
 
     #[test]
