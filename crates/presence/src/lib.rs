@@ -11,11 +11,22 @@
 //! accepted and disappears when its connection closes; nothing durable depends on it (a
 //! message for a user who looks offline goes to the store and arrives by pull).
 //!
-//! Modules: [`memory`] (MemoryPresence).
+//! It also serves the gate-detector (seed 003): gates heartbeat ([`Presence::gate_heartbeat`]),
+//! [`Presence::live_gates`] lists those heard from within their ttl, and
+//! [`Presence::purge_gate`] clears a dead gate's sessions. After a backend lost its data,
+//! gates put their sessions back with [`Presence::restore_sessions`] (epochs kept, no
+//! login policy).
+//!
+//! Modules: [`memory`] (MemoryPresence); `testsuite` (feature `testsuite`): the behaviour
+//! suite every backend runs, [`presence_testsuite!`].
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub mod memory;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 pub use memory::MemoryPresence;
 
@@ -105,7 +116,7 @@ pub enum Registration {
     },
     /// Refused: the login carried a `prior_epoch` older than `by`, a session it would replace.
     Superseded {
-        /// The newer session.
+        /// The newest session the login would have replaced.
         by: SessionEntry,
     },
 }
@@ -132,6 +143,27 @@ pub fn victims(sessions: &[SessionEntry], entry: &SessionEntry, policy: MultiLog
     let excess = rest.len().saturating_sub(keep);
     out.extend(rest.into_iter().take(excess));
     out
+}
+
+/// A gate's heartbeat, as the gate-detector sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GateBeat {
+    /// The gate id (the one its sessions are registered with).
+    pub gate_id: String,
+    /// The addresses clients use for it (TCP, WebSocket…).
+    pub addrs: Vec<String>,
+    /// Open client connections.
+    pub connections: u64,
+    /// The gate's own load figure (0.0 idle … 1.0 full; the gate decides what it measures).
+    pub load: f64,
+    /// A drain started: it must not be dispatched.
+    pub draining: bool,
+    /// Unix milliseconds when presence recorded the beat: set by the backend (from its own
+    /// clock, so that gates' clocks do not matter); ignored in [`Presence::gate_heartbeat`].
+    pub last_seen_ms: u64,
+    /// How long after `last_seen_ms` the beat counts as live: set from the `ttl` of
+    /// [`Presence::gate_heartbeat`]; ignored there.
+    pub ttl_ms: u64,
 }
 
 /// Presence backend failures.
@@ -197,6 +229,23 @@ pub trait Presence: Send + Sync + 'static {
         cursor: u64,
         limit: usize,
     ) -> Result<(Vec<String>, u64), PresenceError>;
+
+    /// Records a gate's heartbeat (replacing its previous one); it counts as live for `ttl`.
+    async fn gate_heartbeat(&self, beat: GateBeat, ttl: Duration) -> Result<(), PresenceError>;
+
+    /// The gates whose latest heartbeat is within its ttl, by gate id.
+    async fn live_gates(&self) -> Result<Vec<GateBeat>, PresenceError>;
+
+    /// Removes every session registered on `gate_id` (a dead gate) and its heartbeat; returns
+    /// how many sessions were removed. A session that moved to another gate by RESUME stays.
+    async fn purge_gate(&self, gate_id: &str) -> Result<u64, PresenceError>;
+
+    /// Puts back known sessions with their epochs, without the login policy: presence being
+    /// rebuilt after the backend lost its data (each gate re-registers what it holds). An
+    /// entry is skipped when its device already has a session with an epoch at least as large
+    /// (a newer login won meanwhile); older sessions of its device are replaced. Later logins
+    /// get larger epochs than the restored ones. Returns how many entries were put back.
+    async fn restore_sessions(&self, entries: Vec<SessionEntry>) -> Result<u64, PresenceError>;
 }
 
 /// Online figures of one appcode.

@@ -4,14 +4,20 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::{AppcodeCounts, LoginRule, Presence, PresenceError, Registration, SessionEntry};
+use crate::{
+    AppcodeCounts, GateBeat, LoginRule, Presence, PresenceError, Registration, SessionEntry,
+};
 
 const SHARDS: usize = 64;
 
 type Key = (u32, String);
+
+/// Gate id → its latest heartbeat and the instant it stops counting.
+type GateTable = HashMap<String, (GateBeat, Instant)>;
 
 /// Single-node presence: `(appcode, uid) → sessions`, in 64 mutex-guarded shards so that
 /// logins of different users rarely contend. Locks are never held across an `.await`.
@@ -22,6 +28,8 @@ pub struct MemoryPresence {
     count: AtomicU64,
     /// The last epoch given out.
     epoch: AtomicU64,
+    /// Gate id → its latest heartbeat and when that stops counting.
+    gates: Mutex<GateTable>,
 }
 
 impl Default for MemoryPresence {
@@ -38,16 +46,20 @@ impl MemoryPresence {
             hasher: RandomState::new(),
             count: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn gates(&self) -> Result<std::sync::MutexGuard<'_, GateTable>, PresenceError> {
+        self.gates
+            .lock()
+            .map_err(|_| PresenceError::Unavailable("gate table poisoned".into()))
     }
 
     /// The next epoch: larger than every one given out, and than any of an earlier run of
     /// this process (seeded from the clock, like msgids).
     fn next_epoch(&self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            << 20;
+        let now = unix_ms() << 20;
         let mut last = self.epoch.load(Ordering::Relaxed);
         loop {
             let next = (last + 1).max(now);
@@ -92,10 +104,12 @@ impl Presence for MemoryPresence {
             let sessions = map.entry((appcode, uid.clone())).or_default();
             let mut victims = crate::victims(sessions, &entry, rule.policy);
             victims.sort_unstable();
+            // The newest session it would replace names the refusal (every backend alike).
             if rule.prior_epoch != 0
                 && let Some(&newer) = victims
                     .iter()
-                    .find(|&&i| sessions[i].epoch > rule.prior_epoch)
+                    .filter(|&&i| sessions[i].epoch > rule.prior_epoch)
+                    .max_by_key(|&&i| sessions[i].epoch)
             {
                 return Registration::Superseded {
                     by: sessions[newer].clone(),
@@ -223,240 +237,111 @@ impl Presence for MemoryPresence {
         };
         Ok((out, next))
     }
+
+    async fn gate_heartbeat(&self, mut beat: GateBeat, ttl: Duration) -> Result<(), PresenceError> {
+        beat.last_seen_ms = unix_ms();
+        beat.ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let until = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
+        let mut gates = self.gates()?;
+        // Dead gates' beats are dropped here, so the table holds at most the gates heard from.
+        let now = Instant::now();
+        gates.retain(|_, (_, until)| *until > now);
+        gates.insert(beat.gate_id.clone(), (beat, until));
+        Ok(())
+    }
+
+    async fn live_gates(&self) -> Result<Vec<GateBeat>, PresenceError> {
+        let now = Instant::now();
+        let mut live: Vec<GateBeat> = self
+            .gates()?
+            .values()
+            .filter(|(_, until)| *until > now)
+            .map(|(beat, _)| beat.clone())
+            .collect();
+        live.sort_by(|a, b| a.gate_id.cmp(&b.gate_id));
+        Ok(live)
+    }
+
+    async fn purge_gate(&self, gate_id: &str) -> Result<u64, PresenceError> {
+        // In one process a walk over the shards is cheap (a node purges only its own gates),
+        // so no per-gate index is kept here.
+        let mut removed = 0u64;
+        for shard in &self.shards {
+            let mut guard = shard
+                .lock()
+                .map_err(|_| PresenceError::Unavailable("presence shard poisoned".into()))?;
+            guard.retain(|_, sessions| {
+                let before = sessions.len();
+                sessions.retain(|s| s.gate_id != gate_id);
+                removed += (before - sessions.len()) as u64;
+                !sessions.is_empty()
+            });
+        }
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        self.gates()?.remove(gate_id);
+        Ok(removed)
+    }
+
+    async fn restore_sessions(&self, entries: Vec<SessionEntry>) -> Result<u64, PresenceError> {
+        let mut restored = 0u64;
+        for entry in entries {
+            // Later logins must get larger epochs than every restored one.
+            self.epoch.fetch_max(entry.epoch, Ordering::AcqRel);
+            let (appcode, uid) = (entry.appcode, entry.uid.clone());
+            let (added, dropped) = self.with_shard(appcode, &uid, |map| {
+                let sessions = map.entry((appcode, uid.clone())).or_default();
+                if sessions
+                    .iter()
+                    .any(|s| s.device_id == entry.device_id && s.epoch >= entry.epoch)
+                {
+                    return (false, 0);
+                }
+                let before = sessions.len();
+                sessions.retain(|s| s.device_id != entry.device_id);
+                let dropped = before - sessions.len();
+                sessions.push(entry);
+                (true, dropped as u64)
+            })?;
+            if added {
+                restored += 1;
+                self.count.fetch_add(1, Ordering::Relaxed);
+                self.count.fetch_sub(dropped, Ordering::Relaxed);
+            }
+        }
+        Ok(restored)
+    }
+}
+
+/// An instant no ttl reaches (a ttl too large to add to now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MultiLogin;
 
-    fn entry(uid: &str, device: &str, session_id: u64) -> SessionEntry {
-        SessionEntry {
-            appcode: 129,
-            uid: uid.into(),
-            device_id: device.into(),
-            device_class: String::new(),
-            epoch: 0,
-            gate_id: "g1".into(),
-            session_id,
-            since_ms: 0,
-        }
+    async fn new_memory() -> (MemoryPresence, ()) {
+        (MemoryPresence::new(), ())
     }
 
-    fn classed(uid: &str, device: &str, class: &str, session_id: u64) -> SessionEntry {
-        SessionEntry {
-            device_class: class.into(),
-            ..entry(uid, device, session_id)
-        }
-    }
-
-    /// Registers with the default rule; returns (epoch, replaced session ids).
-    async fn login(p: &MemoryPresence, e: SessionEntry, rule: LoginRule) -> (u64, Vec<u64>) {
-        match p.register(e, &rule).await.unwrap() {
-            Registration::Accepted { epoch, replaced } => {
-                let mut ids: Vec<u64> = replaced.iter().map(|s| s.session_id).collect();
-                ids.sort_unstable();
-                (epoch, ids)
-            }
-            other => panic!("refused: {other:?}"),
-        }
-    }
-
-    async fn ids(p: &MemoryPresence, uid: &str) -> Vec<u64> {
-        let mut ids: Vec<u64> = p
-            .sessions(129, uid)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.session_id)
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
+    crate::presence_testsuite!(new_memory);
 
     #[tokio::test]
-    async fn same_device_replaces_other_devices_stay() {
+    async fn epochs_are_unique_across_users_in_one_process() {
         let p = MemoryPresence::new();
-        let rule = LoginRule::default();
-        let (e1, none) = login(&p, entry("a", "phone", 1), rule).await;
-        assert!(none.is_empty());
-        let (e2, none) = login(&p, entry("a", "web", 2), rule).await;
-        assert!(none.is_empty());
-        let (e3, replaced) = login(&p, entry("a", "phone", 3), rule).await;
-        assert_eq!(replaced, vec![1]);
-        assert!(e1 < e2 && e2 < e3, "epochs grow: {e1} {e2} {e3}");
-        assert_eq!(ids(&p, "a").await, vec![2, 3]);
-        assert_eq!(p.session_count().await.unwrap(), 2);
-        // The replaced session's late unregister must not remove the newer one.
-        assert!(!p.unregister(129, "a", "g1", 1).await.unwrap());
-        assert!(p.unregister(129, "a", "g1", 3).await.unwrap());
-        assert!(p.unregister(129, "a", "g1", 2).await.unwrap());
-        assert!(p.sessions(129, "a").await.unwrap().is_empty());
-        assert_eq!(p.session_count().await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn kick_policy_keeps_one_session_per_class_allow_keeps_n() {
-        let p = MemoryPresence::new();
-        let kick = LoginRule::default();
-        login(&p, classed("a", "phone-1", "phone", 1), kick).await;
-        login(&p, classed("a", "web-1", "web", 2), kick).await;
-        let (_, replaced) = login(&p, classed("a", "phone-2", "phone", 3), kick).await;
-        assert_eq!(replaced, vec![1], "a newer phone replaces the older phone");
-        assert_eq!(ids(&p, "a").await, vec![2, 3]);
-
-        let allow2 = LoginRule {
-            policy: MultiLogin::Allow { max_sessions: 2 },
-            prior_epoch: 0,
-        };
-        login(&p, classed("b", "p1", "phone", 10), allow2).await;
-        let (_, none) = login(&p, classed("b", "p2", "phone", 11), allow2).await;
-        assert!(none.is_empty(), "two phones are allowed");
-        let (_, replaced) = login(&p, classed("b", "p3", "phone", 12), allow2).await;
-        assert_eq!(replaced, vec![10], "the third replaces the oldest");
-        let (_, replaced) = login(&p, classed("b", "p3", "phone", 13), allow2).await;
-        assert_eq!(replaced, vec![12], "the same device replaces itself only");
-        assert_eq!(ids(&p, "b").await, vec![11, 13]);
-
-        // Under kick, invented classes cannot multiply sessions: the cap replaces the oldest.
-        let kick2 = LoginRule {
-            policy: MultiLogin::Kick { max_sessions: 2 },
-            prior_epoch: 0,
-        };
-        login(&p, classed("c", "d1", "x1", 20), kick2).await;
-        login(&p, classed("c", "d2", "x2", 21), kick2).await;
-        let (_, replaced) = login(&p, classed("c", "d3", "x3", 22), kick2).await;
-        assert_eq!(replaced, vec![20], "beyond max_sessions the oldest goes");
-        assert_eq!(ids(&p, "c").await, vec![21, 22]);
-    }
-
-    #[tokio::test]
-    async fn a_stale_reconnect_cannot_replace_a_fresher_session() {
-        let p = MemoryPresence::new();
-        let fresh = LoginRule::default();
-        let (old_epoch, _) = login(&p, classed("a", "phone-1", "phone", 1), fresh).await;
-        // phone-2 logs in: phone-1 is replaced.
-        let (new_epoch, replaced) = login(&p, classed("a", "phone-2", "phone", 2), fresh).await;
-        assert_eq!(replaced, vec![1]);
-        // phone-1 reconnects by itself with its old epoch: refused, phone-2 stays.
-        let stale = LoginRule {
-            prior_epoch: old_epoch,
-            ..fresh
-        };
-        match p
-            .register(classed("a", "phone-1", "phone", 3), &stale)
-            .await
-            .unwrap()
-        {
-            Registration::Superseded { by } => {
-                assert_eq!((by.session_id, by.epoch), (2, new_epoch));
-            }
-            other => panic!("a stale login was accepted: {other:?}"),
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            let e = crate::testsuite::entry(&format!("u{i}"), "phone", i);
+            let (epoch, _) = crate::testsuite::login(&p, e, LoginRule::default()).await;
+            assert!(seen.insert(epoch), "epoch {epoch} given twice");
         }
-        assert_eq!(ids(&p, "a").await, vec![2]);
-        // The same device reconnecting with its own current epoch replaces itself.
-        let own = LoginRule {
-            prior_epoch: new_epoch,
-            ..fresh
-        };
-        let (_, replaced) = login(&p, classed("a", "phone-2", "phone", 4), own).await;
-        assert_eq!(replaced, vec![2]);
-        // A login the user asked for (no prior epoch) always wins.
-        let (_, replaced) = login(&p, classed("a", "phone-1", "phone", 5), fresh).await;
-        assert_eq!(replaced, vec![4]);
-    }
-
-    #[tokio::test]
-    async fn resume_repoints_the_session_only_while_its_epoch_is_current() {
-        let p = MemoryPresence::new();
-        let (epoch, _) = login(&p, entry("a", "phone", 1), LoginRule::default()).await;
-        let before = p
-            .resume(129, "a", "phone", epoch, "g2", 7)
-            .await
-            .unwrap()
-            .expect("the session is there");
-        assert_eq!((before.gate_id.as_str(), before.session_id), ("g1", 1));
-        let now = p.sessions(129, "a").await.unwrap();
-        assert_eq!(
-            (now[0].gate_id.as_str(), now[0].session_id, now[0].epoch),
-            ("g2", 7, epoch)
-        );
-        // The old connection's late unregister leaves the resumed session alone.
-        assert!(!p.unregister(129, "a", "g1", 1).await.unwrap());
-        assert!(
-            p.resume(129, "a", "phone", epoch + 1, "g2", 8)
-                .await
-                .unwrap()
-                .is_none(),
-            "another epoch is not this session"
-        );
-        login(&p, entry("a", "phone", 9), LoginRule::default()).await;
-        assert!(
-            p.resume(129, "a", "phone", epoch, "g2", 10)
-                .await
-                .unwrap()
-                .is_none(),
-            "a replaced session cannot be resumed"
-        );
-    }
-
-    #[tokio::test]
-    async fn unregister_names_the_gate_as_session_ids_are_unique_per_gate_only() {
-        let p = MemoryPresence::new();
-        let rule = LoginRule {
-            policy: MultiLogin::Allow { max_sessions: 5 },
-            prior_epoch: 0,
-        };
-        login(&p, entry("a", "phone", 1), rule).await;
-        let on_g2 = SessionEntry {
-            gate_id: "g2".into(),
-            ..entry("a", "web", 1)
-        };
-        login(&p, on_g2, rule).await;
-        assert!(!p.unregister(129, "a", "g3", 1).await.unwrap());
-        assert!(p.unregister(129, "a", "g1", 1).await.unwrap());
-        let left = p.sessions(129, "a").await.unwrap();
-        assert_eq!(left.len(), 1, "session 1 of g2 is another session");
-        assert_eq!(
-            (left[0].gate_id.as_str(), left[0].device_id.as_str()),
-            ("g2", "web")
-        );
-        assert_eq!(p.session_count().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_scan_sees_every_online_user_of_the_appcode_once() {
-        let p = MemoryPresence::new();
-        let rule = LoginRule::default();
-        for i in 0..500 {
-            p.register(entry(&format!("u{i}"), "phone", i), &rule)
-                .await
-                .unwrap();
-        }
-        p.register(entry("u0", "web", 1000), &rule).await.unwrap();
-        let mut other = entry("x", "phone", 2000);
-        other.appcode = 130;
-        p.register(other, &rule).await.unwrap();
-        let counts = p.appcode_counts(129).await.unwrap();
-        assert_eq!(
-            counts,
-            AppcodeCounts {
-                users: 500,
-                sessions: 501
-            }
-        );
-        let (mut seen, mut cursor) = (Vec::new(), 0);
-        loop {
-            let (page, next) = p.online_uids(129, cursor, 50).await.unwrap();
-            seen.extend(page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        seen.sort();
-        let mut expected: Vec<String> = (0..500).map(|i| format!("u{i}")).collect();
-        expected.sort();
-        assert_eq!(seen, expected);
     }
 }
