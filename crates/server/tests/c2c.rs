@@ -8,7 +8,7 @@ async fn next_message(incoming: &mut Incoming) -> Message {
     loop {
         match tokio::time::timeout(WAIT, incoming.next_event()).await {
             Ok(Some(Event::Message(message))) => return message,
-            Ok(Some(Event::Error { .. })) => continue,
+            Ok(Some(Event::Error { .. } | Event::Receipt(_))) => continue,
             other => panic!("expected a message, got {other:?}"),
         }
     }
@@ -133,7 +133,7 @@ async fn a_newer_login_of_the_same_device_kicks_the_older() {
                 assert_eq!(reason, longlink_sdk::KickReason::Replaced);
                 break;
             }
-            Ok(Some(Event::Message(_) | Event::Error { .. })) => continue,
+            Ok(Some(Event::Message(_) | Event::Error { .. } | Event::Receipt(_))) => continue,
             other => panic!("expected a KICK, got {other:?}"),
         }
     }

@@ -70,7 +70,7 @@ async fn next_message(incoming: &mut Incoming) -> Message {
     loop {
         match tokio::time::timeout(WAIT, incoming.next_event()).await {
             Ok(Some(Event::Message(message))) => return message,
-            Ok(Some(Event::Error { .. })) => continue,
+            Ok(Some(Event::Error { .. } | Event::Receipt(_))) => continue,
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -84,7 +84,7 @@ async fn next_message(incoming: &mut Incoming) -> anyhow::Result<u64> {
     loop {
         match tokio::time::timeout(WAIT, incoming.next_event()).await {
             Ok(Some(Event::Message(message))) => return Ok(message.msgid),
-            Ok(Some(Event::Error { .. })) => continue,
+            Ok(Some(Event::Error { .. } | Event::Receipt(_))) => continue,
             other => anyhow::bail!("expected a message, got {other:?}"),
         }
     }
