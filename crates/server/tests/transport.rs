@@ -195,10 +195,16 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
     }
 
     /// The next longlink frame: exactly one per binary message.
+    /// The next frame, skipping RECEIPT pushes (they arrive whenever a peer acks).
     async fn recv(&mut self) -> Frame {
         loop {
             match self.next_message().await {
-                Some(Message::Binary(data)) => return self.decode_one(&data),
+                Some(Message::Binary(data)) => {
+                    let frame = self.decode_one(&data);
+                    if frame.cmd() != Some(Cmd::Receipt) {
+                        return frame;
+                    }
+                }
                 Some(Message::Ping(_) | Message::Pong(_)) => continue,
                 other => panic!("expected a binary message, got {other:?}"),
             }

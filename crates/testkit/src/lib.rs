@@ -230,6 +230,21 @@ impl RawClient {
 
     /// The next frame, waiting at most [`WAIT`].
     pub async fn recv(&mut self) -> anyhow::Result<Frame> {
+        // RECEIPT pushes come whenever a peer acks what this client sent; tests that expect a
+        // particular frame are not about them (recv_any sees everything).
+        loop {
+            let frame = self.recv_any().await?;
+            if frame.cmd() != Some(Cmd::Receipt) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// The next frame of any kind, RECEIPT pushes included, within [`WAIT`].
+    ///
+    /// # Errors
+    /// None within [`WAIT`], the connection closed, or an undecodable frame.
+    pub async fn recv_any(&mut self) -> anyhow::Result<Frame> {
         match tokio::time::timeout(WAIT, self.framed.next()).await {
             Err(_) => bail!("no frame within {WAIT:?}"),
             Ok(None) => bail!("connection closed"),
