@@ -16,12 +16,13 @@
 //! - `sqlite.rs`: [`SqliteStore`], [`SqliteOptions`], [`WriterStats`].
 //! - `revocations.rs`: [`TokenRevocations`] (which users' tokens are revoked, issue 8),
 //!   [`SqliteRevocations`] (`tokens.sqlite`), [`MemoryRevocations`].
-//! - `testsuite.rs` (tests only): `store_testsuite!`, the behaviour suite every backend runs.
+//! - `testsuite.rs` (tests, and the `testsuite` feature for other backends' tests):
+//!   `store_testsuite!`, the behaviour suite every backend runs.
 
 mod revocations;
 mod sqlite;
-#[cfg(test)]
-mod testsuite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 pub use revocations::{MemoryRevocations, SqliteRevocations, TokenRevocations};
 pub use sqlite::{SqliteOptions, SqliteStore, WriterStats};

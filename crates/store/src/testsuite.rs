@@ -4,6 +4,13 @@
 //! per case below. `new_store` is an `async fn() -> (S, G)` returning a fresh, empty store and a
 //! guard kept alive for the test (a temp dir, a throwaway server). Backend-specific behaviour
 //! (reopen, crash safety, msgid layout) is tested next to the backend.
+//!
+//! Other crates' backends use it through the `testsuite` feature:
+//! `longlink_store::store_testsuite!(new_store);` (the calling crate needs tokio's macros).
+#![allow(
+    missing_docs,
+    reason = "each case is documented by its name and its assertions"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,9 +23,10 @@ use crate::{
 };
 
 /// Generates the suite's `#[tokio::test]`s for a store constructor (see the module docs).
+#[macro_export]
 macro_rules! store_testsuite {
     ($new_store:path) => {
-        $crate::testsuite::store_testsuite!(@cases $new_store;
+        $crate::store_testsuite!(@cases $new_store;
             append_then_pull_returns_all_fields,
             pull_pages_are_complete_ascending_without_repeats,
             last_full_page_has_more_false,
@@ -55,7 +63,7 @@ macro_rules! store_testsuite {
         )*
     };
 }
-pub(crate) use store_testsuite;
+pub use crate::store_testsuite;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -167,7 +175,7 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str)
 // ---------------------------------------------------------------------------------------------
 // Cases.
 
-pub(crate) async fn append_then_pull_returns_all_fields<S: MessageStore>(store: S) {
+pub async fn append_then_pull_returns_all_fields<S: MessageStore>(store: S) {
     let alice = user(129, "alice");
     let bob = user(130, "bob");
     let msg = NewMessage {
@@ -222,7 +230,7 @@ pub(crate) async fn append_then_pull_returns_all_fields<S: MessageStore>(store: 
     }
 }
 
-pub(crate) async fn pull_pages_are_complete_ascending_without_repeats<S: MessageStore>(store: S) {
+pub async fn pull_pages_are_complete_ascending_without_repeats<S: MessageStore>(store: S) {
     let sender = user(1, "sender");
     let owner = user(1, "owner");
     let mut sent = Vec::new();
@@ -266,7 +274,7 @@ pub(crate) async fn pull_pages_are_complete_ascending_without_repeats<S: Message
     assert_eq!(past_end.next_cursor, cursor);
 }
 
-pub(crate) async fn last_full_page_has_more_false<S: MessageStore>(store: S) {
+pub async fn last_full_page_has_more_false<S: MessageStore>(store: S) {
     let store = Arc::new(store);
     let sender = user(1, "sender");
     let owner = user(1, "owner");
@@ -292,7 +300,7 @@ pub(crate) async fn last_full_page_has_more_false<S: MessageStore>(store: S) {
     assert_eq!(got, sent);
 }
 
-pub(crate) async fn pull_limit_defaults_and_clamps<S: MessageStore>(store: S) {
+pub async fn pull_limit_defaults_and_clamps<S: MessageStore>(store: S) {
     let store = Arc::new(store);
     let sender = user(1, "sender");
     let owner = user(1, "owner");
@@ -337,7 +345,7 @@ pub(crate) async fn pull_limit_defaults_and_clamps<S: MessageStore>(store: S) {
     assert!(history.more);
 }
 
-pub(crate) async fn cursors_past_i64_max_are_clamped<S: MessageStore>(store: S) {
+pub async fn cursors_past_i64_max_are_clamped<S: MessageStore>(store: S) {
     let a = user(1, "a");
     let b = user(1, "b");
     let m1 = append_ok(&store, message(&a, &b, "1")).await;
@@ -373,9 +381,7 @@ pub(crate) async fn cursors_past_i64_max_are_clamped<S: MessageStore>(store: S) 
     assert_eq!(ack.not_found, vec![u64::MAX, past]);
 }
 
-pub(crate) async fn concurrent_appends_get_distinct_msgids_and_all_are_stored<S: MessageStore>(
-    store: S,
-) {
+pub async fn concurrent_appends_get_distinct_msgids_and_all_are_stored<S: MessageStore>(store: S) {
     let store = Arc::new(store);
     let receivers: Vec<UserKey> = (0..4).map(|i| user(2, &format!("r{i}"))).collect();
     let tasks: Vec<_> = (0..64)
@@ -415,7 +421,7 @@ pub(crate) async fn concurrent_appends_get_distinct_msgids_and_all_are_stored<S:
 
 /// An `Ok` from append means committed: a read on another connection, started right after,
 /// must see it. (A reply sent before the commit shows up here as a missing message.)
-pub(crate) async fn an_acknowledged_append_is_readable_at_once<S: MessageStore>(store: S) {
+pub async fn an_acknowledged_append_is_readable_at_once<S: MessageStore>(store: S) {
     let store = Arc::new(store);
     let tasks: Vec<_> = (0..64)
         .map(|t| {
@@ -448,9 +454,7 @@ pub(crate) async fn an_acknowledged_append_is_readable_at_once<S: MessageStore>(
     }
 }
 
-pub(crate) async fn pull_while_appending_sees_every_message_once_in_order<S: MessageStore>(
-    store: S,
-) {
+pub async fn pull_while_appending_sees_every_message_once_in_order<S: MessageStore>(store: S) {
     let store = Arc::new(store);
     let owner = user(3, "owner");
     let sender = user(3, "sender");
@@ -524,7 +528,7 @@ pub(crate) async fn pull_while_appending_sees_every_message_once_in_order<S: Mes
     assert_eq!(seen, everything.into_iter().collect::<Vec<_>>());
 }
 
-pub(crate) async fn idempotent_append_returns_original<S: MessageStore>(store: S) {
+pub async fn idempotent_append_returns_original<S: MessageStore>(store: S) {
     let a = user(4, "a");
     let b = user(4, "b");
     let first = store
@@ -553,7 +557,7 @@ pub(crate) async fn idempotent_append_returns_original<S: MessageStore>(store: S
     assert_eq!(msgids(&history), vec![first.msgid]);
 }
 
-pub(crate) async fn concurrent_duplicates_store_one_message<S: MessageStore>(store: S) {
+pub async fn concurrent_duplicates_store_one_message<S: MessageStore>(store: S) {
     let store = Arc::new(store);
     let a = user(4, "a");
     let b = user(4, "b");
@@ -582,7 +586,7 @@ pub(crate) async fn concurrent_duplicates_store_one_message<S: MessageStore>(sto
     );
 }
 
-pub(crate) async fn empty_client_msg_id_is_not_idempotent<S: MessageStore>(store: S) {
+pub async fn empty_client_msg_id_is_not_idempotent<S: MessageStore>(store: S) {
     let a = user(5, "a");
     let b = user(5, "b");
     let m1 = append_ok(&store, message(&a, &b, "")).await;
@@ -591,9 +595,7 @@ pub(crate) async fn empty_client_msg_id_is_not_idempotent<S: MessageStore>(store
     assert_eq!(pull_all(&store, &b, "d", 50).await, vec![m1, m2]);
 }
 
-pub(crate) async fn same_client_msg_id_from_other_device_or_user_is_a_new_message<
-    S: MessageStore,
->(
+pub async fn same_client_msg_id_from_other_device_or_user_is_a_new_message<S: MessageStore>(
     store: S,
 ) {
     let a = user(6, "a");
@@ -612,7 +614,7 @@ pub(crate) async fn same_client_msg_id_from_other_device_or_user_is_a_new_messag
     assert_eq!(pull_all(&store, &to, "d", 50).await, ids);
 }
 
-pub(crate) async fn ack_hides_from_that_device_only<S: MessageStore>(store: S) {
+pub async fn ack_hides_from_that_device_only<S: MessageStore>(store: S) {
     let a = user(8, "a");
     let b = user(8, "b");
     let m1 = append_ok(&store, message(&a, &b, "1")).await;
@@ -642,9 +644,7 @@ pub(crate) async fn ack_hides_from_that_device_only<S: MessageStore>(store: S) {
     assert_eq!(empty, crate::AckOutcome::default());
 }
 
-pub(crate) async fn ack_of_foreign_or_unknown_msgid_is_not_found_and_changes_nothing<
-    S: MessageStore,
->(
+pub async fn ack_of_foreign_or_unknown_msgid_is_not_found_and_changes_nothing<S: MessageStore>(
     store: S,
 ) {
     let a = user(9, "a");
@@ -672,7 +672,7 @@ pub(crate) async fn ack_of_foreign_or_unknown_msgid_is_not_found_and_changes_not
     assert!(pull_all(&store, &b, "phone", 50).await.is_empty());
 }
 
-pub(crate) async fn pull_never_returns_other_users_messages<S: MessageStore>(store: S) {
+pub async fn pull_never_returns_other_users_messages<S: MessageStore>(store: S) {
     // Same uid under two appcodes, and uids that are prefixes of each other.
     let owners = [
         user(129, "u1"),
@@ -698,7 +698,7 @@ pub(crate) async fn pull_never_returns_other_users_messages<S: MessageStore>(sto
     assert!(pull_all(&store, &sender, "d", 2).await.is_empty());
 }
 
-pub(crate) async fn history_has_both_directions_for_both_owners<S: MessageStore>(store: S) {
+pub async fn history_has_both_directions_for_both_owners<S: MessageStore>(store: S) {
     let a = user(11, "a");
     let b = user(11, "b");
     let c = user(11, "c");
@@ -748,7 +748,7 @@ pub(crate) async fn history_has_both_directions_for_both_owners<S: MessageStore>
     assert_eq!(older.messages[1].to, a);
 }
 
-pub(crate) async fn history_pages_older_and_newer<S: MessageStore>(store: S) {
+pub async fn history_pages_older_and_newer<S: MessageStore>(store: S) {
     let a = user(13, "a");
     let b = user(13, "b");
     let mut ids = Vec::new();
@@ -833,7 +833,7 @@ pub(crate) async fn history_pages_older_and_newer<S: MessageStore>(store: S) {
     assert_eq!(msgids(&newer), ids[4..].to_vec());
 }
 
-pub(crate) async fn bad_arguments_are_rejected<S: MessageStore>(store: S) {
+pub async fn bad_arguments_are_rejected<S: MessageStore>(store: S) {
     let ok = user(14, "ok");
     let empty = user(14, "");
     let long = user(14, &"x".repeat(MAX_ID_BYTES + 1));
@@ -883,7 +883,7 @@ impl XorShift {
 
 /// Random appends (with retried keys), acks (own and foreign msgids), pulls and history pages,
 /// each checked against an in-memory model of the semantics.
-pub(crate) async fn random_operations_match_a_model<S: MessageStore>(store: S) {
+pub async fn random_operations_match_a_model<S: MessageStore>(store: S) {
     let users = [user(20, "a"), user(20, "b"), user(21, "a"), user(20, "c")];
     let devices = ["phone", "web"];
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
@@ -1038,7 +1038,7 @@ pub(crate) async fn random_operations_match_a_model<S: MessageStore>(store: S) {
     assert!(!acked.is_empty(), "the model run should ack something");
 }
 
-pub(crate) async fn prev_msgid_links_each_conversation<S: MessageStore>(store: S) {
+pub async fn prev_msgid_links_each_conversation<S: MessageStore>(store: S) {
     let a = user(11, "a");
     let b = user(11, "b");
     let c = user(11, "c");
@@ -1070,7 +1070,7 @@ pub(crate) async fn prev_msgid_links_each_conversation<S: MessageStore>(store: S
     assert_eq!(prevs, vec![(first.msgid, 0), (third.msgid, reply.msgid)]);
 }
 
-pub(crate) async fn delivery_state_moves_stored_pushed_acked_per_device<S: MessageStore>(store: S) {
+pub async fn delivery_state_moves_stored_pushed_acked_per_device<S: MessageStore>(store: S) {
     use crate::DeliveryState;
     let a = user(11, "a");
     let b = user(11, "b");
@@ -1112,9 +1112,7 @@ pub(crate) async fn delivery_state_moves_stored_pushed_acked_per_device<S: Messa
     assert_eq!(store.delivery_state(&a, "phone", m1).await.unwrap(), None);
 }
 
-pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: MessageStore>(
-    store: S,
-) {
+pub async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: MessageStore>(store: S) {
     let (alice, bob, carol) = (user(11, "alice"), user(11, "bob"), user(11, "carol"));
     let outcome = store
         .append_s2c(crate::NewS2c {
@@ -1206,9 +1204,7 @@ pub(crate) async fn s2c_reaches_each_recipients_inbox_once_with_one_msgid<S: Mes
     );
 }
 
-pub(crate) async fn first_delivery_is_reported_once_and_history_shows_it<S: MessageStore>(
-    store: S,
-) {
+pub async fn first_delivery_is_reported_once_and_history_shows_it<S: MessageStore>(store: S) {
     let (alice, bob) = (user(12, "alice"), user(12, "bob"));
     let m1 = append_ok(&store, message(&alice, &bob, "d1")).await;
     let m2 = append_ok(&store, message(&alice, &bob, "d2")).await;
@@ -1264,9 +1260,7 @@ pub(crate) async fn first_delivery_is_reported_once_and_history_shows_it<S: Mess
     }
 }
 
-pub(crate) async fn conversations_list_peers_with_unread_counts_and_read_marks<S: MessageStore>(
-    store: S,
-) {
+pub async fn conversations_list_peers_with_unread_counts_and_read_marks<S: MessageStore>(store: S) {
     let (alice, bob, carol) = (user(13, "alice"), user(14, "bob"), user(13, "carol"));
     let b1 = append_ok(&store, message(&bob, &alice, "b1")).await;
     let b2 = append_ok(&store, message(&bob, &alice, "b2")).await;

@@ -17,10 +17,12 @@ use anyhow::{Context, bail};
 mod nats;
 mod postgres;
 mod redis;
+mod redis_cluster;
 
 pub use nats::NatsServer;
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 
 /// How long a server may take to accept connections after it was started.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
