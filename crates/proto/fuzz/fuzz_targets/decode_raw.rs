@@ -68,6 +68,15 @@ fn decode_body(frame: &longlink_proto::Frame) {
         (Some(Cmd::HistoryPull), false) => {
             frame.decode_body::<wire::HistoryPullResponse>().map(drop)
         }
+        (Some(Cmd::Receipt), _) => frame.decode_body::<wire::Receipt>().map(drop),
+        (Some(Cmd::Conversations), true) => {
+            frame.decode_body::<wire::ConversationsRequest>().map(drop)
+        }
+        (Some(Cmd::Conversations), false) => {
+            frame.decode_body::<wire::ConversationsResponse>().map(drop)
+        }
+        (Some(Cmd::MarkRead), true) => frame.decode_body::<wire::MarkReadRequest>().map(drop),
+        (Some(Cmd::MarkRead), false) => frame.decode_body::<wire::MarkReadResponse>().map(drop),
         (Some(Cmd::Error), _) => frame.decode_body::<wire::Error>().map(drop),
         (None, _) => Ok(()),
     };
