@@ -66,13 +66,14 @@ impl PostgresServer {
         let (child, port) = start_on_free_port("postgres", &log, |port| {
             spawn(&binary, dir.path(), port, run_as)
         })?;
-        let server = PostgresServer {
+        let mut server = PostgresServer {
             child: Some(child),
             port,
             dir,
             binary,
             run_as,
         };
+        server.wait_ready(0)?;
         Ok(server)
     }
 
@@ -109,6 +110,7 @@ impl PostgresServer {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let log = self.dir.path().join("postgres.log");
+        let before = ready_lines(&log);
         let mut child = spawn(&self.binary, self.dir.path(), self.port, self.run_as)?;
         crate::wait_for_port(
             &mut child,
@@ -117,7 +119,35 @@ impl PostgresServer {
             &log,
         )?;
         self.child = Some(child);
-        Ok(())
+        self.wait_ready(before)
+    }
+
+    /// The port opens before PostgreSQL takes sessions ("the database system is starting
+    /// up"): wait until its log says it is ready, counting only lines this start wrote.
+    fn wait_ready(&mut self, already: usize) -> anyhow::Result<()> {
+        let log = self.dir.path().join("postgres.log");
+        let deadline = std::time::Instant::now() + crate::START_TIMEOUT;
+        loop {
+            if ready_lines(&log) > already {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "postgres exited ({status}) while starting: {}",
+                    crate::tail(&log)
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "postgres not ready within {:?}: {}",
+                    crate::START_TIMEOUT,
+                    crate::tail(&log)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -138,6 +168,17 @@ fn spawn(
         cmd.uid(uid).gid(gid);
     }
     cmd.spawn().context("spawn postgres")
+}
+
+/// What PostgreSQL logs once it takes sessions.
+const READY: &str = "database system is ready to accept connections";
+
+/// How many times the log says so (each start adds one).
+fn ready_lines(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(READY)
+        .count()
 }
 
 /// The uid and gid of the `postgres` user, from /etc/passwd.
