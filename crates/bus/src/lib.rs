@@ -13,6 +13,8 @@
 //!   a business server's URL, acking on 2xx and retrying with backoff otherwise.
 //! - [`json`]: [`ConsumedMessage`], the JSON form of a message for consumers and webhooks.
 //! - [`routes`]: [`Routes`], the (appcode, msgtype) → topic table.
+//! - `testsuite` (cargo feature `testsuite`): `bus_testsuite!`, the behaviour suite every
+//!   [`Bus`] + [`TopicQueue`] backend runs (this crate runs it for [`SqliteQueue`]).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,7 +22,34 @@ use bytes::Bytes;
 pub mod json;
 pub mod routes;
 pub mod sqlite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 pub mod webhook;
+
+/// The shared suite over [`SqliteQueue`] in a temp dir.
+#[cfg(test)]
+mod suite_sqlite {
+    use std::sync::Arc;
+
+    use crate::testsuite::SuiteOptions;
+    use crate::{QueueOptions, SqliteQueue};
+
+    async fn new_queue(options: SuiteOptions) -> (Arc<SqliteQueue>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = SqliteQueue::open(
+            &dir.path().join("bus.sqlite"),
+            QueueOptions {
+                max_attempts: options.max_attempts,
+                max_backlog: options.max_backlog,
+                ..QueueOptions::default()
+            },
+        )
+        .expect("open queue");
+        (Arc::new(queue), dir)
+    }
+
+    crate::bus_testsuite!(new_queue);
+}
 
 pub use json::ConsumedMessage;
 pub use routes::{Routes, Unrouted};
