@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tempfile::TempDir;
 
 mod nats;
 mod postgres;
@@ -79,7 +80,7 @@ fn wait_for_port(
 fn start_on_free_port(
     what: &str,
     log: &Path,
-    mut spawn: impl FnMut(u16) -> anyhow::Result<Child>,
+    spawn: impl Fn(u16) -> anyhow::Result<Child>,
 ) -> anyhow::Result<(Child, u16)> {
     let mut last = None;
     for _ in 0..5 {
@@ -124,6 +125,78 @@ fn terminate_child(child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     kill_child(child);
+}
+
+/// How a server binary is started on a given port (the closure owns its paths and flags).
+type Spawner = Box<dyn Fn(u16) -> anyhow::Result<Child> + Send + Sync>;
+
+/// One server process on a fixed port with its data in a temp dir: what every single-server
+/// type here shares — start on a free port, kill (a crash), stop (SIGTERM), restart on the
+/// same port and data, and kill when dropped.
+struct Managed {
+    what: &'static str,
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    log: PathBuf,
+    spawn: Spawner,
+}
+
+impl std::fmt::Debug for Managed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(self.what)
+            .field("port", &self.port)
+            .field("dir", &self.dir.path())
+            .field("running", &self.child.is_some())
+            .finish()
+    }
+}
+
+impl Managed {
+    /// Starts `spawn(port)` on a free port; `log` is the file name inside `dir`.
+    fn start(what: &'static str, dir: TempDir, log: &str, spawn: Spawner) -> anyhow::Result<Self> {
+        let log = dir.path().join(log);
+        let (child, port) = start_on_free_port(what, &log, &spawn)?;
+        Ok(Managed {
+            what,
+            child: Some(child),
+            port,
+            dir,
+            log,
+            spawn,
+        })
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate_child(&mut child);
+        }
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let mut child = (self.spawn)(self.port)?;
+        wait_for_port(
+            &mut child,
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            self.what,
+            &self.log,
+        )?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// The last lines of a server's log, for error messages.

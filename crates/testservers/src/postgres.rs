@@ -4,27 +4,20 @@
 //! set directly, so the process we kill is postgres itself, not a wrapper).
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 
 use anyhow::{Context, bail};
-use tempfile::TempDir;
 
-use crate::{command, find_binary, kill_child, start_on_free_port, terminate_child};
+use crate::{Managed, command, find_binary};
 
 /// Where Debian puts the server binaries (not on the PATH).
 const DEBIAN_BIN: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
 
 /// A PostgreSQL cluster in a temp dir (`fsync=off`: a test database), user `longlink` with
-/// trust auth, database `longlink`.
+/// trust auth, database `postgres`.
 #[derive(Debug)]
-pub struct PostgresServer {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-    binary: PathBuf,
-    run_as: Option<(u32, u32)>,
-}
+pub struct PostgresServer(Managed);
 
 impl PostgresServer {
     /// Runs initdb and starts the server.
@@ -63,16 +56,14 @@ impl PostgresServer {
         if !status.success() {
             bail!("initdb failed ({status}): {}", crate::tail(&log));
         }
-        let (child, port) = start_on_free_port("postgres", &log, |port| {
-            spawn(&binary, dir.path(), port, run_as)
-        })?;
-        let mut server = PostgresServer {
-            child: Some(child),
-            port,
+        let data = dir.path().to_owned();
+        let spawn = move |port| spawn(&binary, &data, port, run_as);
+        let mut server = PostgresServer(Managed::start(
+            "postgres",
             dir,
-            binary,
-            run_as,
-        };
+            "postgres.log",
+            Box::new(spawn),
+        )?);
         server.wait_ready(0)?;
         Ok(server)
     }
@@ -80,27 +71,23 @@ impl PostgresServer {
     /// `postgres://longlink@127.0.0.1:<port>/postgres` (trust auth, no password). Tests that
     /// want a database of their own create it.
     pub fn url(&self) -> String {
-        format!("postgres://longlink@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://longlink@127.0.0.1:{}/postgres", self.0.port)
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// Kills it with SIGKILL (a crash; with fsync off, only committed-and-flushed data is
     /// promised — PostgreSQL recovers from its WAL at the next start).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child);
-        }
+        self.0.kill();
     }
 
     /// Stops it with SIGTERM (smart shutdown).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child);
-        }
+        self.0.stop();
     }
 
     /// Stops it if running and starts it again on the same port and data.
@@ -108,30 +95,22 @@ impl PostgresServer {
     /// # Errors
     /// It does not start again.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        let log = self.dir.path().join("postgres.log");
-        let before = ready_lines(&log);
-        let mut child = spawn(&self.binary, self.dir.path(), self.port, self.run_as)?;
-        crate::wait_for_port(
-            &mut child,
-            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
-            "postgres",
-            &log,
-        )?;
-        self.child = Some(child);
+        self.0.stop();
+        let before = ready_lines(&self.0.log);
+        self.0.restart()?;
         self.wait_ready(before)
     }
 
     /// The port opens before PostgreSQL takes sessions ("the database system is starting
     /// up"): wait until its log says it is ready, counting only lines this start wrote.
     fn wait_ready(&mut self, already: usize) -> anyhow::Result<()> {
-        let log = self.dir.path().join("postgres.log");
+        let log = self.0.log.clone();
         let deadline = std::time::Instant::now() + crate::START_TIMEOUT;
         loop {
             if ready_lines(&log) > already {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut()
+            if let Some(child) = self.0.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 bail!(
@@ -193,10 +172,4 @@ fn postgres_user() -> anyhow::Result<(u32, u32)> {
                 .flatten()
         })
         .context("no postgres user: install postgresql (scripts/test does)")
-}
-
-impl Drop for PostgresServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

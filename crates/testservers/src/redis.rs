@@ -1,22 +1,16 @@
 //! A throwaway `redis-server`.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Child;
 
 use anyhow::Context;
-use tempfile::TempDir;
 
-use crate::{command, find_binary, kill_child, start_on_free_port, terminate_child};
+use crate::{Managed, command, find_binary};
 
 /// A `redis-server` on a free loopback port that keeps nothing on disk (`--save ''`,
 /// no AOF), so a restart starts empty — what "Redis lost its data" looks like.
 #[derive(Debug)]
-pub struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-    binary: PathBuf,
-}
+pub struct RedisServer(Managed);
 
 impl RedisServer {
     /// Starts one.
@@ -26,40 +20,34 @@ impl RedisServer {
     pub fn start() -> anyhow::Result<RedisServer> {
         let binary = find_binary("redis-server", &[])?;
         let dir = tempfile::tempdir().context("temp dir for redis")?;
-        let log = dir.path().join("redis.log");
-        let (child, port) = start_on_free_port("redis-server", &log, |port| {
-            spawn(&binary, dir.path(), port)
-        })?;
-        Ok(RedisServer {
-            child: Some(child),
-            port,
+        let data = dir.path().to_owned();
+        let spawn = move |port| spawn(&binary, &data, port);
+        Ok(RedisServer(Managed::start(
+            "redis-server",
             dir,
-            binary,
-        })
+            "redis.log",
+            Box::new(spawn),
+        )?))
     }
 
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://127.0.0.1:{}/", self.0.port)
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// Kills it with SIGKILL (a crash); [`RedisServer::restart`] brings it back.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child);
-        }
+        self.0.kill();
     }
 
     /// Stops it with SIGTERM.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child);
-        }
+        self.0.stop();
     }
 
     /// Stops it if running and starts it again on the same port, empty.
@@ -67,31 +55,15 @@ impl RedisServer {
     /// # Errors
     /// It does not start again.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        let log = self.dir.path().join("redis.log");
-        let mut child = spawn(&self.binary, self.dir.path(), self.port)?;
-        crate::wait_for_port(
-            &mut child,
-            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
-            "redis-server",
-            &log,
-        )?;
-        self.child = Some(child);
-        Ok(())
+        self.0.restart()
     }
 }
 
-fn spawn(binary: &std::path::Path, dir: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+fn spawn(binary: &Path, dir: &Path, port: u16) -> anyhow::Result<Child> {
     command(binary, &dir.join("redis.log"))?
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(dir)
         .spawn()
         .context("spawn redis-server")
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
