@@ -2,7 +2,6 @@
 //! (leases, redelivery, nack, dead letters, replay, acks), durability across reopen,
 //! backpressure and wake-ups. Waits are polls with a deadline, never fixed sleeps.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +14,6 @@ use longlink_bus::{
 use tempfile::TempDir;
 
 const LONG: Duration = Duration::from_secs(30);
-const SHORT_LEASE: Duration = Duration::from_millis(200);
 /// How long a test waits for something that should happen well before.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -93,109 +91,6 @@ async fn woken<T>(fetch: impl Future<Output = T>) -> T {
         .expect("a waiting fetch was not woken when its message became ready")
 }
 
-/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[tokio::test]
-async fn publish_fetch_ack_round_trip_keeps_every_field() {
-    let f = Fixture::new(QueueOptions::default());
-    let mut sent = message("c2s.130.1", 0);
-    // Not UTF-8, and u64 values with the top bit set: stored as bit patterns.
-    sent.payload = Bytes::from_static(&[0xff, 0x00, 0xfe, b'x']);
-    sent.log_id = u64::MAX;
-    sent.received_ms = u64::MAX - 1;
-    sent.uid = "ünïcode-uid".to_owned();
-    f.queue.publish(sent.clone()).await.unwrap();
-    assert_eq!(
-        stats(&f.queue, "c2s.130.1").await,
-        counts(1, 0, 0, "c2s.130.1")
-    );
-
-    let got = fetch(&f.queue, "c2s.130.1", 10, LONG).await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].attempt, 1);
-    assert_eq!(got[0].message, sent);
-    assert_eq!(
-        stats(&f.queue, "c2s.130.1").await,
-        counts(0, 1, 0, "c2s.130.1")
-    );
-
-    assert_eq!(f.queue.ack("c2s.130.1", &[got[0].id]).await.unwrap(), 1);
-    assert_eq!(
-        stats(&f.queue, "c2s.130.1").await,
-        counts(0, 0, 0, "c2s.130.1")
-    );
-    assert!(
-        fetch(&f.queue, "c2s.130.1", 10, Duration::ZERO)
-            .await
-            .is_empty()
-    );
-    // Other topics are not touched.
-    assert!(
-        fetch(&f.queue, "c2s.130.2", 10, Duration::ZERO)
-            .await
-            .is_empty()
-    );
-}
-
-#[tokio::test]
-async fn fetch_takes_in_publish_order_up_to_max() {
-    let f = Fixture::new(QueueOptions::default());
-    for n in 0..5 {
-        f.queue.publish(message("orders", n)).await.unwrap();
-    }
-    let first = fetch(&f.queue, "orders", 3, Duration::ZERO).await;
-    let second = fetch(&f.queue, "orders", 3, Duration::ZERO).await;
-    assert_eq!(first.len(), 3);
-    assert_eq!(second.len(), 2);
-    let ids: Vec<u64> = first.iter().chain(&second).map(|l| l.id).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    let sent: Vec<BusMessage> = first
-        .iter()
-        .chain(&second)
-        .map(|l| l.message.clone())
-        .collect();
-    assert_eq!(
-        sent,
-        (0..5).map(|n| message("orders", n)).collect::<Vec<_>>()
-    );
-}
-
-#[tokio::test]
-async fn an_unacked_message_is_delivered_again_after_its_lease() {
-    let f = Fixture::new(options(5));
-    f.queue.publish(message("orders", 1)).await.unwrap();
-    let first = f.queue.fetch("orders", 1, LONG, SHORT_LEASE).await.unwrap();
-    assert_eq!(first.len(), 1);
-    assert_eq!(first[0].attempt, 1);
-    // This fetch finds nothing ready; it must wake when the lease runs out, not at its
-    // 30 s wait.
-    let again = woken(fetch(&f.queue, "orders", 1, LONG)).await;
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].id, first[0].id);
-    assert_eq!(again[0].attempt, 2);
-    assert_eq!(again[0].message, first[0].message);
-    // The late ack of the first delivery still removes it (it was processed).
-    assert_eq!(f.queue.ack("orders", &[first[0].id]).await.unwrap(), 1);
-    assert_eq!(stats(&f.queue, "orders").await, counts(0, 0, 0, "orders"));
-}
-
 #[tokio::test]
 async fn nack_makes_a_message_ready_after_retry_after() {
     let f = Fixture::new(options(5));
@@ -250,88 +145,6 @@ async fn nack_makes_a_message_ready_after_retry_after() {
     assert_eq!(
         f.queue.nack("nothing", &[a], Duration::ZERO).await.unwrap(),
         0
-    );
-}
-
-#[tokio::test]
-async fn dead_letters_after_max_attempts_and_replay() {
-    let f = Fixture::new(options(3));
-    f.queue.publish(message("orders", 1)).await.unwrap();
-    f.queue.publish(message("orders", 2)).await.unwrap();
-
-    // Message 1: nacked on every attempt.
-    let mut nacked_id = None;
-    for attempt in 1..=3 {
-        let got = f.queue.fetch("orders", 1, LONG, LONG).await.unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].attempt, attempt);
-        assert_eq!(got[0].message, message("orders", 1));
-        nacked_id = Some(got[0].id);
-        f.queue
-            .nack("orders", &[got[0].id], Duration::ZERO)
-            .await
-            .unwrap();
-    }
-    let nacked_id = nacked_id.unwrap();
-
-    // Message 2: its lease runs out on every attempt.
-    let mut expired_id = None;
-    for attempt in 1..=3 {
-        let got = woken(f.queue.fetch("orders", 1, LONG, SHORT_LEASE))
-            .await
-            .unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].attempt, attempt);
-        assert_eq!(got[0].message, message("orders", 2));
-        expired_id = Some(got[0].id);
-    }
-    let expired_id = expired_id.unwrap();
-
-    let dead = eventually("both dead-lettered", || async {
-        let dead = f.queue.dead_letters("orders", 0, 10).await.unwrap();
-        (dead.len() == 2).then_some(dead)
-    })
-    .await;
-    assert_eq!(
-        dead.iter().map(|l| (l.id, l.attempt)).collect::<Vec<_>>(),
-        [(nacked_id, 3), (expired_id, 3)]
-    );
-    assert_eq!(dead[0].message, message("orders", 1));
-    assert_eq!(dead[1].message, message("orders", 2));
-    assert_eq!(stats(&f.queue, "orders").await, counts(0, 0, 2, "orders"));
-    // Not delivered any more, and acks do not touch dead letters.
-    assert!(
-        fetch(&f.queue, "orders", 10, Duration::ZERO)
-            .await
-            .is_empty()
-    );
-    assert_eq!(f.queue.ack("orders", &[nacked_id]).await.unwrap(), 0);
-    // Paging by id.
-    let page = f.queue.dead_letters("orders", nacked_id, 10).await.unwrap();
-    assert_eq!(page.iter().map(|l| l.id).collect::<Vec<_>>(), [expired_id]);
-    assert_eq!(f.queue.dead_letters("orders", 0, 1).await.unwrap().len(), 1);
-
-    // Replay one by id, then the rest with an empty list.
-    assert_eq!(
-        f.queue
-            .replay("orders", &[expired_id, 12345])
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(f.queue.replay("orders", &[]).await.unwrap(), 1);
-    assert_eq!(f.queue.replay("orders", &[]).await.unwrap(), 0);
-    let got = fetch(&f.queue, "orders", 10, Duration::ZERO).await;
-    assert_eq!(
-        got.iter().map(|l| (l.id, l.attempt)).collect::<Vec<_>>(),
-        [(nacked_id, 1), (expired_id, 1)]
-    );
-    assert!(
-        f.queue
-            .dead_letters("orders", 0, 10)
-            .await
-            .unwrap()
-            .is_empty()
     );
 }
 
@@ -439,90 +252,6 @@ async fn a_second_open_of_the_same_file_is_refused_until_close() {
     again.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn acks_are_idempotent_and_unknown_ids_are_ignored() {
-    let f = Fixture::new(QueueOptions::default());
-    f.queue.publish(message("orders", 1)).await.unwrap();
-    f.queue.publish(message("orders", 2)).await.unwrap();
-    let got = fetch(&f.queue, "orders", 10, Duration::ZERO).await;
-    let (a, b) = (got[0].id, got[1].id);
-    assert_eq!(
-        f.queue
-            .ack("orders", &[a, a, 999_999, u64::MAX])
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(f.queue.ack("orders", &[a]).await.unwrap(), 0);
-    assert_eq!(f.queue.ack("orders", &[]).await.unwrap(), 0);
-    // An id of another topic is unknown here.
-    assert_eq!(f.queue.ack("other", &[b]).await.unwrap(), 0);
-    assert_eq!(stats(&f.queue, "orders").await, counts(0, 1, 0, "orders"));
-    assert_eq!(f.queue.ack("orders", &[b]).await.unwrap(), 1);
-    assert_eq!(stats(&f.queue, "orders").await, counts(0, 0, 0, "orders"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn competing_fetchers_never_share_a_leased_message() {
-    let f = Fixture::new(QueueOptions::default());
-    let total = 300u32;
-    for n in 0..total {
-        f.queue.publish(message("orders", n)).await.unwrap();
-    }
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let queue = Arc::clone(&f.queue);
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let got = queue
-                    .fetch("orders", 7, Duration::ZERO, LONG)
-                    .await
-                    .unwrap();
-                if got.is_empty() {
-                    return mine;
-                }
-                mine.extend(got.into_iter().map(|l| (l.id, l.attempt)));
-                tokio::task::yield_now().await;
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    assert_eq!(all.len(), total as usize, "each message exactly once");
-    assert!(all.iter().all(|(_, attempt)| *attempt == 1));
-    let unique: BTreeSet<u64> = all.iter().map(|(id, _)| *id).collect();
-    assert_eq!(unique.len(), total as usize);
-    assert_eq!(stats(&f.queue, "orders").await, counts(0, 300, 0, "orders"));
-}
-
-#[tokio::test]
-async fn a_full_topic_refuses_publishes() {
-    let f = Fixture::new(QueueOptions {
-        max_backlog: 3,
-        ..QueueOptions::default()
-    });
-    for n in 0..3 {
-        f.queue.publish(message("orders", n)).await.unwrap();
-    }
-    assert!(matches!(
-        f.queue.publish(message("orders", 3)).await,
-        Err(BusError::Full(topic)) if topic == "orders"
-    ));
-    // Per topic.
-    f.queue.publish(message("other", 0)).await.unwrap();
-    // Room again once one is acked.
-    let got = fetch(&f.queue, "orders", 1, Duration::ZERO).await;
-    f.queue.ack("orders", &[got[0].id]).await.unwrap();
-    f.queue.publish(message("orders", 3)).await.unwrap();
-    assert!(matches!(
-        f.queue.publish(message("orders", 4)).await,
-        Err(BusError::Full(_))
-    ));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_respect_the_backlog() {
     let f = Fixture::new(QueueOptions {
@@ -546,33 +275,6 @@ async fn concurrent_publishes_respect_the_backlog() {
     }
     assert_eq!(accepted, 10);
     assert_eq!(stats(&f.queue, "orders").await, counts(10, 0, 0, "orders"));
-}
-
-#[tokio::test]
-async fn a_waiting_fetch_returns_when_a_message_is_published() {
-    let f = Fixture::new(QueueOptions::default());
-    let queue = Arc::clone(&f.queue);
-    // Waits up to 30 s; the publish must wake it (the message arrives well before).
-    let fetcher = tokio::spawn(async move { queue.fetch("orders", 10, LONG, LONG).await });
-    let queue = Arc::clone(&f.queue);
-    let publisher = tokio::spawn(async move { queue.publish(message("orders", 1)).await });
-    publisher.await.unwrap().unwrap();
-    let got = woken(fetcher).await.unwrap().unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].message, message("orders", 1));
-}
-
-#[tokio::test]
-async fn a_fetch_with_nothing_published_returns_empty_after_its_wait() {
-    let f = Fixture::new(QueueOptions::default());
-    let got = f
-        .queue
-        .fetch("orders", 10, Duration::from_millis(50), LONG)
-        .await
-        .unwrap();
-    assert!(got.is_empty());
-    // A fetch alone does not make a topic.
-    assert!(f.queue.topics().await.unwrap().is_empty());
 }
 
 #[tokio::test]
