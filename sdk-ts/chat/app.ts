@@ -5,7 +5,7 @@ import { LonglinkError, newClientMsgId, parseUserRef, userKey } from "../src/ind
 import type { Client, Content, Message, Receipt, State, UserRef } from "../src/index.ts";
 import { byId, formatBytes, formatDay, formatFull, formatListTime, formatTime, h, paintAvatar, show } from "./dom.ts";
 import { composeRich, renderRich } from "./rich.ts";
-import type { ChatConfig } from "./main.ts";
+import type { ChatConfig } from "./config.ts";
 
 type Status = "pending" | "sent" | "delivered" | "read" | "failed" | "received";
 

@@ -4,15 +4,7 @@
 import { Client, LonglinkError } from "../src/index.ts";
 import { byId, show } from "./dom.ts";
 import { ChatApp } from "./app.ts";
-
-export interface ChatConfig {
-  ws_url: string | null;
-  dev_login: boolean;
-  appcodes: number[];
-  max_body_bytes: number;
-  max_content_bytes: number;
-  dev_token_ttl_secs: number;
-}
+import type { ChatConfig } from "./config.ts";
 
 /** Who signed in, kept per tab (sessionStorage) so that a reload comes back to the same place. */
 interface SavedLogin {
