@@ -35,8 +35,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a single node: gate, logic and API on the embedded store.
+    /// Runs a single node (gate, logic and API on the embedded store), or, with the
+    /// `[cluster]` URLs, the roles of `--roles gate,logic,api` on Redis, PostgreSQL and NATS.
     Serve(serve::ServeArgs),
+    /// Applies the PostgreSQL schema migrations of a cluster (`[cluster] postgres_url`, or
+    /// `--postgres-url`).
+    Migrate(serve::MigrateArgs),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(serve::ConfigCommand),
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
             Command::Config(command) => serve::config(command),
             Command::Token(args) => token::token(args),
             Command::Client(command) => client::run(command).await,

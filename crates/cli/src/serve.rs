@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use longlink_server::config::Role;
 use longlink_server::{Config, DEFAULT_CONFIG};
 
 use crate::{CliExit, EXIT_CONFIG};
@@ -22,6 +23,21 @@ pub(crate) struct ServeArgs {
     /// Data directory of the embedded store (overrides store.data_dir).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// The roles this process runs, comma-separated: gate, logic, api (overrides
+    /// `[cluster] roles`; separate roles need the cluster URLs, docs/operations.md).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) roles: Option<Vec<Role>>,
+}
+
+/// `longlink migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Config file (TOML) whose `[cluster] postgres_url` names the database.
+    #[arg(long, env = "LONGLINK_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// The database to migrate (overrides the config's `[cluster] postgres_url`).
+    #[arg(long)]
+    pub(crate) postgres_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +58,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.store.data_dir = dir;
     }
+    if let Some(roles) = args.roles {
+        if roles.len() < 3 && !config.cluster.enabled() {
+            return Err(CliExit(
+                EXIT_CONFIG,
+                "--roles: a single node runs every role; separate roles need [cluster] \
+                 redis_url, postgres_url and nats_url"
+                    .to_owned(),
+            )
+            .into());
+        }
+        config.cluster.roles = roles;
+    }
     let server = longlink_server::start(&config).await?;
     shutdown_signal().await;
     // Draining rather than a plain stop: clients are told to come back (after a backoff) instead
@@ -52,6 +80,26 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "shutdown signal received; draining the gates, then stopping"
     );
     server.drain_and_stop().await;
+    Ok(())
+}
+
+/// Applies the PostgreSQL migrations of the cluster store (`longlink_store_pg::migrate`).
+pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let url = match args.postgres_url {
+        Some(url) => url,
+        None => load_config(args.config.as_deref())?.cluster.postgres_url,
+    };
+    if url.is_empty() {
+        return Err(CliExit(
+            EXIT_CONFIG,
+            "migrate: no database: set [cluster] postgres_url or pass --postgres-url".to_owned(),
+        )
+        .into());
+    }
+    let applied = longlink_store_pg::migrate(&url)
+        .await
+        .map_err(|err| anyhow::anyhow!("migrate failed: {err}"))?;
+    println!("migrations applied: {applied}");
     Ok(())
 }
 

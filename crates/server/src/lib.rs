@@ -19,24 +19,24 @@
 //!
 //! Modules: [`config`] (Config, the embedded default file, env overrides).
 
+mod cluster;
 pub mod config;
 mod gates;
 mod observe;
+mod parts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use longlink_api::{ApiContext, ApiKeys, ApiLimits, DrainStart, GateDirectory, GateStatus};
-use longlink_bus::{QueueOptions, SqliteQueue, TopicQueue, WebhookConfig};
-use longlink_gate::{Gate, GateListener, ServerTls};
-use longlink_guard::{Guard, SqliteBanStore};
-use longlink_ledger::{LedgerConfig, MemoryLedger};
-use longlink_logic::{Logic, LogicConfig};
+use futures::future::BoxFuture;
+use longlink_api::{ApiContext, DrainStart, GateDirectory, GateStatus};
+use longlink_bus::{QueueOptions, SqliteQueue, TopicQueue};
+use longlink_gate::Gate;
+use longlink_logic::Logic;
 use longlink_metrics::Latency;
 use longlink_presence::{MemoryPresence, Presence};
-use longlink_rpc::trace::{Ledger, NoLedger};
 use longlink_store::{SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -50,29 +50,71 @@ pub const DEV_API_KEY: &str = "dev-api-key-change-me";
 /// How long each shutdown stage may take.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A started node.
-#[derive(Debug)]
+/// A started node: the single node, or one process of a cluster (any of the roles gate,
+/// logic, api; `config.cluster`).
 pub struct RunningServer {
-    gate_addr: std::net::SocketAddr,
+    /// The first gate's address (`None`: this cluster process runs no gate).
+    gate_addr: Option<std::net::SocketAddr>,
     /// The first gate's WebSocket listener (`gate.ws_listen`), when on.
     ws_addr: Option<std::net::SocketAddr>,
     /// The first gate's plain TCP listener next to TLS (`gate.plain_listen`), when on.
     plain_addr: Option<std::net::SocketAddr>,
-    api_addr: std::net::SocketAddr,
+    /// `None`: this cluster process runs no API.
+    api_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     gates: Vec<Gate>,
     /// The gates as the API sees them, with the drains it started.
     directory: Arc<NodeGates>,
     gate_tasks: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
-    api_task: JoinHandle<()>,
+    api_task: Option<JoinHandle<()>>,
     api_shutdown: CancellationToken,
     webhooks: Vec<JoinHandle<()>>,
-    sampler: JoinHandle<()>,
+    sampler: Option<JoinHandle<()>>,
     grpc_addr: Option<std::net::SocketAddr>,
-    store: Arc<SqliteStore>,
-    bus: Arc<SqliteQueue>,
-    presence: Arc<MemoryPresence>,
+    /// `None`: a gate-only cluster process (it reaches the store only through logic).
+    store: Option<Arc<dyn longlink_store::MessageStore>>,
+    bus: Option<Arc<dyn TopicQueue>>,
+    presence: Arc<dyn Presence>,
+    /// A cluster process's own tasks (RPC servers, heartbeats, gate-detector, lease).
+    cluster: Option<cluster::ClusterTasks>,
+    /// Run last, in order: the backends commit what they hold and close.
+    closers: Vec<Closer>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("gate_addr", &self.gate_addr)
+            .field("api_addr", &self.api_addr)
+            .field("gates", &self.gates)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One backend's close, run at the end of [`RunningServer::stop`].
+struct Closer {
+    what: &'static str,
+    close: BoxFuture<'static, anyhow::Result<()>>,
+}
+
+impl Closer {
+    fn new(
+        what: &'static str,
+        close: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Self {
+        Self {
+            what,
+            close: Box::pin(close),
+        }
+    }
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)
+    }
 }
 
 /// Starts a single node (gate + logic + api on embedded backends) as `config` says.
@@ -81,6 +123,9 @@ pub struct RunningServer {
 /// # Errors
 /// The store cannot be opened or a listener cannot be bound.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    if config.cluster.enabled() {
+        return cluster::start(config).await;
+    }
     std::fs::create_dir_all(&config.store.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.store.data_dir.display()))?;
     let store = Arc::new(
@@ -94,77 +139,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         )
         .with_context(|| format!("cannot open store in {}", config.store.data_dir.display()))?,
     );
-    // The black/white lists (durable, changed through the API) and flapping detection.
-    let guard_path = config.store.data_dir.join(longlink_guard::GUARD_FILE);
-    let guard = Arc::new(
-        SqliteBanStore::open(&guard_path)
-            .and_then(|store| Guard::open(Arc::new(store), config.guard.guard_config()))
-            .with_context(|| format!("cannot open the ban lists {}", guard_path.display()))?,
-    );
-    let gate_tls = if config.gate_tls_enabled() {
-        Some(
-            ServerTls::from_pem_files(&config.gate.tls_cert, &config.gate.tls_key)
-                .context("cannot load gate.tls_cert / gate.tls_key")?,
-        )
-    } else {
-        None
-    };
-    // Each gate: its main listener (TLS when configured), and for the first gate the plain
-    // loopback listener and the WebSocket listener (docs/protocol.md "Transports").
-    let mut gate_listeners: Vec<(Vec<GateListener>, longlink_gate::GateConfig)> = Vec::new();
-    let (mut ws_addr, mut plain_addr) = (None, None);
-    for (i, (addr, gate_config)) in config.gate_configs().into_iter().enumerate() {
-        let listener = bind_gate(addr, config.gate.listen_backlog)
-            .with_context(|| format!("cannot bind gate {} on {addr}", gate_config.gate_id))?;
-        let mut listeners = vec![match &gate_tls {
-            Some(tls) => GateListener::tls(listener, tls.clone()),
-            None => GateListener::tcp(listener),
-        }];
-        if i == 0 {
-            if let Some(addr) = config.gate.plain_listen {
-                if !addr.ip().is_loopback() {
-                    tracing::warn!(%addr, "gate.plain_listen is not a loopback address: clients there speak without TLS");
-                }
-                let listener = bind_gate(addr, config.gate.listen_backlog)
-                    .with_context(|| format!("cannot bind gate.plain_listen {addr}"))?;
-                plain_addr = Some(listener.local_addr()?);
-                listeners.push(GateListener::tcp(listener));
-            }
-            if let Some(addr) = config.gate.ws_listen {
-                let listener = bind_gate(addr, config.gate.listen_backlog)
-                    .with_context(|| format!("cannot bind gate.ws_listen {addr}"))?;
-                ws_addr = Some(listener.local_addr()?);
-                listeners.push(GateListener::ws(listener, gate_tls.clone()));
-            }
-        }
-        gate_listeners.push((listeners, gate_config));
-    }
-    // Loaded before anything starts, so a bad file stops the node cleanly.
-    let api_tls = match config.api_tls_enabled() {
-        true => Some(longlink_api::tls::with_alpn(
-            &ServerTls::from_pem_files(&config.api.tls_cert, &config.api.tls_key)
-                .context("cannot load api.tls_cert / api.tls_key")?
-                .rustls_config(),
-        )),
-        false => None,
-    };
-    let api_listener = TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot bind api.listen {}", config.api.listen))?;
-    let grpc_listener = match config.api.grpc_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind api.grpc_listen {addr}"))?,
-        ),
-        None => None,
-    };
-    let gate_addr = gate_listeners[0].0[0].local_addr()?;
-    let api_addr = api_listener.local_addr()?;
-    let grpc_addr = grpc_listener
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()?;
+    let guard = parts::open_guard(config)?;
+    let gate_tls = parts::gate_tls(config)?;
+    let bound = parts::bind_gates(config, gate_tls.as_ref())?;
+    let (ws_addr, plain_addr) = (bound.ws_addr, bound.plain_addr);
+    let api = parts::BoundApi::bind(config).await?;
+    let gate_addr = bound.listeners[0].0[0].local_addr()?;
+    let (api_addr, grpc_addr) = api.addrs()?;
 
     let bus_path = config.store.data_dir.join("bus.sqlite");
     let bus = Arc::new(
@@ -184,90 +165,26 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         longlink_store::SqliteRevocations::open(&revocations_path)
             .with_context(|| format!("cannot open {}", revocations_path.display()))?,
     );
-    let routes = Arc::new(
-        config
-            .routes()
-            .map_err(|why| anyhow::anyhow!("invalid routes: {why}"))?,
-    );
-    let keys = Arc::new(
-        ApiKeys::new(
-            config
-                .api_keys
-                .iter()
-                .map(|k| (k.name.clone(), k.key.clone(), k.appcodes.clone())),
-        )
-        .map_err(|why| anyhow::anyhow!("invalid api_keys: {why}"))?
-        // A key covering every app of the node may operate its gates.
-        .with_node_appcodes(config.apps.iter().map(|a| a.appcode)),
-    );
-    let webhook_configs = config
-        .webhooks
-        .iter()
-        .map(|hook| {
-            let webhook = WebhookConfig {
-                topic: hook.topic.clone(),
-                url: hook.url.clone(),
-                timeout: Duration::from_secs(hook.timeout_secs),
-                backoff_base: Duration::from_millis(hook.backoff_base_ms),
-                backoff_max: Duration::from_millis(hook.backoff_max_ms),
-                max_in_flight: hook.max_in_flight,
-            };
-            webhook
-                .validate()
-                .map(|()| webhook)
-                .map_err(|err| anyhow::anyhow!("invalid webhook for {}: {err}", hook.topic))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if config.api_keys.iter().any(|k| k.key == DEV_API_KEY) {
-        tracing::warn!(
-            "the development API key is enabled: change [[api_keys]] before exposing the API"
-        );
-    }
+    let routes = parts::routes(config)?;
+    let keys = parts::api_keys(config)?;
+    let webhook_configs = parts::webhook_configs(config)?;
     let mut registry = longlink_metrics::Registry::default();
-    let memory_ledger = config.trace.enabled.then(|| {
-        Arc::new(MemoryLedger::new(
-            &config.gate.gate_id,
-            &LedgerConfig {
-                window: Duration::from_secs(config.trace.window_secs),
-                max_traces: config.trace.max_traces,
-                max_events: config.trace.max_events,
-            },
-        ))
-    });
-    let ledger: Arc<dyn Ledger> = match &memory_ledger {
-        Some(ledger) => {
-            ledger.register(&mut registry);
-            ledger.clone()
-        }
-        None => Arc::new(NoLedger),
-    };
-    let gates: Vec<Gate> = gate_listeners
-        .iter()
-        .map(|(_, gate_config)| Gate::new(gate_config.clone(), ledger.clone(), &mut registry))
-        .collect();
-    for gate in &gates {
-        gate.set_guard(guard.clone());
-    }
+    let (memory_ledger, ledger) = parts::ledger(config, &mut registry);
+    let gates = parts::make_gates(&bound, &ledger, &mut registry, &guard);
     let logic = Arc::new(
         Logic::new(
-        LogicConfig {
-            keepalive_interval_secs: config.gate.keepalive_interval_secs,
-            max_content_bytes: config.logic.max_content_bytes,
-            max_response_bytes: config.gate.max_body_bytes as usize,
-            resume_secret: config.logic.resume_secret.clone(),
-            login_limits: config.login_limits(),
-        },
-        Arc::new(config.apps()),
-        presence.clone() as Arc<dyn Presence>,
-        store.clone(),
-        bus.clone(),
-        routes.clone(),
-        Arc::new(gates::GateSet::new(&gates)),
-        ledger.clone(),
-        &mut registry,
-    )
-    // Token revocations survive a restart (issue 8): <data_dir>/tokens.sqlite.
-    .with_revocations(revocations),
+            parts::logic_config(config),
+            Arc::new(config.apps()),
+            presence.clone() as Arc<dyn Presence>,
+            store.clone(),
+            bus.clone(),
+            routes.clone(),
+            Arc::new(gates::GateSet::new(&gates)),
+            ledger.clone(),
+            &mut registry,
+        )
+        // Token revocations survive a restart (issue 8): <data_dir>/tokens.sqlite.
+        .with_revocations(revocations),
     );
     let node_stats = Arc::new(observe::NodeStats::new(
         gates.clone(),
@@ -275,11 +192,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         memory_ledger
             .as_ref()
             .map_or_else(Latency::new, |l| l.c2c_delivery().clone()),
-        config
-            .apps
-            .iter()
-            .map(|a| (a.appcode, a.name.clone()))
-            .collect(),
+        parts::app_names(config),
         bus.clone(),
         &mut registry,
     ));
@@ -290,27 +203,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         gates.clone(),
         shutdown.clone(),
     ));
-    for ((listeners, _), gate) in gate_listeners.iter().zip(&gates) {
-        gate.advertise(listeners[0].local_addr()?);
-    }
-    let mut gate_tasks = Vec::new();
-    for ((listeners, _), gate) in gate_listeners.into_iter().zip(&gates) {
-        let gate = gate.clone();
-        let shutdown = shutdown.clone();
-        let logic = logic.clone();
-        gate_tasks.push(tokio::spawn(async move {
-            gate.serve_all(listeners, logic, shutdown).await;
-        }));
-    }
-    // Each gate tells its clients the others as fallbacks.
-    for gate in &gates {
-        let peers = gates
-            .iter()
-            .filter(|other| other.id() != gate.id())
-            .map(Gate::public_addr)
-            .collect();
-        gate.set_peers(peers);
-    }
+    let gate_logic: Arc<dyn longlink_rpc::LogicService> = logic.clone();
+    let gate_tasks = parts::spawn_gates(bound.listeners, &gates, &gate_logic, &shutdown)?;
     let drain_timeout = Duration::from_secs(config.gate.drain_timeout_secs);
     let directory = Arc::new(NodeGates {
         gates: gates.clone(),
@@ -318,8 +212,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         drains: Mutex::new(HashMap::new()),
     });
     let api_shutdown = CancellationToken::new();
-    let api_task = {
-        let ctx = ApiContext {
+    let api_task = api.spawn(
+        ApiContext {
             push: logic.clone(),
             presence: presence.clone() as Arc<dyn Presence>,
             queue: bus.clone(),
@@ -331,56 +225,49 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             gates: directory.clone(),
             bans: guard.clone(),
             tokens: Arc::new(LogicTokens(logic.clone())),
-            limits: ApiLimits {
-                max_body_bytes: config.api.max_body_bytes,
-                max_content_bytes: config.logic.max_content_bytes,
-                default_lease: Duration::from_secs(config.bus.lease_secs),
-            },
+            limits: parts::api_limits(config),
             chat: chat_settings(config, ws_addr, gate_tls.is_some()),
-        };
-        let api_shutdown = api_shutdown.clone();
-        let tls = api_tls;
-        tokio::spawn(async move {
-            if let Err(err) =
-                longlink_api::serve_tls(api_listener, grpc_listener, ctx, tls, api_shutdown).await
-            {
-                tracing::error!(error = %err, "api server failed");
-            }
-        })
-    };
+        },
+        api_shutdown.clone(),
+    );
     let sampler = tokio::spawn(node_stats.run_sampler(api_shutdown.clone()));
-    let webhooks = webhook_configs
-        .into_iter()
-        .map(|hook| {
-            longlink_bus::spawn_webhook(
-                bus.clone() as Arc<dyn TopicQueue>,
-                hook,
-                api_shutdown.clone(),
-            )
-        })
-        .collect();
+    let webhooks = parts::spawn_webhooks(
+        &(bus.clone() as Arc<dyn TopicQueue>),
+        webhook_configs,
+        &api_shutdown,
+    );
     let grpc_shown = grpc_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     let ws_shown = ws_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     let gate_transport = if gate_tls.is_some() { "tls" } else { "tcp" };
     tracing::info!(gate = %gate_addr, gate_transport, ws = %ws_shown, api = %api_addr, grpc = %grpc_shown, data_dir = %config.store.data_dir.display(), "longlink ready");
+    let (store_close, bus_close) = (store.clone(), bus.clone());
     Ok(RunningServer {
-        gate_addr,
+        gate_addr: Some(gate_addr),
         ws_addr,
         plain_addr,
-        api_addr,
+        api_addr: Some(api_addr),
         shutdown,
         gates,
         directory,
         gate_tasks,
         drain_timeout,
-        api_task,
+        api_task: Some(api_task),
         api_shutdown,
         webhooks,
-        sampler,
+        sampler: Some(sampler),
         grpc_addr,
-        store,
-        bus,
+        store: Some(store),
+        bus: Some(bus),
         presence,
+        cluster: None,
+        closers: vec![
+            Closer::new("bus", async move {
+                bus_close.close().await.map_err(anyhow::Error::from)
+            }),
+            Closer::new("store", async move {
+                store_close.close().await.map_err(anyhow::Error::from)
+            }),
+        ],
     })
 }
 
@@ -556,7 +443,15 @@ impl GateDirectory for NodeGates {
 
 impl RunningServer {
     /// The bound gate address (useful with port 0).
+    ///
+    /// # Panics
+    /// A cluster process that runs no gate ([`Self::gate_addr_if_any`]).
     pub fn gate_addr(&self) -> std::net::SocketAddr {
+        self.gate_addr.expect("this process runs no gate")
+    }
+
+    /// The first gate's bound address, if this process runs a gate.
+    pub fn gate_addr_if_any(&self) -> Option<std::net::SocketAddr> {
         self.gate_addr
     }
 
@@ -582,18 +477,35 @@ impl RunningServer {
     }
 
     /// The bound HTTP API address.
+    ///
+    /// # Panics
+    /// A cluster process that runs no API ([`Self::api_addr_if_any`]).
     pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.api_addr.expect("this process runs no API")
+    }
+
+    /// The bound HTTP API address, if this process runs the API.
+    pub fn api_addr_if_any(&self) -> Option<std::net::SocketAddr> {
         self.api_addr
     }
 
-    /// The node's bus (single node: durable SQLite topics), as consumers see it.
+    /// The node's bus (single node: durable SQLite topics; cluster: NATS JetStream), as
+    /// consumers see it.
+    ///
+    /// # Panics
+    /// A gate-only cluster process (it has no bus).
     pub fn bus(&self) -> Arc<dyn TopicQueue> {
-        self.bus.clone()
+        self.bus.clone().expect("a gate-only process has no bus")
     }
 
     /// The node's message store (for inspection: delivery states, tests).
+    ///
+    /// # Panics
+    /// A gate-only cluster process (it has no store).
     pub fn store(&self) -> Arc<dyn longlink_store::MessageStore> {
-        self.store.clone()
+        self.store
+            .clone()
+            .expect("a gate-only process has no store")
     }
 
     /// The gates of this node (the first is on `gate.listen`).
@@ -640,7 +552,8 @@ impl RunningServer {
         self.stop().await;
     }
 
-    /// Stops the node in order (gate, api, store), each stage bounded by a timeout.
+    /// Stops the node in order (gate, the cluster's RPC servers, api, store), each stage
+    /// bounded by a timeout.
     pub async fn stop(self) {
         self.shutdown.cancel();
         for task in self.gate_tasks {
@@ -648,28 +561,30 @@ impl RunningServer {
                 tracing::warn!("a gate did not drain within the stage timeout");
             }
         }
+        if let Some(cluster) = self.cluster {
+            cluster.stop(STAGE_TIMEOUT).await;
+        }
         self.api_shutdown.cancel();
-        if tokio::time::timeout(STAGE_TIMEOUT, self.api_task)
-            .await
-            .is_err()
+        if let Some(api_task) = self.api_task
+            && tokio::time::timeout(STAGE_TIMEOUT, api_task).await.is_err()
         {
             tracing::warn!("api did not stop within the stage timeout");
         }
-        let _ = tokio::time::timeout(STAGE_TIMEOUT, self.sampler).await;
+        if let Some(sampler) = self.sampler {
+            let _ = tokio::time::timeout(STAGE_TIMEOUT, sampler).await;
+        }
         for hook in self.webhooks {
             if tokio::time::timeout(STAGE_TIMEOUT, hook).await.is_err() {
                 tracing::warn!("a webhook did not stop within the stage timeout");
             }
         }
-        match tokio::time::timeout(STAGE_TIMEOUT, self.bus.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "bus close failed"),
-            Err(_) => tracing::warn!("bus did not close within the stage timeout"),
-        }
-        match tokio::time::timeout(STAGE_TIMEOUT, self.store.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "store close failed"),
-            Err(_) => tracing::warn!("store did not close within the stage timeout"),
+        for closer in self.closers {
+            let what = closer.what;
+            match tokio::time::timeout(STAGE_TIMEOUT, closer.close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "{what} close failed"),
+                Err(_) => tracing::warn!("{what} did not close within the stage timeout"),
+            }
         }
         tracing::info!("longlink stopped");
     }

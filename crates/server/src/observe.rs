@@ -73,6 +73,22 @@ impl NodeStats {
         bus: Arc<dyn TopicQueue>,
         registry: &mut Registry,
     ) -> Self {
+        let first = gates[0].clone();
+        Self::with_gate(first, gates, logic, c2c_delivery, apps, bus, registry)
+    }
+
+    /// [`NodeStats::new`] whose node id and gate figures come from `gate` (a cluster process
+    /// without gates passes one that never serves: its id names the process, its figures stay
+    /// zero).
+    pub(crate) fn with_gate(
+        gate: Gate,
+        gates: Vec<Gate>,
+        logic: LogicMetrics,
+        c2c_delivery: Latency,
+        apps: Vec<(u32, String)>,
+        bus: Arc<dyn TopicQueue>,
+        registry: &mut Registry,
+    ) -> Self {
         let bus_messages = Family::<[(&'static str, String); 2], Gauge>::default();
         registry.register(
             "longlink_bus_messages",
@@ -82,7 +98,7 @@ impl NodeStats {
         Self {
             bus,
             bus_messages,
-            gate: gates[0].clone(),
+            gate,
             gates,
             logic,
             c2c_delivery,

@@ -329,8 +329,10 @@ pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
 #[derive(Debug)]
 pub struct ServeProcess {
     child: tokio::process::Child,
-    gate_addr: SocketAddr,
-    api_addr: SocketAddr,
+    /// `None`: a cluster process without the gate role.
+    gate_addr: Option<SocketAddr>,
+    /// `None`: a cluster process without the api role.
+    api_addr: Option<SocketAddr>,
     stderr_lines: tokio::task::JoinHandle<Vec<String>>,
 }
 
@@ -355,6 +357,18 @@ impl ServeProcess {
         config_toml: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ServeProcess> {
+        Self::start_with_args(binary, dir, config_toml, &[], env).await
+    }
+
+    /// [`ServeProcess::start_with_env`] with extra `serve` arguments, e.g. `--roles gate` for
+    /// one process of a cluster (whose ready line may say `gate=off` or `api=off`).
+    pub async fn start_with_args(
+        binary: &Path,
+        dir: &Path,
+        config_toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ServeProcess> {
         use tokio::io::AsyncBufReadExt;
         let config_path = dir.join("longlink.toml");
         std::fs::write(&config_path, config_toml)?;
@@ -367,6 +381,7 @@ impl ServeProcess {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -387,7 +402,7 @@ impl ServeProcess {
         })
         .await
         .context("serve not ready in time")??;
-        let field = |name: &str| -> anyhow::Result<SocketAddr> {
+        let field = |name: &str| -> anyhow::Result<Option<SocketAddr>> {
             // Text logs say `gate=ADDR`, JSON logs `"gate":"ADDR"`.
             let (start, end_char) = match ready.0.find(&format!("{name}=")) {
                 Some(at) => (at + name.len() + 1, ' '),
@@ -399,7 +414,10 @@ impl ServeProcess {
             };
             let rest = &ready.0[start..];
             let end = rest.find(end_char).unwrap_or(rest.len());
-            Ok(rest[..end].parse()?)
+            match &rest[..end] {
+                "off" => Ok(None),
+                addr => Ok(Some(addr.parse()?)),
+            }
         };
         let (gate_addr, api_addr) = (field("gate")?, field("api")?);
         // Keep draining stderr so the child never blocks on a full pipe.
@@ -419,13 +437,19 @@ impl ServeProcess {
     }
 
     /// The gate's bound address.
+    ///
+    /// # Panics
+    /// The process runs no gate (a cluster role).
     pub fn gate_addr(&self) -> SocketAddr {
-        self.gate_addr
+        self.gate_addr.expect("this process runs no gate")
     }
 
     /// The API's bound address.
+    ///
+    /// # Panics
+    /// The process runs no API (a cluster role).
     pub fn api_addr(&self) -> SocketAddr {
-        self.api_addr
+        self.api_addr.expect("this process runs no API")
     }
 
     /// The child's pid.
