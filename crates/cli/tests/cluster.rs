@@ -16,122 +16,23 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use longlink_sdk::{Client, ClientConfig, Content, Event, Incoming, UserRef};
-use longlink_testkit::{ApiClient, DEV_API_KEY, ServeProcess, WAIT, wait_until};
-use longlink_testservers::{NatsServer, PostgresServer, RedisServer};
+use longlink_sdk::{Client, Content, Event};
+use longlink_testkit::cluster::{
+    Cluster, GATE_DEAD_SECS, HEARTBEAT_SECS, next_message, online, user,
+};
+use longlink_testkit::{WAIT, wait_until};
 use tokio::sync::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_longlink");
-/// The gate-detector's timing in these tests: a heartbeat a second, dead after three.
-const HEARTBEAT_SECS: u64 = 1;
-const GATE_DEAD_SECS: u64 = 3;
-
-/// The three engines and a temp dir for the processes' data.
-struct Engines {
-    redis: RedisServer,
-    postgres: PostgresServer,
-    nats: NatsServer,
-    dir: tempfile::TempDir,
-}
-
-impl Engines {
-    fn start() -> Engines {
-        Engines {
-            redis: RedisServer::start().expect("redis-server starts"),
-            postgres: PostgresServer::start().expect("postgres starts"),
-            nats: NatsServer::start().expect("nats-server starts"),
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    /// `longlink serve --roles ROLES` as process `name` (its data dir and, for a gate, its
-    /// gate id are named after it).
-    async fn spawn(&self, name: &str, roles: &str) -> ServeProcess {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).expect("process dir");
-        let config = longlink_testkit::config_on_free_ports(&dir.join("data"))
-            .replace("gate_id = \"gate-1\"", &format!("gate_id = {name:?}"))
-            .replace(
-                "redis_url = \"\"",
-                &format!("redis_url = {:?}", self.redis.url()),
-            )
-            .replace(
-                "postgres_url = \"\"",
-                &format!("postgres_url = {:?}", self.postgres.url()),
-            )
-            .replace(
-                "nats_url = \"\"",
-                &format!("nats_url = {:?}", self.nats.url()),
-            )
-            .replace(
-                "heartbeat_secs = 2",
-                &format!("heartbeat_secs = {HEARTBEAT_SECS}"),
-            )
-            .replace(
-                "gate_dead_secs = 10",
-                &format!("gate_dead_secs = {GATE_DEAD_SECS}"),
-            )
-            .replace("rpc_timeout_ms = 10000", "rpc_timeout_ms = 3000");
-        ServeProcess::start_with_args(Path::new(BIN), &dir, &config, &["--roles", roles], &[])
-            .await
-            .unwrap_or_else(|err| panic!("{name} ({roles}) starts: {err:#}"))
-    }
-}
-
-fn token(appcode: u32, uid: &str) -> String {
-    longlink_server::Config::default()
-        .apps()
-        .mint(appcode, uid, 3600)
-        .expect("token")
-}
-
-fn client_config(gate: &ServeProcess, uid: &str, device: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(gate.gate_addr().to_string(), 129, token(129, uid), device);
-    config.request_timeout = Duration::from_secs(5);
-    config.send_deadline = Duration::from_secs(60);
-    config
-}
-
-async fn connect(gate: &ServeProcess, uid: &str, device: &str) -> (Client, Incoming) {
-    Client::connect(client_config(gate, uid, device))
-        .await
-        .unwrap_or_else(|err| panic!("{uid} logs in on {}: {err}", gate.gate_addr()))
-}
-
-fn user(uid: &str) -> UserRef {
-    UserRef::new(129, uid)
-}
-
-/// The next message the app gets (other events skipped), within [`WAIT`].
-async fn next_message(incoming: &mut Incoming) -> longlink_sdk::Message {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match incoming.next_event().await {
-                Some(Event::Message(message)) => return message,
-                Some(_) => {}
-                None => panic!("the client ended before a message came"),
-            }
-        }
-    })
-    .await
-    .expect("a message within the deadline")
-}
-
-/// Whether the API says `uid` has a session.
-async fn online(api: &ApiClient, uid: &str) -> bool {
-    let (status, body) = api.get(&format!("/v1/presence/129/{uid}")).await;
-    assert_eq!(status, 200, "{body}");
-    body["online"].as_bool().expect("online flag")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cross_gate_chat_acks_and_offline_pull() {
-    let engines = Engines::start();
-    let logic = engines.spawn("logic-1", "logic").await;
-    let gate_a = engines.spawn("gate-a", "gate").await;
-    let gate_b = engines.spawn("gate-b", "gate").await;
-    let api_process = engines.spawn("api-1", "api").await;
-    let api = ApiClient::new(api_process.api_addr(), DEV_API_KEY);
+    let mut cluster = Cluster::start(Path::new(BIN));
+    cluster.spawn("logic-1", "logic").await;
+    cluster.spawn("gate-a", "gate").await;
+    cluster.spawn("gate-b", "gate").await;
+    cluster.spawn("api-1", "api").await;
+    let api = cluster.api("api-1");
 
     // The API lists both gates of the cluster (from their heartbeats).
     wait_until(WAIT, || async {
@@ -143,8 +44,8 @@ async fn cross_gate_chat_acks_and_offline_pull() {
     .await
     .expect("/v1/gates lists gate-a and gate-b");
 
-    let (alice, mut alice_in) = connect(&gate_a, "alice", "phone").await;
-    let (bob, mut bob_in) = connect(&gate_b, "bob", "phone").await;
+    let (alice, mut alice_in) = cluster.connect("gate-a", "alice", "phone").await;
+    let (bob, mut bob_in) = cluster.connect("gate-b", "bob", "phone").await;
 
     // alice (gate A) → bob (gate B): stored, ACKed, pushed through the NATS gate subject.
     let sent = alice
@@ -173,7 +74,7 @@ async fn cross_gate_chat_acks_and_offline_pull() {
         .c2c_with_id(user("bob"), "a-2", Content::text("while you were away"))
         .await
         .expect("the offline message is ACKed");
-    let mut config = client_config(&gate_a, "bob", "phone");
+    let mut config = cluster.client_config("gate-a", "bob", "phone");
     config.auto_ack = false;
     let (bob, _bob_in) = Client::connect(config)
         .await
@@ -189,30 +90,27 @@ async fn cross_gate_chat_acks_and_offline_pull() {
 
     alice.close().await;
     bob.close().await;
-    for process in [gate_a, gate_b, api_process, logic] {
-        let (status, _) = process.terminate().await.expect("clean stop");
-        assert!(status.success(), "a cluster process exits 0 on SIGTERM");
-    }
+    cluster.terminate_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_gate_is_purged_from_presence_and_its_users_get_their_messages_later() {
-    let engines = Engines::start();
-    let _logic = engines.spawn("logic-1", "logic").await;
-    let gate_a = engines.spawn("gate-a", "gate").await;
-    let gate_b = engines.spawn("gate-b", "gate").await;
-    let api_process = engines.spawn("api-1", "api").await;
-    let api = ApiClient::new(api_process.api_addr(), DEV_API_KEY);
+    let mut cluster = Cluster::start(Path::new(BIN));
+    cluster.spawn("logic-1", "logic").await;
+    cluster.spawn("gate-a", "gate").await;
+    cluster.spawn("gate-b", "gate").await;
+    cluster.spawn("api-1", "api").await;
+    let api = cluster.api("api-1");
 
-    let (alice, _alice_in) = connect(&gate_a, "alice", "phone").await;
-    let mut bob_config = client_config(&gate_b, "bob", "phone");
+    let (alice, _alice_in) = cluster.connect("gate-a", "alice", "phone").await;
+    let mut bob_config = cluster.client_config("gate-b", "bob", "phone");
     bob_config.reconnect = None;
     let (bob, bob_in) = Client::connect(bob_config).await.expect("bob logs in on B");
     wait_until(WAIT, || async { online(&api, "bob").await })
         .await
         .expect("bob is online");
 
-    gate_b.kill9().await.expect("kill -9 gate B");
+    cluster.kill9("gate-b").await;
     drop(bob_in);
     bob.close().await;
     // Nothing cleared bob's session but the gate-detector (no goodbye from a killed gate).
@@ -233,7 +131,7 @@ async fn a_killed_gate_is_purged_from_presence_and_its_users_get_their_messages_
         .c2c_with_id(user("bob"), "to-dead-gate", Content::text("are you there?"))
         .await
         .expect("ACKed although bob's gate is gone");
-    let mut config = client_config(&gate_a, "bob", "phone");
+    let mut config = cluster.client_config("gate-a", "bob", "phone");
     config.auto_ack = false;
     let (bob, _bob_in) = Client::connect(config)
         .await
@@ -250,14 +148,14 @@ async fn a_killed_gate_is_purged_from_presence_and_its_users_get_their_messages_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_logic_process_mid_traffic_loses_and_duplicates_nothing_acked() {
     const MESSAGES: usize = 60;
-    let engines = Engines::start();
-    let logic_1 = engines.spawn("logic-1", "logic").await;
-    let _logic_2 = engines.spawn("logic-2", "logic").await;
-    let gate = engines.spawn("gate-a", "gate").await;
+    let mut cluster = Cluster::start(Path::new(BIN));
+    cluster.spawn("logic-1", "logic").await;
+    cluster.spawn("logic-2", "logic").await;
+    cluster.spawn("gate-a", "gate").await;
 
     // The receiving app: client_msg_id → msgids it was handed.
     let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
-    let (bob, mut bob_in) = connect(&gate, "bob", "phone").await;
+    let (bob, mut bob_in) = cluster.connect("gate-a", "bob", "phone").await;
     let recorder = {
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -273,7 +171,7 @@ async fn killing_a_logic_process_mid_traffic_loses_and_duplicates_nothing_acked(
         })
     };
 
-    let (alice, _alice_in) = connect(&gate, "alice", "phone").await;
+    let (alice, _alice_in) = cluster.connect("gate-a", "alice", "phone").await;
     let alice = Arc::new(alice);
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let sender = {
@@ -294,7 +192,7 @@ async fn killing_a_logic_process_mid_traffic_loses_and_duplicates_nothing_acked(
     wait_until(WAIT, || async { acked.lock().await.len() >= MESSAGES / 3 })
         .await
         .expect("traffic flows");
-    logic_1.kill9().await.expect("kill -9 logic-1");
+    cluster.kill9("logic-1").await;
     tokio::time::timeout(Duration::from_secs(120), sender)
         .await
         .expect("the sender finishes")

@@ -7,6 +7,7 @@
 //! returns only once bound), so a test may connect as soon as it has the address.
 
 pub mod chromium;
+pub mod cluster;
 
 use std::future::Future;
 use std::net::SocketAddr;
