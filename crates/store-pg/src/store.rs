@@ -30,8 +30,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use deadpool_postgres::Pool;
 use longlink_store::{
     AckOutcome, AppendOutcome, Conversation, ConversationPage, Delivered, DeliveryState, Direction,
-    MAX_ACK_IDS, MAX_ID_BYTES, MAX_PAGE_LIMIT, MAX_UNREAD_COUNT, MessageStore, NewMessage, NewS2c,
-    Page, ReadMark, S2cOutcome, StoreError, StoredMessage, UserKey,
+    MAX_ACK_IDS, MAX_UNREAD_COUNT, MessageStore, NewMessage, NewS2c, Page, ReadMark, S2cOutcome,
+    StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
@@ -453,7 +453,7 @@ impl MessageStore for PgStore {
             }
             messages.push(message);
         }
-        Ok(page_from_overfetched(messages, limit, cursor))
+        Ok(Page::from_overfetched(messages, limit, cursor))
     }
 
     async fn ack(
@@ -462,14 +462,7 @@ impl MessageStore for PgStore {
         device: &str,
         msgids: &[u64],
     ) -> Result<AckOutcome, StoreError> {
-        validate_user(owner, "owner")?;
-        validate_id(device, "device")?;
-        if msgids.len() > MAX_ACK_IDS {
-            return Err(StoreError::InvalidArgument(format!(
-                "{} msgids in one ack, more than {MAX_ACK_IDS}",
-                msgids.len()
-            )));
-        }
+        longlink_store::validate_ack(owner, device, msgids)?;
         if msgids.is_empty() {
             return self.call("ack", async { Ok(AckOutcome::default()) }).await;
         }
@@ -513,7 +506,7 @@ impl MessageStore for PgStore {
             )
             .await?;
         let messages = rows.iter().map(read_message).collect::<Result<_, _>>()?;
-        Ok(page_from_overfetched(messages, limit, cursor))
+        Ok(Page::from_overfetched(messages, limit, cursor))
     }
 
     async fn record_pushed(
@@ -990,43 +983,6 @@ fn read_message(row: &Row) -> Result<StoredMessage, StoreError> {
         prev_msgid: u64::try_from(get::<i64>(row, 12)?).unwrap_or(0),
         delivered: get::<i16>(row, 13)? != 0,
     })
-}
-
-// The paging and validation rules of `longlink_store` (crate-private there), restated.
-
-fn effective_limit(limit: u32) -> u32 {
-    match limit {
-        0 => longlink_store::DEFAULT_PAGE_LIMIT,
-        n => n.min(MAX_PAGE_LIMIT),
-    }
-}
-
-fn page_from_overfetched(mut messages: Vec<StoredMessage>, limit: u32, cursor: u64) -> Page {
-    let more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
-    let next_cursor = messages.last().map_or(cursor, |m| m.msgid);
-    Page {
-        messages,
-        next_cursor,
-        more,
-    }
-}
-
-fn validate_user(user: &UserKey, what: &str) -> Result<(), StoreError> {
-    if user.uid.is_empty() {
-        return Err(StoreError::InvalidArgument(format!("{what}.uid is empty")));
-    }
-    validate_id(&user.uid, what)
-}
-
-fn validate_id(id: &str, what: &str) -> Result<(), StoreError> {
-    if id.len() > MAX_ID_BYTES {
-        return Err(StoreError::InvalidArgument(format!(
-            "{what} is {} bytes, more than {MAX_ID_BYTES}",
-            id.len()
-        )));
-    }
-    Ok(())
 }
 
 /// `msgid > cursor` as a BIGINT bound: a cursor past i64::MAX matches nothing.

@@ -172,11 +172,7 @@ pub struct Page {
 impl Page {
     /// Builds a page from rows fetched with a limit of `limit + 1`: the extra row, if present,
     /// only proves that `more` is true and is dropped.
-    pub(crate) fn from_overfetched(
-        mut messages: Vec<StoredMessage>,
-        limit: u32,
-        cursor: u64,
-    ) -> Self {
+    pub fn from_overfetched(mut messages: Vec<StoredMessage>, limit: u32, cursor: u64) -> Self {
         let limit = limit as usize;
         let more = messages.len() > limit;
         messages.truncate(limit);
@@ -401,15 +397,19 @@ pub trait MessageStore: Send + Sync + 'static {
 }
 
 /// The page size a request gets: 0 → [`DEFAULT_PAGE_LIMIT`], at most [`MAX_PAGE_LIMIT`].
-pub(crate) fn effective_limit(limit: u32) -> u32 {
+/// Shared by every backend, so they page alike.
+pub fn effective_limit(limit: u32) -> u32 {
     match limit {
         0 => DEFAULT_PAGE_LIMIT,
         n => n.min(MAX_PAGE_LIMIT),
     }
 }
 
-/// Checks a user key at the API boundary.
-pub(crate) fn validate_user(user: &UserKey, what: &str) -> Result<(), StoreError> {
+/// Checks a user key at the API boundary (every backend does, alike).
+///
+/// # Errors
+/// [`StoreError::InvalidArgument`] for an empty or oversized uid.
+pub fn validate_user(user: &UserKey, what: &str) -> Result<(), StoreError> {
     if user.uid.is_empty() {
         return Err(StoreError::InvalidArgument(format!("{what}.uid is empty")));
     }
@@ -417,11 +417,31 @@ pub(crate) fn validate_user(user: &UserKey, what: &str) -> Result<(), StoreError
 }
 
 /// Checks the length of a uid, device id or client message id.
-pub(crate) fn validate_id(id: &str, what: &str) -> Result<(), StoreError> {
+///
+/// # Errors
+/// [`StoreError::InvalidArgument`] above [`MAX_ID_BYTES`].
+pub fn validate_id(id: &str, what: &str) -> Result<(), StoreError> {
     if id.len() > MAX_ID_BYTES {
         return Err(StoreError::InvalidArgument(format!(
             "{what} is {} bytes, more than {MAX_ID_BYTES}",
             id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The checks of [`MessageStore::ack`]'s arguments, shared by every backend.
+///
+/// # Errors
+/// [`StoreError::InvalidArgument`] for a bad owner or device, or more than [`MAX_ACK_IDS`]
+/// msgids.
+pub fn validate_ack(owner: &UserKey, device: &str, msgids: &[u64]) -> Result<(), StoreError> {
+    validate_user(owner, "owner")?;
+    validate_id(device, "device")?;
+    if msgids.len() > MAX_ACK_IDS {
+        return Err(StoreError::InvalidArgument(format!(
+            "{} msgids in one ack, more than {MAX_ACK_IDS}",
+            msgids.len()
         )));
     }
     Ok(())

@@ -331,14 +331,7 @@ impl MessageStore for SqliteStore {
         device: &str,
         msgids: &[u64],
     ) -> Result<AckOutcome, StoreError> {
-        validate_user(owner, "owner")?;
-        validate_id(device, "device")?;
-        if msgids.len() > MAX_ACK_IDS {
-            return Err(StoreError::InvalidArgument(format!(
-                "{} msgids in one ack, more than {MAX_ACK_IDS}",
-                msgids.len()
-            )));
-        }
+        crate::validate_ack(owner, device, msgids)?;
         if msgids.is_empty() {
             self.check_open()?;
             return Ok(AckOutcome::default());
