@@ -92,6 +92,10 @@ pub(crate) struct ConnShared {
     pub(crate) label: std::sync::OnceLock<std::sync::Arc<str>>,
     /// The session and peer IP once logged in: what the access-list sweep re-checks.
     pub(crate) visitor: std::sync::OnceLock<Visitor>,
+    /// The device class the LOGIN named (unknown after a RESUME: empty).
+    pub(crate) device_class: std::sync::OnceLock<String>,
+    /// Unix milliseconds when the session logged in or resumed on this connection.
+    pub(crate) since_ms: std::sync::OnceLock<u64>,
 }
 
 impl ConnShared {
@@ -101,6 +105,8 @@ impl ConnShared {
             reason: AtomicU8::new(0),
             label: std::sync::OnceLock::new(),
             visitor: std::sync::OnceLock::new(),
+            device_class: std::sync::OnceLock::new(),
+            since_ms: std::sync::OnceLock::new(),
         }
     }
 

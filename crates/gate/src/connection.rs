@@ -587,6 +587,7 @@ impl Connection {
         let ip = self.peer.ip();
         // Recorded before the check, so a list change that this check missed finds the
         // session in the sweep that follows it.
+        let _ = reader.conn.since_ms.set(longlink_proto::unix_ms());
         let _ = reader.conn.visitor.set(crate::close::Visitor {
             session: session.clone(),
             ip,
@@ -635,6 +636,7 @@ impl Connection {
             &self.gate.config.compression,
         );
         let session_id = self.new_session(reader);
+        let _ = reader.conn.device_class.set(request.device_class.clone());
         let accepted = self
             .logic
             .login(

@@ -54,7 +54,7 @@ pub use config::GateConfig;
 pub use drain::DrainReport;
 pub use limits::{Class, ConnLimitsConfig, Rate};
 pub use metrics::GateMetrics;
-pub use session_table::SessionTable;
+pub use session_table::{LoggedIn, SessionTable};
 pub use transport::{GateListener, ServerTls, TlsError, Transport};
 
 /// A gate: its configuration, its session table and its id generators.

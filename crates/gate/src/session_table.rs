@@ -35,6 +35,17 @@ enum Entry {
     Held(CancellationToken),
 }
 
+/// A session logged in on this gate ([`SessionTable::logged_in`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedIn {
+    /// Who, on which gate and session, with which epoch.
+    pub session: longlink_rpc::SessionInfo,
+    /// The device class its LOGIN named (empty after a RESUME: the gate is not told).
+    pub device_class: String,
+    /// Unix milliseconds when it logged in (or resumed) on this gate.
+    pub since_ms: u64,
+}
+
 /// The gate's sessions, sharded so that pushes to different sessions rarely contend. Locks
 /// are held only for a map operation, never across an `.await`.
 #[derive(Debug)]
@@ -124,6 +135,23 @@ impl SessionTable {
             }));
         }
         out
+    }
+
+    /// The sessions logged in with a live link (held ones and logins still in progress are
+    /// left out), as presence lists them: what a cluster gate re-registers when presence lost
+    /// its data.
+    pub fn logged_in(&self) -> Vec<LoggedIn> {
+        self.links()
+            .into_iter()
+            .filter_map(|(_, link)| {
+                let visitor = link.conn.visitor.get()?;
+                Some(LoggedIn {
+                    session: visitor.session.clone(),
+                    device_class: link.conn.device_class.get().cloned().unwrap_or_default(),
+                    since_ms: link.conn.since_ms.get().copied().unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     /// Ends every hold now (a drain or a shutdown: the sessions are over).

@@ -33,7 +33,7 @@ use longlink_bus_nats::{NatsBus, NatsOptions};
 use longlink_gate::Gate;
 use longlink_logic::Logic;
 use longlink_metrics::Latency;
-use longlink_presence::{GateBeat, Presence};
+use longlink_presence::{GateBeat, Presence, SessionEntry};
 use longlink_presence_redis::{LeaseState, RedisNodeLease, RedisPresence};
 use longlink_rpc::{GatePush, LogicService};
 use longlink_rpc_nats::{NatsGatePush, NatsLogic, serve_gate, serve_logic};
@@ -471,7 +471,17 @@ async fn beat(
         .with_context(|| format!("cannot send gate {}'s heartbeat to redis", gate.id()))
 }
 
-/// Sends `gate`'s heartbeat every `every` until `stop`.
+/// Most sessions re-registered by one [`Presence::restore_sessions`] call.
+const RESTORE_BATCH: usize = 500;
+
+/// Sends `gate`'s heartbeat every `every` until `stop`. Before each beat it looks for its
+/// previous one among the live gates: when it is gone, presence lost the gate's data (Redis
+/// restarted empty, or the gate was silent long enough to be declared dead and purged), and
+/// after the next successful beat the gate re-registers its logged-in sessions with their
+/// epochs ([`restore_sessions`]), so that they are reachable again without reconnecting. A
+/// failed call to presence counts as a loss too (it is the sign of a restart; restoring
+/// sessions presence still has changes nothing: their epochs are already there). The live
+/// gates also become the gate's peers, the fallbacks its clients are told at login.
 async fn heartbeat_gate(
     presence: Arc<dyn Presence>,
     gate: Gate,
@@ -482,15 +492,91 @@ async fn heartbeat_gate(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut restore = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Presence failing is as good as gone: Redis may come back empty, and the first call
+        // on a fresh connection may be the one that fails, so a loss would go unseen.
+        let live = presence.live_gates().await;
+        if let Ok(live) = &live {
+            gate.set_peers(peers_of(live, gate.id()));
+        }
+        match live {
+            Ok(live) if live.iter().any(|beat| beat.gate_id == gate.id()) => {}
+            Ok(_) => {
+                if !restore {
+                    tracing::warn!(gate = %gate.id(), "this gate's heartbeat is gone from presence: re-registering its sessions");
+                }
+                restore = true;
+            }
+            Err(err) => {
+                tracing::warn!(gate = %gate.id(), error = %err, "cannot read the live gates: the sessions are re-registered once presence answers");
+                restore = true;
+            }
+        }
         if let Err(err) = beat(presence.as_ref(), &gate, &extra_addrs, ttl).await {
             tracing::warn!(error = %err, "gate heartbeat failed");
+            restore = true;
+            continue;
+        }
+        if restore {
+            match restore_sessions(presence.as_ref(), &gate).await {
+                Ok(restored) => {
+                    tracing::info!(gate = %gate.id(), restored, "sessions re-registered in presence");
+                    restore = false;
+                }
+                Err(err) => {
+                    tracing::warn!(gate = %gate.id(), error = %err, "cannot re-register the sessions; retrying at the next heartbeat");
+                }
+            }
         }
     }
+}
+
+/// The other live, non-draining gates' client addresses, fewest connections first: what a
+/// gate tells its clients as fallbacks (`LoginResponse.gates`; the SDK reconnects there when
+/// this gate is gone).
+fn peers_of(live: &[GateBeat], own: &str) -> Vec<String> {
+    let mut others: Vec<&GateBeat> = live
+        .iter()
+        .filter(|beat| beat.gate_id != own && !beat.draining)
+        .collect();
+    others.sort_by_key(|beat| (beat.connections, beat.gate_id.clone()));
+    others
+        .into_iter()
+        .filter_map(|beat| beat.addrs.first().cloned())
+        .collect()
+}
+
+/// Puts `gate`'s logged-in sessions back into presence with their epochs, in batches of
+/// [`RESTORE_BATCH`]; a device that logged in again meanwhile keeps its newer session.
+async fn restore_sessions(presence: &dyn Presence, gate: &Gate) -> anyhow::Result<u64> {
+    let entries: Vec<SessionEntry> = gate
+        .sessions()
+        .logged_in()
+        .into_iter()
+        .map(|logged_in| SessionEntry {
+            appcode: logged_in.session.appcode,
+            uid: logged_in.session.uid,
+            device_id: logged_in.session.device_id,
+            device_class: logged_in.device_class,
+            epoch: logged_in.session.epoch,
+            gate_id: logged_in.session.gate_id,
+            session_id: logged_in.session.session_id,
+            since_ms: logged_in.since_ms,
+        })
+        .collect();
+    let mut restored = 0;
+    for batch in entries.chunks(RESTORE_BATCH) {
+        restored += presence
+            .restore_sessions(batch.to_vec())
+            .await
+            .context("cannot restore sessions in redis")?;
+    }
+    Ok(restored)
 }
 
 /// The gate-detector: a gate seen live and then silent for its ttl has its sessions purged
