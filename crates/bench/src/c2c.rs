@@ -130,6 +130,11 @@ pub struct C2cArgs {
     /// The server measured: one started by the bench, or --server/--server-pid/--api.
     #[command(flatten)]
     pub target: ServerTarget,
+    /// The receivers log in at this gate address instead of the gate the senders use (needs
+    /// --server): c2c across two gates of a cluster (`scripts/bench-cluster.sh`). Only the
+    /// senders' server's CPU and memory are read.
+    #[arg(long, requires = "server")]
+    pub receivers_server: Option<SocketAddr>,
     /// HS256 secret of --sender-appcode on the server at --server (default: the default
     /// config's secret of appcode 129). A spawned server's secrets are read from its config.
     #[arg(long, env = "LONGLINK_BENCH_SENDER_SECRET", hide_env_values = true)]
@@ -911,6 +916,9 @@ struct Inputs {
     transport: Transport,
     /// The address they connected to (the gate's listener of `transport`).
     endpoint: String,
+    /// The receivers' gate when it is not `endpoint` (--receivers-server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receivers_endpoint: Option<String>,
     rate: u32,
     duration_secs: u64,
     messages_scheduled: u64,
@@ -1166,7 +1174,7 @@ impl Running {
         let login_timeout = Duration::from_secs(args.login_timeout_secs);
         let endpoint = setup.endpoint;
         let receiver_sessions = login_all(
-            endpoint,
+            args.receivers_server.unwrap_or(endpoint),
             args.transport,
             Arc::new(Minter::new(args.receiver_appcode, &setup.receiver_secret)),
             format!("{}r", setup.prefix),
@@ -1570,6 +1578,7 @@ fn summarize(
         inputs: Inputs {
             transport: args.transport,
             endpoint: endpoint.to_string(),
+            receivers_endpoint: args.receivers_server.map(|addr| addr.to_string()),
             rate: args.rate,
             duration_secs: args.duration_secs,
             messages_scheduled: total,
@@ -1701,7 +1710,13 @@ impl Report {
         let j = &self.json;
         let r = &j.results;
         let i = &j.inputs;
-        println!("transport    {} (to {})", i.transport, i.endpoint);
+        match &i.receivers_endpoint {
+            Some(receivers) => println!(
+                "transport    {} (senders to {}, receivers to {receivers})",
+                i.transport, i.endpoint
+            ),
+            None => println!("transport    {} (to {})", i.transport, i.endpoint),
+        }
         println!(
             "sent         {} of {} scheduled in {:.2} s ({} msg/s; {} not sent)",
             thousands(r.sent),
