@@ -51,8 +51,8 @@ use async_nats::{HeaderMap, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use longlink_bus::routes::{MAX_TOPIC_BYTES, valid_topic};
-use longlink_bus::sqlite::{MAX_FETCH, MAX_IDS, MAX_LEASE, MAX_WAIT};
+use longlink_bus::routes::MAX_TOPIC_BYTES;
+use longlink_bus::sqlite::{MAX_FETCH, MAX_LEASE, MAX_WAIT};
 use longlink_bus::{Bus, BusError, BusMessage, Leased, TopicQueue, TopicStats};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use tokio::time::Instant;
@@ -658,17 +658,8 @@ impl TopicQueue for NatsBus {
         wait: Duration,
         lease: Duration,
     ) -> Result<Vec<Leased>, BusError> {
-        check_topic(topic)?;
-        if max == 0 {
-            return Err(BusError::InvalidArgument(
-                "max must be at least 1".to_owned(),
-            ));
-        }
-        if lease.is_zero() {
-            return Err(BusError::InvalidArgument(
-                "lease must be longer than 0".to_owned(),
-            ));
-        }
+        longlink_bus::check_fetch(topic, max, lease)?;
+        check_subject_tokens(topic)?;
         let max = max.min(MAX_FETCH);
         // JetStream keeps ack waits in whole nanoseconds, compared exactly on reuse.
         let lease = lease.min(MAX_LEASE);
@@ -701,7 +692,7 @@ impl TopicQueue for NatsBus {
 
     async fn ack(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError> {
         check_topic(topic)?;
-        check_ids(ids)?;
+        longlink_bus::check_ids(ids)?;
         let mut unique = ids.to_vec();
         unique.sort_unstable();
         unique.dedup();
@@ -737,7 +728,7 @@ impl TopicQueue for NatsBus {
 
     async fn nack(&self, topic: &str, ids: &[u64], retry_after: Duration) -> Result<u64, BusError> {
         check_topic(topic)?;
-        check_ids(ids)?;
+        longlink_bus::check_ids(ids)?;
         let retry_after = retry_after.min(MAX_LEASE);
         let now = Instant::now();
         let mut count = 0;
@@ -796,7 +787,7 @@ impl TopicQueue for NatsBus {
 
     async fn replay(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError> {
         check_topic(topic)?;
-        check_ids(ids)?;
+        longlink_bus::check_ids(ids)?;
         let dead_subject = dead_subject_of(topic);
         let candidates: Vec<(u64, StreamMessage)> = if ids.is_empty() {
             let mut all = Vec::new();
@@ -947,26 +938,21 @@ pub fn dedup_id(message: &BusMessage) -> String {
     )
 }
 
+/// The shared topic rule, plus NATS's own ([`check_subject_tokens`]).
 fn check_topic(topic: &str) -> Result<(), BusError> {
-    // On NATS, dots separate subject tokens, which must not be empty.
-    if valid_topic(topic) && topic.split('.').all(|token| !token.is_empty()) {
+    longlink_bus::check_topic(topic)?;
+    check_subject_tokens(topic)
+}
+
+/// On NATS, dots separate subject tokens, which must not be empty.
+fn check_subject_tokens(topic: &str) -> Result<(), BusError> {
+    if topic.split('.').all(|token| !token.is_empty()) {
         Ok(())
     } else {
         Err(BusError::InvalidArgument(format!(
             "topic must be 1..={MAX_TOPIC_BYTES} bytes of [A-Za-z0-9._-], without empty \
              dot-separated parts"
         )))
-    }
-}
-
-fn check_ids(ids: &[u64]) -> Result<(), BusError> {
-    if ids.len() > MAX_IDS {
-        Err(BusError::InvalidArgument(format!(
-            "{} ids in one call, more than {MAX_IDS}",
-            ids.len()
-        )))
-    } else {
-        Ok(())
     }
 }
 

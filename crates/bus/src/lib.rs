@@ -84,6 +84,57 @@ pub fn c2s_topic(appcode: u32, msgtype: u32) -> String {
     format!("c2s.{appcode}.{msgtype}")
 }
 
+/// Refuses a topic name that is not 1..=[`routes::MAX_TOPIC_BYTES`] bytes of `[A-Za-z0-9._-]`
+/// (the argument rule every backend applies before anything else).
+///
+/// # Errors
+/// [`BusError::InvalidArgument`].
+pub fn check_topic(topic: &str) -> Result<(), BusError> {
+    if routes::valid_topic(topic) {
+        Ok(())
+    } else {
+        Err(BusError::InvalidArgument(format!(
+            "topic must be 1..={} bytes of [A-Za-z0-9._-]",
+            routes::MAX_TOPIC_BYTES
+        )))
+    }
+}
+
+/// Refuses more than [`sqlite::MAX_IDS`] ids in one ack, nack or replay.
+///
+/// # Errors
+/// [`BusError::InvalidArgument`].
+pub fn check_ids(ids: &[u64]) -> Result<(), BusError> {
+    if ids.len() > sqlite::MAX_IDS {
+        Err(BusError::InvalidArgument(format!(
+            "{} ids in one call, more than {}",
+            ids.len(),
+            sqlite::MAX_IDS
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// The argument rules of [`TopicQueue::fetch`]: a valid topic, `max` ≥ 1, a lease > 0.
+///
+/// # Errors
+/// [`BusError::InvalidArgument`].
+pub fn check_fetch(topic: &str, max: usize, lease: std::time::Duration) -> Result<(), BusError> {
+    check_topic(topic)?;
+    if max == 0 {
+        return Err(BusError::InvalidArgument(
+            "max must be at least 1".to_owned(),
+        ));
+    }
+    if lease.is_zero() {
+        return Err(BusError::InvalidArgument(
+            "lease must be longer than 0".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// Bus failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

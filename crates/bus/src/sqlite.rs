@@ -42,7 +42,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::routes::{MAX_TOPIC_BYTES, valid_topic};
 use crate::{Bus, BusError, BusMessage, Leased, TopicQueue, TopicStats};
 
 /// Most messages one `fetch` leases and one `dead_letters` call lists; larger requests are
@@ -375,7 +374,7 @@ impl Drop for SqliteQueue {
 #[async_trait]
 impl Bus for SqliteQueue {
     async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
-        check_topic(&message.topic)?;
+        crate::check_topic(&message.topic)?;
         self.check_open()?;
         let mut reservation = Reservation::new(
             &self.topics,
@@ -404,17 +403,7 @@ impl TopicQueue for SqliteQueue {
         wait: Duration,
         lease: Duration,
     ) -> Result<Vec<Leased>, BusError> {
-        check_topic(topic)?;
-        if max == 0 {
-            return Err(BusError::InvalidArgument(
-                "max must be at least 1".to_owned(),
-            ));
-        }
-        if lease.is_zero() {
-            return Err(BusError::InvalidArgument(
-                "lease must be longer than 0".to_owned(),
-            ));
-        }
+        crate::check_fetch(topic, max, lease)?;
         self.check_open()?;
         let max = max.min(MAX_FETCH);
         let lease = lease.min(MAX_LEASE);
@@ -468,8 +457,8 @@ impl TopicQueue for SqliteQueue {
     }
 
     async fn ack(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError> {
-        check_topic(topic)?;
-        check_ids(ids)?;
+        crate::check_topic(topic)?;
+        crate::check_ids(ids)?;
         self.check_open()?;
         // Out of memory first, so nobody leases them while the delete commits; back in (as
         // ready) if the delete fails or this call is dropped before it is through.
@@ -503,8 +492,8 @@ impl TopicQueue for SqliteQueue {
     }
 
     async fn nack(&self, topic: &str, ids: &[u64], retry_after: Duration) -> Result<u64, BusError> {
-        check_topic(topic)?;
-        check_ids(ids)?;
+        crate::check_topic(topic)?;
+        crate::check_ids(ids)?;
         self.check_open()?;
         let now = Instant::now();
         let retry_after = retry_after.min(MAX_LEASE);
@@ -550,7 +539,7 @@ impl TopicQueue for SqliteQueue {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Leased>, BusError> {
-        check_topic(topic)?;
+        crate::check_topic(topic)?;
         self.check_open()?;
         let limit = limit.min(MAX_FETCH);
         let (wanted, expired) = {
@@ -575,8 +564,8 @@ impl TopicQueue for SqliteQueue {
     }
 
     async fn replay(&self, topic: &str, ids: &[u64]) -> Result<u64, BusError> {
-        check_topic(topic)?;
-        check_ids(ids)?;
+        crate::check_topic(topic)?;
+        crate::check_ids(ids)?;
         self.check_open()?;
         let (replayed, expired) = {
             let mut topics = lock(&self.topics);
@@ -653,27 +642,6 @@ fn writer_error(e: WriterError) -> BusError {
         WriterError::Closed => closed_error(),
         WriterError::WriterStopped => BusError::Unavailable("bus writer stopped".to_owned()),
         other => BusError::Unavailable(other.to_string()),
-    }
-}
-
-fn check_topic(topic: &str) -> Result<(), BusError> {
-    if valid_topic(topic) {
-        Ok(())
-    } else {
-        Err(BusError::InvalidArgument(format!(
-            "topic must be 1..={MAX_TOPIC_BYTES} bytes of [A-Za-z0-9._-]"
-        )))
-    }
-}
-
-fn check_ids(ids: &[u64]) -> Result<(), BusError> {
-    if ids.len() > MAX_IDS {
-        Err(BusError::InvalidArgument(format!(
-            "{} ids in one call, more than {MAX_IDS}",
-            ids.len()
-        )))
-    } else {
-        Ok(())
     }
 }
 
