@@ -6,7 +6,7 @@ use longlink_rpc::{Refusal, SessionInfo};
 use longlink_store::UserKey;
 
 use crate::convert::{user_ref, wire_msg};
-use crate::handlers::{page_size, store_unavailable};
+use crate::handlers::{fitting, page_size, store_unavailable};
 use crate::{Logic, bad_body};
 
 pub(crate) async fn conversations(
@@ -44,18 +44,7 @@ pub(crate) async fn conversations(
     };
     // Each entry carries one whole message, so a long list of long last messages could pass
     // the frame limit: cut it there and say `more` (the client pages on by before_msgid).
-    let budget = logic.config.max_response_bytes.saturating_sub(32);
-    let mut used = 0usize;
-    let fits = response
-        .conversations
-        .iter()
-        .take_while(|c| {
-            use prost::Message as _;
-            used += c.encoded_len() + 8;
-            used <= budget
-        })
-        .count()
-        .max(1);
+    let fits = fitting(&response.conversations, logic.config.max_response_bytes);
     if fits < response.conversations.len() {
         response.conversations.truncate(fits);
         response.more = true;

@@ -52,34 +52,40 @@ pub(crate) struct FittedPage {
     pub(crate) more: bool,
 }
 
-/// Cuts `page` to the longest prefix whose encoded response fits `max_body_bytes` (always at
-/// least one message: a single message always fits, since content is capped below the frame
-/// limit). A cut page says `more`, with the cursor after its last message, so the client's
-/// next request continues exactly there.
-pub(crate) fn fit_page(page: longlink_store::Page, max_body_bytes: usize) -> FittedPage {
-    use prost::Message as _;
-    // Room for next_cursor, more and the repeated field's own framing.
+/// How many of `items`, from the first, fit as the repeated field of a response within
+/// `max_body_bytes` — at least one (a single message always fits, since content is capped
+/// below the frame limit). Leaves room for a response's other small fields.
+pub(crate) fn fitting<T: prost::Message>(items: &[T], max_body_bytes: usize) -> usize {
+    // Room for next_cursor, more and the like.
     let budget = max_body_bytes.saturating_sub(32);
     let mut used = 0;
-    let mut messages = Vec::with_capacity(page.messages.len());
-    let total = page.messages.len();
-    for stored in &page.messages {
-        let msg = crate::convert::wire_msg(stored);
-        let len = msg.encoded_len();
+    let mut count = 0;
+    for item in items {
+        let len = item.encoded_len();
         let cost = len + prost::length_delimiter_len(len) + 1;
-        if !messages.is_empty() && used + cost > budget {
+        if count > 0 && used + cost > budget {
             break;
         }
         used += cost;
-        messages.push(msg);
+        count += 1;
     }
-    if messages.len() == total {
+    count
+}
+
+/// Cuts `page` to the longest prefix whose encoded response fits `max_body_bytes` ([`fitting`]).
+/// A cut page says `more`, with the cursor after its last message, so the client's next
+/// request continues exactly there.
+pub(crate) fn fit_page(page: longlink_store::Page, max_body_bytes: usize) -> FittedPage {
+    let mut messages: Vec<_> = page.messages.iter().map(crate::convert::wire_msg).collect();
+    let fits = fitting(&messages, max_body_bytes);
+    if fits == messages.len() {
         return FittedPage {
             messages,
             next_cursor: page.next_cursor,
             more: page.more,
         };
     }
+    messages.truncate(fits);
     let next_cursor = messages.last().map_or(page.next_cursor, |m| m.msgid);
     FittedPage {
         messages,
