@@ -27,8 +27,32 @@ pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Any SQLite error opening or configuring the file; `InvalidParameterName` with a sentence
 /// if the file cannot be put in WAL mode or `synchronous` does not read back as FULL.
 pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    open_writer_with_page_size(path, None)
+}
+
+/// [`open_writer`], and a database file created by this call gets pages of `page_size`
+/// bytes (a power of two, 512 to 65536) instead of SQLite's default 4096. An existing file
+/// keeps the page size it was created with (changing it would need a `VACUUM` out of WAL
+/// mode); `PRAGMA page_size` reads the one in effect.
+///
+/// Why a backend would want smaller pages: a WAL commit writes every page it dirtied, whole.
+/// A write that touches one small row in each of several B-trees (a message's inbox and
+/// history rows) dirties a page per tree, so the bytes written per commit, and the writer's
+/// CPU for checksumming, copying and `pwrite`, grow with the page size, not the row size.
+///
+/// # Errors
+/// As [`open_writer`].
+pub fn open_writer_with_page_size(
+    path: &Path,
+    page_size: Option<u32>,
+) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    if let Some(page_size) = page_size {
+        // Must come before `journal_mode=WAL`, which writes the header of a new file and
+        // fixes its page size; on an existing file SQLite ignores it.
+        conn.pragma_update(None, "page_size", page_size)?;
+    }
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -162,6 +186,25 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .expect("journal_mode");
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_new_file_gets_the_page_size_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = open_writer_with_page_size(&db(&dir), Some(1024)).expect("open");
+        ensure_schema(&mut conn, 1, SCHEMA).expect("schema");
+        assert_eq!(pragma_i64(&conn, "page_size"), 1024);
+        drop(conn);
+        let conn = open_writer_with_page_size(&db(&dir), Some(8192)).expect("reopen");
+        assert_eq!(pragma_i64(&conn, "page_size"), 1024, "kept");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .expect("journal_mode");
+        assert_eq!(mode, "wal");
+        let other = tempfile::tempdir().expect("tempdir");
+        let mut conn = open_writer(&db(&other)).expect("default");
+        ensure_schema(&mut conn, 1, SCHEMA).expect("schema");
+        assert_eq!(pragma_i64(&conn, "page_size"), 4096, "SQLite's default");
     }
 
     #[test]

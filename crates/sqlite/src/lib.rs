@@ -20,7 +20,8 @@
 //! no change of the store's append throughput (`crates/store/README.md`, "Measured").
 //!
 //! The pieces:
-//! - [`open_writer`], [`ensure_schema`], [`open_read_only`]: opening connections
+//! - [`open_writer`] ([`open_writer_with_page_size`]), [`ensure_schema`], [`open_read_only`]:
+//!   opening connections
 //!   ([`BUSY_TIMEOUT`], [`JOURNAL_SIZE_LIMIT`]).
 //! - [`Checkpointer`]: the checkpoint thread ([`CHECKPOINT_EVERY`]).
 //! - [`ReadPool`]: read-only connections used from async code ([`OpenReader`], [`ReadError`]).
@@ -41,7 +42,7 @@ mod writer;
 pub use checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 pub use connection::{
     BUSY_TIMEOUT, JOURNAL_SIZE_LIMIT, ensure_schema, ensure_schema_upgrading, open_read_only,
-    open_writer,
+    open_writer, open_writer_with_page_size,
 };
 pub use lock::{LockError, lock_exclusive};
 pub use read_pool::{OpenReader, ReadError, ReadPool};

@@ -35,10 +35,20 @@ const DB_FILE: &str = "messages.sqlite3";
 /// two writers would each assign msgids from their own `last_msgid`.
 const LOCK_FILE: &str = "messages.lock";
 /// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const SCHEMA_SQL: &str = include_str!("sqlite/schema.sql");
 /// `UPGRADES[i]` turns schema version `i + 1` into `i + 2`.
-const UPGRADES: [&str; 1] = [include_str!("sqlite/upgrade_2.sql")];
+const UPGRADES: [&str; 2] = [
+    include_str!("sqlite/upgrade_2.sql"),
+    include_str!("sqlite/upgrade_3.sql"),
+];
+/// Page size of a new database file (an existing one keeps its own): 1 KiB instead of
+/// SQLite's 4 KiB. Each message dirties a leaf in several B-trees (inbox, histories,
+/// idempotency key), and a WAL commit writes each dirty page whole, so the page size sets
+/// the bytes (and the writer's checksum, copy and `pwrite` CPU) per message. Measured in the
+/// c2c bench at 10,000 msg/s offered: 37 KB → 15 KB written per message, store writer CPU per
+/// message −30% (docs/benchmarks.md, "After the store changes").
+const PAGE_SIZE: u32 = 1024;
 
 /// How long a write waits for room in a full write queue before `Unavailable`.
 const WRITE_QUEUE_WAIT: Duration = Duration::from_secs(1);
@@ -418,33 +428,25 @@ impl MessageStore for SqliteStore {
         let owner = owner.clone();
         let device = device.to_owned();
         self.read(move |conn| {
-            let in_inbox = conn
-                .prepare_cached(
-                    "SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?3",
-                )?
-                .exists(params![owner.appcode, owner.uid, id])?;
+            let in_inbox =
+                conn.prepare_cached(IN_INBOX_SQL)?
+                    .exists(params![owner.appcode, owner.uid, id])?;
             if !in_inbox {
                 return Ok(None);
             }
-            let acked = conn
+            let state: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT 1 FROM acks WHERE owner_appcode = ?1 AND owner_uid = ?2 \
-                     AND device = ?3 AND msgid = ?4",
+                    "SELECT state FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+                     AND msgid = ?3 AND kind = 1 AND device = ?4",
                 )?
-                .exists(params![owner.appcode, owner.uid, device, id])?;
-            if acked {
-                return Ok(Some(DeliveryState::Acked));
-            }
-            let pushed = conn
-                .prepare_cached(
-                    "SELECT 1 FROM pushes WHERE owner_appcode = ?1 AND owner_uid = ?2 \
-                     AND device = ?3 AND msgid = ?4",
-                )?
-                .exists(params![owner.appcode, owner.uid, device, id])?;
-            Ok(Some(if pushed {
-                DeliveryState::Pushed
-            } else {
-                DeliveryState::Stored
+                .query_row(params![owner.appcode, owner.uid, id, device], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(Some(match state {
+                Some(STATE_ACKED) => DeliveryState::Acked,
+                Some(_) => DeliveryState::Pushed,
+                None => DeliveryState::Stored,
             }))
         })
         .await
@@ -544,14 +546,23 @@ macro_rules! message_columns {
     };
 }
 
-/// ?1 owner appcode, ?2 owner uid, ?3 exclusive lower msgid, ?4 device, ?5 row limit.
+/// `inbox.state` of a kind 1 row: the device acknowledged the message (1: it was pushed it).
+const STATE_ACKED: i64 = 2;
+
+/// ?1 owner appcode, ?2 owner uid, ?3 msgid: the inbox entry (kind 0) exists.
+const IN_INBOX_SQL: &str = "SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 \
+     AND msgid = ?3 AND kind = 0 AND device = ''";
+
+/// ?1 owner appcode, ?2 owner uid, ?3 exclusive lower msgid, ?4 device, ?5 row limit. The
+/// device's ack, if any, is the kind 1 row right after the entry in the same range.
 const PULL_OFFLINE_SQL: &str = concat!(
     "SELECT ",
     message_columns!(),
     " FROM inbox AS i CROSS JOIN messages AS m ON m.msgid = i.msgid \
-     WHERE i.owner_appcode = ?1 AND i.owner_uid = ?2 AND i.msgid > ?3 \
-       AND NOT EXISTS (SELECT 1 FROM acks AS a WHERE a.owner_appcode = ?1 \
-           AND a.owner_uid = ?2 AND a.device = ?4 AND a.msgid = i.msgid) \
+     WHERE i.owner_appcode = ?1 AND i.owner_uid = ?2 AND i.msgid > ?3 AND i.kind = 0 \
+       AND NOT EXISTS (SELECT 1 FROM inbox AS a WHERE a.owner_appcode = ?1 \
+           AND a.owner_uid = ?2 AND a.msgid = i.msgid AND a.kind = 1 AND a.device = ?4 \
+           AND a.state = 2) \
      ORDER BY i.msgid ASC LIMIT ?5"
 );
 
@@ -644,7 +655,7 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
 /// Opens the write connection ([`longlink_sqlite::open_writer`]: WAL, `synchronous=FULL`,
 /// checkpoints off the commit path) with the store's caches; schema created or checked.
 fn open_writer_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let mut conn = longlink_sqlite::open_writer(path)?;
+    let mut conn = longlink_sqlite::open_writer_with_page_size(path, Some(PAGE_SIZE))?;
     // Each append dirties a random leaf in three or four B-trees (inbox, both histories,
     // idempotency key), so commits are page-heavy: a 64 MiB page cache gave ~1.5x the
     // appends/s of the defaults in store_bench (measured together with a checkpoint per 64 MiB
@@ -964,8 +975,11 @@ fn append_in_tx(
         bits_from_u64(msg.log_id),
         prev_msgid,
     ])?;
-    tx.prepare_cached("INSERT INTO inbox (owner_appcode, owner_uid, msgid) VALUES (?1, ?2, ?3)")?
-        .execute(params![msg.to.appcode, msg.to.uid, msgid])?;
+    tx.prepare_cached(
+        "INSERT INTO inbox (owner_appcode, owner_uid, msgid, kind, device, state) \
+         VALUES (?1, ?2, ?3, 0, '', 0)",
+    )?
+    .execute(params![msg.to.appcode, msg.to.uid, msgid])?;
     // Both users' history; OR IGNORE makes a message to oneself one row.
     let mut history = tx.prepare_cached(
         "INSERT OR IGNORE INTO history (owner_appcode, owner_uid, peer_appcode, peer_uid, msgid) \
@@ -1014,10 +1028,13 @@ fn pushed_in_tx(
     device: &str,
     msgids: &[u64],
 ) -> Result<(), WriteError> {
+    // An acked device stays acked (DO NOTHING keeps state 2).
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO pushes (owner_appcode, owner_uid, device, msgid) \
-         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS \
-           (SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?4)",
+        "INSERT INTO inbox (owner_appcode, owner_uid, msgid, kind, device, state) \
+         SELECT ?1, ?2, ?4, 1, ?3, 1 WHERE EXISTS \
+           (SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?4 \
+              AND kind = 0 AND device = '') \
+         ON CONFLICT DO NOTHING",
     )?;
     for &msgid in msgids {
         if let Ok(id) = i64::try_from(msgid) {
@@ -1053,7 +1070,8 @@ fn append_s2c_in_tx(
         bits_from_u64(msg.log_id),
     ])?;
     let mut inbox = tx.prepare_cached(
-        "INSERT OR IGNORE INTO inbox (owner_appcode, owner_uid, msgid) VALUES (?1, ?2, ?3)",
+        "INSERT OR IGNORE INTO inbox (owner_appcode, owner_uid, msgid, kind, device, state) \
+         VALUES (?1, ?2, ?3, 0, '', 0)",
     )?;
     for uid in &msg.recipients {
         inbox.execute(params![msg.appcode, uid, msgid])?;
@@ -1070,12 +1088,12 @@ fn ack_in_tx(
     device: &str,
     msgids: &[u64],
 ) -> Result<AckOutcome, WriteError> {
-    let mut in_inbox = tx.prepare_cached(
-        "SELECT 1 FROM inbox WHERE owner_appcode = ?1 AND owner_uid = ?2 AND msgid = ?3",
-    )?;
+    let mut in_inbox = tx.prepare_cached(IN_INBOX_SQL)?;
+    // A push record of the device becomes its ack; an ack stays as it is (no page write).
     let mut insert_ack = tx.prepare_cached(
-        "INSERT OR IGNORE INTO acks (owner_appcode, owner_uid, device, msgid) \
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO inbox (owner_appcode, owner_uid, msgid, kind, device, state) \
+         VALUES (?1, ?2, ?4, 1, ?3, 2) \
+         ON CONFLICT DO UPDATE SET state = 2 WHERE state <> 2",
     )?;
     // Returns the sender only when this ack is the message's first delivery.
     let mut mark_acked = tx.prepare_cached(

@@ -599,26 +599,163 @@ async fn the_background_checkpointer_copies_the_wal_into_the_database() {
     }
 }
 
+/// The whole schema of version 2, as a build of that version created it.
+const SCHEMA_V2_SQL: &str = include_str!("schema_v2.sql");
+
+/// Creates `dir`'s database as a version 2 build left it (4 KiB pages, WAL), with a v2 build's
+/// rows for messages `(msgid, from, to, client_msg_id)`; returns the connection.
+fn version_2_database(dir: &TempDir, messages: &[(i64, &UserKey, &UserKey, &str)]) -> Connection {
+    let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+    conn.execute_batch("PRAGMA journal_mode = WAL;")
+        .expect("wal");
+    conn.execute_batch(SCHEMA_V2_SQL).expect("v2 schema");
+    conn.execute_batch("PRAGMA user_version = 2;")
+        .expect("version");
+    for &(msgid, from, to, key) in messages {
+        conn.execute(
+            "INSERT INTO messages (msgid, to_appcode, to_uid, from_appcode, from_uid, \
+             from_device, client_msg_id, msgtype, content_type, senddate, state, msgcontent, \
+             log_id, prev_msgid) VALUES (?1, ?2, ?3, ?4, ?5, 'dev', ?6, 1, 0, 1000, 0, x'68', 7, 0)",
+            rusqlite::params![msgid, to.appcode, to.uid, from.appcode, from.uid, key],
+        )
+        .expect("message");
+        conn.execute(
+            "INSERT INTO inbox (owner_appcode, owner_uid, msgid) VALUES (?1, ?2, ?3)",
+            rusqlite::params![to.appcode, to.uid, msgid],
+        )
+        .expect("inbox");
+        for (owner, peer) in [(from, to), (to, from)] {
+            conn.execute(
+                "INSERT INTO history (owner_appcode, owner_uid, peer_appcode, peer_uid, msgid) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![owner.appcode, owner.uid, peer.appcode, peer.uid, msgid],
+            )
+            .expect("history");
+        }
+        conn.execute(
+            "INSERT INTO idempotency_keys (from_appcode, from_uid, from_device, client_msg_id, \
+             msgid, senddate) VALUES (?1, ?2, 'dev', ?3, ?4, 1000)",
+            rusqlite::params![from.appcode, from.uid, key, msgid],
+        )
+        .expect("key");
+    }
+    conn
+}
+
+#[tokio::test]
+async fn a_version_2_database_is_upgraded_and_keeps_its_inbox_pushes_and_acks() {
+    use crate::DeliveryState;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (user(1, "a"), user(1, "b"));
+    let (m1, m2) = (1_i64 << 40, (1_i64 << 40) + 1);
+    let conn = version_2_database(&dir, &[(m1, &a, &b, "k1"), (m2, &a, &b, "k2")]);
+    conn.execute_batch(&format!(
+        "INSERT INTO pushes VALUES (1, 'b', 'phone', {m1}), (1, 'b', 'phone', {m2}), \
+                                   (1, 'b', 'tablet', {m2}); \
+         INSERT INTO acks VALUES (1, 'b', 'phone', {m1}), (1, 'b', 'tablet', {m2}); \
+         UPDATE messages SET state = 1;"
+    ))
+    .expect("v2 delivery rows");
+    drop(conn);
+
+    let store = reopen(&dir);
+    let conn = inspect(&dir);
+    assert_eq!(count(&conn, "PRAGMA user_version"), SCHEMA_VERSION);
+    assert_eq!(
+        count(&conn, "PRAGMA page_size"),
+        4096,
+        "an old file keeps its pages"
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('pushes', 'acks', 'inbox_v2')"
+        ),
+        0
+    );
+    let (m1, m2) = (m1 as u64, m2 as u64);
+    let ids = |page: Page| page.messages.iter().map(|m| m.msgid).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.pull_offline(&b, "phone", 0, 0).await.expect("pull")),
+        [m2]
+    );
+    assert_eq!(
+        ids(store.pull_offline(&b, "tablet", 0, 0).await.expect("pull")),
+        [m1]
+    );
+    assert_eq!(
+        ids(store.pull_offline(&b, "web", 0, 0).await.expect("pull")),
+        [m1, m2]
+    );
+    for (device, msgid, state) in [
+        ("phone", m1, DeliveryState::Acked),
+        ("phone", m2, DeliveryState::Pushed),
+        ("tablet", m1, DeliveryState::Stored),
+        ("tablet", m2, DeliveryState::Acked),
+    ] {
+        assert_eq!(
+            store
+                .delivery_state(&b, device, msgid)
+                .await
+                .expect("state"),
+            Some(state),
+            "{device} {msgid}"
+        );
+    }
+    let mut retry = message(&a, &b, "k1");
+    retry.from_device = "dev".to_owned();
+    let retry = store.append(retry).await.expect("retry");
+    assert!(retry.duplicate);
+    assert_eq!(retry.msgid, m1);
+    let later = store.append(message(&a, &b, "k3")).await.expect("append");
+    assert!(later.msgid > m2);
+    assert_eq!(later.prev_msgid, m2);
+    let acked = store
+        .ack(&b, "phone", &[m2, later.msgid])
+        .await
+        .expect("ack");
+    assert_eq!(acked.acked, 2);
+    assert_eq!(
+        ids(store.pull_offline(&b, "phone", 0, 0).await.expect("pull")),
+        Vec::<u64>::new()
+    );
+    let history = store
+        .history(&b, &a, 0, Direction::Newer, 0)
+        .await
+        .expect("history");
+    assert_eq!(ids(history), [m1, m2, later.msgid]);
+}
+
 #[tokio::test]
 async fn a_version_1_database_is_upgraded_and_keeps_its_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (user(1, "a"), user(1, "b"));
-    let store = reopen(&dir);
-    let m1 = store.append(message(&b, &a, "1")).await.expect("append");
-    store.close().await.expect("close");
-    drop(store);
-    // Turn the file back into what a build with schema version 1 left behind.
-    let conn = inspect(&dir);
+    let m1 = 1_i64 << 40;
+    // What a build with schema version 1 left behind: version 2 without read marks.
+    let conn = version_2_database(&dir, &[(m1, &b, &a, "1")]);
     conn.execute_batch("DROP TABLE read_marks; PRAGMA user_version = 1;")
         .expect("downgrade");
     drop(conn);
 
     let store = reopen(&dir);
     assert_eq!(count(&inspect(&dir), "PRAGMA user_version"), SCHEMA_VERSION);
+    let m1 = m1 as u64;
     let page = store.conversations(&a, 0, 0).await.expect("list");
     assert_eq!(page.conversations.len(), 1);
-    assert_eq!(page.conversations[0].last.msgid, m1.msgid);
+    assert_eq!(page.conversations[0].last.msgid, m1);
     assert_eq!(page.conversations[0].unread, 1);
-    let mark = store.mark_read(&a, &b, m1.msgid).await.expect("mark");
+    let mark = store.mark_read(&a, &b, m1).await.expect("mark");
     assert_eq!(mark.map(|m| m.unread), Some(0));
+    let inbox = store.pull_offline(&a, "phone", 0, 0).await.expect("pull");
+    assert_eq!(inbox.messages.len(), 1);
+}
+
+#[test]
+fn a_new_database_has_small_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open"));
+    assert_eq!(
+        count(&inspect(&dir), "PRAGMA page_size"),
+        i64::from(PAGE_SIZE)
+    );
 }
