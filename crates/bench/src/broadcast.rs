@@ -31,6 +31,7 @@ use crate::api::{PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, SeriesAcc};
 use crate::latency::{self, Latency};
 use crate::num::round;
+use crate::peers;
 use crate::plot;
 use crate::procfs::{Usage, Window};
 use crate::report::{Machine, RunStamp, per, progress_bar, thousands, verdict};
@@ -38,9 +39,11 @@ use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo};
 
 /// DESIGN.md target: API call → last delivery of a broadcast to 15,000 users.
 const TARGET_LAST_MS: f64 = 100.0;
-/// DESIGN.md's peers, same broadcast: nats and mosquitto.
+/// DESIGN.md's peers, same broadcast: nats and mosquitto; only the fallback reference when no
+/// peer ran in the same run (`--peers none`).
 const NATS_LAST_MS: f64 = 275.0;
 const MOSQUITTO_LAST_MS: f64 = 730.0;
+const PEER_REFERENCE: &str = "DESIGN.md (measured by others earlier; no peer ran in this run)";
 /// Wait before retrying a push the server refused as overloaded.
 const RETRY_AFTER: Duration = Duration::from_millis(5);
 /// Per-round distributions drawn in the plot (beyond, only "all rounds").
@@ -96,8 +99,59 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         args.appcode,
         args.deadline_secs,
         async |exe, bench, deadline| measure(&args, exe, bench, deadline).await,
+        async |chosen, exe, json: &mut BroadcastJson| run_peers(&args, chosen, exe, json).await,
     )
     .await
+}
+
+/// The same broadcast against the peers (`--peers`); their measured last delivery replaces
+/// DESIGN.md's in the verdict (mosquitto: its QoS 0 run, the closest to an online-only push).
+async fn run_peers(
+    args: &BroadcastArgs,
+    chosen: &crate::peers::Chosen,
+    exe: &Path,
+    json: &mut BroadcastJson,
+) -> anyhow::Result<()> {
+    let r = &json.results;
+    let longlink = peers::broadcast::Longlink {
+        last_median_ms: r.last_delivery_ms.median,
+        deliveries_per_cpu_sec: r.deliveries_per_server_cpu_sec,
+    };
+    let params = peers::broadcast::Params {
+        users: args.users,
+        rounds: args.rounds,
+        pause_ms: args.pause_ms,
+        round_timeout_secs: args.round_timeout_secs,
+        per_worker: args.options.per_worker,
+        concurrency: args.options.login_concurrency,
+        login_timeout_secs: args.options.login_timeout_secs,
+        deadline_secs: args.deadline_secs,
+    };
+    let section = peers::broadcast::run(chosen, &params, &longlink, exe).await?;
+    let measured = |key: &str| {
+        section
+            .runs
+            .iter()
+            .find(|run| run.peer == key && run.last_delivery_ms.median > 0.0)
+            .map(|run| run.last_delivery_ms.median)
+    };
+    let median = longlink.last_median_ms;
+    let mut sources = Vec::new();
+    if let Some(nats) = measured("nats") {
+        json.targets.nats_last_delivery_ms = nats;
+        json.verdict.ratio_to_nats = round(median / nats, 3);
+        sources.push("nats");
+    }
+    if let Some(mosquitto) = measured("mosquitto-qos0") {
+        json.targets.mosquitto_last_delivery_ms = mosquitto;
+        json.verdict.ratio_to_mosquitto = round(median / mosquitto, 3);
+        sources.push("mosquitto-qos0");
+    }
+    if !sources.is_empty() {
+        json.targets.peers_reference = format!("measured in this run: {}", sources.join(", "));
+    }
+    json.peers = Some((section, longlink));
+    Ok(())
 }
 
 /// What the bench saw of one round while it ran.
@@ -124,6 +178,26 @@ struct BroadcastJson {
     targets: Targets,
     verdict: Verdict,
     notes: Vec<String>,
+    /// The same broadcast against the peers, in the same run (`--peers`), with longlink's
+    /// figures they are compared with.
+    #[serde(serialize_with = "peers_only")]
+    peers: Option<(
+        peers::Section<peers::broadcast::Run>,
+        peers::broadcast::Longlink,
+    )>,
+}
+
+fn peers_only<S: serde::Serializer>(
+    peers: &Option<(
+        peers::Section<peers::broadcast::Run>,
+        peers::broadcast::Longlink,
+    )>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    peers
+        .as_ref()
+        .map(|(section, _)| section)
+        .serialize(serializer)
 }
 
 #[derive(Debug, Serialize)]
@@ -197,6 +271,8 @@ struct Targets {
     last_delivery_ms: f64,
     nats_last_delivery_ms: f64,
     mosquitto_last_delivery_ms: f64,
+    /// Where the peers' figures come from: measured in this run, or DESIGN.md's.
+    peers_reference: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -474,6 +550,7 @@ fn summarize(
             last_delivery_ms: TARGET_LAST_MS,
             nats_last_delivery_ms: NATS_LAST_MS,
             mosquitto_last_delivery_ms: MOSQUITTO_LAST_MS,
+            peers_reference: PEER_REFERENCE.to_owned(),
         },
         verdict: Verdict {
             every_round_met: !lasts.is_empty() && last.max <= TARGET_LAST_MS,
@@ -483,6 +560,7 @@ fn summarize(
             everything_delivered: missing == 0,
         },
         notes,
+        peers: None,
     };
     Report { json, plot }
 }
@@ -533,17 +611,21 @@ impl s2c::Figures for BroadcastJson {
             r.client_cpu_secs
         );
         println!(
-            "target       last delivery ≤ {} ms: median {}, every round {}; median ÷ nats ({} ms) {:.2}, ÷ mosquitto ({} ms) {:.2}",
+            "target       last delivery ≤ {} ms: median {}, every round {}; median ÷ nats ({} ms) {:.2}, ÷ mosquitto ({} ms) {:.2} — {}",
             j.targets.last_delivery_ms,
             verdict(j.verdict.median_met),
             verdict(j.verdict.every_round_met),
             j.targets.nats_last_delivery_ms,
             j.verdict.ratio_to_nats,
             j.targets.mosquitto_last_delivery_ms,
-            j.verdict.ratio_to_mosquitto
+            j.verdict.ratio_to_mosquitto,
+            j.targets.peers_reference
         );
         for note in &j.notes {
             println!("note: {note}");
+        }
+        if let Some((section, longlink)) = &j.peers {
+            peers::broadcast::print(section, longlink);
         }
     }
 }

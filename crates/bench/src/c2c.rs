@@ -55,6 +55,7 @@ use crate::client::{self, Minter, Session};
 use crate::latency::{self, Latency, ms};
 use crate::link::{LinkRead, LinkWrite, Transport};
 use crate::num::round;
+use crate::peers::{self, PeersOption};
 use crate::plot;
 use crate::procfs;
 use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};
@@ -167,6 +168,10 @@ pub struct C2cArgs {
     /// Plot the latency distributions and the latency over time to this file (.svg or .png).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// The same workload (open loop, same rate, senders, receivers, content) against mosquitto
+    /// and nats-server after longlink's (`--peers`).
+    #[command(flatten)]
+    pub peers: PeersOption,
 }
 
 /// Runs the scenario: prints the figures, writes `--json` and `--plot`. Fails (one line) when
@@ -195,6 +200,8 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
     if let Some(plot) = &args.plot {
         plot::check_path(plot)?;
     }
+    // Checked first: a missing broker is said before the longlink run, not after it.
+    let chosen = args.peers.resolve()?;
     let deadline_secs = args
         .deadline_secs
         .unwrap_or(args.duration_secs + args.drain_secs + 120);
@@ -219,7 +226,29 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
     let report = target
         .end_run(outcome, |_| true, deadline_secs, "connections")
         .await?;
+    let mut report = report;
+    // The peers, with the same schedule, once longlink's server is stopped.
+    let r = &report.json.results;
+    let longlink = peers::c2c::Longlink {
+        messages_per_cpu_sec: r.messages_per_server_cpu_sec,
+        e2e_p50_ms: r.e2e_latency_ms.p50,
+        e2e_p99_ms: r.e2e_latency_ms.p99,
+        e2e_p999_ms: r.e2e_latency_ms.p999,
+    };
+    let params = peers::c2c::Params {
+        rate: args.rate,
+        duration_secs: args.duration_secs,
+        senders: args.senders,
+        receivers: args.receivers,
+        content_bytes: args.content_bytes,
+        drain_secs: args.drain_secs,
+        login_timeout_secs: args.login_timeout_secs,
+        deadline_secs,
+    };
+    let section = peers::c2c::run(&chosen, &params, &longlink).await?;
     report.print();
+    peers::c2c::print(&section, &longlink);
+    report.json.peers = Some(section);
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report.json)?;
     }
@@ -908,6 +937,8 @@ struct C2cJson {
     targets: Targets,
     verdict: Verdict,
     notes: Vec<String>,
+    /// The same workload against the peers, in the same run (`--peers`).
+    peers: Option<peers::Section<peers::c2c::Run>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1607,6 +1638,7 @@ fn summarize(
         },
         verdict,
         notes,
+        peers: None,
     };
     Report { json, plot }
 }

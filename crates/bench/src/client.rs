@@ -144,6 +144,11 @@ impl SourcePorts {
         }
     }
 
+    /// The source address.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
     fn take(&self) -> Option<SocketAddr> {
         let span = 65_536 - u32::from(self.first);
         let offset = self.next.fetch_add(1, Ordering::Relaxed) % span;

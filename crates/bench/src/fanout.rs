@@ -142,9 +142,9 @@ struct Deliveries {
     ack_frames: u64,
 }
 
-/// What a worker's connections share.
+/// What a worker's connections share: the deliveries they recorded, for its report lines.
 #[derive(Default)]
-struct WorkerShared {
+pub(crate) struct WorkerShared {
     tag: u64,
     deliveries: Mutex<Deliveries>,
     /// Woken by each delivery (the reporter batches them into `got` lines).
@@ -153,7 +153,7 @@ struct WorkerShared {
 
 impl WorkerShared {
     /// Records one MSG read at `at_us`; `false` when it was no push of this run.
-    fn record(&self, content: &[u8], at_us: u64) -> bool {
+    pub(crate) fn record(&self, content: &[u8], at_us: u64) -> bool {
         let Ok(mut d) = self.deliveries.lock() else {
             return false;
         };
@@ -171,6 +171,30 @@ impl WorkerShared {
         drop(d);
         self.delivered.notify_one();
         true
+    }
+}
+
+impl WorkerShared {
+    /// Records a delivery that carries no message id of its own (a peer broker's): its push
+    /// number k is the identity, and a second copy of one k on the same connection (`seen`)
+    /// counts as a duplicate instead.
+    pub(crate) fn record_once(&self, content: &[u8], at_us: u64, seen: &mut HashSet<u32>) {
+        if let Some((_, k, _)) = parse_content(self.tag, content)
+            && !seen.insert(k)
+        {
+            if let Ok(mut d) = self.deliveries.lock() {
+                d.duplicates += 1;
+            }
+            return;
+        }
+        self.record(content, at_us);
+    }
+
+    /// Counts an acknowledgement the client sent (a PUBACK, for the totals line).
+    pub(crate) fn acked(&self) {
+        if let Ok(mut d) = self.deliveries.lock() {
+            d.ack_frames += 1;
+        }
     }
 }
 
@@ -196,18 +220,33 @@ fn got_lines(shared: &WorkerShared) -> Vec<String> {
 /// # Errors
 /// Never in practice: failures are counted and reported on stdout.
 pub async fn run_worker(args: FanoutWorkerArgs) -> anyhow::Result<()> {
-    let shared = Arc::new(WorkerShared {
-        tag: args.tag,
-        ..WorkerShared::default()
-    });
     let ack = !args.no_ack;
-    let mut worker = {
-        let shared = shared.clone();
-        LoginWorker::start(&args.worker, move |session, stop| {
+    let worker = args.worker.clone();
+    run_receiving_worker(args.tag, move |shared| {
+        LoginWorker::start(&worker, move |session, stop| {
             let shared = shared.clone();
             async move { receive(&shared, session, ack, stop).await }
         })
-    };
+    })
+    .await
+}
+
+/// The body of a receiving worker process, whatever its clients are (longlink sessions here,
+/// a peer broker's subscribers in [`crate::peers`]): `start` starts the clients, which record
+/// what they receive in the [`WorkerShared`] it is given; this reports `got` lines as they
+/// come, the status lines, and at the end the histograms and totals, then exits the process.
+///
+/// # Errors
+/// Never in practice: failures are counted and reported on stdout.
+pub(crate) async fn run_receiving_worker(
+    tag: u64,
+    start: impl FnOnce(Arc<WorkerShared>) -> LoginWorker,
+) -> anyhow::Result<()> {
+    let shared = Arc::new(WorkerShared {
+        tag,
+        ..WorkerShared::default()
+    });
+    let mut worker = start(shared.clone());
     let mut next_report = Instant::now();
     loop {
         tokio::select! {
@@ -512,18 +551,29 @@ impl FleetReport {
 impl Fleet {
     /// Starts the workers (`<exe> bench fanout-worker`).
     pub(crate) fn spawn(spec: &FleetSpec<'_>) -> anyhow::Result<Fleet> {
+        let mut own_args = Vec::new();
+        if !spec.client_ack {
+            own_args.push("--no-ack".to_owned());
+        }
+        Fleet::spawn_as(spec, "fanout-worker", own_args)
+    }
+
+    /// Starts the workers as `<exe> bench <subcommand> --tag <tag> <own_args>`: any worker that
+    /// speaks this module's protocol (the peers' `peer-worker` too).
+    pub(crate) fn spawn_as(
+        spec: &FleetSpec<'_>,
+        subcommand: &str,
+        mut own_args: Vec<String>,
+    ) -> anyhow::Result<Fleet> {
         let (changed, _) = watch::channel(0);
         let delivered = Arc::new(Delivered {
             per_push: (0..spec.pushes).map(|_| AtomicU32::new(0)).collect(),
             total: AtomicU64::new(0),
             changed,
         });
-        let mut own_args = vec!["--tag".to_owned(), spec.tag.to_string()];
-        if !spec.client_ack {
-            own_args.push("--no-ack".to_owned());
-        }
+        own_args.extend(["--tag".to_owned(), spec.tag.to_string()]);
         let got = delivered.clone();
-        let workers = Workers::spawn(&spec.clients, "fanout-worker", &own_args, move |line| {
+        let workers = Workers::spawn(&spec.clients, subcommand, &own_args, move |line| {
             let Some(pairs) = line.strip_prefix("got ") else {
                 return parse_final(line);
             };

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::client::{self, Minter};
 use crate::link::Transport;
 use crate::num::round;
+use crate::peers::{self, PeersOption};
 use crate::procfs::{self, Rss};
 use crate::report::{Machine, RunStamp, mib, per, thousands, verdict};
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides};
@@ -105,6 +106,9 @@ pub struct IdleArgs {
     /// Write the inputs and figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The same workload against mosquitto and nats-server after longlink's (`--peers`).
+    #[command(flatten)]
+    pub peers: PeersOption,
 }
 
 /// `longlink bench idle-worker` (hidden): one worker process of the idle scenario.
@@ -130,6 +134,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     if args.per_worker == 0 || args.concurrency == 0 {
         bail!("--per-worker and --concurrency must be at least 1");
     }
+    // Checked first: a missing broker is said before the longlink run, not after it.
+    let chosen = args.peers.resolve()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.deadline_secs);
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
@@ -158,10 +164,30 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             "workers",
         )
         .await?;
-    report.print();
+    let mut report = report;
     if let Some(problem) = &report.problem {
+        report.print();
         bail!("{problem}");
     }
+    // The peers, with the same parameters, once longlink's server is stopped.
+    let r = &report.json.results;
+    let longlink = peers::idle::Longlink {
+        rss_per_connection_bytes: r.rss_per_connection_bytes,
+        cpu_us_per_login: r.server_cpu_us_per_login,
+        logins_per_cpu_sec: r.logins_per_server_cpu_sec,
+    };
+    let params = peers::idle::Params {
+        connections: args.connections,
+        per_worker: args.per_worker,
+        concurrency: args.concurrency,
+        login_timeout_secs: args.login_timeout_secs,
+        warmup: args.warmup,
+        deadline_secs: args.deadline_secs,
+    };
+    let section = peers::idle::run(&chosen, &params, &longlink, &exe).await?;
+    report.print();
+    peers::idle::print(&section, &longlink);
+    report.json.peers = Some(section);
     if let Some(path) = &args.json {
         crate::report::write_json(path, &report.json)?;
     }
@@ -199,6 +225,8 @@ struct IdleJson {
     results: Results,
     targets: Targets,
     notes: Vec<String>,
+    /// The same workload against the peers, in the same run (`--peers`).
+    peers: Option<peers::Section<peers::idle::Run>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,15 +357,15 @@ impl Report {
 }
 
 /// Resident memory once it stopped moving.
-struct Settled {
-    rss: Rss,
-    secs: f64,
-    stable: bool,
+pub(crate) struct Settled {
+    pub(crate) rss: Rss,
+    pub(crate) secs: f64,
+    pub(crate) stable: bool,
 }
 
 /// Samples `pid`'s RSS every [`SETTLE_INTERVAL`] until two consecutive samples differ by
 /// less than 1%, at most [`SETTLE_MAX`].
-async fn settle(pid: u32) -> anyhow::Result<Settled> {
+pub(crate) async fn settle(pid: u32) -> anyhow::Result<Settled> {
     let start = Instant::now();
     let mut previous = procfs::rss(pid)?;
     loop {
@@ -627,6 +655,7 @@ async fn measure(
             server_cpu_us_per_login: TARGET_CPU_US_PER_LOGIN,
         },
         notes,
+        peers: None,
     };
     Ok(Report { json, problem })
 }

@@ -21,7 +21,8 @@
 //! share), `api` (the HTTP API calls they make), `latency` (histogram summaries), `plot`
 //! (SVG/PNG latency plots), `client` (a lean wire-protocol client), [`link`] (its transports: TCP or WebSocket), `server` (a spawned or
 //! external server under test), `procfs` (RSS and CPU time of a pid), `http` (a raw `GET`),
-//! `report` (dates).
+//! `report` (dates). [`peers`]: the same workloads against mosquitto and nats-server in the
+//! same run (`--peers`), for ratios per server CPU-second.
 
 mod api;
 pub mod broadcast;
@@ -33,6 +34,7 @@ pub mod idle;
 mod latency;
 pub mod link;
 mod num;
+pub mod peers;
 mod plot;
 mod procfs;
 pub mod push;

@@ -36,6 +36,7 @@ use crate::api::{Api, PushAnswer, PushBody, PushStats};
 use crate::fanout::{self, Delivered, SeriesAcc};
 use crate::latency::{self, Latency};
 use crate::num::round;
+use crate::peers;
 use crate::plot;
 use crate::procfs::{Usage, Window};
 use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};
@@ -43,8 +44,10 @@ use crate::s2c::{self, Clients, LoginFigures, S2cOptions, ServerInfo};
 
 /// DESIGN.md target: s2c deliveries per server CPU-second.
 const TARGET_PER_CPU_SEC: f64 = 150_000.0;
-/// DESIGN.md's figure for the peers (nats, mosquitto): about 50k deliveries per CPU-second.
+/// DESIGN.md's figure for the peers (nats, mosquitto): about 50k deliveries per CPU-second;
+/// only the fallback reference when no peer ran in the same run (`--peers none`).
 const PEER_PER_CPU_SEC: f64 = 50_000.0;
+const PEER_REFERENCE: &str = "DESIGN.md (measured by others earlier; no peer ran in this run)";
 /// Most uids in one push (docs/api.md).
 const MAX_BATCH: u32 = 100_000;
 /// Most deliveries one run may schedule.
@@ -122,8 +125,55 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         args.appcode,
         args.deadline_secs,
         async |exe, bench, deadline| measure(&args, exe, bench, deadline).await,
+        async |chosen, exe, json: &mut PushJson| run_peers(&args, chosen, exe, json).await,
     )
     .await
+}
+
+/// The same pushes against the peers (`--peers`); their measured figure replaces DESIGN.md's
+/// in the verdict.
+async fn run_peers(
+    args: &PushArgs,
+    chosen: &crate::peers::Chosen,
+    exe: &Path,
+    json: &mut PushJson,
+) -> anyhow::Result<()> {
+    let r = &json.results;
+    let longlink = peers::push::Longlink {
+        deliveries_per_cpu_sec: r.deliveries_per_server_cpu_sec,
+        e2e_p50_ms: r.e2e_latency_ms.p50,
+        e2e_p99_ms: r.e2e_latency_ms.p99,
+    };
+    let params = peers::push::Params {
+        users: args.users,
+        pushes: args.pushes,
+        batch: args.batch,
+        in_flight: args.in_flight,
+        push_timeout_secs: args.push_timeout_secs,
+        per_worker: args.options.per_worker,
+        concurrency: args.options.login_concurrency,
+        login_timeout_secs: args.options.login_timeout_secs,
+        deadline_secs: args.deadline_secs,
+    };
+    let section = peers::push::run(chosen, &params, &longlink, exe).await?;
+    // The best peer is the one to beat.
+    if let Some(best) = section
+        .runs
+        .iter()
+        .max_by(|a, b| {
+            a.deliveries_per_broker_cpu_sec
+                .total_cmp(&b.deliveries_per_broker_cpu_sec)
+        })
+        .filter(|best| best.deliveries_per_broker_cpu_sec > 0.0)
+    {
+        let per_cpu = longlink.deliveries_per_cpu_sec;
+        json.targets.peers_deliveries_per_cpu_sec = best.deliveries_per_broker_cpu_sec;
+        json.targets.peers_reference =
+            format!("measured in this run: {} (the best peer)", best.peer);
+        json.verdict.ratio_to_peers = round(per_cpu / best.deliveries_per_broker_cpu_sec, 2);
+    }
+    json.peers = Some((section, longlink));
+    Ok(())
 }
 
 /// Per push, shared by the pushing tasks.
@@ -264,6 +314,20 @@ struct PushJson {
     targets: Targets,
     verdict: Verdict,
     notes: Vec<String>,
+    /// The same pushes against the peers, in the same run (`--peers`), with longlink's
+    /// figures they are compared with.
+    #[serde(serialize_with = "peers_only")]
+    peers: Option<(peers::Section<peers::push::Run>, peers::push::Longlink)>,
+}
+
+fn peers_only<S: serde::Serializer>(
+    peers: &Option<(peers::Section<peers::push::Run>, peers::push::Longlink)>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    peers
+        .as_ref()
+        .map(|(section, _)| section)
+        .serialize(serializer)
 }
 
 #[derive(Debug, Serialize)]
@@ -346,7 +410,10 @@ struct TimePoint {
 #[derive(Debug, Serialize)]
 struct Targets {
     deliveries_per_server_cpu_sec: f64,
+    /// The peers' deliveries per CPU-second the verdict compares with …
     peers_deliveries_per_cpu_sec: f64,
+    /// … and where it comes from: measured in this run, or DESIGN.md's figure when no peer ran.
+    peers_reference: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -669,6 +736,7 @@ fn summarize(
         targets: Targets {
             deliveries_per_server_cpu_sec: TARGET_PER_CPU_SEC,
             peers_deliveries_per_cpu_sec: PEER_PER_CPU_SEC,
+            peers_reference: PEER_REFERENCE.to_owned(),
         },
         verdict: Verdict {
             per_cpu_sec_met: per_cpu >= TARGET_PER_CPU_SEC,
@@ -677,6 +745,7 @@ fn summarize(
             everything_delivered: missing == 0 && refused == 0,
         },
         notes,
+        peers: None,
     };
     Report { json, plot }
 }
@@ -738,15 +807,19 @@ impl s2c::Figures for PushJson {
             thousands(s.failed)
         );
         println!(
-            "target       ≥ {} deliveries per server CPU-second: {} ({:.2}× the target, {:.2}× the peers' ~{})",
+            "target       ≥ {} deliveries per server CPU-second: {} ({:.2}× the target, {:.2}× the peers' {} — {})",
             thousands(j.targets.deliveries_per_server_cpu_sec as u64),
             verdict(j.verdict.per_cpu_sec_met),
             j.verdict.ratio_to_target,
             j.verdict.ratio_to_peers,
-            thousands(j.targets.peers_deliveries_per_cpu_sec as u64)
+            thousands(j.targets.peers_deliveries_per_cpu_sec as u64),
+            j.targets.peers_reference
         );
         for note in &j.notes {
             println!("note: {note}");
+        }
+        if let Some((section, longlink)) = &j.peers {
+            peers::push::print(section, longlink);
         }
     }
 }

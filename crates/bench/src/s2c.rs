@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::api::{Api, DEV_API_KEY};
 use crate::fanout::{Fleet, FleetSpec};
 use crate::num::round;
+use crate::peers::{Chosen, PeersOption};
 use crate::procfs;
 use crate::report::thousands;
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret};
@@ -57,6 +58,9 @@ pub struct S2cOptions {
     /// Plot the latency distributions to this file (.svg or .png).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// The same workload against mosquitto and nats-server after longlink's (`--peers`).
+    #[command(flatten)]
+    pub peers: PeersOption,
 }
 
 /// The server under test, with its API.
@@ -81,17 +85,21 @@ pub(crate) trait Figures: Serialize {
 }
 
 /// Runs an s2c scenario around its `measure`: sets the `--deadline-secs` deadline, starts (or
-/// finds) the server for `appcode`'s clients, measures, stops the server; then prints the
-/// figures and writes `--json` and `--plot`.
+/// finds) the server for `appcode`'s clients, measures, stops the server; then runs the same
+/// workload against the `--peers` (`peers`, which adds their figures to the report); then
+/// prints the figures and writes `--json` and `--plot`.
 ///
 /// # Errors
-/// As [`start`], `measure`'s, the deadline.
+/// As [`start`], `measure`'s, the deadline, a peer's run.
 pub(crate) async fn run<J: Figures>(
     options: &S2cOptions,
     appcode: u32,
     deadline_secs: u64,
     measure: impl AsyncFnOnce(&Path, &Bench, Instant) -> anyhow::Result<Report<J>>,
+    peers: impl AsyncFnOnce(&Chosen, &Path, &mut J) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    // Checked first: a missing broker is said before the longlink run, not after it.
+    let chosen = options.peers.resolve()?;
     let deadline = Instant::now() + Duration::from_secs(deadline_secs);
     let exe = std::env::current_exe().context("cannot find the longlink executable")?;
     let bench = start(options, &exe, appcode, deadline).await?;
@@ -100,6 +108,8 @@ pub(crate) async fn run<J: Figures>(
         .target
         .end_run(outcome, |_| true, deadline_secs, "workers")
         .await?;
+    let mut report = report;
+    peers(&chosen, &exe, &mut report.json).await?;
     report.json.print();
     if let Some(path) = &options.json {
         crate::report::write_json(path, &report.json)?;

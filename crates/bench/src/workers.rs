@@ -149,6 +149,30 @@ impl LoginWorker {
         H: Fn(Session, CancellationToken) -> F + Clone + Send + 'static,
         F: Future<Output = HoldEnd> + Send + 'static,
     {
+        let minter = Arc::new(Minter::new(args.appcode, &args.token_secret));
+        let (server, transport) = (args.server, args.transport);
+        let timeout = Duration::from_secs(args.login_timeout_secs);
+        let login = move |uid: String, source: Option<Arc<SourcePorts>>| {
+            let minter = minter.clone();
+            async move {
+                client::login(server, transport, source.as_deref(), &minter, &uid, timeout).await
+            }
+        };
+        LoginWorker::start_with(args, login, hold)
+    }
+
+    /// [`LoginWorker::start`] with another way in: `connect(uid, source ports)` opens one
+    /// client's connection (a longlink LOGIN, or a peer broker's connect + subscribe, see
+    /// [`crate::peers`]) and `hold` keeps what it returns until `stop`. Counting, reporting
+    /// and stopping are the same for every kind of client.
+    pub(crate) fn start_with<C, CF, S, H, F>(args: &WorkerArgs, connect: C, hold: H) -> LoginWorker
+    where
+        C: Fn(String, Option<Arc<SourcePorts>>) -> CF + Clone + Send + 'static,
+        CF: Future<Output = Result<S, String>> + Send + 'static,
+        S: Send + 'static,
+        H: Fn(S, CancellationToken) -> F + Clone + Send + 'static,
+        F: Future<Output = HoldEnd> + Send + 'static,
+    {
         let stop = CancellationToken::new();
         {
             let stop = stop.clone();
@@ -174,10 +198,8 @@ impl LoginWorker {
             });
         }
         let logins = Arc::new(Logins::default());
-        let minter = Arc::new(Minter::new(args.appcode, &args.token_secret));
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
-        let timeout = Duration::from_secs(args.login_timeout_secs);
         let source = args
             .source
             .map(|ip| Arc::new(SourcePorts::new(ip, args.first_port)));
@@ -194,21 +216,20 @@ impl LoginWorker {
                         },
                         _ = stop.cancelled() => break,
                     };
-                    let (stop, logins, minter, source, hold) = (
+                    let (stop, logins, connect, source, hold) = (
                         stop.clone(),
                         logins.clone(),
-                        minter.clone(),
+                        connect.clone(),
                         source.clone(),
                         hold.clone(),
                     );
                     let uid = format!("{}{i}", args.uid_prefix);
                     tracker.spawn(async move {
                         let result = tokio::select! {
-                            result = client::login(args.server, args.transport, source.as_deref(), &minter, &uid, timeout) => result,
+                            result = connect(uid, source) => result,
                             _ = stop.cancelled() => return,
                         };
                         drop(permit);
-                        drop(uid);
                         logins
                             .last_done_micros
                             .fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -6,6 +6,7 @@ use longlink_bench::broadcast::BroadcastArgs;
 use longlink_bench::c2c::C2cArgs;
 use longlink_bench::fanout::FanoutWorkerArgs;
 use longlink_bench::idle::{IdleArgs, IdleWorkerArgs};
+use longlink_bench::peers::worker::PeerWorkerArgs;
 use longlink_bench::push::PushArgs;
 use longlink_bench::reconnect::{ReconnectStormArgs, ReconnectStormWorkerArgs};
 
@@ -37,6 +38,9 @@ pub(crate) enum BenchCommand {
     /// One client worker process of `bench reconnect-storm` (not for direct use).
     #[command(hide = true)]
     ReconnectStormWorker(ReconnectStormWorkerArgs),
+    /// One worker process holding a peer broker's subscribers (`--peers`; not for direct use).
+    #[command(hide = true)]
+    PeerWorker(PeerWorkerArgs),
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -57,5 +61,6 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::ReconnectStormWorker(args) => {
             longlink_bench::reconnect::run_worker(args).await
         }
+        BenchCommand::PeerWorker(args) => longlink_bench::peers::worker::run_worker(args).await,
     }
 }
