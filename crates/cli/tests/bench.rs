@@ -1,6 +1,7 @@
 //! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast) runs small against its own spawned server,
-//! exits 0 and writes the JSON it documents; idle and c2c also over WebSocket (`--transport ws`). (No timing is asserted: figures live in
-//! docs/benchmarks.md.)
+//! exits 0 and writes the JSON it documents; idle and c2c also over WebSocket (`--transport ws`); idle, push, broadcast
+//! and c2c also with their peers in the same run (`--peers mosquitto,nats`: throwaway mosquitto and nats-server brokers,
+//! installed by scripts/test). (No timing is asserted: figures live in docs/benchmarks.md.)
 
 mod common;
 
@@ -30,7 +31,7 @@ async fn bench(args: &[&str], json: &std::path::Path) -> serde_json::Value {
 async fn idle_scenario_logs_everyone_in_and_reports_memory() {
     let dir = tempfile::tempdir().unwrap();
     let report = bench(
-        &["idle", "--connections", "50"],
+        &["idle", "--connections", "50", "--peers", "none"],
         &dir.path().join("idle.json"),
     )
     .await;
@@ -45,7 +46,15 @@ async fn idle_scenario_logs_everyone_in_and_reports_memory() {
 async fn idle_scenario_over_websocket_logs_everyone_in() {
     let dir = tempfile::tempdir().unwrap();
     let report = bench(
-        &["idle", "--connections", "20", "--transport", "ws"],
+        &[
+            "idle",
+            "--connections",
+            "20",
+            "--transport",
+            "ws",
+            "--peers",
+            "none",
+        ],
         &dir.path().join("idle-ws.json"),
     )
     .await;
@@ -77,6 +86,8 @@ async fn c2c_scenario_delivers_everything_it_acknowledged() {
             "4",
             "--receivers",
             "4",
+            "--peers",
+            "none",
         ],
         &dir.path().join("c2c.json"),
     )
@@ -108,6 +119,8 @@ async fn c2c_scenario_over_websocket_delivers_every_message() {
             "4",
             "--receivers",
             "4",
+            "--peers",
+            "none",
         ],
         &dir.path().join("c2c-ws.json"),
     )
@@ -147,6 +160,8 @@ async fn push_scenario_delivers_every_push_to_its_online_targets() {
             "5",
             "--in-flight",
             "4",
+            "--peers",
+            "none",
         ],
         &dir.path().join("push.json"),
     )
@@ -179,6 +194,8 @@ async fn broadcast_scenario_reaches_every_online_user_each_round() {
             "--pause-ms",
             "50",
             "--persist",
+            "--peers",
+            "none",
         ],
         &dir.path().join("broadcast.json"),
     )
@@ -198,4 +215,170 @@ async fn broadcast_scenario_reaches_every_online_user_each_round() {
         results["last_delivery_ms"]["median"].is_number(),
         "{results}"
     );
+}
+
+/// The peers every `--peers mosquitto,nats` run measures, in order.
+const PEERS: [&str; 3] = ["mosquitto-qos0", "mosquitto-qos1", "nats"];
+
+/// The `peers` section of a report: every peer measured, one run each, returned in order.
+fn peer_runs(report: &serde_json::Value) -> Vec<serde_json::Value> {
+    let peers = &report["peers"];
+    assert_eq!(peers["measured"], serde_json::json!(PEERS), "{peers}");
+    assert!(peers["ratios_are"].is_string(), "{peers}");
+    let runs = peers["runs"].as_array().expect("peer runs").clone();
+    assert_eq!(runs.len(), PEERS.len(), "{peers}");
+    for (run, key) in runs.iter().zip(PEERS) {
+        assert_eq!(run["peer"], key, "{run}");
+        assert!(run["broker"]["pid"].is_number(), "{run}");
+        assert!(run["broker"]["version"].is_string(), "{run}");
+        assert!(run["ratios"].is_object(), "{run}");
+    }
+    runs
+}
+
+#[tokio::test]
+async fn idle_scenario_runs_its_peers_in_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "idle",
+            "--connections",
+            "20",
+            "--warmup",
+            "4",
+            "--peers",
+            "mosquitto,nats",
+        ],
+        &dir.path().join("idle-peers.json"),
+    )
+    .await;
+    assert_eq!(report["results"]["logged_in"], 20, "{report}");
+    for run in peer_runs(&report) {
+        assert_eq!(run["connections"], 20, "{run}");
+        assert_eq!(run["connected"], 20, "{run}");
+        assert_eq!(run["failed"], 0, "{run}");
+        assert_eq!(run["dropped"], 0, "{run}");
+        assert!(run["rss_per_connection_bytes"].is_number(), "{run}");
+        assert!(run["ratios"]["memory_per_connection"].is_number(), "{run}");
+    }
+}
+
+#[tokio::test]
+async fn push_scenario_runs_its_peers_with_the_same_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "push",
+            "--users",
+            "20",
+            "--pushes",
+            "30",
+            "--batch",
+            "5",
+            "--in-flight",
+            "4",
+            "--peers",
+            "mosquitto,nats",
+        ],
+        &dir.path().join("push-peers.json"),
+    )
+    .await;
+    assert_eq!(report["results"]["delivered"], 150, "{report}");
+    // Measured or DESIGN.md's (a run this small may use less CPU than one clock tick).
+    assert!(report["targets"]["peers_reference"].is_string(), "{report}");
+    for run in peer_runs(&report) {
+        assert_eq!(run["users"], 20, "{run}");
+        assert_eq!(run["pushes"], 30, "{run}");
+        assert_eq!(run["batch"], 5, "{run}");
+        assert_eq!(run["targets"], 150, "{run}");
+        assert_eq!(run["delivered"], 150, "{run}");
+        assert_eq!(run["missing"], 0, "{run}");
+        assert_eq!(run["duplicates"], 0, "{run}");
+        assert_eq!(run["publish_errors"], 0, "{run}");
+        assert_eq!(run["pushes_complete"], 30, "{run}");
+        assert_eq!(run["e2e_latency_ms"]["count"], 150, "{run}");
+    }
+}
+
+#[tokio::test]
+async fn broadcast_scenario_runs_its_peers_with_the_same_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "broadcast",
+            "--users",
+            "20",
+            "--rounds",
+            "2",
+            "--pause-ms",
+            "50",
+            "--peers",
+            "mosquitto,nats",
+        ],
+        &dir.path().join("broadcast-peers.json"),
+    )
+    .await;
+    assert_eq!(report["results"]["delivered"], 40, "{report}");
+    for run in peer_runs(&report) {
+        assert_eq!(run["users"], 20, "{run}");
+        assert_eq!(run["expected"], 40, "{run}");
+        assert_eq!(run["delivered"], 40, "{run}");
+        assert_eq!(run["missing"], 0, "{run}");
+        assert_eq!(run["duplicates"], 0, "{run}");
+        let rounds = run["rounds"].as_array().expect("rounds");
+        assert_eq!(rounds.len(), 2, "{run}");
+        for round in rounds {
+            assert_eq!(round["delivered"], 20, "{run}");
+            assert_eq!(round["complete"], true, "{run}");
+            assert!(round["last_delivery_ms"].is_number(), "{run}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn c2c_scenario_runs_its_peers_at_the_same_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "c2c",
+            "--rate",
+            "200",
+            "--duration-secs",
+            "2",
+            "--senders",
+            "4",
+            "--receivers",
+            "4",
+            "--peers",
+            "mosquitto,nats",
+        ],
+        &dir.path().join("c2c-peers.json"),
+    )
+    .await;
+    assert_eq!(report["results"]["received"], 400, "{report}");
+    for run in peer_runs(&report) {
+        assert_eq!(run["rate"], 200, "{run}");
+        assert_eq!(run["messages_scheduled"], 400, "{run}");
+        assert_eq!(run["sent"], 400, "{run}");
+        assert_eq!(run["received"], 400, "{run}");
+        for zero in ["missing", "duplicates", "misrouted", "publish_errors"] {
+            assert_eq!(run[zero], 0, "{zero}: {run}");
+        }
+        assert_eq!(run["e2e_latency_ms"]["count"], 400, "{run}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_peer_is_refused_in_one_line() {
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        command(&["bench", "idle", "--connections", "1", "--peers", "rabbitmq"]).output(),
+    )
+    .await
+    .expect("bench finished in time")
+    .expect("bench ran");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown peer \"rabbitmq\""), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

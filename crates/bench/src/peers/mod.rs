@@ -227,9 +227,14 @@ pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-/// A ratio as the summaries print it: `1.23×`.
+/// A ratio as the summaries print it: `1.23×`; `n/a` when it could not be taken (a figure
+/// was 0, e.g. less CPU than one clock tick).
 pub(crate) fn times(ratio: f64) -> String {
-    format!("{ratio:.2}×")
+    if ratio > 0.0 {
+        format!("{ratio:.2}×")
+    } else {
+        "n/a".to_owned()
+    }
 }
 
 /// The deadline of one peer's run.
