@@ -76,14 +76,26 @@ async fn accept_loop(
                 let connection =
                     Connection::new(gate.clone(), logic.clone(), shutdown.clone(), peer);
                 let tracker_for_writer = tracker.clone();
+                if transport == Transport::Tcp {
+                    // No handshake: the task is the connection's own future, nothing around
+                    // it (its size is what every idle connection keeps).
+                    tracker.spawn(async move {
+                        connection
+                            .run(transport::Stream::Tcp(stream), &tracker_for_writer)
+                            .await;
+                        drop(permit);
+                    });
+                    continue;
+                }
                 let (gate, tls, shutdown) = (gate.clone(), tls.clone(), shutdown.clone());
                 tracker.spawn(async move {
-                    let handshake = transport::establish(
+                    // Boxed: the handshake's state is large and over once the link is up.
+                    let handshake = Box::pin(transport::establish(
                         stream,
                         transport,
                         tls.as_ref(),
                         gate.config.max_body_bytes,
-                    );
+                    ));
                     // A client that never finishes its handshake is a slowloris like one that
                     // never logs in: the same deadline bounds both.
                     let established = tokio::select! {

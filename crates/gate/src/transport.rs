@@ -351,7 +351,10 @@ impl ReadSide {
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Received> {
         match self {
             ReadSide::Tcp(read) => loop {
-                read.readable().await?;
+                // `poll_read_ready` keeps its waker in the socket's registration; the
+                // `readable()` future would carry a ~170-byte waiter in every idle
+                // connection's future. Only this reader waits for read readiness.
+                std::future::poll_fn(|cx| read.as_ref().poll_read_ready(cx)).await?;
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                     buf.reserve(READ_CHUNK);
                 }

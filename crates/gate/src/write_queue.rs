@@ -1,17 +1,29 @@
 //! A connection's outgoing frames: the bounded [`WriteQueue`] every sender puts encoded frames
-//! into, and the writer task — the only place that writes to the socket — draining it.
+//! into, and the writers that take them to the socket.
+//!
+//! **Plain TCP writes directly.** A frame queued while nothing else is waiting is written at
+//! once by the task that queues it (`try_write` under the queue's lock, which orders the
+//! writers); only when the socket would block is the rest queued and a writer task spawned to
+//! drain it, several frames per `writev`, and that task ends once the queue is empty. An idle
+//! connection therefore has no writer task (a tokio task with its future cost ~0.8 KB per
+//! connection), and a frame costs no cross-thread wake-up to reach the socket. TLS and
+//! WebSocket, whose writes are async state machines, keep a writer task for the connection's
+//! life ([`run`]).
 //!
 //! The queue is a mutex-guarded `VecDeque` plus two `Notify`s rather than a tokio `mpsc`: an
 //! `mpsc` channel allocates its first 32-slot block (~1.5 KB with the channel) when created,
 //! for every idle connection; an empty `VecDeque` allocates nothing. The mutex is held only
-//! for a push or a drain, never across an `.await`.
+//! for a push, a non-blocking write or a drain, never across an `.await`.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use longlink_metrics::Gauge;
 use longlink_proto::{Cmd, FrameType, HEADER_LEN, Header, KickReason, wire};
@@ -75,6 +87,36 @@ impl std::fmt::Debug for Outgoing {
 struct QueueState {
     frames: VecDeque<Outgoing>,
     closed: bool,
+    /// Direct mode: a writer task is draining `frames` (set whenever `frames` is non-empty).
+    writing: bool,
+    /// Direct mode: bytes of the first queued frame already written.
+    head_written: usize,
+}
+
+/// A plain TCP socket written directly by whoever queues a frame (see the module doc), with
+/// what the writer needs to count frames and close the connection.
+struct Direct {
+    socket: OwnedWriteHalf,
+    conn: Arc<ConnShared>,
+    gate: Arc<GateShared>,
+    tracker: TaskTracker,
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct").finish_non_exhaustive()
+    }
+}
+
+/// What one non-blocking write did.
+enum Wrote {
+    /// The queue is empty now.
+    Empty,
+    /// Frames are left: wait until the socket can take more.
+    More,
+    /// The socket failed.
+    Failed,
 }
 
 /// A bounded queue of encoded frames for one connection (capacity `write_queue_frames`).
@@ -91,6 +133,8 @@ pub(crate) struct WriteQueue {
     /// The compression agreed at LOGIN, applied to every frame queued after it is set
     /// (crate::compression); unset = frames go as they are.
     outbound: OnceLock<Outbound>,
+    /// Plain TCP: the socket, written directly (set once, before the first frame).
+    direct: OnceLock<Direct>,
 }
 
 impl WriteQueue {
@@ -102,7 +146,27 @@ impl WriteQueue {
             ready: Notify::new(),
             room: Notify::new(),
             outbound: OnceLock::new(),
+            direct: OnceLock::new(),
         }
+    }
+
+    /// Plain TCP: frames queued from now on are written directly to `socket` (see the module
+    /// doc) instead of by a writer task for the connection's life.
+    pub(crate) fn write_directly(
+        &self,
+        socket: OwnedWriteHalf,
+        conn: Arc<ConnShared>,
+        gate: Arc<GateShared>,
+        tracker: TaskTracker,
+        write_timeout: Duration,
+    ) {
+        let _ = self.direct.set(Direct {
+            socket,
+            conn,
+            gate,
+            tracker,
+            write_timeout,
+        });
     }
 
     /// From now on, frames queued here are compressed as `outbound` says (set once, right
@@ -126,18 +190,23 @@ impl WriteQueue {
     }
 
     /// Queues `frame` if there is room.
-    pub(crate) fn try_push(&self, frame: Bytes) -> Result<(), QueueError> {
+    pub(crate) fn try_push(self: &Arc<Self>, frame: Bytes) -> Result<(), QueueError> {
         self.try_push_outgoing(Outgoing::plain(frame))
     }
 
     /// Queues `frame` (maybe tracked) if there is room.
-    pub(crate) fn try_push_outgoing(&self, mut frame: Outgoing) -> Result<(), QueueError> {
+    pub(crate) fn try_push_outgoing(
+        self: &Arc<Self>,
+        mut frame: Outgoing,
+    ) -> Result<(), QueueError> {
         frame.frame = self.encode(frame.frame);
         self.try_push_encoded(frame)
     }
 
-    /// Queues a frame already in its wire form if there is room.
-    fn try_push_encoded(&self, frame: Outgoing) -> Result<(), QueueError> {
+    /// Queues a frame already in its wire form if there is room; in direct mode, writes it at
+    /// once when nothing is waiting before it.
+    fn try_push_encoded(self: &Arc<Self>, frame: Outgoing) -> Result<(), QueueError> {
+        let direct = self.direct.get();
         {
             let mut state = self.state.lock().map_err(|_| QueueError::Closed)?;
             if state.closed {
@@ -146,15 +215,54 @@ impl WriteQueue {
             if state.frames.len() >= self.capacity {
                 return Err(QueueError::Full);
             }
+            if let Some(direct) = direct {
+                // A connection closed from outside (kick, drain) takes nothing more, as its
+                // writer task would refuse it.
+                if direct.conn.token.is_cancelled() {
+                    return Err(QueueError::Closed);
+                }
+                if !state.writing {
+                    match direct.socket.try_write(&frame.frame) {
+                        Ok(n) if n == frame.frame.len() => {
+                            drop(state);
+                            written(&direct.gate, &direct.conn, frame);
+                            return Ok(());
+                        }
+                        Ok(n) => state.head_written = n,
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            // The link is gone: the reader sees it too and ends the session
+                            // (what was not written takes the offline path, as with a writer).
+                            drop(state);
+                            direct.conn.close(CloseReason::Io);
+                            return Err(QueueError::Closed);
+                        }
+                    }
+                    // The socket is full: the rest waits for a writer task.
+                    state.writing = true;
+                    state.frames.push_back(frame);
+                    drop(state);
+                    self.queued.inc();
+                    let queue = self.clone();
+                    direct.tracker.spawn(direct_writer(queue));
+                    return Ok(());
+                }
+            }
             state.frames.push_back(frame);
         }
         self.queued.inc();
-        self.ready.notify_one();
+        if direct.is_none() {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
     /// Queues `frame`, waiting at most `wait` for room.
-    pub(crate) async fn push(&self, frame: Bytes, wait: Duration) -> Result<(), QueueError> {
+    pub(crate) async fn push(
+        self: &Arc<Self>,
+        frame: Bytes,
+        wait: Duration,
+    ) -> Result<(), QueueError> {
         // Compressed once, not at every retry.
         let frame = self.encode(frame);
         let deadline = tokio::time::Instant::now() + wait;
@@ -173,12 +281,64 @@ impl WriteQueue {
         }
     }
 
-    /// No more frames are accepted; the writer flushes what is queued, then closes.
+    /// No more frames are accepted; the writer flushes what is queued, then closes (direct
+    /// mode with nothing queued: the socket is shut down here).
     pub(crate) fn close(&self) {
         if let Ok(mut state) = self.state.lock() {
             state.closed = true;
+            if let Some(direct) = self.direct.get()
+                && !state.writing
+            {
+                shutdown(&direct.socket);
+            }
         }
         self.ready.notify_one();
+    }
+
+    /// Direct mode: writes what the socket takes now, as one `writev` of up to [`MAX_BATCH`]
+    /// frames; counts and reports the frames written in full.
+    fn write_queued(&self, direct: &Direct, done: &mut Vec<Outgoing>) -> Wrote {
+        let Ok(mut state) = self.state.lock() else {
+            return Wrote::Failed;
+        };
+        let result = {
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+            let mut n = 0;
+            for (i, frame) in state.frames.iter().take(MAX_BATCH).enumerate() {
+                let skip = if i == 0 { state.head_written } else { 0 };
+                slices[i] = IoSlice::new(&frame.frame[skip..]);
+                n = i + 1;
+            }
+            direct.socket.try_write_vectored(&slices[..n])
+        };
+        let mut wrote = match result {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Wrote::More,
+            Err(_) => return Wrote::Failed,
+        };
+        while let Some(front) = state.frames.front() {
+            let left = front.frame.len() - state.head_written;
+            if wrote < left {
+                state.head_written += wrote;
+                break;
+            }
+            wrote -= left;
+            state.head_written = 0;
+            if let Some(frame) = state.frames.pop_front() {
+                done.push(frame);
+            }
+        }
+        self.queued.dec_by(done.len() as i64);
+        if !state.frames.is_empty() {
+            return Wrote::More;
+        }
+        // Give memory back after a burst: an idle connection keeps no buffers.
+        state.frames = VecDeque::new();
+        state.writing = false;
+        if state.closed {
+            shutdown(&direct.socket);
+        }
+        Wrote::Empty
     }
 
     /// Moves up to `max` queued frames into `out` without waiting.
@@ -189,8 +349,8 @@ impl WriteQueue {
         let n = state.frames.len().min(max.saturating_sub(out.len()));
         out.extend(state.frames.drain(..n));
         self.queued.dec_by(n as i64);
-        if state.frames.is_empty() && state.frames.capacity() > 64 {
-            // Give memory back after a burst: an idle connection keeps no buffers.
+        if state.frames.is_empty() {
+            // Give memory back: an idle connection keeps no buffers.
             state.frames = VecDeque::new();
         }
         (n, state.closed)
@@ -252,30 +412,19 @@ pub(crate) async fn run(
                 queue.drain_into(&mut batch, MAX_BATCH);
                 if conn.reason() == CloseReason::SlowConsumer {
                     // The queue was full, so the KICK could not be queued: it goes last, here.
-                    batch.push(Outgoing::plain(
-                        Kick::new(
-                            KickReason::SlowConsumer,
-                            "write queue full: the client does not read fast enough",
-                            SLOW_CONSUMER_BACKOFF_MS,
-                        )
-                        .frame(),
-                    ));
+                    batch.push(Outgoing::plain(slow_consumer_kick()));
                 }
                 true
             }
         };
         if !batch.is_empty() {
-            let written =
-                tokio::time::timeout(write_timeout, write_batch(&mut write, &batch)).await;
-            if !matches!(written, Ok(Ok(()))) {
+            let result = tokio::time::timeout(write_timeout, write_batch(&mut write, &batch)).await;
+            if !matches!(result, Ok(Ok(()))) {
                 conn.close(CloseReason::Io);
                 return;
             }
             for sent in batch.drain(..) {
-                observe_written(&gate, &conn, &sent.frame);
-                if let Some((receipt, tag)) = sent.receipt {
-                    receipt.written(tag);
-                }
+                written(&gate, &conn, sent);
             }
         }
         if closing {
@@ -286,6 +435,105 @@ pub(crate) async fn run(
             // Give memory back after a burst: an idle connection keeps no buffers.
             batch = Vec::new();
         }
+    }
+}
+
+/// Direct mode's writer: spawned when the socket would block, it writes what is queued as the
+/// socket takes it and ends when the queue is empty. A socket that takes nothing for the
+/// write timeout closes the connection; a close from outside (kick, slow consumer) flushes
+/// what is queued (a slow consumer's KICK last), within the write timeout, and shuts down.
+async fn direct_writer(queue: Arc<WriteQueue>) {
+    let Some(direct) = queue.direct.get() else {
+        return;
+    };
+    let mut done: Vec<Outgoing> = Vec::new();
+    // Set once the connection is closed from outside: the flush must end by then.
+    let mut flush_by: Option<tokio::time::Instant> = None;
+    loop {
+        let by = flush_by.unwrap_or_else(|| tokio::time::Instant::now() + direct.write_timeout);
+        let cancelled = tokio::select! {
+            biased;
+            writable = tokio::time::timeout_at(by, direct.socket.as_ref().writable()) => {
+                if !matches!(writable, Ok(Ok(()))) {
+                    direct.conn.close(CloseReason::Io);
+                    queue.abandon(&direct.socket);
+                    return;
+                }
+                false
+            }
+            () = direct.conn.token.cancelled(), if flush_by.is_none() => true,
+        };
+        if cancelled {
+            flush_by = Some(tokio::time::Instant::now() + direct.write_timeout);
+            queue.close_for(direct);
+            continue;
+        }
+        let wrote = queue.write_queued(direct, &mut done);
+        for frame in done.drain(..) {
+            written(&direct.gate, &direct.conn, frame);
+        }
+        queue.room.notify_waiters();
+        match wrote {
+            Wrote::Empty => return,
+            Wrote::More => {}
+            Wrote::Failed => {
+                direct.conn.close(CloseReason::Io);
+                queue.abandon(&direct.socket);
+                return;
+            }
+        }
+    }
+}
+
+impl WriteQueue {
+    /// Direct mode, closed from outside while frames wait: nothing more is accepted; a slow
+    /// consumer's KICK goes after what is queued (the full queue had no room for it).
+    fn close_for(&self, direct: &Direct) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.closed = true;
+        if direct.conn.reason() == CloseReason::SlowConsumer {
+            state
+                .frames
+                .push_back(Outgoing::plain(slow_consumer_kick()));
+            self.queued.inc();
+        }
+    }
+
+    /// Direct mode, the socket failed or timed out: what is queued is dropped (the reader
+    /// sees the failure too and ends or holds the session) and the socket is shut down.
+    fn abandon(&self, socket: &OwnedWriteHalf) {
+        if let Ok(mut state) = self.state.lock() {
+            self.queued.dec_by(state.frames.len() as i64);
+            state.frames = VecDeque::new();
+            state.closed = true;
+            state.writing = false;
+        }
+        shutdown(socket);
+    }
+}
+
+/// Sends the TCP FIN now (the socket's halves may live on a little in other tasks' hands).
+fn shutdown(socket: &OwnedWriteHalf) {
+    let _ = socket2::SockRef::from(socket.as_ref()).shutdown(std::net::Shutdown::Write);
+}
+
+/// The KICK a slow consumer gets last.
+fn slow_consumer_kick() -> Bytes {
+    Kick::new(
+        KickReason::SlowConsumer,
+        "write queue full: the client does not read fast enough",
+        SLOW_CONSUMER_BACKOFF_MS,
+    )
+    .frame()
+}
+
+/// A frame that reached the socket: counted, and its receipt (if tracked) called.
+fn written(gate: &GateShared, conn: &ConnShared, sent: Outgoing) {
+    observe_written(gate, conn, &sent.frame);
+    if let Some((receipt, tag)) = sent.receipt {
+        receipt.written(tag);
     }
 }
 
@@ -348,7 +596,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_fifo_that_refuses_after_close() {
-        let queue = WriteQueue::new(2, Gauge::default());
+        let queue = Arc::new(WriteQueue::new(2, Gauge::default()));
         queue.try_push(frame(1)).unwrap();
         queue.try_push(frame(2)).unwrap();
         assert_eq!(queue.try_push(frame(3)), Err(QueueError::Full));
@@ -383,7 +631,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_sender_gives_up_when_the_queue_stays_full() {
-        let queue = WriteQueue::new(1, Gauge::default());
+        let queue = Arc::new(WriteQueue::new(1, Gauge::default()));
         queue.try_push(frame(1)).unwrap();
         assert_eq!(
             queue.push(frame(2), Duration::from_secs(5)).await,

@@ -122,6 +122,11 @@ impl Presence for MemoryPresence {
             for i in victims.into_iter().rev() {
                 replaced.push(sessions.swap_remove(i));
             }
+            if sessions.capacity() == 0 {
+                // Most users have one session: room for one entry, not a `Vec`'s first four
+                // (~0.4 KB per online user).
+                sessions.reserve_exact(1);
+            }
             sessions.push(entry);
             Registration::Accepted { epoch, replaced }
         })?;
