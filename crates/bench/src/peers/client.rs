@@ -86,7 +86,8 @@ pub(crate) enum Subscriber {
     Mqtt {
         /// Kept so the request channel stays open (rumqttc ends the loop when it closes).
         _client: AsyncClient,
-        events: EventLoop,
+        /// Boxed: rumqttc's event loop is ~700 bytes, the NATS variant a few words.
+        events: Box<EventLoop>,
     },
     Nats {
         _client: async_nats::Client,
@@ -128,7 +129,7 @@ impl Subscriber {
                     }
                     Ok(Subscriber::Mqtt {
                         _client: client,
-                        events,
+                        events: Box::new(events),
                     })
                 }
                 PeerKind::Nats => {
