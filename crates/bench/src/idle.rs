@@ -195,17 +195,10 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
 }
 
 /// A spawned server's settings for this scenario: the listener of `transport`, and an
-/// admission limiter that does not refuse the load generator (`[gate] login_rate_per_sec`,
-/// 5,000/s by default, is below the rate the workers log in at; a refused LOGIN is not
-/// retried, and this scenario measures the cost of a login, not admission control).
+/// admission limiter that does not refuse the load generator.
 fn overrides(transport: Transport) -> anyhow::Result<Vec<crate::server::ConfigOverride>> {
     let mut overrides = transport_overrides(transport)?;
-    overrides.push((
-        "gate",
-        "login_rate_per_sec",
-        toml::Value::Integer(1_000_000),
-    ));
-    overrides.push(("gate", "login_burst", toml::Value::Integer(1_000_000)));
+    overrides.extend(crate::server::unthrottled_logins());
     Ok(overrides)
 }
 

@@ -135,15 +135,22 @@ async fn start(
     }
     let target = options
         .target
-        .resolve(exe, appcode, &options.server_log, deadline, || {
-            if options.target.api.is_none() {
-                bail!("--api is required with --server: the pushes go through the HTTP API");
-            }
-            options
-                .token_secret
-                .clone()
-                .map_or_else(|| dev_secret(appcode), Ok)
-        })
+        .resolve_with(
+            exe,
+            appcode,
+            &options.server_log,
+            &crate::server::unthrottled_logins(),
+            deadline,
+            || {
+                if options.target.api.is_none() {
+                    bail!("--api is required with --server: the pushes go through the HTTP API");
+                }
+                options
+                    .token_secret
+                    .clone()
+                    .map_or_else(|| dev_secret(appcode), Ok)
+            },
+        )
         .await?;
     let api_addr = target
         .api

@@ -456,6 +456,20 @@ fn set_value(
 /// One setting of a spawned server's configuration: `[section] field = value`.
 pub(crate) type ConfigOverride = (&'static str, &'static str, toml::Value);
 
+/// An admission limiter that does not refuse the load generator: `[gate] login_rate_per_sec`
+/// (5,000/s by default) is below the rate the workers log in at, a refused LOGIN is not
+/// retried, and the scenarios measure the server's work, not its admission control.
+pub(crate) fn unthrottled_logins() -> Vec<ConfigOverride> {
+    vec![
+        (
+            "gate",
+            "login_rate_per_sec",
+            toml::Value::Integer(1_000_000),
+        ),
+        ("gate", "login_burst", toml::Value::Integer(1_000_000)),
+    ]
+}
+
 /// The settings a spawned server needs for clients of `transport`: for WebSocket, its
 /// `[gate] ws_listen` on a free loopback port (the bench turns it off otherwise).
 ///
