@@ -70,6 +70,23 @@ impl PushStats {
     }
 }
 
+/// `GET /v1/push/{id}`: the counters and the msgid (a decimal string: u64 does not fit a JSON
+/// number).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PushOutcome {
+    #[serde(flatten)]
+    pub(crate) stats: PushStats,
+    #[serde(default)]
+    msgid: Option<String>,
+}
+
+impl PushOutcome {
+    /// The push's msgid, once stored.
+    pub(crate) fn msgid(&self) -> Option<u64> {
+        self.msgid.as_deref().and_then(|id| id.parse().ok())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Accepted {
     push_id: u64,
@@ -144,6 +161,12 @@ impl Api {
 
     /// `GET /v1/push/{id}`.
     pub(crate) async fn push_stats(&self, push_id: u64) -> anyhow::Result<PushStats> {
+        self.get(&format!("/v1/push/{push_id}")).await
+    }
+
+    /// `GET /v1/push/{id}` with the push's msgid (shared by every recipient; `None` before it
+    /// is stored).
+    pub(crate) async fn push_outcome(&self, push_id: u64) -> anyhow::Result<PushOutcome> {
         self.get(&format!("/v1/push/{push_id}")).await
     }
 

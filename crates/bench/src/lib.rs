@@ -15,7 +15,8 @@
 //! (s2c pushes to lists of online users through the HTTP API: deliveries per server
 //! CPU-second), [`broadcast`] (one push to every online user: time to the last delivery),
 //! [`reconnect`] (N clients lose their links at once and come back by RESUME or LOGIN;
-//! `storm_client` is its client side),
+//! `storm_client` is its client side), [`offline`] (U offline users with M stored messages each
+//! drain their inboxes by OFFLINE_PULL: pull throughput, page latency, exactly-once check),
 //! [`fanout`] (the receiving clients of those two, in worker processes), [`workers`] (client
 //! worker processes: what idle's workers and fanout's share), [`s2c`] (what push and broadcast
 //! share), `api` (the HTTP API calls they make), `latency` (histogram summaries), `plot`
@@ -34,6 +35,7 @@ pub mod idle;
 mod latency;
 pub mod link;
 mod num;
+pub mod offline;
 pub mod peers;
 mod plot;
 mod procfs;
@@ -63,6 +65,10 @@ pub fn scenarios() -> &'static [(&'static str, &'static str)] {
         (
             "broadcast",
             "one `all: true` push to every online user (15,000), R rounds; time to the last delivery",
+        ),
+        (
+            "offline",
+            "U offline users with M stored messages each log in and drain their inboxes by OFFLINE_PULL (pages of 50); messages pulled per second and per server CPU-second, page latency, LOST/DUPLICATE check",
         ),
         (
             "reconnect-storm",

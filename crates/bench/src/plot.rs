@@ -296,6 +296,95 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
+/// What [`series`] draws: charts stacked top to bottom, each a few lines on linear axes from 0
+/// (counts or rates over time, where the latency plot's log axis does not fit).
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesPlot {
+    pub(crate) title: String,
+    pub(crate) charts: Vec<SeriesChart>,
+}
+
+/// One chart of a [`SeriesPlot`].
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesChart {
+    pub(crate) caption: String,
+    pub(crate) x_desc: String,
+    pub(crate) y_desc: String,
+    /// Per line: its legend and (x, y) points.
+    pub(crate) series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Draws `plot` into `path` (.svg or .png) and says so.
+///
+/// # Errors
+/// A bad extension, no font, or the file cannot be written.
+pub(crate) fn series(path: &Path, plot: &SeriesPlot) -> anyhow::Result<()> {
+    font()?;
+    match extension(path).as_deref() {
+        Some("svg") => draw_series(SVGBackend::new(path, SIZE).into_drawing_area(), plot),
+        Some("png") => draw_series(BitMapBackend::new(path, SIZE).into_drawing_area(), plot),
+        _ => bail!(
+            "plot {}: the file name must end in .svg or .png",
+            path.display()
+        ),
+    }?;
+    println!("plot written to {}", path.display());
+    Ok(())
+}
+
+fn draw_series<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    plot: &SeriesPlot,
+) -> anyhow::Result<()> {
+    root.fill(&WHITE).map_err(plotting)?;
+    let root = root.titled(&plot.title, (FONT, 20)).map_err(plotting)?;
+    let areas = root.split_evenly((plot.charts.len().max(1), 1));
+    for (chart_spec, area) in plot.charts.iter().zip(areas.iter()) {
+        let points = || chart_spec.series.iter().flat_map(|(_, p)| p.iter());
+        let x_end = points().map(|&(x, _)| x).fold(0f64, f64::max).max(0.1);
+        let y_end = points().map(|&(_, y)| y).fold(0f64, f64::max).max(1.0) * 1.05;
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .margin_right(40)
+            .caption(chart_spec.caption.as_str(), (FONT, 16))
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..x_end, 0f64..y_end)
+            .map_err(plotting)?;
+        chart
+            .configure_mesh()
+            .x_desc(chart_spec.x_desc.as_str())
+            .y_desc(chart_spec.y_desc.as_str())
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(plotting)?;
+        for (i, (label, points)) in chart_spec.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(plotting)?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 13))
+            .draw()
+            .map_err(plotting)?;
+    }
+    root.present().map_err(plotting)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +433,32 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.contains("<svg") && svg.contains("99.9%"));
         assert!(check_path(&dir.path().join("plot.jpg")).is_err());
+    }
+
+    #[test]
+    fn writes_series_svg_when_a_font_exists() {
+        if font().is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("series.svg");
+        let line: Vec<(f64, f64)> = (0..20)
+            .map(|i| (f64::from(i) * 0.1, f64::from(i * i)))
+            .collect();
+        let chart = SeriesChart {
+            caption: "count".to_owned(),
+            x_desc: "seconds".to_owned(),
+            y_desc: "messages".to_owned(),
+            series: vec![("pulled".to_owned(), line)],
+        };
+        let plot = SeriesPlot {
+            title: "test".to_owned(),
+            charts: vec![chart.clone(), chart],
+        };
+        series(&path, &plot).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("pulled"));
+        assert!(series(&dir.path().join("series.jpg"), &plot).is_err());
     }
 
     #[test]

@@ -1255,7 +1255,7 @@ async fn push_missed(
 
 /// Waits until the server is quiet (less than [`QUIET_SHARE`] of a core over a sample), at
 /// most [`QUIET_MAX`]; returns the seconds waited.
-async fn wait_quiet(pid: u32) -> f64 {
+pub(crate) async fn wait_quiet(pid: u32) -> f64 {
     let start = Instant::now();
     while start.elapsed() < QUIET_MAX {
         let Ok(before) = procfs::cpu_time(pid) else {

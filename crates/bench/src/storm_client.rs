@@ -327,20 +327,9 @@ impl Conn {
         until: Instant,
     ) -> Result<u32, Fail> {
         for page in 1..=MAX_PULL_PAGES {
-            let seq = self.next_seq();
-            let request = wire::OfflinePullRequest {
-                cursor,
-                page_size: PULL_PAGE,
-            };
-            self.send(
-                &Frame::request(Cmd::OfflinePull, seq, 0, &request),
-                dial.step_timeout,
-            )
-            .await?;
-            let frame = self.answer(Cmd::OfflinePull, seq, inbox, until).await?;
-            let response: wire::OfflinePullResponse = frame
-                .decode_body()
-                .map_err(|err| Fail::Link(format!("bad OFFLINE_PULL response: {err}")))?;
+            let (response, _) = self
+                .pull_page(dial, cursor, PULL_PAGE, inbox, until)
+                .await?;
             for msg in &response.messages {
                 inbox.take(msg.msgid, Via::Pull);
             }
@@ -353,10 +342,46 @@ impl Conn {
         Ok(MAX_PULL_PAGES)
     }
 
+    /// One OFFLINE_PULL request from `cursor` (exclusive) for at most `page_size` messages,
+    /// answered by `until`: the page and its body's size on the wire. The page's messages are
+    /// left to the caller; MSG pushes on the way go into `inbox`.
+    pub(crate) async fn pull_page(
+        &mut self,
+        dial: &Dial,
+        cursor: u64,
+        page_size: u32,
+        inbox: &mut Inbox,
+        until: Instant,
+    ) -> Result<(wire::OfflinePullResponse, usize), Fail> {
+        let seq = self.next_seq();
+        let request = wire::OfflinePullRequest { cursor, page_size };
+        self.send(
+            &Frame::request(Cmd::OfflinePull, seq, 0, &request),
+            dial.step_timeout,
+        )
+        .await?;
+        let frame = self.answer(Cmd::OfflinePull, seq, inbox, until).await?;
+        let response = frame
+            .decode_body()
+            .map_err(|err| Fail::Link(format!("bad OFFLINE_PULL response: {err}")))?;
+        Ok((response, frame.body.len()))
+    }
+
     /// Acknowledges what `inbox` took in (MSG_ACK type 3, as the SDK sends them: no answer).
     async fn ack(&mut self, inbox: &mut Inbox, timeout: Duration) -> Result<(), Fail> {
         let unacked = std::mem::take(&mut inbox.unacked);
-        for msgids in unacked.chunks(ACK_BATCH) {
+        self.ack_msgids(&unacked, timeout).await?;
+        inbox.acked += unacked.len() as u64;
+        Ok(())
+    }
+
+    /// MSG_ACK type 3 (no answer) of `msgids`, at most [`ACK_BATCH`] per frame.
+    pub(crate) async fn ack_msgids(
+        &mut self,
+        msgids: &[u64],
+        timeout: Duration,
+    ) -> Result<(), Fail> {
+        for msgids in msgids.chunks(ACK_BATCH) {
             let seq = self.next_seq();
             let frame = Frame::new(
                 Cmd::MsgAck,
@@ -368,7 +393,6 @@ impl Conn {
                 },
             );
             self.send(&frame, timeout).await?;
-            inbox.acked += msgids.len() as u64;
         }
         Ok(())
     }
@@ -381,6 +405,18 @@ impl Conn {
         inbox: &mut Inbox,
         until: &CancellationToken,
         keepalive: Duration,
+    ) -> Result<(), Fail> {
+        self.hold_with(inbox, until, keepalive, true).await
+    }
+
+    /// [`Conn::hold`], acknowledging the pushes only when `ack` (the offline bench holds the
+    /// login redelivery unacknowledged: its clients take those messages from the pull pages).
+    pub(crate) async fn hold_with(
+        &mut self,
+        inbox: &mut Inbox,
+        until: &CancellationToken,
+        keepalive: Duration,
+        ack: bool,
     ) -> Result<(), Fail> {
         let keepalive = keepalive.max(Duration::from_secs(1));
         let mut next_ping = Instant::now() + keepalive;
@@ -416,7 +452,9 @@ impl Conn {
                     inbox.take(msg.msgid, Via::Push);
                 }
             }
-            self.ack(inbox, keepalive).await?;
+            if ack {
+                self.ack(inbox, keepalive).await?;
+            }
         }
     }
 }
@@ -431,7 +469,7 @@ fn server_error(frame: &Frame) -> Fail {
 }
 
 /// How long to wait after `retry_after_ms` (at least 1 ms, at most [`MAX_RETRY_AFTER`]).
-fn retry_wait(retry_after_ms: u32) -> Duration {
+pub(crate) fn retry_wait(retry_after_ms: u32) -> Duration {
     Duration::from_millis(u64::from(retry_after_ms.max(1))).min(MAX_RETRY_AFTER)
 }
 

@@ -6,6 +6,7 @@ use longlink_bench::broadcast::BroadcastArgs;
 use longlink_bench::c2c::C2cArgs;
 use longlink_bench::fanout::FanoutWorkerArgs;
 use longlink_bench::idle::{IdleArgs, IdleWorkerArgs};
+use longlink_bench::offline::{OfflineArgs, OfflineWorkerArgs};
 use longlink_bench::peers::worker::PeerWorkerArgs;
 use longlink_bench::push::PushArgs;
 use longlink_bench::reconnect::{ReconnectStormArgs, ReconnectStormWorkerArgs};
@@ -29,6 +30,10 @@ pub(crate) enum BenchCommand {
     /// --no-resume, LOGIN + OFFLINE_PULL): time until all are back, resume latency, server
     /// CPU per reconnect, messages carried vs pulled.
     ReconnectStorm(ReconnectStormArgs),
+    /// U offline users with M stored messages each log in and drain their inboxes by
+    /// OFFLINE_PULL in pages of 50: messages pulled per second and per server CPU-second, page
+    /// latency, time to drain, and a check that every message came exactly once, in order.
+    Offline(OfflineArgs),
     /// One worker process of `bench idle` (started by it; not for direct use).
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
@@ -41,6 +46,9 @@ pub(crate) enum BenchCommand {
     /// One worker process holding a peer broker's subscribers (`--peers`; not for direct use).
     #[command(hide = true)]
     PeerWorker(PeerWorkerArgs),
+    /// One client worker process of `bench offline` (not for direct use).
+    #[command(hide = true)]
+    OfflineWorker(OfflineWorkerArgs),
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -56,11 +64,13 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Push(args) => longlink_bench::push::run(args).await,
         BenchCommand::Broadcast(args) => longlink_bench::broadcast::run(args).await,
         BenchCommand::ReconnectStorm(args) => longlink_bench::reconnect::run(args).await,
+        BenchCommand::Offline(args) => longlink_bench::offline::run(args).await,
         BenchCommand::IdleWorker(args) => longlink_bench::idle::run_worker(args).await,
         BenchCommand::FanoutWorker(args) => longlink_bench::fanout::run_worker(args).await,
         BenchCommand::ReconnectStormWorker(args) => {
             longlink_bench::reconnect::run_worker(args).await
         }
         BenchCommand::PeerWorker(args) => longlink_bench::peers::worker::run_worker(args).await,
+        BenchCommand::OfflineWorker(args) => longlink_bench::offline::run_worker(args).await,
     }
 }

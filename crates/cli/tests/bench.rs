@@ -1,4 +1,4 @@
-//! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast) runs small against its own spawned server,
+//! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast, offline) runs small against its own spawned server,
 //! exits 0 and writes the JSON it documents; idle and c2c also over WebSocket (`--transport ws`); idle, push, broadcast
 //! and c2c also with their peers in the same run (`--peers mosquitto,nats`: throwaway mosquitto and nats-server brokers,
 //! installed by scripts/test). (No timing is asserted: figures live in docs/benchmarks.md.)
@@ -381,4 +381,61 @@ async fn an_unknown_peer_is_refused_in_one_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown peer \"rabbitmq\""), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn offline_scenario_pulls_every_stored_message_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 120 messages: pages of 50, 50 and 20.
+    let report = bench(
+        &["offline", "--users", "20", "--messages-per-user", "120"],
+        &dir.path().join("offline.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "offline");
+    let inputs = &report["inputs"];
+    assert_eq!(inputs["users"], 20, "{inputs}");
+    assert_eq!(inputs["messages_per_user"], 120, "{inputs}");
+    assert_eq!(inputs["page_size"], 50, "{inputs}");
+    let results = &report["results"];
+    let fill = &results["fill"];
+    assert_eq!(fill["pushes"], 120, "{fill}");
+    assert_eq!(fill["messages_stored"], 2400, "{fill}");
+    assert_eq!(fill["stats"]["online"], 0, "{fill}");
+    assert_eq!(results["logins"]["logged_in"], 20, "{results}");
+    assert_eq!(results["logins"]["failed"], 0, "{results}");
+    let pull = &results["pull"];
+    for (count, want) in [
+        ("clients", 20),
+        ("drained", 20),
+        ("messages_expected", 2400),
+        ("pulled", 2400),
+        ("acked", 2400),
+        ("pages", 60),
+    ] {
+        assert_eq!(pull[count], want, "{count}: {pull}");
+    }
+    for zero in [
+        "failed",
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "unexpected",
+        "cursor_mismatches",
+        "empty_pages",
+        "short_pages",
+    ] {
+        assert_eq!(pull[zero], 0, "{zero}: {pull}");
+    }
+    assert_eq!(pull["page_latency_ms"]["count"], 60, "{pull}");
+    assert!(
+        pull["page_latency_hdr_v2_base64"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{pull}"
+    );
+    let verify = &results["verify"];
+    assert_eq!(verify["clients"], 20, "{verify}");
+    assert_eq!(verify["left_after_ack"], 0, "{verify}");
+    assert_eq!(verify["failed"], 0, "{verify}");
 }
