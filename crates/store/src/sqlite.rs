@@ -6,7 +6,8 @@
 //! commit: it blocks for a first request, drains what else is queued (up to `max_batch`),
 //! applies all of it in one transaction, commits, and only then answers each request. Reads run
 //! on a small pool of read-only connections through `spawn_blocking`; WAL lets them read a
-//! consistent snapshot while the writer commits.
+//! consistent snapshot while the writer commits. An in-memory filter of the users that may
+//! have inbox entries ([`pending`]) answers `pull_offline` of everyone else without a read.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -28,6 +29,9 @@ use crate::{
     MAX_ACK_IDS, MAX_UNREAD_COUNT, MessageStore, NewMessage, NewS2c, Page, ReadMark, S2cOutcome,
     StoreError, StoredMessage, UserKey, effective_limit, validate_id, validate_user,
 };
+
+mod pending;
+use pending::PendingFilter;
 
 /// File name of the database inside the store directory.
 const DB_FILE: &str = "messages.sqlite3";
@@ -113,6 +117,8 @@ pub struct SqliteStore {
     counters: Arc<WriterCounters>,
     /// Stopped and joined on drop.
     checkpointer: Option<Checkpointer>,
+    /// Users who may have inbox entries; shared with the writer, which marks them.
+    pending: Arc<PendingFilter>,
     /// Held (locked) for the store's whole life.
     _dir_lock: File,
 }
@@ -156,6 +162,11 @@ impl SqliteStore {
                 row.get(0)
             })
             .map_err(|e| sqlite_unavailable("read last msgid", &e))?;
+        // Before the writer or any reader runs: nothing can insert an entry meanwhile.
+        let pending = Arc::new(
+            PendingFilter::load(&conn).map_err(|e| sqlite_unavailable("load inbox owners", &e))?,
+        );
+        debug!(users = pending.len(), "inbox owners loaded");
 
         let checkpointer = Checkpointer::spawn(&path, "longlink-store-checkpoint")
             .map_err(|e| sqlite_unavailable("open checkpointer", &e))?;
@@ -167,6 +178,7 @@ impl SqliteStore {
             conn,
             last_msgid,
             counters: Arc::clone(&counters),
+            pending: Arc::clone(&pending),
         };
         let max_batch = opts.max_batch;
         let writes = WriterHandle::spawn("longlink-store-writer", opts.write_queue, move |rx| {
@@ -179,6 +191,7 @@ impl SqliteStore {
             readers,
             counters,
             checkpointer: Some(checkpointer),
+            pending,
             _dir_lock: dir_lock,
         })
     }
@@ -203,6 +216,12 @@ impl SqliteStore {
             requests: self.counters.requests.load(Ordering::Relaxed),
             failed_batches: self.counters.failed_batches.load(Ordering::Relaxed),
         }
+    }
+
+    /// Users the in-memory filter says may have inbox entries (about 15 bytes each): every
+    /// user who has ever been sent a message, since entries stay for devices yet to ack them.
+    pub fn pending_users(&self) -> usize {
+        self.pending.len()
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -305,6 +324,12 @@ impl MessageStore for SqliteStore {
         validate_user(owner, "owner")?;
         validate_id(device, "device")?;
         let limit = effective_limit(limit);
+        if !self.pending.may_have(owner.appcode, &owner.uid) {
+            // No entry at all, so nothing for any device past any cursor: the common answer
+            // to a login's redelivery, given without the blocking pool's thread hand-off.
+            self.check_open()?;
+            return Ok(Page::from_overfetched(Vec::new(), limit, cursor));
+        }
         let owner = owner.clone();
         let device = device.to_owned();
         let messages = self
@@ -795,6 +820,8 @@ struct Writer {
     /// Highest msgid ever handed out (or found on disk at open).
     last_msgid: i64,
     counters: Arc<WriterCounters>,
+    /// Marked before the commit that inserts a user's entry (see [`pending`]).
+    pending: Arc<PendingFilter>,
 }
 
 impl longlink_sqlite::BatchWriter for Writer {
@@ -846,16 +873,17 @@ impl Writer {
         // `last_msgid` advances even if the batch then fails: ids are never handed out twice,
         // even when a failed commit turns out to have reached the disk.
         let last_msgid = &mut self.last_msgid;
+        let pending = &*self.pending;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for op in batch.iter_mut() {
             match op {
                 WriteOp::Append { msg, outcome, .. } => {
-                    *outcome = Some(append_in_tx(&tx, msg, last_msgid, now_ms)?);
+                    *outcome = Some(append_in_tx(&tx, msg, last_msgid, now_ms, pending)?);
                 }
                 WriteOp::AppendS2c { msg, outcome, .. } => {
-                    *outcome = Some(append_s2c_in_tx(&tx, msg, last_msgid, now_ms)?);
+                    *outcome = Some(append_s2c_in_tx(&tx, msg, last_msgid, now_ms, pending)?);
                 }
                 WriteOp::Ack {
                     owner,
@@ -909,6 +937,7 @@ fn append_in_tx(
     msg: &NewMessage,
     last_msgid: &mut i64,
     now_ms: u64,
+    pending: &PendingFilter,
 ) -> Result<AppendOutcome, WriteError> {
     let keyed = !msg.client_msg_id.is_empty();
     if keyed {
@@ -975,6 +1004,9 @@ fn append_in_tx(
         bits_from_u64(msg.log_id),
         prev_msgid,
     ])?;
+    // Marked before the insert, so even an error between the two cannot leave an unmarked
+    // entry behind; the commit comes later still.
+    pending.mark(msg.to.appcode, &msg.to.uid);
     tx.prepare_cached(
         "INSERT INTO inbox (owner_appcode, owner_uid, msgid, kind, device, state) \
          VALUES (?1, ?2, ?3, 0, '', 0)",
@@ -1050,6 +1082,7 @@ fn append_s2c_in_tx(
     msg: &NewS2c,
     last_msgid: &mut i64,
     now_ms: u64,
+    pending: &PendingFilter,
 ) -> Result<S2cOutcome, WriteError> {
     let msgid = next_msgid(*last_msgid, now_ms)?;
     *last_msgid = msgid;
@@ -1074,6 +1107,8 @@ fn append_s2c_in_tx(
          VALUES (?1, ?2, ?3, 0, '', 0)",
     )?;
     for uid in &msg.recipients {
+        // Before the commit (see append_in_tx).
+        pending.mark(msg.appcode, uid);
         inbox.execute(params![msg.appcode, uid, msgid])?;
     }
     Ok(S2cOutcome {

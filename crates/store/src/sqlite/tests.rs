@@ -210,6 +210,7 @@ fn bare_writer(dir: &TempDir) -> Writer {
         conn: open_writer_connection(&dir.path().join(DB_FILE)).expect("writer connection"),
         last_msgid: 0,
         counters: Arc::default(),
+        pending: Arc::new(PendingFilter::new()),
     }
 }
 
@@ -757,5 +758,250 @@ fn a_new_database_has_small_pages() {
     assert_eq!(
         count(&inspect(&dir), "PRAGMA page_size"),
         i64::from(PAGE_SIZE)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pending filter: pull_offline of a user without entries skips the read pool, and never
+// misses an entry.
+
+fn s2c(appcode: u32, recipients: &[&str]) -> NewS2c {
+    NewS2c {
+        appcode,
+        from: "order-service".to_owned(),
+        msgtype: 7,
+        content_type: 0,
+        content: Bytes::from_static(b"order 42"),
+        log_id: 7,
+        recipients: recipients.iter().map(|&uid| uid.to_owned()).collect(),
+    }
+}
+
+async fn pulled(store: &SqliteStore, owner: &UserKey, device: &str) -> Vec<u64> {
+    let page = store
+        .pull_offline(owner, device, 0, 200)
+        .await
+        .expect("pull");
+    page.messages.iter().map(|m| m.msgid).collect()
+}
+
+#[tokio::test]
+async fn a_user_with_nothing_pending_is_answered_from_the_filter() {
+    let (store, _dir) = new_store().await;
+    let (a, b, clean) = (user(1, "a"), user(1, "b"), user(1, "clean"));
+    store.append(message(&a, &b, "1")).await.expect("append");
+    // The sender gets history rows, not an inbox entry.
+    for owner in [&a, &clean, &user(2, "b")] {
+        assert!(
+            !store.pending.may_have(owner.appcode, &owner.uid),
+            "{owner:?}"
+        );
+        for cursor in [0, 77, u64::MAX] {
+            let page = store
+                .pull_offline(owner, "phone", cursor, 0)
+                .await
+                .expect("pull");
+            assert!(page.messages.is_empty());
+            assert!(!page.more);
+            assert_eq!(page.next_cursor, cursor);
+        }
+    }
+    assert!(store.pending.may_have(b.appcode, &b.uid));
+    assert_eq!(store.pending_users(), 1);
+    // The fast path keeps the trait's argument checks and its Closed after close.
+    assert_invalid(store.pull_offline(&user(1, ""), "phone", 0, 0).await);
+    assert_invalid(store.pull_offline(&clean, &"d".repeat(1000), 0, 0).await);
+    store.close().await.expect("close");
+    let closed = store.pull_offline(&clean, "phone", 0, 0).await;
+    assert!(matches!(closed, Err(StoreError::Closed)), "got {closed:?}");
+}
+
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    assert!(
+        matches!(result, Err(StoreError::InvalidArgument(_))),
+        "got {result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acknowledged_append_is_found_by_a_pull_on_another_task() {
+    let (store, _dir) = new_store().await;
+    let store = Arc::new(store);
+    let sender = user(3, "sender");
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let writer = Arc::clone(&store);
+        let reader = Arc::clone(&store);
+        let sender = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let to = user(3, &format!("to-{i}"));
+            let (msgid, recipient) = if i % 4 == 0 {
+                let outcome = writer
+                    .append_s2c(s2c(3, &[&format!("to-{i}")]))
+                    .await
+                    .expect("append_s2c");
+                (outcome.msgid, to)
+            } else {
+                let outcome = writer
+                    .append(message(&sender, &to, &format!("m{i}")))
+                    .await
+                    .expect("append");
+                (outcome.msgid, to)
+            };
+            // The pull runs on another task (maybe another worker thread) after the reply.
+            let found = tokio::spawn(async move { pulled(&reader, &recipient, "phone").await })
+                .await
+                .expect("reader task");
+            assert_eq!(found, vec![msgid]);
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("task within 30 s")
+            .expect("task");
+    }
+    assert_eq!(store.pending_users(), 64);
+}
+
+#[tokio::test]
+async fn every_device_keeps_its_pending_entries_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, clean) = (user(4, "a"), user(4, "b"), user(4, "clean"));
+    let store = reopen(&dir);
+    let m1 = store.append(message(&a, &b, "1")).await.expect("append");
+    let m2 = store.append_s2c(s2c(4, &["b"])).await.expect("append_s2c");
+    // The phone acks everything; the web (and any device not seen yet) still has both.
+    let acked = store
+        .ack(&b, "phone", &[m1.msgid, m2.msgid])
+        .await
+        .expect("ack");
+    assert_eq!(acked.acked, 2);
+    let both = vec![m1.msgid, m2.msgid];
+    assert_eq!(pulled(&store, &b, "phone").await, Vec::<u64>::new());
+    assert_eq!(pulled(&store, &b, "web").await, both);
+    // Acks by every known device never make the user clean: a new device sees everything.
+    store
+        .ack(&b, "web", &[m1.msgid, m2.msgid])
+        .await
+        .expect("ack");
+    assert!(store.pending.may_have(b.appcode, &b.uid));
+    assert_eq!(pulled(&store, &b, "tablet").await, both);
+    store.close().await.expect("close");
+    drop(store);
+
+    // Rebuilt from disk.
+    let store = reopen(&dir);
+    assert!(store.pending.may_have(b.appcode, &b.uid));
+    assert!(!store.pending.may_have(clean.appcode, &clean.uid));
+    assert!(!store.pending.may_have(a.appcode, &a.uid));
+    assert_eq!(pulled(&store, &b, "phone").await, Vec::<u64>::new());
+    assert_eq!(pulled(&store, &b, "web").await, Vec::<u64>::new());
+    assert_eq!(pulled(&store, &b, "tablet").await, both);
+    assert_eq!(pulled(&store, &b, "watch").await, both);
+    // A user's first message after the reopen is marked as well.
+    let m3 = store.append(message(&b, &a, "3")).await.expect("append");
+    assert_eq!(pulled(&store, &a, "phone").await, vec![m3.msgid]);
+}
+
+#[tokio::test]
+async fn a_crash_copy_of_the_files_rebuilds_every_owner() {
+    let (store, dir) = new_store().await;
+    let sender = user(5, "sender");
+    // Owners that sort around each other in the primary key: the load's skip scan must step
+    // from each to the next (appcode first, then uid; a uid that is a prefix of another).
+    let owners = [
+        user(5, "b"),
+        user(5, "bb"),
+        user(5, "b\u{0}"),
+        user(6, "a"),
+        user(u32::MAX, "m"),
+        user(0, "z"),
+    ];
+    let mut expected = Vec::new();
+    for (i, owner) in owners.iter().enumerate() {
+        let outcome = store
+            .append(message(&sender, owner, &format!("c{i}")))
+            .await
+            .expect("append");
+        expected.push((owner.clone(), vec![outcome.msgid]));
+    }
+    let outcome = store
+        .append_s2c(s2c(7, &["x", "y"]))
+        .await
+        .expect("append_s2c");
+    expected.push((user(7, "x"), vec![outcome.msgid]));
+    expected.push((user(7, "y"), vec![outcome.msgid]));
+
+    // What a crash leaves: the database file and its WAL as they are on disk while the store
+    // is open (every commit above was fsync'd to the WAL; nothing wrote since, so the checkpoint
+    // thread can only have copied WAL pages that the WAL still holds).
+    let crashed = tempfile::tempdir().expect("tempdir");
+    for suffix in ["", "-wal"] {
+        let from = dir.path().join(format!("{DB_FILE}{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, crashed.path().join(format!("{DB_FILE}{suffix}"))).expect("copy");
+        }
+    }
+    let recovered = reopen(&crashed);
+    assert_eq!(recovered.pending_users(), expected.len());
+    for (owner, msgids) in &expected {
+        assert!(
+            recovered.pending.may_have(owner.appcode, &owner.uid),
+            "{owner:?}"
+        );
+        assert_eq!(
+            &pulled(&recovered, owner, "phone").await,
+            msgids,
+            "{owner:?}"
+        );
+    }
+    assert!(!recovered.pending.may_have(sender.appcode, &sender.uid));
+    drop(store);
+}
+
+#[test]
+fn a_rolled_back_batch_leaves_at_most_a_false_positive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = bare_writer(&dir);
+    writer
+        .conn
+        .execute_batch(
+            "CREATE TRIGGER fail_666 BEFORE INSERT ON messages WHEN NEW.msgtype = 666 \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .expect("trigger");
+    let (a, b, c) = (user(8, "a"), user(8, "b"), user(8, "c"));
+    let mut bad = message(&a, &c, "bad");
+    bad.msgtype = 666;
+    let (op1, rx1) = append_op(message(&a, &b, "good"));
+    let (op2, rx2) = append_op(bad);
+    writer.commit_batch(vec![op1, op2]);
+    for rx in [rx1, rx2] {
+        assert!(rx.blocking_recv().expect("reply").is_err());
+    }
+    // b was marked before the failed commit (harmless: one read too many); c's insert never
+    // ran. Reloading from the file drops both.
+    assert!(writer.pending.may_have(b.appcode, &b.uid));
+    let reloaded = PendingFilter::load(&writer.conn).expect("load");
+    assert_eq!(reloaded.len(), 0);
+}
+
+#[test]
+fn loading_the_filter_probes_the_primary_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open"));
+    let conn = inspect(&dir);
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", pending::NEXT_OWNER_SQL))
+        .expect("explain")
+        .query_map(rusqlite::params![1, "u"], |row| row.get::<_, String>(3))
+        .expect("plan")
+        .collect::<Result<_, _>>()
+        .expect("plan rows");
+    assert_eq!(
+        plan,
+        vec!["SEARCH inbox USING PRIMARY KEY ((owner_appcode,owner_uid)>(?,?))".to_owned()],
+        "{plan:?}"
     );
 }
