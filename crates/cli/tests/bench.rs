@@ -184,11 +184,13 @@ async fn push_scenario_delivers_every_push_to_its_online_targets() {
 #[tokio::test]
 async fn broadcast_scenario_reaches_every_online_user_each_round() {
     let dir = tempfile::tempdir().unwrap();
+    // More users than one fan-out wave (1,024): the server splits the push over its runtime
+    // workers, and every user must still get each round exactly once.
     let report = bench(
         &[
             "broadcast",
             "--users",
-            "20",
+            "2100",
             "--rounds",
             "2",
             "--pause-ms",
@@ -202,13 +204,14 @@ async fn broadcast_scenario_reaches_every_online_user_each_round() {
     .await;
     assert_eq!(report["scenario"], "broadcast");
     let results = &report["results"];
-    assert_eq!(results["delivered"], 40, "{results}");
+    assert_eq!(results["delivered"], 4200, "{results}");
     assert_eq!(results["missing"], 0, "{results}");
+    assert_eq!(results["duplicates"], 0, "{results}");
     let rounds = results["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 2, "{results}");
     for round in rounds {
-        assert_eq!(round["targets"], 20, "{results}");
-        assert_eq!(round["delivered"], 20, "{results}");
+        assert_eq!(round["targets"], 2100, "{results}");
+        assert_eq!(round["delivered"], 2100, "{results}");
         assert!(round["last_delivery_ms"].is_number(), "{results}");
     }
     assert!(

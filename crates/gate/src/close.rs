@@ -125,6 +125,12 @@ impl ConnShared {
         self.token.cancel();
     }
 
+    /// Whether [`ConnShared::close`] was called: one atomic load (the token's own check takes
+    /// a lock, and every frame queued in direct mode asks).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.reason.load(Ordering::Acquire) != 0
+    }
+
     /// Why [`ConnShared::close`] was called.
     pub(crate) fn reason(&self) -> CloseReason {
         match self.reason.load(Ordering::Acquire) {

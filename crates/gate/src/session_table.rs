@@ -6,8 +6,11 @@
 //! [`GatePush::detach`]) or the hold ends. Pushes to a held session return
 //! [`PushError::Unreachable`]: the message takes the offline path and presence is left alone.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// Session ids are the gate's own numbers, never a client's choice: FxHash (a multiply per
+/// lookup) instead of SipHash, on the path of every delivery.
+type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,7 +66,9 @@ impl SessionTable {
     /// An empty table.
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
         }
     }
 

@@ -218,7 +218,7 @@ impl WriteQueue {
             if let Some(direct) = direct {
                 // A connection closed from outside (kick, drain) takes nothing more, as its
                 // writer task would refuse it.
-                if direct.conn.token.is_cancelled() {
+                if direct.conn.is_closed() {
                     return Err(QueueError::Closed);
                 }
                 if !state.writing {

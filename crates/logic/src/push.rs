@@ -612,19 +612,29 @@ impl PushEngine {
         true
     }
 
-    /// Delivers a stored push in waves.
+    /// Delivers a stored push in waves. A push to more than one wave of recipients is split
+    /// into contiguous parts delivered by one task per runtime worker at once: a gate's write
+    /// is a syscall in the pushing task, so one task would leave the other cores idle during
+    /// a broadcast. All parts end before the next push of the appcode starts, so a user's
+    /// pushes still arrive in the order they were accepted.
     async fn fan_out(&self, record: &Arc<PushRecord>) {
-        let receipt: Arc<dyn WriteReceipt> = record.clone();
-        for wave_start in (0..record.recipients.len()).step_by(WAVE) {
-            let wave_end = (wave_start + WAVE).min(record.recipients.len());
-            for index in wave_start..wave_end {
-                let reached = self.deliver_online(record, &receipt, index).await;
-                if !reached {
-                    self.offline(record, index).await;
-                }
+        let recipients = record.recipients.len();
+        let workers = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
+        let parts = recipients.div_ceil(WAVE).min(workers);
+        if parts > 1 {
+            let per_part = recipients.div_ceil(parts);
+            let mut tasks = tokio::task::JoinSet::new();
+            for start in (0..recipients).step_by(per_part) {
+                let (engine, record) = (self.clone(), record.clone());
+                let end = (start + per_part).min(recipients);
+                tasks.spawn(async move { engine.deliver_range(&record, start..end).await });
             }
-            // Let the gate's own work (reads, logins, other pushes) run between waves.
-            tokio::task::yield_now().await;
+            while tasks.join_next().await.is_some() {}
+        } else {
+            self.deliver_range(record, 0..recipients).await;
         }
         if !record.persist && record.ttl_secs > 0 {
             let engine = self.clone();
@@ -633,6 +643,22 @@ impl PushEngine {
                 tokio::time::sleep(Duration::from_secs(u64::from(record.ttl_secs))).await;
                 engine.expire(&record);
             });
+        }
+    }
+
+    /// Delivers to recipients `range` of `record`, online or else offline, in waves.
+    async fn deliver_range(&self, record: &Arc<PushRecord>, range: std::ops::Range<usize>) {
+        let receipt: Arc<dyn WriteReceipt> = record.clone();
+        for wave_start in range.clone().step_by(WAVE) {
+            let wave_end = (wave_start + WAVE).min(range.end);
+            for index in wave_start..wave_end {
+                let reached = self.deliver_online(record, &receipt, index).await;
+                if !reached {
+                    self.offline(record, index).await;
+                }
+            }
+            // Let the gate's own work (reads, logins, other pushes) run between waves.
+            tokio::task::yield_now().await;
         }
     }
 
