@@ -213,7 +213,11 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
             &exe,
             args.sender_appcode,
             &args.server_log,
-            &transport_overrides(args.transport)?,
+            &[
+                transport_overrides(args.transport)?,
+                crate::server::unthrottled_logins(),
+            ]
+            .concat(),
             deadline,
             || {
                 args.sender_secret
