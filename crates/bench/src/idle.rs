@@ -15,6 +15,13 @@
 //! 5. Workers are told to stop by closing their stdin (they also stop at their own
 //!    deadline); a spawned server gets SIGTERM.
 //!
+//! Sweep (`--connections 1000,5000,10000`): the steps above once per N, each against a freshly
+//! spawned server (a server that held 10,000 sessions keeps allocator pages and table capacity,
+//! so the next N's baseline would not be its own), and the peers at every N too (the plot's
+//! peer lines need more than one point). At the end a table of every N, the JSON's `sweep`
+//! array (each point's whole report), and a plot of RSS per connection against N with the
+//! DESIGN.md target. An external `--server` cannot be restarted between points: refused.
+//!
 //! Worker protocol ([`crate::workers`]; one line each on the worker's stdout):
 //! `progress <ok> <failed>`, `ready <ok> <failed> <µs>` (every login attempted, the last one
 //! done this long after the worker began: the login wall time is the longest of these),
@@ -34,7 +41,8 @@ use tokio::time::Instant;
 use crate::client::{self, Minter};
 use crate::link::Transport;
 use crate::num::round;
-use crate::peers::{self, PeersOption};
+use crate::peers::{self, Chosen, PeersOption};
+use crate::plot;
 use crate::procfs::{self, Rss};
 use crate::report::{Machine, RunStamp, mib, per, thousands, verdict};
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides};
@@ -55,9 +63,17 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
     /// Logged-in idle connections to open (one server process holds at most ~19,900 here:
-    /// 20,000 open files per process).
-    #[arg(long, default_value_t = 1000)]
-    pub connections: u32,
+    /// 20,000 open files per process). A comma-separated list (`1000,5000,10000`) is a sweep:
+    /// one run per N, one after another, each against a freshly spawned server and with the
+    /// peers (--peers) measured at every N; then a summary table, a `sweep` array in --json and
+    /// a plot of RSS per connection against N (--plot). Not with --server.
+    #[arg(
+        long,
+        value_name = "N[,N…]",
+        value_delimiter = ',',
+        default_value = "1000"
+    )]
+    pub connections: Vec<u32>,
     /// How the connections reach the gate: plain TCP, or WebSocket (a spawned server then
     /// listens for WebSocket on a free port; with --server, that address is the WebSocket
     /// listener).
@@ -103,9 +119,14 @@ pub struct IdleArgs {
     /// LONGLINK_LOG of a spawned server (`info` is `longlink serve`'s default: one line per login).
     #[arg(long, default_value = "info")]
     pub server_log: String,
-    /// Write the inputs and figures as JSON to this file.
+    /// Write the inputs and figures as JSON to this file (a sweep's plot goes next to it:
+    /// the same name ending in .svg, unless --plot says otherwise).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A sweep only: plot RSS per connection against N (longlink, each peer, the DESIGN.md
+    /// target) to this file (.svg or .png).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// The same workload against mosquitto and nats-server after longlink's (`--peers`).
     #[command(flatten)]
     pub peers: PeersOption,
@@ -121,6 +142,7 @@ pub struct IdleWorkerArgs {
 
 /// Runs the scenario: prints the figures, writes `--json`, and fails (one line) when the
 /// run is not valid: too many failed logins, dropped connections, or the deadline passed.
+/// With several N, a sweep (module docs).
 ///
 /// Must run inside the `longlink` binary: the server and the workers are started as
 /// subcommands of [`std::env::current_exe`].
@@ -128,21 +150,56 @@ pub struct IdleWorkerArgs {
 /// # Errors
 /// Bad arguments, a server that does not start or answer, too many failures, the deadline.
 pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
-    if args.connections == 0 {
-        bail!("--connections must be at least 1");
+    let points = check_args(&args)?;
+    // Checked first: a missing broker is said before the longlink run, not after it.
+    let chosen = args.peers.resolve()?;
+    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
+    if let [n] = points[..] {
+        let json = point(&args, n, &chosen, &exe).await?;
+        if let Some(path) = &args.json {
+            crate::report::write_json(path, &json)?;
+        }
+        return Ok(());
+    }
+    sweep(&args, &points, &chosen, &exe).await
+}
+
+/// The N of each run, after refusing arguments the run cannot honour (before anything starts).
+fn check_args(args: &IdleArgs) -> anyhow::Result<Vec<u32>> {
+    let points = args.connections.clone();
+    if points.is_empty() || points.contains(&0) {
+        bail!("--connections must be at least 1 (each N of a list too)");
     }
     if args.per_worker == 0 || args.concurrency == 0 {
         bail!("--per-worker and --concurrency must be at least 1");
     }
-    // Checked first: a missing broker is said before the longlink run, not after it.
-    let chosen = args.peers.resolve()?;
+    if points.len() == 1 {
+        if args.plot.is_some() {
+            bail!("--plot draws RSS per connection against N: it needs several N in --connections");
+        }
+        return Ok(points);
+    }
+    if args.target.server.is_some() {
+        bail!(
+            "--connections {}: a sweep starts a fresh server for each N, and --server's cannot be restarted between points; give one N, or drop --server",
+            list(&points)
+        );
+    }
+    if let Some(path) = sweep_plot_path(args) {
+        plot::check_path(&path)?;
+    }
+    Ok(points)
+}
+
+/// One run at `n` connections: longlink's server (spawned, or --server), then the peers;
+/// prints both and returns the report (with the peers' section).
+async fn point(args: &IdleArgs, n: u32, chosen: &Chosen, exe: &Path) -> anyhow::Result<IdleJson> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.deadline_secs);
-    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
     let target = args
         .target
         .resolve_with(
-            &exe,
+            exe,
             args.appcode,
             &args.server_log,
             &overrides(args.transport)?,
@@ -155,7 +212,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
-    let outcome = tokio::time::timeout_at(deadline, measure(&args, &exe, &target, deadline)).await;
+    let outcome = tokio::time::timeout_at(deadline, measure(args, n, exe, &target, deadline)).await;
     let report = target
         .end_run(
             outcome,
@@ -170,28 +227,216 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         bail!("{problem}");
     }
     // The peers, with the same parameters, once longlink's server is stopped.
-    let r = &report.json.results;
-    let longlink = peers::idle::Longlink {
-        rss_per_connection_bytes: r.rss_per_connection_bytes,
-        cpu_us_per_login: r.server_cpu_us_per_login,
-        logins_per_cpu_sec: r.logins_per_server_cpu_sec,
-    };
+    let longlink = longlink_figures(&report.json.results);
     let params = peers::idle::Params {
-        connections: args.connections,
+        connections: n,
         per_worker: args.per_worker,
         concurrency: args.concurrency,
         login_timeout_secs: args.login_timeout_secs,
         warmup: args.warmup,
         deadline_secs: args.deadline_secs,
     };
-    let section = peers::idle::run(&chosen, &params, &longlink, &exe).await?;
+    let section = peers::idle::run(chosen, &params, &longlink, exe).await?;
     report.print();
     peers::idle::print(&section, &longlink);
     report.json.peers = Some(section);
+    Ok(report.json)
+}
+
+fn longlink_figures(r: &Results) -> peers::idle::Longlink {
+    peers::idle::Longlink {
+        rss_per_connection_bytes: r.rss_per_connection_bytes,
+        cpu_us_per_login: r.server_cpu_us_per_login,
+        logins_per_cpu_sec: r.logins_per_server_cpu_sec,
+    }
+}
+
+/// `1000,5000,10000`.
+fn list(points: &[u32]) -> String {
+    points
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Where a sweep's plot goes: --plot, else next to --json (same name, .svg), else nowhere.
+fn sweep_plot_path(args: &IdleArgs) -> Option<PathBuf> {
+    args.plot
+        .clone()
+        .or_else(|| args.json.as_ref().map(|json| json.with_extension("svg")))
+}
+
+/// A sweep's JSON: every point's whole report (as a single run writes it) in `sweep`.
+#[derive(Debug, Serialize)]
+struct SweepJson {
+    #[serde(flatten)]
+    run: RunStamp,
+    /// The N of each point, in the order they ran.
+    connections: Vec<u32>,
+    /// Each point's server was spawned afresh, and its peers ran at that N.
+    server: &'static str,
+    targets: Targets,
+    /// The plot of RSS per connection against N, when one was drawn.
+    plot: Option<String>,
+    /// Set when a point failed: the points before it are in `sweep`, the rest did not run.
+    problem: Option<String>,
+    sweep: Vec<IdleJson>,
+}
+
+/// One row of the summary table and one point of the plot: a server's figures at one N.
+struct Row {
+    server: String,
+    n: u32,
+    connected: u64,
+    rss_per_connection: u64,
+    cpu_us: f64,
+    per_sec: f64,
+    per_cpu_sec: f64,
+}
+
+/// The rows of one point: longlink's, then each peer's.
+fn rows(point: &IdleJson) -> Vec<Row> {
+    let r = &point.results;
+    let n = point.inputs.connections;
+    let mut rows = vec![Row {
+        server: "longlink".to_owned(),
+        n,
+        connected: u64::from(r.logged_in),
+        rss_per_connection: r.rss_per_connection_bytes,
+        cpu_us: r.server_cpu_us_per_login,
+        per_sec: r.logins_per_sec,
+        per_cpu_sec: r.logins_per_server_cpu_sec,
+    }];
+    // The peers' figures are private to `peers::idle`; their JSON form is the documented shape.
+    for run in point.peers.iter().flat_map(|section| &section.runs) {
+        let Ok(v) = serde_json::to_value(run) else {
+            continue;
+        };
+        let int = |key: &str| v[key].as_u64().unwrap_or(0);
+        let float = |key: &str| v[key].as_f64().unwrap_or(0.0);
+        rows.push(Row {
+            server: v["peer"].as_str().unwrap_or("peer").to_owned(),
+            n,
+            connected: int("connected"),
+            rss_per_connection: int("rss_per_connection_bytes"),
+            cpu_us: float("broker_cpu_us_per_connection"),
+            per_sec: float("connects_per_sec"),
+            per_cpu_sec: float("connections_per_broker_cpu_sec"),
+        });
+    }
+    rows
+}
+
+/// Runs every N against its own spawned server (and the peers), then prints the table, writes
+/// the JSON and the plot. A failed point ends the sweep, but the points before it are still
+/// reported and written (a long sweep is not lost to its last, largest N).
+async fn sweep(args: &IdleArgs, points: &[u32], chosen: &Chosen, exe: &Path) -> anyhow::Result<()> {
+    let mut done = Vec::new();
+    let mut problem = None;
+    for (i, &n) in points.iter().enumerate() {
+        println!(
+            "=== sweep point {} of {}: {} connections (fresh server) ===",
+            i + 1,
+            points.len(),
+            thousands(u64::from(n))
+        );
+        match point(args, n, chosen, exe).await {
+            Ok(json) => done.push(json),
+            Err(err) => {
+                problem = Some(format!("sweep point N = {n}: {err:#}"));
+                break;
+            }
+        }
+        println!();
+    }
+    let rows: Vec<Row> = done.iter().flat_map(rows).collect();
+    print_sweep(&rows);
+    let plot_path = sweep_plot_path(args).filter(|_| !done.is_empty());
+    if let Some(path) = &plot_path
+        && let Err(err) = plot::series_styled(path, &sweep_plot(&rows), &sweep_style())
+    {
+        // The figures are in the table and the JSON; a missing font only costs the picture.
+        eprintln!("note: no plot: {err:#}");
+    }
     if let Some(path) = &args.json {
-        crate::report::write_json(path, &report.json)?;
+        let json = SweepJson {
+            run: RunStamp::now("idle"),
+            connections: points.to_vec(),
+            server: "spawned afresh for each N; the peers ran at each N",
+            targets: Targets {
+                rss_per_connection_bytes: TARGET_RSS_PER_CONNECTION,
+                server_cpu_us_per_login: TARGET_CPU_US_PER_LOGIN,
+            },
+            plot: plot_path.map(|p| p.display().to_string()),
+            problem: problem.clone(),
+            sweep: done,
+        };
+        crate::report::write_json(path, &json)?;
+    }
+    if let Some(problem) = problem {
+        bail!("{problem}");
     }
     Ok(())
+}
+
+fn print_sweep(rows: &[Row]) {
+    println!(
+        "sweep summary (targets: RSS ≤ {} B per connection, CPU ≤ {TARGET_CPU_US_PER_LOGIN} µs per login):",
+        thousands(TARGET_RSS_PER_CONNECTION)
+    );
+    println!(
+        "  {:>8} {:<16} {:>10} {:>12} {:>12} {:>12} {:>14}",
+        "N", "server", "connected", "RSS/conn", "CPU/login", "logins/s", "per CPU-s"
+    );
+    for row in rows {
+        println!(
+            "  {:>8} {:<16} {:>10} {:>10} B {:>9.1} µs {:>12} {:>14}",
+            thousands(u64::from(row.n)),
+            row.server,
+            thousands(row.connected),
+            thousands(row.rss_per_connection),
+            row.cpu_us,
+            thousands(row.per_sec as u64),
+            thousands(row.per_cpu_sec as u64),
+        );
+    }
+}
+
+/// RSS per connection against N: one line per server, in the order they first appear.
+fn sweep_plot(rows: &[Row]) -> plot::SeriesPlot {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for row in rows {
+        let point = (f64::from(row.n), row.rss_per_connection as f64);
+        match series.iter_mut().find(|(name, _)| *name == row.server) {
+            Some((_, points)) => points.push(point),
+            None => series.push((row.server.clone(), vec![point])),
+        }
+    }
+    plot::SeriesPlot {
+        title: "longlink bench idle: memory per connection vs N".to_owned(),
+        charts: vec![plot::SeriesChart {
+            caption: "server RSS per idle logged-in connection ((settled − baseline) ÷ N, fresh server per N)".to_owned(),
+            x_desc: "N (idle connections)".to_owned(),
+            y_desc: "bytes per connection (log scale)".to_owned(),
+            series,
+        }],
+    }
+}
+
+fn sweep_style() -> plot::SeriesStyle {
+    plot::SeriesStyle {
+        target: Some((
+            format!(
+                "DESIGN.md target: ≤ {} B",
+                thousands(TARGET_RSS_PER_CONNECTION)
+            ),
+            TARGET_RSS_PER_CONNECTION as f64,
+        )),
+        markers: true,
+        // nats-server's ~20 KB per connection beside mosquitto's ~1 KB.
+        log_y: true,
+    }
 }
 
 /// A spawned server's settings for this scenario: the listener of `transport`, and an
@@ -401,11 +646,11 @@ async fn warm_up(args: &IdleArgs, gate: SocketAddr, minter: &Arc<Minter>) -> any
 
 async fn measure(
     args: &IdleArgs,
+    n: u32,
     exe: &Path,
     target: &Target,
     deadline: Instant,
 ) -> anyhow::Result<Report> {
-    let n = args.connections;
     let pid = target.pid;
     let workers_count = workers::count(n, args.per_worker);
     let endpoint = target.endpoint(args.transport)?;

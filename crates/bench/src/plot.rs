@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Image size in pixels.
@@ -319,10 +321,39 @@ pub(crate) struct SeriesChart {
 /// # Errors
 /// A bad extension, no font, or the file cannot be written.
 pub(crate) fn series(path: &Path, plot: &SeriesPlot) -> anyhow::Result<()> {
+    series_styled(path, plot, &SeriesStyle::default())
+}
+
+/// What [`series_styled`] adds to a [`SeriesPlot`]'s charts. A separate value rather than more
+/// fields of [`SeriesChart`], so the scenarios that build plain charts need not name them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeriesStyle {
+    /// A horizontal line across every chart, drawn in red: its legend and y (a target).
+    pub(crate) target: Option<(String, f64)>,
+    /// A dot at every point: lines of a few measured points (a sweep), not a time series.
+    pub(crate) markers: bool,
+    /// y on a log scale, for lines of different magnitudes (e.g. nats-server's ~20 KB per
+    /// connection beside mosquitto's ~1 KB) that a linear axis would flatten.
+    pub(crate) log_y: bool,
+}
+
+/// [`series`] with `style`'s target line, markers and y scale.
+///
+/// # Errors
+/// As [`series`].
+pub(crate) fn series_styled(
+    path: &Path,
+    plot: &SeriesPlot,
+    style: &SeriesStyle,
+) -> anyhow::Result<()> {
     font()?;
     match extension(path).as_deref() {
-        Some("svg") => draw_series(SVGBackend::new(path, SIZE).into_drawing_area(), plot),
-        Some("png") => draw_series(BitMapBackend::new(path, SIZE).into_drawing_area(), plot),
+        Some("svg") => draw_series(SVGBackend::new(path, SIZE).into_drawing_area(), plot, style),
+        Some("png") => draw_series(
+            BitMapBackend::new(path, SIZE).into_drawing_area(),
+            plot,
+            style,
+        ),
         _ => bail!(
             "plot {}: the file name must end in .svg or .png",
             path.display()
@@ -335,6 +366,7 @@ pub(crate) fn series(path: &Path, plot: &SeriesPlot) -> anyhow::Result<()> {
 fn draw_series<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     plot: &SeriesPlot,
+    style: &SeriesStyle,
 ) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(plotting)?;
     let root = root.titled(&plot.title, (FONT, 20)).map_err(plotting)?;
@@ -342,46 +374,100 @@ fn draw_series<DB: DrawingBackend>(
     for (chart_spec, area) in plot.charts.iter().zip(areas.iter()) {
         let points = || chart_spec.series.iter().flat_map(|(_, p)| p.iter());
         let x_end = points().map(|&(x, _)| x).fold(0f64, f64::max).max(0.1);
-        let y_end = points().map(|&(_, y)| y).fold(0f64, f64::max).max(1.0) * 1.05;
-        let mut chart = ChartBuilder::on(area)
-            .margin(12)
-            .margin_right(40)
-            .caption(chart_spec.caption.as_str(), (FONT, 16))
-            .x_label_area_size(40)
-            .y_label_area_size(80)
-            .build_cartesian_2d(0f64..x_end, 0f64..y_end)
-            .map_err(plotting)?;
-        chart
-            .configure_mesh()
-            .x_desc(chart_spec.x_desc.as_str())
-            .y_desc(chart_spec.y_desc.as_str())
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .label_style((FONT, 13))
-            .draw()
-            .map_err(plotting)?;
-        for (i, (label, points)) in chart_spec.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(plotting)?
-                .label(label.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+        let target = style.target.as_ref().map(|(_, y)| *y);
+        let builder = |area| {
+            let mut builder = ChartBuilder::on(area);
+            builder
+                .margin(12)
+                .margin_right(40)
+                .caption(chart_spec.caption.as_str(), (FONT, 16))
+                .x_label_area_size(40)
+                .y_label_area_size(80);
+            builder
+        };
+        // The two scales are different coordinate types: one generic body draws either.
+        if style.log_y {
+            let (low, high) = log_bounds(chart_spec.series.iter(), target);
+            let chart = builder(area)
+                .build_cartesian_2d(0f64..x_end, (low..high).log_scale())
+                .map_err(plotting)?;
+            draw_chart(chart, chart_spec, style, x_end)?;
+        } else {
+            let y_end = points()
+                .map(|&(_, y)| y)
+                .chain(target)
+                .fold(0f64, f64::max)
+                .max(1.0)
+                * 1.05;
+            let chart = builder(area)
+                .build_cartesian_2d(0f64..x_end, 0f64..y_end)
+                .map_err(plotting)?;
+            draw_chart(chart, chart_spec, style, x_end)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(plotting)?;
     }
     root.present().map_err(plotting)?;
+    Ok(())
+}
+
+/// Mesh, lines, target and legend of one [`SeriesChart`], on a linear or a log y axis.
+fn draw_chart<'a, DB, Y>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+    chart_spec: &SeriesChart,
+    style: &SeriesStyle,
+    x_end: f64,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(chart_spec.x_desc.as_str())
+        .y_desc(chart_spec.y_desc.as_str())
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(plotting)?;
+    for (i, (label, points)) in chart_spec.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        // A log axis has no place for 0 or less.
+        let shown = || {
+            points
+                .iter()
+                .copied()
+                .filter(|&(_, y)| !style.log_y || y > 0.0)
+        };
+        chart
+            .draw_series(LineSeries::new(shown(), color.stroke_width(2)))
+            .map_err(plotting)?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        if style.markers {
+            chart
+                .draw_series(shown().map(|point| Circle::new(point, 4, color.filled())))
+                .map_err(plotting)?;
+        }
+    }
+    if let Some((label, target)) = &style.target {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, *target), (x_end, *target)],
+                RED.stroke_width(1),
+            ))
+            .map_err(plotting)?
+            .label(label.as_str())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(plotting)?;
     Ok(())
 }
 
@@ -459,6 +545,38 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.contains("<svg") && svg.contains("pulled"));
         assert!(series(&dir.path().join("series.jpg"), &plot).is_err());
+    }
+
+    #[test]
+    fn writes_styled_series_svg_when_a_font_exists() {
+        if font().is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.svg");
+        let plot = SeriesPlot {
+            title: "test".to_owned(),
+            charts: vec![SeriesChart {
+                caption: "RSS per connection".to_owned(),
+                x_desc: "connections".to_owned(),
+                y_desc: "bytes".to_owned(),
+                series: vec![
+                    ("low".to_owned(), vec![(1000.0, 900.0), (5000.0, 1000.0)]),
+                    (
+                        "high".to_owned(),
+                        vec![(1000.0, 20_000.0), (5000.0, 21_000.0)],
+                    ),
+                ],
+            }],
+        };
+        let style = SeriesStyle {
+            target: Some(("target ≤ 2,048 B".to_owned(), 2048.0)),
+            markers: true,
+            log_y: true,
+        };
+        series_styled(&path, &plot, &style).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("target") && svg.contains("<circle"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast, offline) runs small against its own spawned server,
 //! exits 0 and writes the JSON it documents; idle and c2c also over WebSocket (`--transport ws`); idle, push, broadcast
 //! and c2c also with their peers in the same run (`--peers mosquitto,nats`: throwaway mosquitto and nats-server brokers,
-//! installed by scripts/test). (No timing is asserted: figures live in docs/benchmarks.md.)
+//! installed by scripts/test); idle also as a sweep over N (`--connections 20,40`: a `sweep` array and a plot).
+//! (No timing is asserted: figures live in docs/benchmarks.md.)
 
 mod common;
 
@@ -70,6 +71,59 @@ async fn idle_scenario_over_websocket_logs_everyone_in() {
     assert_eq!(results["dropped"], 0, "{results}");
     assert_eq!(results["sessions_reported"], 20, "{results}");
     assert!(results["rss_per_connection_bytes"].is_number(), "{results}");
+}
+
+#[tokio::test]
+async fn idle_sweep_runs_each_n_and_plots_memory_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &["idle", "--connections", "20,40", "--peers", "none"],
+        &dir.path().join("idle-sweep.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "idle");
+    let sweep = report["sweep"].as_array().expect("a sweep array");
+    assert_eq!(sweep.len(), 2, "{report}");
+    for (point, n) in sweep.iter().zip([20, 40]) {
+        assert_eq!(point["inputs"]["connections"], n, "{point}");
+        assert_eq!(point["results"]["logged_in"], n, "{point}");
+        assert!(point["results"]["rss_per_connection_bytes"].is_number());
+    }
+    // Each point had its own server.
+    assert_ne!(
+        sweep[0]["server"]["pid"], sweep[1]["server"]["pid"],
+        "{report}"
+    );
+    // The plot goes next to the JSON.
+    let plot = dir.path().join("idle-sweep.svg");
+    assert_eq!(report["plot"], plot.display().to_string(), "{report}");
+    let size = std::fs::metadata(&plot).expect("plot written").len();
+    assert!(size > 0, "empty plot");
+}
+
+#[tokio::test]
+async fn an_idle_sweep_against_an_external_server_is_refused_in_one_line() {
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        command(&[
+            "bench",
+            "idle",
+            "--connections",
+            "10,20",
+            "--server",
+            "127.0.0.1:1",
+            "--server-pid",
+            "1",
+        ])
+        .output(),
+    )
+    .await
+    .expect("bench finished in time")
+    .expect("bench ran");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot be restarted"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 #[tokio::test]
