@@ -79,12 +79,11 @@ async fn accept_loop(
                 if transport == Transport::Tcp {
                     // No handshake: the task is the connection's own future, nothing around
                     // it (its size is what every idle connection keeps).
-                    tracker.spawn(async move {
-                        connection
-                            .run(transport::Stream::Tcp(stream), &tracker_for_writer)
-                            .await;
-                        drop(permit);
-                    });
+                    tracker.spawn(connection.run(
+                        transport::Stream::Tcp(stream),
+                        tracker_for_writer,
+                        permit,
+                    ));
                     continue;
                 }
                 let (gate, tls, shutdown) = (gate.clone(), tls.clone(), shutdown.clone());
@@ -103,11 +102,10 @@ async fn accept_loop(
                         _ = shutdown.cancelled() => return,
                     };
                     match established {
-                        Ok(Ok(stream)) => connection.run(stream, &tracker_for_writer).await,
+                        Ok(Ok(stream)) => connection.run(stream, tracker_for_writer, permit).await,
                         Ok(Err(err)) => handshake_failed(&gate, transport, peer, &err.to_string()),
                         Err(_) => handshake_failed(&gate, transport, peer, "timed out"),
                     }
-                    drop(permit);
                 });
             }
             Err(err) => {
