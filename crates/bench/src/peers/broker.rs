@@ -58,6 +58,13 @@ pub(crate) fn binary(kind: PeerKind) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// mosquitto listens on 127.0.0.1 … 127.0.0.MQTT_ADDRESSES (same port), and MQTT clients
+/// spread over them by their id: rumqttc cannot bind a source address, and from one source to
+/// one destination Linux's `connect` finds only ~14,000 ephemeral ports (it tries the even
+/// half of the range first, docs/benchmarks.md "Effects the bench has to work around"), so a
+/// 15,000-subscriber broadcast failed with EADDRNOTAVAIL.
+pub(crate) const MQTT_ADDRESSES: u8 = 8;
+
 impl Broker {
     /// Starts a broker of `kind` on a free loopback port and waits until it accepts
     /// connections.
@@ -65,9 +72,25 @@ impl Broker {
     /// # Errors
     /// The binary is missing, does not start, or does not listen within [`START_TIMEOUT`].
     pub(crate) fn start(kind: PeerKind) -> anyhow::Result<Broker> {
+        // A port free a moment ago may be taken meanwhile on one of mosquitto's addresses
+        // (other runs' clients bind 127.0.0.x): a few fresh tries, then the error.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(kind) {
+                Err(err) if attempt < 5 && format!("{err:#}").contains("already in use") => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(kind: PeerKind) -> anyhow::Result<Broker> {
         let binary = binary(kind)?;
         let dir = tempfile::tempdir().context("cannot create a temp dir for the broker")?;
-        let port = free_port()?;
+        let port = match kind {
+            PeerKind::Mosquitto => free_port_on_all(MQTT_ADDRESSES)?,
+            PeerKind::Nats => free_port()?,
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::fs::File::create(dir.path().join("broker.log"))
             .context("cannot create the broker's log file")?;
@@ -80,9 +103,14 @@ impl Broker {
                 // No persistence, no log file: the broker keeps everything in memory, as the
                 // longlink runs' online-only pushes do; `max_connections -1` is "no limit"
                 // (the open-files limit still applies).
+                // One listener per address of MQTT_ADDRESSES (see there).
+                for host in 1..=MQTT_ADDRESSES {
+                    writeln!(file, "listener {port} 127.0.0.{host}")
+                        .context("cannot write the mosquitto config")?;
+                }
                 writeln!(
                     file,
-                    "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning"
+                    "allow_anonymous true\nmax_connections -1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning"
                 )
                 .context("cannot write the mosquitto config")?;
                 command.arg("-c").arg(&config);
@@ -155,6 +183,20 @@ fn tail(path: &Path) -> String {
     } else {
         joined.join(" | ")
     }
+}
+
+/// A port that was free a moment ago on each of 127.0.0.1 … 127.0.0.`hosts`.
+fn free_port_on_all(hosts: u8) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = free_port()?;
+        let free = (2..=hosts).all(|host| {
+            TcpListener::bind(("127.0.0.".to_owned() + &host.to_string(), port)).is_ok()
+        });
+        if free {
+            return Ok(port);
+        }
+    }
+    bail!("no port free on all of 127.0.0.1 … 127.0.0.{hosts}")
 }
 
 /// A loopback port that was free a moment ago.

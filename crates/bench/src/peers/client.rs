@@ -40,7 +40,18 @@ fn qos(level: u8) -> QoS {
 }
 
 fn mqtt_options(id: &str, broker: SocketAddr, timeout: Duration) -> (AsyncClient, EventLoop) {
-    let mut options = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+    let host = match broker.ip() {
+        // Spread over the broker's loopback listeners by id (see `broker::MQTT_ADDRESSES`).
+        IpAddr::V4(ip) if ip == std::net::Ipv4Addr::LOCALHOST => {
+            let spread = id
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+            let last = 1 + (spread % u32::from(super::broker::MQTT_ADDRESSES)) as u8;
+            std::net::Ipv4Addr::new(127, 0, 0, last).to_string()
+        }
+        other => other.to_string(),
+    };
+    let mut options = MqttOptions::new(id, host, broker.port());
     options
         .set_keep_alive(KEEPALIVE)
         .set_clean_session(true)
@@ -109,8 +120,8 @@ impl Subscriber {
         let connecting = async {
             match peer.kind {
                 PeerKind::Mosquitto => {
-                    // rumqttc cannot bind a source address: the kernel picks it (127.0.0.1),
-                    // which leaves ~28k ports per broker port, more than one broker holds.
+                    // rumqttc cannot bind a source address: the kernel picks it (127.0.0.1);
+                    // the destinations are spread instead (`mqtt_options`).
                     let (client, mut events) = mqtt_options(id, broker, timeout);
                     mqtt_connack(&mut events).await?;
                     for topic in topics {
