@@ -58,12 +58,18 @@ pub(crate) fn binary(kind: PeerKind) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// mosquitto listens on 127.0.0.1 … 127.0.0.MQTT_ADDRESSES (same port), and MQTT clients
+/// mosquitto also listens on 127.0.1.1 … 127.0.1.MQTT_ADDRESSES (same port), and MQTT clients
 /// spread over them by their id: rumqttc cannot bind a source address, and from one source to
 /// one destination Linux's `connect` finds only ~14,000 ephemeral ports (it tries the even
 /// half of the range first, docs/benchmarks.md "Effects the bench has to work around"), so a
-/// 15,000-subscriber broadcast failed with EADDRNOTAVAIL.
+/// 15,000-subscriber broadcast failed with EADDRNOTAVAIL. Not 127.0.0.x: the bench's workers
+/// bind those as source addresses, and their sockets in TIME_WAIT would block the listeners.
 pub(crate) const MQTT_ADDRESSES: u8 = 8;
+
+/// The `host`-th (1-based) spread address of mosquitto.
+pub(crate) fn mqtt_address(host: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 1, host)
+}
 
 impl Broker {
     /// Starts a broker of `kind` on a free loopback port and waits until it accepts
@@ -103,9 +109,12 @@ impl Broker {
                 // No persistence, no log file: the broker keeps everything in memory, as the
                 // longlink runs' online-only pushes do; `max_connections -1` is "no limit"
                 // (the open-files limit still applies).
-                // One listener per address of MQTT_ADDRESSES (see there).
+                // 127.0.0.1 (the broker's address) and the spread addresses (see
+                // MQTT_ADDRESSES).
+                writeln!(file, "listener {port} 127.0.0.1")
+                    .context("cannot write the mosquitto config")?;
                 for host in 1..=MQTT_ADDRESSES {
-                    writeln!(file, "listener {port} 127.0.0.{host}")
+                    writeln!(file, "listener {port} {}", mqtt_address(host))
                         .context("cannot write the mosquitto config")?;
                 }
                 writeln!(
@@ -185,20 +194,17 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// A port that was free a moment ago on each of 127.0.0.1 … 127.0.0.`hosts`.
+/// A port that was free a moment ago on 127.0.0.1 and each of the `hosts` spread addresses.
 fn free_port_on_all(hosts: u8) -> anyhow::Result<u16> {
     for _ in 0..50 {
         let port = free_port()?;
-        let free = (2..=hosts).all(|host| {
-            TcpListener::bind(("127.0.0.".to_owned() + &host.to_string(), port)).is_ok()
-        });
+        let free = (1..=hosts).all(|host| TcpListener::bind((mqtt_address(host), port)).is_ok());
         if free {
             return Ok(port);
         }
     }
-    bail!("no port free on all of 127.0.0.1 … 127.0.0.{hosts}")
+    bail!("no port free on 127.0.0.1 and all of 127.0.1.1 … 127.0.1.{hosts}")
 }
-
 /// A loopback port that was free a moment ago.
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;

@@ -46,8 +46,8 @@ fn mqtt_options(id: &str, broker: SocketAddr, timeout: Duration) -> (AsyncClient
             let spread = id
                 .bytes()
                 .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-            let last = 1 + (spread % u32::from(super::broker::MQTT_ADDRESSES)) as u8;
-            std::net::Ipv4Addr::new(127, 0, 0, last).to_string()
+            let host = 1 + (spread % u32::from(super::broker::MQTT_ADDRESSES)) as u8;
+            super::broker::mqtt_address(host).to_string()
         }
         other => other.to_string(),
     };
