@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use longlink_proto::{Cmd, ErrorCode, Frame, KickReason, wire};
-use tokio_util::sync::CancellationToken;
 
 /// Why a connection ended: logged once, when the session is unregistered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +84,10 @@ pub(crate) struct Visitor {
 /// What one connection shares between its reader, its writer and the session table.
 #[derive(Debug)]
 pub(crate) struct ConnShared {
-    /// Cancelled to close the connection from outside its reader (kick, slow consumer).
-    pub(crate) token: CancellationToken,
+    /// Wakes the reader and the writer when the connection is closed from outside its reader
+    /// (kick, slow consumer, drain): a `Notify` inside this struct rather than a
+    /// `CancellationToken`, whose tree node is one more allocation per connection.
+    closing: tokio::sync::Notify,
     reason: AtomicU8,
     /// `appcode:uid/device` once logged in: the `who` of the ledger events its writer records.
     pub(crate) label: std::sync::OnceLock<std::sync::Arc<str>>,
@@ -101,7 +102,7 @@ pub(crate) struct ConnShared {
 impl ConnShared {
     pub(crate) fn new() -> Self {
         Self {
-            token: CancellationToken::new(),
+            closing: tokio::sync::Notify::new(),
             reason: AtomicU8::new(0),
             label: std::sync::OnceLock::new(),
             visitor: std::sync::OnceLock::new(),
@@ -122,7 +123,21 @@ impl ConnShared {
         let _ = self
             .reason
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.closing.notify_waiters();
+    }
+
+    /// Resolves once [`ConnShared::close`] has been called (at once if it was). Cancel-safe.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a close in between wakes it.
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether [`ConnShared::close`] was called: one atomic load (the token's own check takes

@@ -50,7 +50,9 @@ struct Reader {
     conn: Arc<ConnShared>,
     write_timeout: std::time::Duration,
     queue: Arc<WriteQueue>,
-    session: Option<SessionInfo>,
+    /// Logged in (or resumed): the session is the one in `conn.visitor` (one copy of its
+    /// strings per connection, not two).
+    attached: bool,
     codec: FrameCodec,
     /// The session's per-appcode gauge and message counter, resolved at login.
     session_metrics: Option<(Gauge, Counter)>,
@@ -104,7 +106,7 @@ impl Connection {
                 conn,
                 write_timeout: self.gate.config.write_timeout,
                 queue,
-                session: None,
+                attached: false,
                 codec: FrameCodec::new(self.gate.config.max_body_bytes),
                 session_metrics: None,
                 resumable: false,
@@ -119,7 +121,9 @@ impl Connection {
             if let Some((sessions, _)) = reader.session_metrics.take() {
                 sessions.dec();
             }
-            if let Some(session) = reader.session.take() {
+            let session = reader.session().cloned();
+            reader.attached = false;
+            if let Some(session) = session {
                 let hold = reader.resumable
                     && reason.holds_session()
                     && !self.gate.config.hold.is_zero()
@@ -214,7 +218,7 @@ impl Connection {
         let mut last_activity = Instant::now();
         let mut buf = BytesMut::new();
         loop {
-            let deadline = match reader.session {
+            let deadline = match reader.session() {
                 None => login_deadline,
                 Some(_) => last_activity + config.idle_timeout,
             };
@@ -231,7 +235,7 @@ impl Connection {
                     reader.queue_now(Kick::new(KickReason::ServerShutdown, "server is shutting down", SHUTDOWN_BACKOFF_MS).frame());
                     return CloseReason::ServerShutdown;
                 }
-                _ = reader.conn.token.cancelled() => {
+                () = reader.conn.closed() => {
                     let reason = reader.conn.reason();
                     if reason == CloseReason::Kicked {
                         Box::pin(self.apply_acks_already_received(reader, read, &mut buf)).await;
@@ -244,7 +248,7 @@ impl Connection {
                     if paused.is_some() && Instant::now() < deadline {
                         continue;
                     }
-                    let (code, reason, message) = match reader.session {
+                    let (code, reason, message) = match reader.session() {
                         None => (ErrorCode::LoginTimeout, CloseReason::LoginTimeout, "no login within the login timeout"),
                         Some(_) => (ErrorCode::IdleTimeout, CloseReason::IdleTimeout, "nothing received within the idle timeout"),
                     };
@@ -333,7 +337,7 @@ impl Connection {
         read: &mut ReadSide,
         buf: &mut BytesMut,
     ) {
-        let Some(session) = reader.session.clone() else {
+        let Some(session) = reader.session().cloned() else {
             return;
         };
         while buf.len() < KICK_DRAIN_BYTES {
@@ -434,15 +438,15 @@ impl Connection {
                     .queue(Frame::response(&header, &pong).to_bytes())
                     .await
             }
-            Ok(Cmd::Login) if reader.session.is_none() => self.login(reader, frame).await,
-            Ok(Cmd::Resume) if reader.session.is_none() => self.resume(reader, frame).await,
-            _ if reader.session.is_none() => {
+            Ok(Cmd::Login) if reader.session().is_none() => self.login(reader, frame).await,
+            Ok(Cmd::Resume) if reader.session().is_none() => self.resume(reader, frame).await,
+            _ if reader.session().is_none() => {
                 reader
                     .refuse(&header, Refusal::new(ErrorCode::NotLoggedIn, "login first"))
                     .await
             }
             _ => {
-                let Some(session) = reader.session.as_ref() else {
+                let Some(session) = reader.session() else {
                     return Next::Close(CloseReason::Io);
                 };
                 if header.frame_type == FrameType::Request
@@ -619,7 +623,12 @@ impl Connection {
             &session.device_id,
         ));
         reader.resumable = resumable;
-        reader.session = Some(session);
+        // admit_session recorded it already; this only covers a path that did not.
+        let _ = reader.conn.visitor.set(crate::close::Visitor {
+            session,
+            ip: self.peer.ip(),
+        });
+        reader.attached = true;
     }
 
     /// What this gate tells a client about its hold: the hold in seconds (0 = none).
@@ -831,6 +840,15 @@ fn closing_error(frame: &Frame) -> Option<ErrorCode> {
 }
 
 impl Reader {
+    /// The session logged in on this connection, if any.
+    fn session(&self) -> Option<&SessionInfo> {
+        if self.attached {
+            self.conn.visitor.get().map(|visitor| &visitor.session)
+        } else {
+            None
+        }
+    }
+
     /// Queues a frame, waiting for room at most the write timeout; a queue that stays full
     /// means the client does not read.
     async fn queue(&self, frame: Bytes) -> Next {

@@ -143,6 +143,6 @@ mod tests {
         assert_eq!(queued.get(), 1, "one KICK queued");
         assert_eq!(report.left_open, 1, "it never closed");
         assert_eq!(report.resumed_elsewhere, 0, "nor went anywhere");
-        assert!(link.conn.token.is_cancelled());
+        assert!(link.conn.is_closed());
     }
 }

@@ -407,7 +407,7 @@ pub(crate) async fn run(
             // Queued frames first: a KICK queued just before the close must still go out.
             biased;
             more = queue.next_batch(&mut batch, MAX_BATCH) => !more,
-            _ = conn.token.cancelled() => {
+            () = conn.closed() => {
                 queue.close();
                 queue.drain_into(&mut batch, MAX_BATCH);
                 if conn.reason() == CloseReason::SlowConsumer {
@@ -461,7 +461,7 @@ async fn direct_writer(queue: Arc<WriteQueue>) {
                 }
                 false
             }
-            () = direct.conn.token.cancelled(), if flush_by.is_none() => true,
+            () = direct.conn.closed(), if flush_by.is_none() => true,
         };
         if cancelled {
             flush_by = Some(tokio::time::Instant::now() + direct.write_timeout);
