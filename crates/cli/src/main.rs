@@ -14,12 +14,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// jemalloc (feature `jemalloc`, on by default): size classes and per-CPU arenas that keep an
-/// idle connection's RSS low and steady; with glibc malloc the same run measured 3.5 to 5.2 KB
-/// per connection depending on how its per-thread arenas fragmented.
-#[cfg(feature = "jemalloc")]
+/// mimalloc (feature `mimalloc`, on by default): small size classes and per-thread heaps
+/// that keep an idle connection's RSS low and steady; with glibc malloc the same run measured
+/// 3.5 to 5.2 KB per connection depending on how its per-thread arenas fragmented.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// longlink: a real-time messaging platform (gate, logic, store, SDK) in one binary.
 #[derive(Debug, Parser)]
