@@ -29,6 +29,7 @@ mod api;
 pub mod broadcast;
 pub mod c2c;
 mod client;
+mod counts;
 pub mod fanout;
 mod http;
 pub mod idle;

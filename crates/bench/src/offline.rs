@@ -65,6 +65,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{Api, DEV_API_KEY, PushAnswer, PushBody, PushStats};
 use crate::client::{Minter, SourcePorts};
+use crate::counts::CountLine;
 use crate::fanout::histogram;
 use crate::latency::{self, Latency};
 use crate::num::round;
@@ -230,66 +231,37 @@ struct Counts {
     max_drain_us: u64,
 }
 
-/// [`Counts`]' fields in the `pull-done` line, with how to read and write each.
-fn count_fields(c: &mut Counts) -> [(&'static str, &mut u64); 18] {
-    [
-        ("clients", &mut c.clients),
-        ("drained", &mut c.drained),
-        ("failed", &mut c.failed),
-        ("pages", &mut c.pages),
-        ("empty_pages", &mut c.empty_pages),
-        ("short_pages", &mut c.short_pages),
-        ("rate_limited", &mut c.rate_limited),
-        ("pulled", &mut c.pulled),
-        ("page_bytes", &mut c.page_bytes),
-        ("acked", &mut c.acked),
-        ("lost", &mut c.lost),
-        ("duplicates", &mut c.duplicates),
-        ("out_of_order", &mut c.out_of_order),
-        ("unexpected", &mut c.unexpected),
-        ("cursor_mismatches", &mut c.cursor_mismatches),
-        ("redelivered", &mut c.redelivered),
-        ("pushed_during_pull", &mut c.pushed_during_pull),
-        ("max_drain_us", &mut c.max_drain_us),
-    ]
+impl CountLine for Counts {
+    const TAG: &'static str = "pull-done";
+    /// The drain time takes the larger; the rest sum.
+    const MAXIMA: &'static [&'static str] = &["max_drain_us"];
+
+    fn fields(&mut self) -> Vec<(&'static str, &mut u64)> {
+        let c = self;
+        vec![
+            ("clients", &mut c.clients),
+            ("drained", &mut c.drained),
+            ("failed", &mut c.failed),
+            ("pages", &mut c.pages),
+            ("empty_pages", &mut c.empty_pages),
+            ("short_pages", &mut c.short_pages),
+            ("rate_limited", &mut c.rate_limited),
+            ("pulled", &mut c.pulled),
+            ("page_bytes", &mut c.page_bytes),
+            ("acked", &mut c.acked),
+            ("lost", &mut c.lost),
+            ("duplicates", &mut c.duplicates),
+            ("out_of_order", &mut c.out_of_order),
+            ("unexpected", &mut c.unexpected),
+            ("cursor_mismatches", &mut c.cursor_mismatches),
+            ("redelivered", &mut c.redelivered),
+            ("pushed_during_pull", &mut c.pushed_during_pull),
+            ("max_drain_us", &mut c.max_drain_us),
+        ]
+    }
 }
 
 impl Counts {
-    /// `pull-done name=value …`.
-    fn to_line(mut self) -> String {
-        let pairs: Vec<String> = count_fields(&mut self)
-            .iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
-        format!("pull-done {}", pairs.join(" "))
-    }
-
-    /// The counts of a `pull-done` line's words; unknown names are ignored, a bad value
-    /// refuses the line.
-    fn from_words(words: &str) -> Option<Counts> {
-        let mut counts = Counts::default();
-        let mut fields = count_fields(&mut counts);
-        for word in words.split_whitespace() {
-            let (name, value) = word.split_once('=')?;
-            let value: u64 = value.parse().ok()?;
-            if let Some((_, slot)) = fields.iter_mut().find(|(n, _)| *n == name) {
-                **slot = value;
-            }
-        }
-        Some(counts)
-    }
-
-    /// Sums `other` in, except the drain time, which takes the larger.
-    fn add(&mut self, other: &Counts) {
-        let max_drain = self.max_drain_us.max(other.max_drain_us);
-        let mut other = *other;
-        let theirs: Vec<u64> = count_fields(&mut other).iter().map(|(_, v)| **v).collect();
-        for ((_, mine), theirs) in count_fields(self).iter_mut().zip(theirs) {
-            **mine += theirs;
-        }
-        self.max_drain_us = max_drain;
-    }
-
     /// Messages that were not served exactly once, in order: what fails the run.
     fn wrong(&self) -> u64 {
         self.lost + self.duplicates + self.out_of_order + self.unexpected + self.cursor_mismatches

@@ -55,6 +55,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{Api, DEV_API_KEY, PushAnswer, PushBody, PushStats};
 use crate::client::{Minter, SourcePorts};
+use crate::counts::CountLine;
 use crate::fanout::histogram;
 use crate::latency::{self, Latency};
 use crate::num::round;
@@ -226,70 +227,35 @@ struct Counts {
     max_caught_up_us: u64,
 }
 
-/// [`Counts`]' fields in the `storm-done` line, with how to read and write each.
-fn count_fields(c: &mut Counts) -> [(&'static str, &mut u64); 20] {
-    [
-        ("clients", &mut c.clients),
-        ("back", &mut c.back),
-        ("failed", &mut c.failed),
-        ("resumed", &mut c.resumed),
-        ("gap_free", &mut c.gap_free),
-        ("resume_rejected", &mut c.resume_rejected),
-        ("logins", &mut c.logins),
-        ("rate_limited", &mut c.rate_limited),
-        ("rate_limited_clients", &mut c.rate_limited_clients),
-        ("connects", &mut c.connects),
-        ("pull_requests", &mut c.pull_requests),
-        ("carried", &mut c.carried),
-        ("redelivered", &mut c.redelivered),
-        ("pulled", &mut c.pulled),
-        ("distinct", &mut c.distinct),
-        ("duplicates", &mut c.duplicates),
-        ("acked", &mut c.acked),
-        ("missing", &mut c.missing),
-        ("max_back_us", &mut c.max_back_us),
-        ("max_caught_up_us", &mut c.max_caught_up_us),
-    ]
-}
+impl CountLine for Counts {
+    const TAG: &'static str = "storm-done";
+    /// The two times take the larger; the rest sum.
+    const MAXIMA: &'static [&'static str] = &["max_back_us", "max_caught_up_us"];
 
-impl Counts {
-    /// `storm-done name=value …`.
-    fn to_line(mut self) -> String {
-        let pairs: Vec<String> = count_fields(&mut self)
-            .iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
-        format!("storm-done {}", pairs.join(" "))
-    }
-
-    /// The counts of a `storm-done` line's words; unknown names are ignored, a bad value
-    /// refuses the line.
-    fn from_words(words: &str) -> Option<Counts> {
-        let mut counts = Counts::default();
-        let mut fields = count_fields(&mut counts);
-        for word in words.split_whitespace() {
-            let (name, value) = word.split_once('=')?;
-            let value: u64 = value.parse().ok()?;
-            if let Some((_, slot)) = fields.iter_mut().find(|(n, _)| *n == name) {
-                **slot = value;
-            }
-        }
-        Some(counts)
-    }
-
-    /// Sums `other` in, except the two maxima, which take the larger.
-    fn add(&mut self, other: &Counts) {
-        let (max_back, max_caught) = (
-            self.max_back_us.max(other.max_back_us),
-            self.max_caught_up_us.max(other.max_caught_up_us),
-        );
-        let mut other = *other;
-        let theirs: Vec<u64> = count_fields(&mut other).iter().map(|(_, v)| **v).collect();
-        for ((_, mine), theirs) in count_fields(self).iter_mut().zip(theirs) {
-            **mine += theirs;
-        }
-        self.max_back_us = max_back;
-        self.max_caught_up_us = max_caught;
+    fn fields(&mut self) -> Vec<(&'static str, &mut u64)> {
+        let c = self;
+        vec![
+            ("clients", &mut c.clients),
+            ("back", &mut c.back),
+            ("failed", &mut c.failed),
+            ("resumed", &mut c.resumed),
+            ("gap_free", &mut c.gap_free),
+            ("resume_rejected", &mut c.resume_rejected),
+            ("logins", &mut c.logins),
+            ("rate_limited", &mut c.rate_limited),
+            ("rate_limited_clients", &mut c.rate_limited_clients),
+            ("connects", &mut c.connects),
+            ("pull_requests", &mut c.pull_requests),
+            ("carried", &mut c.carried),
+            ("redelivered", &mut c.redelivered),
+            ("pulled", &mut c.pulled),
+            ("distinct", &mut c.distinct),
+            ("duplicates", &mut c.duplicates),
+            ("acked", &mut c.acked),
+            ("missing", &mut c.missing),
+            ("max_back_us", &mut c.max_back_us),
+            ("max_caught_up_us", &mut c.max_caught_up_us),
+        ]
     }
 }
 
