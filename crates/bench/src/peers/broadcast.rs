@@ -10,7 +10,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::broker::Broker;
-use super::client::Publisher;
 use super::{BrokerInfo, Chosen, Peer, Section, Users, announce, big, ratio, times};
 use crate::fanout;
 use crate::latency;
@@ -119,21 +118,13 @@ pub(crate) async fn run(
     longlink: &Longlink,
     exe: &Path,
 ) -> anyhow::Result<Section<Run>> {
-    let mut runs = Vec::new();
-    for peer in &chosen.peers {
-        let deadline = super::deadline(params.deadline_secs);
-        let run = tokio::time::timeout_at(deadline, one(*peer, params, longlink, exe, deadline))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: the peer run took more than --deadline-secs ({} s)",
-                    peer.key(),
-                    params.deadline_secs
-                )
-            })??;
-        runs.push(run);
-    }
-    Ok(Section::new(chosen, runs))
+    super::each_peer(
+        chosen,
+        params.deadline_secs,
+        "--deadline-secs",
+        |peer, deadline| one(peer, params, longlink, exe, deadline),
+    )
+    .await
 }
 
 async fn one(
@@ -166,15 +157,8 @@ async fn one(
         deadline,
     };
     let (fleet, tag, subscribe_secs) = super::users_online(&users).await?;
-    let timeout = Duration::from_secs(params.login_timeout_secs);
-    let publisher =
-        match Publisher::connect(peer, broker.addr, &format!("ll{tag}-pub"), timeout).await {
-            Ok(publisher) => publisher,
-            Err(err) => {
-                fleet.finish().await;
-                anyhow::bail!("{}: publisher: {err}", peer.key());
-            }
-        };
+    let (fleet, publisher) =
+        super::publisher(peer, &broker, fleet, tag, params.login_timeout_secs).await?;
     let bar = progress_bar(u64::from(params.rounds), "rounds, {msg}");
     let mut round_cpu = Vec::new();
     let mut complete = Vec::new();
@@ -271,13 +255,9 @@ async fn one(
 
 /// Prints the peers' rows beside longlink's.
 pub(crate) fn print(section: &Section<Run>, longlink: &Longlink) {
-    if let Some(note) = &section.note {
-        println!("note: {note}");
-    }
-    if section.runs.is_empty() {
+    if !section.print_head("") {
         return;
     }
-    println!("peers, same run (ratio = longlink ÷ peer):");
     println!(
         "  {:<16} {:>16} {:>20} {:>18} {:>16}",
         "server", "last median ms", "deliveries/CPU-s", "last-delivery ratio", "per CPU-s ratio"

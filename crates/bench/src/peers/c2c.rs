@@ -108,21 +108,10 @@ pub(crate) async fn run(
     params: &Params,
     longlink: &Longlink,
 ) -> anyhow::Result<Section<Run>> {
-    let mut runs = Vec::new();
-    for peer in &chosen.peers {
-        let deadline = super::deadline(params.deadline_secs);
-        let run = tokio::time::timeout_at(deadline, one(*peer, params, longlink))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: the peer run took more than the deadline ({} s)",
-                    peer.key(),
-                    params.deadline_secs
-                )
-            })??;
-        runs.push(run);
-    }
-    Ok(Section::new(chosen, runs))
+    super::each_peer(chosen, params.deadline_secs, "the deadline", |peer, _| {
+        one(peer, params, longlink)
+    })
+    .await
 }
 
 /// Per-message state the connection tasks share.
@@ -375,13 +364,9 @@ async fn connect_all(
 
 /// Prints the peers' rows beside longlink's.
 pub(crate) fn print(section: &Section<Run>, longlink: &Longlink) {
-    if let Some(note) = &section.note {
-        println!("note: {note}");
-    }
-    if section.runs.is_empty() {
+    if !section.print_head("; longlink is durable, the peers are not") {
         return;
     }
-    println!("peers, same run (ratio = longlink ÷ peer; longlink is durable, the peers are not):");
     println!(
         "  {:<16} {:>16} {:>9} {:>9} {:>9} {:>16} {:>10}",
         "server", "msgs/CPU-s", "p50 ms", "p99 ms", "p99.9 ms", "per CPU-s ratio", "p99 ratio"

@@ -88,21 +88,13 @@ pub(crate) async fn run(
     longlink: &Longlink,
     exe: &Path,
 ) -> anyhow::Result<Section<Run>> {
-    let mut runs = Vec::new();
-    for peer in &chosen.peers {
-        let deadline = super::deadline(params.deadline_secs);
-        let run = tokio::time::timeout_at(deadline, one(*peer, params, longlink, exe, deadline))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: the peer run took more than --deadline-secs ({} s)",
-                    peer.key(),
-                    params.deadline_secs
-                )
-            })??;
-        runs.push(run);
-    }
-    Ok(Section::new(chosen, runs))
+    super::each_peer(
+        chosen,
+        params.deadline_secs,
+        "--deadline-secs",
+        |peer, deadline| one(peer, params, longlink, exe, deadline),
+    )
+    .await
 }
 
 async fn one(
@@ -222,13 +214,9 @@ async fn warm_up(peer: Peer, broker: &Broker, params: &Params) -> anyhow::Result
 
 /// Prints the peers' rows beside longlink's.
 pub(crate) fn print(section: &Section<Run>, longlink: &Longlink) {
-    if let Some(note) = &section.note {
-        println!("note: {note}");
-    }
-    if section.runs.is_empty() {
+    if !section.print_head("") {
         return;
     }
-    println!("peers, same run (ratio = longlink ÷ peer):");
     println!(
         "  {:<16} {:>12} {:>12} {:>18} {:>14} {:>14}",
         "server", "RSS/conn", "CPU/conn", "conns/CPU-s", "memory ratio", "per CPU-s ratio"

@@ -24,6 +24,7 @@ pub(crate) mod idle;
 pub(crate) mod push;
 pub mod worker;
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use crate::fanout::{Fleet, FleetSpec};
 use crate::report::thousands;
 use crate::workers::{self, WorkerSpec};
 use broker::Broker;
+use client::Publisher;
 
 /// What to run when a broker is missing.
 pub(crate) const INSTALL_HINT: &str = "apt-get install -y mosquitto nats-server";
@@ -216,6 +218,50 @@ impl<R> Section<R> {
             runs,
         }
     }
+
+    /// The note and the header line of the peers' rows (`peers, same run (ratio = longlink ÷
+    /// peer{more}):`); false when no peer ran, and nothing beyond the note is printed.
+    pub(crate) fn print_head(&self, more: &str) -> bool {
+        if let Some(note) = &self.note {
+            println!("note: {note}");
+        }
+        if self.runs.is_empty() {
+            return false;
+        }
+        println!("peers, same run (ratio = longlink ÷ peer{more}):");
+        true
+    }
+}
+
+/// Runs `one` against every chosen peer, one after the other, each within its own deadline
+/// of `deadline_secs` (`deadline_name` says which option set it when it passes).
+///
+/// # Errors
+/// The first peer run that fails, or that passes its deadline.
+pub(crate) async fn each_peer<R, F, Fut>(
+    chosen: &Chosen,
+    deadline_secs: u64,
+    deadline_name: &str,
+    mut one: F,
+) -> anyhow::Result<Section<R>>
+where
+    F: FnMut(Peer, Instant) -> Fut,
+    Fut: Future<Output = anyhow::Result<R>>,
+{
+    let mut runs = Vec::new();
+    for peer in &chosen.peers {
+        let deadline = deadline(deadline_secs);
+        let run = tokio::time::timeout_at(deadline, one(*peer, deadline))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: the peer run took more than {deadline_name} ({deadline_secs} s)",
+                    peer.key(),
+                )
+            })??;
+        runs.push(run);
+    }
+    Ok(Section::new(chosen, runs))
 }
 
 /// `a / b`, rounded to 2 decimals; 0 when b is 0.
@@ -322,6 +368,28 @@ pub(crate) async fn users_online(users: &Users<'_>) -> anyhow::Result<(Fleet, u6
         );
     }
     Ok((fleet, tag, secs))
+}
+
+/// Connects the run's publisher (`ll<tag>-pub`) once the users are online; on failure the
+/// users are let go first.
+///
+/// # Errors
+/// The publisher's connection failed.
+pub(crate) async fn publisher(
+    peer: Peer,
+    broker: &Broker,
+    fleet: Fleet,
+    tag: u64,
+    login_timeout_secs: u64,
+) -> anyhow::Result<(Fleet, Publisher)> {
+    let timeout = Duration::from_secs(login_timeout_secs);
+    match Publisher::connect(peer, broker.addr, &format!("ll{tag}-pub"), timeout).await {
+        Ok(publisher) => Ok((fleet, publisher)),
+        Err(err) => {
+            fleet.finish().await;
+            bail!("{}: publisher: {err}", peer.key());
+        }
+    }
 }
 
 /// The header line of a peer's run.

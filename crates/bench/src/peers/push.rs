@@ -105,21 +105,13 @@ pub(crate) async fn run(
     longlink: &Longlink,
     exe: &Path,
 ) -> anyhow::Result<Section<Run>> {
-    let mut runs = Vec::new();
-    for peer in &chosen.peers {
-        let deadline = super::deadline(params.deadline_secs);
-        let run = tokio::time::timeout_at(deadline, one(*peer, params, longlink, exe, deadline))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: the peer run took more than --deadline-secs ({} s)",
-                    peer.key(),
-                    params.deadline_secs
-                )
-            })??;
-        runs.push(run);
-    }
-    Ok(Section::new(chosen, runs))
+    super::each_peer(
+        chosen,
+        params.deadline_secs,
+        "--deadline-secs",
+        |peer, deadline| one(peer, params, longlink, exe, deadline),
+    )
+    .await
 }
 
 /// What the pushing tasks share.
@@ -208,15 +200,8 @@ async fn one(
         deadline,
     };
     let (fleet, tag, subscribe_secs) = super::users_online(&users).await?;
-    let timeout = Duration::from_secs(params.login_timeout_secs);
-    let publisher =
-        match Publisher::connect(peer, broker.addr, &format!("ll{tag}-pub"), timeout).await {
-            Ok(publisher) => publisher,
-            Err(err) => {
-                fleet.finish().await;
-                anyhow::bail!("{}: publisher: {err}", peer.key());
-            }
-        };
+    let (fleet, publisher) =
+        super::publisher(peer, &broker, fleet, tag, params.login_timeout_secs).await?;
     let pushing = Arc::new(Pushing {
         publisher,
         delivered: fleet.delivered.clone(),
@@ -305,13 +290,9 @@ fn report_workers(params: &Params) -> usize {
 
 /// Prints the peers' rows beside longlink's.
 pub(crate) fn print(section: &Section<Run>, longlink: &Longlink) {
-    if let Some(note) = &section.note {
-        println!("note: {note}");
-    }
-    if section.runs.is_empty() {
+    if !section.print_head("") {
         return;
     }
-    println!("peers, same run (ratio = longlink ÷ peer):");
     println!(
         "  {:<16} {:>20} {:>10} {:>10} {:>16} {:>10}",
         "server", "deliveries/CPU-s", "p50 ms", "p99 ms", "per CPU-s ratio", "p99 ratio"
