@@ -553,16 +553,7 @@ pub async fn run_worker(args: OfflineWorkerArgs) -> anyhow::Result<()> {
             stop.cancel();
         });
     }
-    {
-        let stop = stop.clone();
-        let deadline = Duration::from_secs(w.deadline_secs);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(deadline) => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
+    workers::cancel_after(&stop, w.deadline_secs);
     let tracker = TaskTracker::new();
     let started = Instant::now();
     {

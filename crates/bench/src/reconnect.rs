@@ -437,16 +437,7 @@ pub async fn run_worker(args: ReconnectStormWorkerArgs) -> anyhow::Result<()> {
             stop.cancel();
         });
     }
-    {
-        let stop = stop.clone();
-        let deadline = Duration::from_secs(w.deadline_secs);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(deadline) => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
+    workers::cancel_after(&stop, w.deadline_secs);
     let shared = Arc::new(Shared {
         dial: Dial {
             server: w.server,

@@ -187,16 +187,7 @@ impl LoginWorker {
                 stop.cancel();
             });
         }
-        {
-            let stop = stop.clone();
-            let deadline = Duration::from_secs(args.deadline_secs);
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(deadline) => stop.cancel(),
-                    _ = stop.cancelled() => {}
-                }
-            });
-        }
+        cancel_after(&stop, args.deadline_secs);
         let logins = Arc::new(Logins::default());
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(args.concurrency.max(1) as usize));
@@ -297,6 +288,18 @@ impl LoginWorker {
         self.tracker.close();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tracker.wait()).await;
     }
+}
+
+/// Cancels `stop` after `secs` (a worker's own deadline), unless it is cancelled first.
+pub(crate) fn cancel_after(stop: &CancellationToken, secs: u64) {
+    let stop = stop.clone();
+    let deadline = Duration::from_secs(secs);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(deadline) => stop.cancel(),
+            _ = stop.cancelled() => {}
+        }
+    });
 }
 
 /// Writes status lines to stdout; `false` when the parent is gone.
