@@ -226,23 +226,9 @@ fn draw<DB: DrawingBackend>(
             });
     }
     if let Some(target) = plot.target_ms {
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, target), (MAX_NINES, target)],
-                RED.stroke_width(1),
-            ))
-            .map_err(plotting)?
-            .label(plot.target_label.as_str())
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        target_line(&mut chart, &plot.target_label, target, MAX_NINES)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(plotting)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     // Latency over time.
     let (low, high) = log_bounds(plot.over_time.iter(), plot.target_ms);
@@ -286,14 +272,7 @@ fn draw<DB: DrawingBackend>(
             .draw_series(LineSeries::new([(0.0, target), (end, target)], RED))
             .map_err(plotting)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(plotting)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(plotting)?;
     Ok(())
 }
@@ -451,18 +430,46 @@ where
         }
     }
     if let Some((label, target)) = &style.target {
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, *target), (x_end, *target)],
-                RED.stroke_width(1),
-            ))
-            .map_err(plotting)?
-            .label(label.as_str())
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        target_line(&mut chart, label, *target, x_end)?;
     }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
+
+/// The target as a thin red line across the chart (0 … `x_end`), in the legend as `label`.
+fn target_line<'a, DB, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+    label: &str,
+    target: f64,
+    x_end: f64,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, target), (x_end, target)],
+            RED.stroke_width(1),
+        ))
+        .map_err(plotting)?
+        .label(label)
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    Ok(())
+}
+
+/// The legend box, at `position`.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT, 13))
