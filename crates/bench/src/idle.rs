@@ -43,7 +43,7 @@ use crate::link::Transport;
 use crate::num::round;
 use crate::peers::{self, Chosen, PeersOption};
 use crate::plot;
-use crate::procfs::{self, Rss};
+use crate::procfs::{self, SETTLE_INTERVAL, SETTLE_MAX, settle};
 use crate::report::{Machine, RunStamp, mib, per, thousands, verdict};
 use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides};
 use crate::workers::{
@@ -54,10 +54,6 @@ use crate::workers::{
 const TARGET_RSS_PER_CONNECTION: u64 = 2048;
 /// DESIGN.md target: server CPU per login.
 const TARGET_CPU_US_PER_LOGIN: f64 = 50.0;
-/// RSS samples are this far apart while waiting for the memory to settle.
-const SETTLE_INTERVAL: Duration = Duration::from_millis(500);
-/// Longest wait for the RSS to settle; past it the last sample is used (and said so).
-const SETTLE_MAX: Duration = Duration::from_secs(30);
 /// Between sweep points: TIME_WAIT sockets left that do not matter (see [`drain_time_wait`]).
 const TIME_WAIT_LEFT: u64 = 2_000;
 /// Between sweep points: the longest wait for TIME_WAIT to drain (its timeout is 60 s).
@@ -631,34 +627,6 @@ impl Report {
         for note in &j.notes {
             println!("note: {note}");
         }
-    }
-}
-
-/// Resident memory once it stopped moving.
-pub(crate) struct Settled {
-    pub(crate) rss: Rss,
-    pub(crate) secs: f64,
-    pub(crate) stable: bool,
-}
-
-/// Samples `pid`'s RSS every [`SETTLE_INTERVAL`] until two consecutive samples differ by
-/// less than 1%, at most [`SETTLE_MAX`].
-pub(crate) async fn settle(pid: u32) -> anyhow::Result<Settled> {
-    let start = Instant::now();
-    let mut previous = procfs::rss(pid)?;
-    loop {
-        tokio::time::sleep(SETTLE_INTERVAL).await;
-        let current = procfs::rss(pid)?;
-        let delta = current.total.abs_diff(previous.total) as f64;
-        let stable = delta < 0.01 * previous.total as f64;
-        if stable || start.elapsed() >= SETTLE_MAX {
-            return Ok(Settled {
-                rss: current,
-                secs: start.elapsed().as_secs_f64(),
-                stable,
-            });
-        }
-        previous = current;
     }
 }
 

@@ -337,6 +337,39 @@ pub(crate) fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// RSS samples are this far apart while waiting for the memory to settle.
+pub(crate) const SETTLE_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest wait for the RSS to settle; past it the last sample is used (and said so).
+pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// Resident memory once it stopped moving.
+pub(crate) struct Settled {
+    pub(crate) rss: Rss,
+    pub(crate) secs: f64,
+    pub(crate) stable: bool,
+}
+
+/// Samples `pid`'s RSS every [`SETTLE_INTERVAL`] until two consecutive samples differ by
+/// less than 1%, at most [`SETTLE_MAX`].
+pub(crate) async fn settle(pid: u32) -> anyhow::Result<Settled> {
+    let start = Instant::now();
+    let mut previous = rss(pid)?;
+    loop {
+        tokio::time::sleep(SETTLE_INTERVAL).await;
+        let current = rss(pid)?;
+        let delta = current.total.abs_diff(previous.total) as f64;
+        let stable = delta < 0.01 * previous.total as f64;
+        if stable || start.elapsed() >= SETTLE_MAX {
+            return Ok(Settled {
+                rss: current,
+                secs: start.elapsed().as_secs_f64(),
+                stable,
+            });
+        }
+        previous = current;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

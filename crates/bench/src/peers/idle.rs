@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use super::broker::Broker;
 use super::client::Subscriber;
 use super::{BrokerInfo, Chosen, Peer, Section, Users, announce, big, ratio, times, user_topic};
-use crate::idle::settle;
 use crate::num::round;
 use crate::procfs;
+use crate::procfs::settle;
 use crate::report::{mib, per, thousands};
 
 /// The longlink run's parameters, which the peers reuse.
