@@ -183,13 +183,9 @@ impl Connection {
         match write {
             // Plain TCP: written directly by whoever queues a frame; a writer task only
             // while the socket would block (crate::write_queue).
-            WriteSide::Tcp(socket) => queue.write_directly(
-                socket,
-                conn.clone(),
-                self.gate.clone(),
-                tracker.clone(),
-                self.gate.config.write_timeout,
-            ),
+            WriteSide::Tcp(socket) => {
+                queue.write_directly(socket, conn.clone(), self.gate.clone(), tracker.clone())
+            }
             write => {
                 tracker.spawn(
                     write_queue::run(

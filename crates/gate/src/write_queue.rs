@@ -100,7 +100,6 @@ struct Direct {
     conn: Arc<ConnShared>,
     gate: Arc<GateShared>,
     tracker: TaskTracker,
-    write_timeout: Duration,
 }
 
 impl std::fmt::Debug for Direct {
@@ -158,14 +157,12 @@ impl WriteQueue {
         conn: Arc<ConnShared>,
         gate: Arc<GateShared>,
         tracker: TaskTracker,
-        write_timeout: Duration,
     ) {
         let _ = self.direct.set(Direct {
             socket,
             conn,
             gate,
             tracker,
-            write_timeout,
         });
     }
 
@@ -446,11 +443,12 @@ async fn direct_writer(queue: Arc<WriteQueue>) {
     let Some(direct) = queue.direct.get() else {
         return;
     };
+    let write_timeout = direct.gate.config.write_timeout;
     let mut done: Vec<Outgoing> = Vec::new();
     // Set once the connection is closed from outside: the flush must end by then.
     let mut flush_by: Option<tokio::time::Instant> = None;
     loop {
-        let by = flush_by.unwrap_or_else(|| tokio::time::Instant::now() + direct.write_timeout);
+        let by = flush_by.unwrap_or_else(|| tokio::time::Instant::now() + write_timeout);
         let cancelled = tokio::select! {
             biased;
             writable = tokio::time::timeout_at(by, direct.socket.as_ref().writable()) => {
@@ -464,7 +462,7 @@ async fn direct_writer(queue: Arc<WriteQueue>) {
             () = direct.conn.closed(), if flush_by.is_none() => true,
         };
         if cancelled {
-            flush_by = Some(tokio::time::Instant::now() + direct.write_timeout);
+            flush_by = Some(tokio::time::Instant::now() + write_timeout);
             queue.close_for(direct);
             continue;
         }
