@@ -56,8 +56,12 @@ fn wait_for_port(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+        if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            // A connect to a port nobody listens on yet can reach itself (TCP self-connect,
+            // when the kernel picks that same port as the source): that is not the server.
+            if stream.local_addr().ok() != stream.peer_addr().ok() {
+                return Ok(());
+            }
         }
         if let Some(status) = child.try_wait()? {
             bail!(

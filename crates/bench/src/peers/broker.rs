@@ -161,8 +161,11 @@ impl Broker {
                     self.log_tail()
                 );
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
+            if let Ok(stream) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
+                // Not a TCP self-connect to the still unbound port (see testservers).
+                if stream.local_addr().ok() != stream.peer_addr().ok() {
+                    return Ok(());
+                }
             }
             if Instant::now() >= until {
                 bail!(
