@@ -10,10 +10,13 @@
 //! [`trace`] holds the delivery ledger's contract ([`trace::Ledger`]: stages per log_id).
 //! [`push`] holds the contract of s2c pushes ([`PushService`], implemented by logic, called by
 //! the API) and their delivery statistics.
+//! [`notify`] holds the contract of offline push notifications ([`notify::Notifications`],
+//! implemented by `longlink-notify`, called by logic and the API).
 //! [`access`] holds the contract of black/white lists and flapping detection
 //! ([`AccessGuard`], implemented by `longlink-guard`, consulted by the gate).
 
 pub mod access;
+pub mod notify;
 pub mod push;
 pub mod trace;
 
