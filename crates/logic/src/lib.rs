@@ -27,6 +27,7 @@ use longlink_bus::{Bus, Routes};
 use longlink_metrics::Registry;
 use longlink_presence::Presence;
 use longlink_proto::{Cmd, ErrorCode, Frame, FrameType};
+use longlink_rpc::notify::{NoNotifications, Notifications};
 use longlink_rpc::trace::Ledger;
 use longlink_rpc::{
     GatePush, LogicService, LoginAccepted, Refusal, Reply, ResumeAccepted, SessionInfo,
@@ -82,6 +83,8 @@ pub struct Logic {
     /// Whose tokens are revoked (issue 8); in memory unless [`Logic::with_revocations`].
     revocations: Arc<dyn TokenRevocations>,
     login_guard: login_guard::LoginGuard,
+    /// Offline push notifications (issue 12); none unless [`Logic::with_notifications`].
+    notifications: Arc<dyn Notifications>,
 }
 
 impl std::fmt::Debug for Logic {
@@ -125,6 +128,7 @@ impl Logic {
             resume_keys: ResumeKeys::new(&config.resume_secret),
             login_guard: login_guard::LoginGuard::new(&config.login_limits),
             revocations: Arc::new(longlink_store::MemoryRevocations::new()),
+            notifications: Arc::new(NoNotifications),
             config,
             apps,
             presence,
@@ -143,6 +147,14 @@ impl Logic {
     #[must_use]
     pub fn with_revocations(mut self, revocations: Arc<dyn TokenRevocations>) -> Self {
         self.revocations = revocations;
+        self
+    }
+
+    /// Offers undelivered stored messages to `notifications` (device push tokens, APNs/FCM),
+    /// and serves the PUSH_TOKEN and NOTIFICATION_ACK commands with it.
+    #[must_use]
+    pub fn with_notifications(mut self, notifications: Arc<dyn Notifications>) -> Self {
+        self.notifications = notifications;
         self
     }
 
