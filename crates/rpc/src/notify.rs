@@ -136,6 +136,10 @@ pub struct ProviderStats {
 /// The notification service, as logic and the API see it.
 #[async_trait]
 pub trait Notifications: Send + Sync + 'static {
+    /// Whether `(appcode, uid)` has a device with a push token: one in-memory lookup, so
+    /// logic builds a [`NotifyCandidate`] only for users who could be notified.
+    fn wants(&self, appcode: u32, uid: &str) -> bool;
+
     /// A stored message to the receiver was delivered to `reached_devices`; the receiver's
     /// other devices with push tokens may get a notification after the grace period. Never
     /// waits; an overload drops the offer (counted), never the message.
@@ -217,6 +221,10 @@ pub struct NoNotifications;
 
 #[async_trait]
 impl Notifications for NoNotifications {
+    fn wants(&self, _appcode: u32, _uid: &str) -> bool {
+        false
+    }
+
     fn offer(&self, _candidate: NotifyCandidate) {}
 
     async fn register(
