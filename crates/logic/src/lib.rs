@@ -154,6 +154,7 @@ impl Logic {
     /// and serves the PUSH_TOKEN and NOTIFICATION_ACK commands with it.
     #[must_use]
     pub fn with_notifications(mut self, notifications: Arc<dyn Notifications>) -> Self {
+        self.pushes.set_notifications(notifications.clone());
         self.notifications = notifications;
         self
     }

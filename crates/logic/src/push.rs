@@ -49,6 +49,7 @@ use longlink_metrics::prometheus_client::collector::Collector;
 use longlink_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use longlink_metrics::prometheus_client::metrics::counter::ConstCounter;
 use longlink_metrics::prometheus_client::metrics::gauge::ConstGauge;
+use longlink_rpc::notify::{Notifications, NotifyCandidate};
 use longlink_rpc::trace::{Ledger, MessageKind, Stage, Subject, TraceEvent, user_label};
 
 /// Targets handled between two yields of a fan-out.
@@ -313,6 +314,8 @@ struct EngineInner {
     waiting: Mutex<Waiting>,
     ledger: Arc<dyn Ledger>,
     metrics: LogicMetrics,
+    /// Offline push notifications (issue 12), set once by `Logic::with_notifications`.
+    notifications: std::sync::OnceLock<Arc<dyn Notifications>>,
 }
 
 /// s2c fan-out and statistics; cheap to clone.
@@ -357,8 +360,21 @@ impl PushEngine {
                 waiting: Mutex::new(Waiting::default()),
                 ledger,
                 metrics,
+                notifications: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Persisted pushes offer their recipients' unreached devices to `notifications`.
+    pub(crate) fn set_notifications(&self, notifications: Arc<dyn Notifications>) {
+        // Set once while logic is assembled; a second call keeps the first.
+        let _ = self.inner.notifications.set(notifications);
+    }
+
+    /// The notification service if this recipient of a persisted push could be notified.
+    fn notifier_for(&self, record: &PushRecord, uid: &str) -> Option<&Arc<dyn Notifications>> {
+        let notifications = self.inner.notifications.get()?;
+        (record.persist && notifications.wants(record.appcode, uid)).then_some(notifications)
     }
 
     /// Validates and accepts `request`; the fan-out runs in a spawned task.
@@ -652,9 +668,28 @@ impl PushEngine {
         for wave_start in range.clone().step_by(WAVE) {
             let wave_end = (wave_start + WAVE).min(range.end);
             for index in wave_start..wave_end {
-                let reached = self.deliver_online(record, &receipt, index).await;
+                let uid = &record.recipients[index].uid;
+                let notifier = self.notifier_for(record, uid);
+                let mut devices = Vec::new();
+                let reached = self
+                    .deliver_online(record, &receipt, index, notifier.map(|_| &mut devices))
+                    .await;
                 if !reached {
                     self.offline(record, index).await;
+                }
+                if let Some(notifier) = notifier {
+                    notifier.offer(NotifyCandidate {
+                        appcode: record.appcode,
+                        uid: uid.clone(),
+                        msgid: record.msgid.load(Ordering::Acquire),
+                        s2c: true,
+                        from: record.from.clone(),
+                        msgtype: record.msgtype,
+                        content_type: record.content_type,
+                        content: record.content.clone(),
+                        reached_devices: devices,
+                        log_id: record.log_id,
+                    });
                 }
             }
             // Let the gate's own work (reads, logins, other pushes) run between waves.
@@ -663,11 +698,13 @@ impl PushEngine {
     }
 
     /// Pushes to every online session of recipient `index`; whether at least one took it.
+    /// With `reached_devices`, the devices whose sessions took it are added there.
     async fn deliver_online(
         &self,
         record: &PushRecord,
         receipt: &Arc<dyn WriteReceipt>,
         index: usize,
+        mut reached_devices: Option<&mut Vec<String>>,
     ) -> bool {
         let inner = &self.inner;
         let uid = &record.recipients[index].uid;
@@ -699,6 +736,9 @@ impl PushEngine {
                     reached = true;
                     record.queued_to_session(index);
                     inner.metrics.receiver_deliveries.inc();
+                    if let Some(devices) = reached_devices.as_deref_mut() {
+                        devices.push(entry.device_id.clone());
+                    }
                 }
                 Err(PushError::NoSession) => {
                     record

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, wire};
 use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, user_label};
+use longlink_rpc::notify::NotifyCandidate;
 use longlink_rpc::{PushError, Refusal, SessionInfo};
 use longlink_store::{NewMessage, StoredMessage, UserKey};
 
@@ -62,7 +63,7 @@ pub(crate) async fn c2c(
             prev_msgid: 0,
         };
         let push = Frame::push(Cmd::Msg, log_id, &msg).to_bytes();
-        deliver(logic, &to, None, &push, None, log_id).await;
+        deliver(logic, &to, None, &push, None, log_id, None).await;
         return Ok(Frame::response(
             &frame.header,
             &wire::C2cResponse::default(),
@@ -123,10 +124,37 @@ pub(crate) async fn c2c(
             delivered: false,
         };
         let push = Frame::push(Cmd::Msg, log_id, &wire_msg(&stored)).to_bytes();
-        deliver(logic, &to, None, &push, Some(outcome.msgid), log_id).await;
+        let notify = logic.notifications.wants(to.appcode, &to.uid);
+        let mut reached = Vec::new();
+        deliver(
+            logic,
+            &to,
+            None,
+            &push,
+            Some(outcome.msgid),
+            log_id,
+            notify.then_some(&mut reached),
+        )
+        .await;
+        if notify {
+            // After the push, never before: the receiver's devices that took it over a live
+            // connection are left out, the others may get a notification after the grace.
+            logic.notifications.offer(NotifyCandidate {
+                appcode: to.appcode,
+                uid: to.uid.clone(),
+                msgid: outcome.msgid,
+                s2c: false,
+                from: stored.from.uid.clone(),
+                msgtype: stored.msgtype,
+                content_type: stored.content_type,
+                content: stored.content.clone(),
+                reached_devices: reached,
+                log_id,
+            });
+        }
         if from != to {
             // Multi-device: the sender's other sessions show what this device sent.
-            deliver(logic, &from, Some(session), &push, None, log_id).await;
+            deliver(logic, &from, Some(session), &push, None, log_id, None).await;
         }
     }
     Ok(Frame::response(
@@ -141,8 +169,9 @@ pub(crate) async fn c2c(
 
 /// Pushes an encoded MSG to every online session of `user` except `skip` (the sending
 /// session: the same session id on the same gate — ids are unique per gate only); with
-/// `inbox_msgid`, records the push per device (stored → pushed). Failures are not errors: the
-/// message is in the store and arrives by pull or redelivery.
+/// `inbox_msgid`, records the push per device (stored → pushed); with `reached`, adds the
+/// devices whose sessions took the push there. Failures are not errors: the message is in the
+/// store and arrives by pull or redelivery.
 pub(crate) async fn deliver(
     logic: &Logic,
     user: &UserKey,
@@ -150,6 +179,7 @@ pub(crate) async fn deliver(
     push: &Bytes,
     inbox_msgid: Option<u64>,
     log_id: u64,
+    mut reached: Option<&mut Vec<String>>,
 ) {
     let sessions = match logic.presence.sessions(user.appcode, &user.uid).await {
         Ok(sessions) => sessions,
@@ -171,6 +201,9 @@ pub(crate) async fn deliver(
         {
             Ok(()) => {
                 queued += 1;
+                if let Some(devices) = reached.as_deref_mut() {
+                    devices.push(entry.device_id.clone());
+                }
                 if inbox_msgid.is_some() {
                     logic.metrics.receiver_deliveries.inc();
                 }

@@ -1,4 +1,5 @@
-//! LOGOUT: leave presence, answer, and let the gate close the connection.
+//! LOGOUT: leave presence, forget the device's push tokens (a logged-out device must not be
+//! notified of the next user's messages), answer, and let the gate close the connection.
 
 use longlink_proto::{Frame, wire};
 use longlink_rpc::{Reply, SessionInfo};
@@ -17,6 +18,14 @@ pub(crate) async fn logout(logic: &Logic, session: &SessionInfo, frame: &Frame) 
         .await
     {
         tracing::warn!(log_id = frame.header.log_id, error = %err, "presence unregister failed on logout");
+    }
+    if logic.notifications.wants(session.appcode, &session.uid)
+        && let Err(err) = logic
+            .notifications
+            .remove(session.appcode, &session.uid, &session.device_id, None)
+            .await
+    {
+        tracing::warn!(log_id = frame.header.log_id, error = %err, "push tokens not removed on logout");
     }
     Reply::FrameThenClose(Frame::response(&frame.header, &wire::LogoutResponse {}))
 }

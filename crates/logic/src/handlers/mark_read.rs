@@ -60,7 +60,7 @@ pub(crate) async fn mark_read(
         };
         let log_id = frame.header.log_id;
         let push = Frame::push(Cmd::Receipt, log_id, &receipt).to_bytes();
-        deliver(logic, &peer, None, &push, None, log_id).await;
+        deliver(logic, &peer, None, &push, None, log_id, None).await;
     }
     Ok(Frame::response(
         &frame.header,

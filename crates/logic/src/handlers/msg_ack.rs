@@ -118,6 +118,6 @@ async fn send_delivery_receipts(
             read_upto: 0,
         };
         let push = Frame::push(Cmd::Receipt, 0, &receipt).to_bytes();
-        crate::handlers::c2c::deliver(logic, sender, None, &push, None, 0).await;
+        crate::handlers::c2c::deliver(logic, sender, None, &push, None, 0, None).await;
     }
 }
