@@ -77,9 +77,10 @@ pub enum Class {
     Send = 0,
     /// OFFLINE_PULL, HISTORY_PULL: each costs a store read of up to a page.
     Pull = 1,
-    /// MSG_ACK: a store write, but batched by clients.
+    /// MSG_ACK, MARK_READ, NOTIFICATION_ACK: a store write, but batched by clients.
     Ack = 2,
-    /// Everything else: KEEPALIVE, LOGIN, RESUME, LOGOUT, unknown or server-only cmds.
+    /// Everything else: KEEPALIVE, LOGIN, RESUME, LOGOUT, PUSH_TOKEN (rare: once per app
+    /// start or token refresh), unknown or server-only cmds.
     Other = 3,
 }
 
@@ -92,7 +93,7 @@ impl Class {
         match Cmd::try_from(cmd) {
             Ok(Cmd::C2c | Cmd::C2s) => Class::Send,
             Ok(Cmd::OfflinePull | Cmd::HistoryPull | Cmd::Conversations) => Class::Pull,
-            Ok(Cmd::MsgAck | Cmd::MarkRead) => Class::Ack,
+            Ok(Cmd::MsgAck | Cmd::MarkRead | Cmd::NotificationAck) => Class::Ack,
             _ => Class::Other,
         }
     }
@@ -115,9 +116,9 @@ pub struct ConnLimitsConfig {
     pub send: Rate,
     /// Frames/s of OFFLINE_PULL and HISTORY_PULL.
     pub pull: Rate,
-    /// Frames/s of MSG_ACK.
+    /// Frames/s of MSG_ACK, MARK_READ and NOTIFICATION_ACK.
     pub ack: Rate,
-    /// Frames/s of every other cmd (KEEPALIVE, LOGIN, RESUME, LOGOUT, unknown cmds).
+    /// Frames/s of every other cmd (KEEPALIVE, LOGIN, RESUME, LOGOUT, PUSH_TOKEN, unknown cmds).
     pub other: Rate,
     /// More refusals than this in a row, each sent before the previous `retry_after_ms` ran
     /// out, close the connection (flooding); 0 = never close, only refuse.

@@ -39,6 +39,8 @@ pub fn cmd_label(cmd: u16) -> &'static str {
         Ok(Cmd::Receipt) => "receipt",
         Ok(Cmd::Conversations) => "conversations",
         Ok(Cmd::MarkRead) => "mark_read",
+        Ok(Cmd::PushToken) => "push_token",
+        Ok(Cmd::NotificationAck) => "notification_ack",
         Ok(Cmd::Error) => "error",
         Err(_) => "other",
     }

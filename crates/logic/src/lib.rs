@@ -301,6 +301,10 @@ impl LogicService for Logic {
                 handlers::conversations::conversations(self, session, &frame).await
             }
             Cmd::MarkRead => handlers::mark_read::mark_read(self, session, &frame).await,
+            Cmd::PushToken => handlers::push_token::push_token(self, session, &frame).await,
+            Cmd::NotificationAck => {
+                handlers::notification_ack::notification_ack(self, session, &frame).await
+            }
             Cmd::Keepalive | Cmd::Kick | Cmd::Msg | Cmd::Receipt | Cmd::Error => Err(Refusal::new(
                 ErrorCode::UnknownCmd,
                 format!("{cmd} is not a request a client may send"),

@@ -32,13 +32,17 @@ pub enum Cmd {
     Conversations = 23,
     /// `MarkReadRequest` / `MarkReadResponse`: a read mark in one conversation.
     MarkRead = 24,
+    /// `PushTokenRequest` / `PushTokenResponse`: register, remove or list the device's push tokens.
+    PushToken = 25,
+    /// `NotificationAck` / `NotificationAckResponse`: receipts of offline push notifications.
+    NotificationAck = 26,
     /// `Error`: a status code and message; seq_id echoes the offending request when known.
     Error = 255,
 }
 
 impl Cmd {
     /// Every command, in id order.
-    pub const ALL: [Cmd; 15] = [
+    pub const ALL: [Cmd; 17] = [
         Cmd::Login,
         Cmd::Logout,
         Cmd::Keepalive,
@@ -53,6 +57,8 @@ impl Cmd {
         Cmd::Receipt,
         Cmd::Conversations,
         Cmd::MarkRead,
+        Cmd::PushToken,
+        Cmd::NotificationAck,
         Cmd::Error,
     ];
 
@@ -73,6 +79,8 @@ impl Cmd {
             Cmd::Receipt => "RECEIPT",
             Cmd::Conversations => "CONVERSATIONS",
             Cmd::MarkRead => "MARK_READ",
+            Cmd::PushToken => "PUSH_TOKEN",
+            Cmd::NotificationAck => "NOTIFICATION_ACK",
             Cmd::Error => "ERROR",
         }
     }

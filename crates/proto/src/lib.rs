@@ -40,6 +40,10 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Largest page a server returns, whatever the request asks.
 pub const MAX_PAGE_SIZE: u32 = 500;
 
+/// Most notification ids one NOTIFICATION_ACK may carry; a server refuses more with
+/// INVALID_ARGUMENT, and the SDK keeps at most this many pending receipts.
+pub const MAX_NOTIFICATION_ACK_IDS: usize = 256;
+
 /// Milliseconds since the unix epoch (0 if the clock is before 1970).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -8,7 +8,9 @@ pub(crate) mod login;
 pub(crate) mod logout;
 pub(crate) mod mark_read;
 pub(crate) mod msg_ack;
+pub(crate) mod notification_ack;
 pub(crate) mod offline_pull;
+pub(crate) mod push_token;
 pub(crate) mod redeliver;
 pub(crate) mod resume;
 

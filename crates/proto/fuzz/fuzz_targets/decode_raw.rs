@@ -77,6 +77,14 @@ fn decode_body(frame: &longlink_proto::Frame) {
         }
         (Some(Cmd::MarkRead), true) => frame.decode_body::<wire::MarkReadRequest>().map(drop),
         (Some(Cmd::MarkRead), false) => frame.decode_body::<wire::MarkReadResponse>().map(drop),
+        (Some(Cmd::PushToken), true) => frame.decode_body::<wire::PushTokenRequest>().map(drop),
+        (Some(Cmd::PushToken), false) => frame.decode_body::<wire::PushTokenResponse>().map(drop),
+        (Some(Cmd::NotificationAck), true) => {
+            frame.decode_body::<wire::NotificationAck>().map(drop)
+        }
+        (Some(Cmd::NotificationAck), false) => frame
+            .decode_body::<wire::NotificationAckResponse>()
+            .map(drop),
         (Some(Cmd::Error), _) => frame.decode_body::<wire::Error>().map(drop),
         (None, _) => Ok(()),
     };

@@ -375,6 +375,59 @@ pub struct MarkReadResponse {
     #[prost(uint32, tag = "2")]
     pub unread: u32,
 }
+/// PUSH_TOKEN (cmd 25), type 0: this device's offline push tokens (APNs, FCM, a vendor channel).
+/// Tokens are scoped to the session's (appcode, uid, device_id); a LOGOUT removes them. An
+/// unknown provider or a bad field is answered with ERROR INVALID_ARGUMENT.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PushTokenRequest {
+    #[prost(enumeration = "PushTokenOp", tag = "1")]
+    pub op: i32,
+    /// "apns", "fcm" or a configured vendor channel's name
+    #[prost(string, tag = "2")]
+    pub provider: ::prost::alloc::string::String,
+    /// the provider's device token (REGISTER)
+    #[prost(string, tag = "3")]
+    pub token: ::prost::alloc::string::String,
+    /// device class: "ios", "android"… ("" = unknown)
+    #[prost(string, tag = "4")]
+    pub platform: ::prost::alloc::string::String,
+    /// device class: "apple", "huawei", "xiaomi"… ("" = unknown)
+    #[prost(string, tag = "5")]
+    pub vendor: ::prost::alloc::string::String,
+    /// device class: the app's version ("" = unknown)
+    #[prost(string, tag = "6")]
+    pub app_version: ::prost::alloc::string::String,
+}
+/// One push token of a device.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PushTokenInfo {
+    #[prost(string, tag = "1")]
+    pub provider: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub token: ::prost::alloc::string::String,
+}
+/// PUSH_TOKEN (cmd 25), type 1: the device's tokens after the change.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PushTokenResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tokens: ::prost::alloc::vec::Vec<PushTokenInfo>,
+}
+/// NOTIFICATION_ACK (cmd 26), type 0: the device received these offline push notifications (the
+/// `ll_nid` of their payload). The receipts measure each provider's real delivery, which drives
+/// the choice of provider per device. Ids that are not this device's are ignored.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NotificationAck {
+    /// at most 256
+    #[prost(uint64, repeated, tag = "1")]
+    pub ids: ::prost::alloc::vec::Vec<u64>,
+}
+/// NOTIFICATION_ACK (cmd 26), type 1.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NotificationAckResponse {
+    /// how many ids were this device's notifications, not yet acknowledged
+    #[prost(uint32, tag = "1")]
+    pub matched: u32,
+}
 /// Status codes carried by ERROR frames (cmd 255). 0 is never sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -683,6 +736,39 @@ impl ReceiptKind {
             "RECEIPT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
             "DELIVERED" => Some(Self::Delivered),
             "READ" => Some(Self::Read),
+            _ => None,
+        }
+    }
+}
+/// What a PUSH_TOKEN request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PushTokenOp {
+    /// add (or refresh) the token `provider`/`token` for this device
+    Register = 0,
+    /// remove this device's token of `provider`; an empty provider removes all of them
+    Remove = 1,
+    /// change nothing: answer with this device's tokens
+    List = 2,
+}
+impl PushTokenOp {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Register => "REGISTER",
+            Self::Remove => "REMOVE",
+            Self::List => "LIST",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "REGISTER" => Some(Self::Register),
+            "REMOVE" => Some(Self::Remove),
+            "LIST" => Some(Self::List),
             _ => None,
         }
     }
