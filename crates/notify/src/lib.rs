@@ -14,3 +14,16 @@
 //! that runs on the notifier's own tasks.
 
 pub mod provider;
+
+pub mod breaker;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod outbox;
+pub mod registry;
+pub mod render;
+pub mod select;
+pub mod stats;
+
+pub use config::{NotifyConfig, RuleConfig, TemplateConfig};
+pub use engine::{Notifier, ProviderEntry, StartError};
