@@ -7,6 +7,7 @@
 
 use longlink_bus::BusError;
 use longlink_presence::PresenceError;
+use longlink_rpc::notify::NotifyError;
 use longlink_rpc::push::PushRefusal;
 
 /// The rows of the spec's error table (docs/api.md, "Errors").
@@ -158,6 +159,18 @@ impl From<PushRefusal> for ApiError {
             }
             PushRefusal::Unavailable(message) => Self::unavailable(message),
             PushRefusal::Overloaded(message) => Self::new(ErrorKind::Overloaded, message),
+        }
+    }
+}
+
+impl From<NotifyError> for ApiError {
+    fn from(err: NotifyError) -> Self {
+        match err {
+            NotifyError::InvalidArgument(message) => Self::invalid_argument(message),
+            NotifyError::NotFound(message) => Self::not_found(message),
+            NotifyError::Unavailable(message) => {
+                Self::unavailable(format!("notifications: {message}"))
+            }
         }
     }
 }

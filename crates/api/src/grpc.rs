@@ -24,9 +24,10 @@ use crate::model::{
     self, AckBody, ContentTypeName, DeadLetterQuery, NackBody, PresenceQueryBody, ReplayBody,
     StreamQuery,
 };
-use crate::ops::{self, Messages, PushCall, Shared};
+use crate::ops::{self, DeviceKey, Messages, PushCall, Shared};
 use crate::pb;
 use crate::pb::api_server::{Api, ApiServer};
+use longlink_rpc::notify::{DeviceClass, PushToken};
 
 /// The tonic service over the shared state.
 struct GrpcApi {
@@ -161,6 +162,59 @@ fn push_call(request: pb::PushRequest) -> Result<PushCall, ApiError> {
         from: (!request.from.is_empty()).then_some(request.from),
         log_id: (request.log_id != 0).then_some(request.log_id),
     })
+}
+
+fn device(record: longlink_rpc::notify::DeviceRecord) -> pb::Device {
+    let body = model::DeviceBody::from(record);
+    pb::Device {
+        appcode: body.appcode,
+        uid: body.uid,
+        device: body.device,
+        platform: body.platform,
+        vendor: body.vendor,
+        app_version: body.app_version,
+        class: body.class,
+        tokens: body
+            .tokens
+            .into_iter()
+            .map(|t| pb::PushToken {
+                provider: t.provider,
+                token: t.token,
+            })
+            .collect(),
+        updated_ms: body.updated_ms,
+    }
+}
+
+fn push_token(token: pb::PushToken) -> PushToken {
+    PushToken {
+        provider: token.provider,
+        token: token.token,
+    }
+}
+
+fn provider_stats(stats: longlink_rpc::notify::ProviderStats) -> pb::ProviderStats {
+    let body = model::ProviderBody::from(stats);
+    pb::ProviderStats {
+        name: body.name,
+        kind: body.kind,
+        breaker: body.breaker,
+        classes: body
+            .classes
+            .into_iter()
+            .map(|c| pb::ProviderClassStats {
+                class: c.class,
+                sent: c.sent,
+                accepted: c.accepted,
+                receipts: c.receipts,
+                receipt_rate: c.receipt_rate,
+                p50_ms: c.p50_ms,
+                p99_ms: c.p99_ms,
+                errors: c.errors.into_iter().collect(),
+                estimate: c.estimate,
+            })
+            .collect(),
+    }
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send + 'static>>;
@@ -434,6 +488,90 @@ impl Api for GrpcApi {
                 })
                 .collect(),
             dropped_events: trace.dropped_events,
+        }))
+    }
+
+    async fn put_device(
+        &self,
+        request: Request<pb::PutDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let scope = self.scope(&request)?;
+        let r = request.into_inner();
+        let key = DeviceKey {
+            appcode: r.appcode,
+            uid: r.uid,
+            device: r.device,
+        };
+        let class = DeviceClass {
+            platform: r.platform,
+            vendor: r.vendor,
+            app_version: r.app_version,
+        };
+        let tokens = r.tokens.into_iter().map(push_token).collect();
+        let record = ops::put_device(&self.shared, &scope, key, class, tokens).await?;
+        Ok(Response::new(device(record)))
+    }
+
+    async fn register_push_token(
+        &self,
+        request: Request<pb::RegisterPushTokenRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let scope = self.scope(&request)?;
+        let r = request.into_inner();
+        let token = r
+            .token
+            .map(push_token)
+            .ok_or_else(|| ApiError::invalid_argument("token is required"))?;
+        let key = DeviceKey {
+            appcode: r.appcode,
+            uid: r.uid,
+            device: r.device,
+        };
+        let class = DeviceClass {
+            platform: r.platform,
+            vendor: r.vendor,
+            app_version: r.app_version,
+        };
+        let record = ops::register_token(&self.shared, &scope, key, class, token).await?;
+        Ok(Response::new(device(record)))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesReply>, Status> {
+        let scope = self.scope(&request)?;
+        let r = request.into_inner();
+        let records =
+            ops::devices(&self.shared, &scope, r.appcode, &r.uid, r.device.as_deref()).await?;
+        Ok(Response::new(pb::ListDevicesReply {
+            devices: records.into_iter().map(device).collect(),
+        }))
+    }
+
+    async fn remove_device(
+        &self,
+        request: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceReply>, Status> {
+        let scope = self.scope(&request)?;
+        let r = request.into_inner();
+        let key = DeviceKey {
+            appcode: r.appcode,
+            uid: r.uid,
+            device: r.device,
+        };
+        let removed = ops::remove_device(&self.shared, &scope, key, r.provider.as_deref()).await?;
+        Ok(Response::new(pb::RemoveDeviceReply { removed }))
+    }
+
+    async fn push_provider_stats(
+        &self,
+        request: Request<pb::PushProviderStatsRequest>,
+    ) -> Result<Response<pb::PushProviderStatsReply>, Status> {
+        let scope = self.scope(&request)?;
+        let providers = ops::provider_stats(&self.shared, &scope).await;
+        Ok(Response::new(pb::PushProviderStatsReply {
+            providers: providers.into_iter().map(provider_stats).collect(),
         }))
     }
 }

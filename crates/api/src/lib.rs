@@ -3,7 +3,9 @@
 //! summary `GET /v1/stats/summary`, message traces `GET /v1/trace/{id}` and the live
 //! dashboard at `GET /`, the browser chat page at `GET /chat`, and the gates: dispatch `GET /v1/dispatch`, `GET /v1/gates` and
 //! `POST /v1/gates/{id}/drain`; the black/white lists: `POST`/`GET /v1/bans`,
-//! `DELETE /v1/bans/{id}` (over `longlink_guard::Guard`).
+//! `DELETE /v1/bans/{id}` (over `longlink_guard::Guard`); devices' push tokens
+//! `PUT`/`GET`/`DELETE /v1/devices/{appcode}/{uid}[/{device}]` and the push providers'
+//! statistics `GET /v1/push-providers/stats` (over `longlink_rpc::notify::Notifications`).
 //!
 //! Business app-servers push s2c messages and read their delivery statistics, look up
 //! presence, and consume the c2s messages routed to their topics. Every `/v1` call is
@@ -11,8 +13,9 @@
 //!
 //! The API never reaches into other roles' internals: it works through the contracts in
 //! [`ApiContext`] (logic's `PushService`, `Presence`, the bus's `TopicQueue` and `Routes`,
-//! [`StatsSource`] for health, [`GateDirectory`] for the gates). Each operation is one function
-//! in `ops`, called by both surfaces, so HTTP and gRPC validate, authorise and answer alike.
+//! [`StatsSource`] for health, [`GateDirectory`] for the gates, `Notifications` for push
+//! tokens). Each operation is one function in `ops`, called by both surfaces, so HTTP and gRPC
+//! validate, authorise and answer alike.
 //!
 //! Modules: [`keys`] (API keys and scopes), [`error`] (the error table), [`gates`] (the gate
 //! directory and the dispatch order), [`model`] (JSON bodies and their OpenAPI schemas), `http`
@@ -123,6 +126,10 @@ pub struct ApiContext {
     pub tokens: Arc<dyn TokenRevoker>,
     /// The black/white lists, `/v1/bans` (`Guard::in_memory` when the node keeps none).
     pub bans: Arc<longlink_guard::Guard>,
+    /// Offline push notifications: devices' push tokens (`/v1/devices`) and the providers'
+    /// statistics (`/v1/push-providers/stats`); `longlink_rpc::notify::NoNotifications` when
+    /// the node has no `[push]` provider.
+    pub notifications: Arc<dyn longlink_rpc::notify::Notifications>,
     /// Limits.
     pub limits: ApiLimits,
     /// The browser chat page's view of the node (`/chat`; default: no WebSocket, no dev login).

@@ -865,3 +865,214 @@ pub struct DrainAcceptedBody {
     /// `true` when this call started the drain, `false` when one had already started.
     pub started: bool,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Offline push notifications: devices' push tokens and the providers' statistics (issue 12).
+
+/// One push token of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushTokenBody {
+    /// The provider's configured name: `apns`, `fcm` or a `[[push.http]]` name.
+    pub provider: String,
+    /// The provider's device token.
+    pub token: String,
+}
+
+/// `PUT /v1/devices/{appcode}/{uid}/{device}`: the device's whole registration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutDeviceBody {
+    /// `ios`, `android`, `web`, … (default "": unknown).
+    #[serde(default)]
+    pub platform: String,
+    /// The maker's push ecosystem: `apple`, `google`, `huawei`, `xiaomi`, … (default "").
+    #[serde(default)]
+    pub vendor: String,
+    /// The app's version (default "").
+    #[serde(default)]
+    pub app_version: String,
+    /// Every token of the device, at most one per provider (at most 8); `[]` removes them
+    /// all. Required, so a body that forgot it does not wipe the device.
+    pub tokens: Vec<PushTokenBody>,
+}
+
+/// `POST /v1/devices/{appcode}/{uid}/{device}/tokens`: adds (or replaces) one token, keeping
+/// the device's other providers' tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterTokenBody {
+    /// The provider's configured name.
+    pub provider: String,
+    /// The provider's device token.
+    pub token: String,
+    /// The device's platform (default "").
+    #[serde(default)]
+    pub platform: String,
+    /// The device's vendor (default "").
+    #[serde(default)]
+    pub vendor: String,
+    /// The app's version (default "").
+    #[serde(default)]
+    pub app_version: String,
+}
+
+/// A device and its push tokens, as registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceBody {
+    /// The user's appcode.
+    pub appcode: u32,
+    /// The user.
+    pub uid: String,
+    /// The device id (the LOGIN `device_id`).
+    pub device: String,
+    /// Its platform ("" = unknown).
+    pub platform: String,
+    /// Its vendor ("" = unknown).
+    pub vendor: String,
+    /// The app's version ("" = unknown).
+    pub app_version: String,
+    /// The device class provider selection measures it in: `platform/vendor/app_version`,
+    /// an unknown part shown as `*`.
+    pub class: String,
+    /// Its tokens, one per provider.
+    pub tokens: Vec<PushTokenBody>,
+    /// When it last registered or changed (unix ms).
+    pub updated_ms: u64,
+}
+
+/// `GET /v1/devices/{appcode}/{uid}`: the user's registered devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DevicesBody {
+    /// The user's appcode.
+    pub appcode: u32,
+    /// The user.
+    pub uid: String,
+    /// The devices with push tokens (empty when none).
+    pub devices: Vec<DeviceBody>,
+}
+
+/// Query of `DELETE /v1/devices/{appcode}/{uid}/{device}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveDeviceQuery {
+    /// Only this provider's token (default: every token of the device).
+    pub provider: Option<String>,
+}
+
+/// Answer to `DELETE /v1/devices/{appcode}/{uid}/{device}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemovedBody {
+    /// How many tokens were removed (0: there was none; the call is idempotent).
+    pub removed: u32,
+}
+
+/// One provider's figures for one device class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderClassBody {
+    /// The device class (`ios/apple/2.3`, `android/xiaomi/*`).
+    pub class: String,
+    /// Notifications handed to the provider.
+    pub sent: u64,
+    /// Accepted by the provider (2xx).
+    pub accepted: u64,
+    /// Receipts the devices reported (`ack_notification`).
+    pub receipts: u64,
+    /// receipts / sent (0 when nothing was sent).
+    pub receipt_rate: f64,
+    /// Median latency from send to receipt, ms (0: no receipt yet).
+    pub p50_ms: u64,
+    /// 99th percentile latency from send to receipt, ms (0: no receipt yet).
+    pub p99_ms: u64,
+    /// Failures by kind: `dead_token`, `rate_limited`, `unavailable`, `rejected`,
+    /// `transport`, `breaker_open`, `no_receipt`.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// The selector's current estimate of the receipt rate (posterior mean).
+    pub estimate: f64,
+}
+
+/// One push provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderBody {
+    /// Its configured name (`apns`, `fcm`, a `[[push.http]]` name).
+    pub name: String,
+    /// `apns`, `fcm` or `http`.
+    pub kind: String,
+    /// Its circuit breaker: `closed`, `open` or `half_open`.
+    pub breaker: String,
+    /// Its figures per device class.
+    pub classes: Vec<ProviderClassBody>,
+}
+
+/// `GET /v1/push-providers/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProvidersBody {
+    /// Every configured provider (empty when the node has none).
+    pub providers: Vec<ProviderBody>,
+}
+
+/// The device class string: `platform/vendor/app_version`, "" shown as `*`.
+pub(crate) fn device_class(class: &longlink_rpc::notify::DeviceClass) -> String {
+    let part = |s: &str| {
+        if s.is_empty() {
+            "*".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    format!(
+        "{}/{}/{}",
+        part(&class.platform),
+        part(&class.vendor),
+        part(&class.app_version)
+    )
+}
+
+impl From<longlink_rpc::notify::DeviceRecord> for DeviceBody {
+    fn from(record: longlink_rpc::notify::DeviceRecord) -> Self {
+        Self {
+            appcode: record.appcode,
+            uid: record.uid,
+            device: record.device,
+            class: device_class(&record.class),
+            platform: record.class.platform,
+            vendor: record.class.vendor,
+            app_version: record.class.app_version,
+            tokens: record
+                .tokens
+                .into_iter()
+                .map(|t| PushTokenBody {
+                    provider: t.provider,
+                    token: t.token,
+                })
+                .collect(),
+            updated_ms: record.updated_ms,
+        }
+    }
+}
+
+impl From<longlink_rpc::notify::ProviderStats> for ProviderBody {
+    fn from(stats: longlink_rpc::notify::ProviderStats) -> Self {
+        Self {
+            name: stats.provider,
+            kind: stats.kind,
+            breaker: stats.breaker,
+            classes: stats
+                .classes
+                .into_iter()
+                .map(|c| ProviderClassBody {
+                    class: c.class,
+                    sent: c.sent,
+                    accepted: c.accepted,
+                    receipts: c.receipts,
+                    receipt_rate: c.receipt_rate,
+                    p50_ms: c.p50_ms,
+                    p99_ms: c.p99_ms,
+                    errors: c.errors.into_iter().collect(),
+                    estimate: c.estimate,
+                })
+                .collect(),
+        }
+    }
+}

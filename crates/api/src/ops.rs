@@ -21,6 +21,9 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use longlink_bus::Leased;
 use longlink_bus::routes::valid_topic;
+use longlink_rpc::notify::{
+    DeviceClass, DeviceRecord, MAX_FIELD_BYTES, MAX_TOKENS_PER_DEVICE, ProviderStats, PushToken,
+};
 use longlink_rpc::push::{DeliveryCounters, MAX_PUSH_TARGETS, PushRequest, PushStats, PushTargets};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -904,4 +907,206 @@ pub(crate) async fn revoke_tokens(
         before_ms: outcome.before_ms,
         kicked: outcome.kicked as u64,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices' push tokens and the push providers (offline notifications, issue 12)
+
+/// A device id as the registry takes it: the LOGIN `device_id`, 1..=256 bytes.
+fn check_device(device: &str) -> Result<(), ApiError> {
+    if device.is_empty() || device.len() > MAX_UID_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "a device must be 1..={MAX_UID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A free-text field of a registration: at most `MAX_FIELD_BYTES`, non-empty if `required`.
+fn check_field(name: &str, value: &str, required: bool) -> Result<(), ApiError> {
+    if required && value.is_empty() {
+        return Err(ApiError::invalid_argument(format!("{name} is required")));
+    }
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "{name} must be at most {MAX_FIELD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The key covers the appcode, and uid and device are well-formed: the checks of every
+/// device call.
+fn check_device_call(
+    scope: &KeyScope,
+    appcode: u32,
+    uid: &str,
+    device: Option<&str>,
+) -> Result<(), ApiError> {
+    scope.check_appcode(appcode)?;
+    check_uid(uid)?;
+    device.map_or(Ok(()), check_device)
+}
+
+fn check_class(class: &DeviceClass) -> Result<(), ApiError> {
+    check_field("platform", &class.platform, false)?;
+    check_field("vendor", &class.vendor, false)?;
+    check_field("app_version", &class.app_version, false)
+}
+
+fn check_token(token: &PushToken) -> Result<(), ApiError> {
+    check_field("provider", &token.provider, true)?;
+    check_field("token", &token.token, true)
+}
+
+/// A device's identity in an API call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceKey {
+    pub(crate) appcode: u32,
+    pub(crate) uid: String,
+    pub(crate) device: String,
+}
+
+/// `PUT /v1/devices/{appcode}/{uid}/{device}`, gRPC `PutDevice`: replaces the device's
+/// registration (class and every token; no token removes them all).
+///
+/// # Errors
+/// 403 outside the key's scope; 400 for a bad field, more than `MAX_TOKENS_PER_DEVICE`
+/// tokens, two tokens of one provider or a provider the node does not have; 503 when the
+/// registry failed.
+pub(crate) async fn put_device(
+    shared: &Shared,
+    scope: &KeyScope,
+    key: DeviceKey,
+    class: DeviceClass,
+    tokens: Vec<PushToken>,
+) -> Result<DeviceRecord, ApiError> {
+    check_device_call(scope, key.appcode, &key.uid, Some(&key.device))?;
+    check_class(&class)?;
+    if tokens.len() > MAX_TOKENS_PER_DEVICE {
+        return Err(ApiError::invalid_argument(format!(
+            "a device holds at most {MAX_TOKENS_PER_DEVICE} tokens (one per provider), got {}",
+            tokens.len()
+        )));
+    }
+    let mut providers = std::collections::BTreeSet::new();
+    for token in &tokens {
+        check_token(token)?;
+        if !providers.insert(token.provider.as_str()) {
+            return Err(ApiError::invalid_argument(format!(
+                "two tokens of provider {:?}: a device holds one per provider",
+                token.provider
+            )));
+        }
+    }
+    let record = shared
+        .ctx
+        .notifications
+        .put_device(key.appcode, &key.uid, &key.device, class, tokens)
+        .await?;
+    tracing::debug!(key = %scope.name, app.code = key.appcode, uid = %key.uid,
+        device = %key.device, tokens = record.tokens.len(), "device registration replaced");
+    Ok(record)
+}
+
+/// `POST /v1/devices/{appcode}/{uid}/{device}/tokens`, gRPC `RegisterPushToken`: adds the
+/// token of one provider (replacing that provider's previous one) and sets the class; the
+/// device's other tokens stay. One call, so it cannot lose a token an app registered
+/// meanwhile (as a read, merge and `PUT` could).
+///
+/// # Errors
+/// As [`put_device`].
+pub(crate) async fn register_token(
+    shared: &Shared,
+    scope: &KeyScope,
+    key: DeviceKey,
+    class: DeviceClass,
+    token: PushToken,
+) -> Result<DeviceRecord, ApiError> {
+    check_device_call(scope, key.appcode, &key.uid, Some(&key.device))?;
+    check_class(&class)?;
+    check_token(&token)?;
+    let provider = token.provider.clone();
+    let record = shared
+        .ctx
+        .notifications
+        .register(key.appcode, &key.uid, &key.device, class, token)
+        .await?;
+    tracing::debug!(key = %scope.name, app.code = key.appcode, uid = %key.uid,
+        device = %key.device, %provider, "push token registered");
+    Ok(record)
+}
+
+/// `GET /v1/devices/{appcode}/{uid}[/{device}]`, gRPC `ListDevices`: the user's devices, or
+/// the one named.
+///
+/// # Errors
+/// 403 outside the key's scope; 400 for a bad uid or device; 404 when the device named has
+/// no registration; 503 when the registry failed.
+pub(crate) async fn devices(
+    shared: &Shared,
+    scope: &KeyScope,
+    appcode: u32,
+    uid: &str,
+    device: Option<&str>,
+) -> Result<Vec<DeviceRecord>, ApiError> {
+    check_device_call(scope, appcode, uid, device)?;
+    let mut records = shared
+        .ctx
+        .notifications
+        .devices(appcode, uid, device)
+        .await?;
+    if let Some(device) = device {
+        // Only the one asked for, whatever the service answered.
+        records.retain(|r| r.device == device);
+        if records.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "device {device:?} of {appcode}:{uid} has no push registration"
+            )));
+        }
+    }
+    records.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(records)
+}
+
+/// `DELETE /v1/devices/{appcode}/{uid}/{device}[?provider=]`, gRPC `RemoveDevice`: removes
+/// one provider's token or all of the device's; how many went. Idempotent: nothing to
+/// remove answers 0.
+///
+/// # Errors
+/// 403 outside the key's scope; 400 for a bad uid, device or provider; 503 when the registry
+/// failed.
+pub(crate) async fn remove_device(
+    shared: &Shared,
+    scope: &KeyScope,
+    key: DeviceKey,
+    provider: Option<&str>,
+) -> Result<u32, ApiError> {
+    check_device_call(scope, key.appcode, &key.uid, Some(&key.device))?;
+    if let Some(provider) = provider {
+        check_field("provider", provider, true)?;
+    }
+    let removed = shared
+        .ctx
+        .notifications
+        .remove(key.appcode, &key.uid, &key.device, provider)
+        .await?;
+    tracing::debug!(key = %scope.name, app.code = key.appcode, uid = %key.uid,
+        device = %key.device, provider = provider.unwrap_or("*"), removed, "push tokens removed");
+    Ok(removed)
+}
+
+/// `GET /v1/push-providers/stats`, gRPC `PushProviderStats`: per provider and device class.
+///
+/// Any valid key may read it: the figures are node-wide counts and latencies per provider
+/// and device class, with no uid, token or content in them (the `/v1/stats/summary` kind of
+/// figure), and a business server judging its notification delivery needs them.
+pub(crate) async fn provider_stats(shared: &Shared, scope: &KeyScope) -> Vec<ProviderStats> {
+    tracing::trace!(key = %scope.name, "push provider stats");
+    let mut stats = shared.ctx.notifications.provider_stats().await;
+    stats.sort_by(|a, b| a.provider.cmp(&b.provider));
+    for provider in &mut stats {
+        provider.classes.sort_by(|a, b| a.class.cmp(&b.class));
+    }
+    stats
 }

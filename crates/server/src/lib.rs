@@ -225,6 +225,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             gates: directory.clone(),
             bans: guard.clone(),
             tokens: Arc::new(LogicTokens(logic.clone())),
+            notifications: Arc::new(longlink_rpc::notify::NoNotifications),
             limits: parts::api_limits(config),
             chat: chat_settings(config, ws_addr, gate_tls.is_some()),
         },

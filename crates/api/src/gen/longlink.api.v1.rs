@@ -370,6 +370,167 @@ pub struct TraceReply {
     #[prost(uint32, tag = "8")]
     pub dropped_events: u32,
 }
+/// One push token of a device.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PushToken {
+    /// The provider's configured name: "apns", "fcm" or a [push.http](push.http) name.
+    #[prost(string, tag = "1")]
+    pub provider: ::prost::alloc::string::String,
+    /// The provider's device token.
+    #[prost(string, tag = "2")]
+    pub token: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PutDeviceRequest {
+    #[prost(uint32, tag = "1")]
+    pub appcode: u32,
+    #[prost(string, tag = "2")]
+    pub uid: ::prost::alloc::string::String,
+    /// The device id, as the app logs in with it.
+    #[prost(string, tag = "3")]
+    pub device: ::prost::alloc::string::String,
+    /// "ios", "android", … (empty = unknown).
+    #[prost(string, tag = "4")]
+    pub platform: ::prost::alloc::string::String,
+    /// "apple", "google", "huawei", "xiaomi", … (empty = unknown).
+    #[prost(string, tag = "5")]
+    pub vendor: ::prost::alloc::string::String,
+    /// The app's version (empty = unknown).
+    #[prost(string, tag = "6")]
+    pub app_version: ::prost::alloc::string::String,
+    /// Every token of the device, at most one per provider (at most 8); empty removes them all.
+    #[prost(message, repeated, tag = "7")]
+    pub tokens: ::prost::alloc::vec::Vec<PushToken>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RegisterPushTokenRequest {
+    #[prost(uint32, tag = "1")]
+    pub appcode: u32,
+    #[prost(string, tag = "2")]
+    pub uid: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub device: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub token: ::core::option::Option<PushToken>,
+    #[prost(string, tag = "5")]
+    pub platform: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub vendor: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub app_version: ::prost::alloc::string::String,
+}
+/// A device and its push tokens, as registered.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Device {
+    #[prost(uint32, tag = "1")]
+    pub appcode: u32,
+    #[prost(string, tag = "2")]
+    pub uid: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub device: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub platform: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub vendor: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub app_version: ::prost::alloc::string::String,
+    /// "platform/vendor/app_version", an unknown part shown as "\*".
+    #[prost(string, tag = "7")]
+    pub class: ::prost::alloc::string::String,
+    /// One per provider.
+    #[prost(message, repeated, tag = "8")]
+    pub tokens: ::prost::alloc::vec::Vec<PushToken>,
+    /// When it last registered or changed (unix ms).
+    #[prost(uint64, tag = "9")]
+    pub updated_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDevicesRequest {
+    #[prost(uint32, tag = "1")]
+    pub appcode: u32,
+    #[prost(string, tag = "2")]
+    pub uid: ::prost::alloc::string::String,
+    /// Only this device (NOT_FOUND when it has no registration); absent = every device.
+    #[prost(string, optional, tag = "3")]
+    pub device: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDevicesReply {
+    /// By device id.
+    #[prost(message, repeated, tag = "1")]
+    pub devices: ::prost::alloc::vec::Vec<Device>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveDeviceRequest {
+    #[prost(uint32, tag = "1")]
+    pub appcode: u32,
+    #[prost(string, tag = "2")]
+    pub uid: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub device: ::prost::alloc::string::String,
+    /// Only this provider's token; absent = every token of the device.
+    #[prost(string, optional, tag = "4")]
+    pub provider: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveDeviceReply {
+    /// Tokens removed (0: none was there).
+    #[prost(uint32, tag = "1")]
+    pub removed: u32,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PushProviderStatsRequest {}
+/// One provider's figures for one device class.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProviderClassStats {
+    /// "ios/apple/2.3", "android/xiaomi/\*", …
+    #[prost(string, tag = "1")]
+    pub class: ::prost::alloc::string::String,
+    /// Notifications handed to the provider.
+    #[prost(uint64, tag = "2")]
+    pub sent: u64,
+    /// Accepted by the provider (2xx).
+    #[prost(uint64, tag = "3")]
+    pub accepted: u64,
+    /// Receipts reported by devices.
+    #[prost(uint64, tag = "4")]
+    pub receipts: u64,
+    /// receipts / sent (0 when nothing was sent).
+    #[prost(double, tag = "5")]
+    pub receipt_rate: f64,
+    /// Latency from send to receipt, ms (0 = no receipts).
+    #[prost(uint64, tag = "6")]
+    pub p50_ms: u64,
+    #[prost(uint64, tag = "7")]
+    pub p99_ms: u64,
+    /// Failures by kind: dead_token, rate_limited, unavailable, rejected, transport,
+    /// breaker_open, no_receipt.
+    #[prost(map = "string, uint64", tag = "8")]
+    pub errors: ::std::collections::HashMap<::prost::alloc::string::String, u64>,
+    /// The selector's current estimate of the receipt rate.
+    #[prost(double, tag = "9")]
+    pub estimate: f64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProviderStats {
+    /// "apns", "fcm" or a [push.http](push.http) name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "apns", "fcm" or "http".
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    /// "closed", "open" or "half_open".
+    #[prost(string, tag = "3")]
+    pub breaker: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "4")]
+    pub classes: ::prost::alloc::vec::Vec<ProviderClassStats>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PushProviderStatsReply {
+    /// Every configured provider, by name.
+    #[prost(message, repeated, tag = "1")]
+    pub providers: ::prost::alloc::vec::Vec<ProviderStats>,
+}
 /// How a pushed message's content is to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -866,6 +1027,127 @@ pub mod api_client {
             req.extensions_mut().insert(GrpcMethod::new("longlink.api.v1.Api", "Trace"));
             self.inner.unary(req, path, codec).await
         }
+        /// Replaces a device's push registration: its class and every token (at most one per
+        /// provider; none removes them all). As PUT /v1/devices/{appcode}/{uid}/{device}.
+        pub async fn put_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutDeviceRequest>,
+        ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/longlink.api.v1.Api/PutDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("longlink.api.v1.Api", "PutDevice"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Adds one push token to a device (replacing that provider's previous one), keeping its
+        /// other tokens. As POST /v1/devices/{appcode}/{uid}/{device}/tokens.
+        pub async fn register_push_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RegisterPushTokenRequest>,
+        ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/longlink.api.v1.Api/RegisterPushToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("longlink.api.v1.Api", "RegisterPushToken"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A user's devices with push tokens, or one of them (NOT_FOUND when it has none).
+        pub async fn list_devices(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListDevicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDevicesReply>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/longlink.api.v1.Api/ListDevices",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("longlink.api.v1.Api", "ListDevices"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes a device's push tokens: every one, or one provider's. Idempotent.
+        pub async fn remove_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveDeviceReply>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/longlink.api.v1.Api/RemoveDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("longlink.api.v1.Api", "RemoveDevice"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Per push provider and device class: sent, accepted, receipts, latency, errors (any key).
+        pub async fn push_provider_stats(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PushProviderStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PushProviderStatsReply>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/longlink.api.v1.Api/PushProviderStats",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("longlink.api.v1.Api", "PushProviderStats"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -965,6 +1247,42 @@ pub mod api_server {
             &self,
             request: tonic::Request<super::TraceRequest>,
         ) -> std::result::Result<tonic::Response<super::TraceReply>, tonic::Status>;
+        /// Replaces a device's push registration: its class and every token (at most one per
+        /// provider; none removes them all). As PUT /v1/devices/{appcode}/{uid}/{device}.
+        async fn put_device(
+            &self,
+            request: tonic::Request<super::PutDeviceRequest>,
+        ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status>;
+        /// Adds one push token to a device (replacing that provider's previous one), keeping its
+        /// other tokens. As POST /v1/devices/{appcode}/{uid}/{device}/tokens.
+        async fn register_push_token(
+            &self,
+            request: tonic::Request<super::RegisterPushTokenRequest>,
+        ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status>;
+        /// A user's devices with push tokens, or one of them (NOT_FOUND when it has none).
+        async fn list_devices(
+            &self,
+            request: tonic::Request<super::ListDevicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDevicesReply>,
+            tonic::Status,
+        >;
+        /// Removes a device's push tokens: every one, or one provider's. Idempotent.
+        async fn remove_device(
+            &self,
+            request: tonic::Request<super::RemoveDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveDeviceReply>,
+            tonic::Status,
+        >;
+        /// Per push provider and device class: sent, accepted, receipts, latency, errors (any key).
+        async fn push_provider_stats(
+            &self,
+            request: tonic::Request<super::PushProviderStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PushProviderStatsReply>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct ApiServer<T> {
@@ -1591,6 +1909,225 @@ pub mod api_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = TraceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/longlink.api.v1.Api/PutDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutDeviceSvc<T: Api>(pub Arc<T>);
+                    impl<T: Api> tonic::server::UnaryService<super::PutDeviceRequest>
+                    for PutDeviceSvc<T> {
+                        type Response = super::Device;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Api>::put_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutDeviceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/longlink.api.v1.Api/RegisterPushToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct RegisterPushTokenSvc<T: Api>(pub Arc<T>);
+                    impl<
+                        T: Api,
+                    > tonic::server::UnaryService<super::RegisterPushTokenRequest>
+                    for RegisterPushTokenSvc<T> {
+                        type Response = super::Device;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RegisterPushTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Api>::register_push_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RegisterPushTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/longlink.api.v1.Api/ListDevices" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListDevicesSvc<T: Api>(pub Arc<T>);
+                    impl<T: Api> tonic::server::UnaryService<super::ListDevicesRequest>
+                    for ListDevicesSvc<T> {
+                        type Response = super::ListDevicesReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListDevicesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Api>::list_devices(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListDevicesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/longlink.api.v1.Api/RemoveDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveDeviceSvc<T: Api>(pub Arc<T>);
+                    impl<T: Api> tonic::server::UnaryService<super::RemoveDeviceRequest>
+                    for RemoveDeviceSvc<T> {
+                        type Response = super::RemoveDeviceReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Api>::remove_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveDeviceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/longlink.api.v1.Api/PushProviderStats" => {
+                    #[allow(non_camel_case_types)]
+                    struct PushProviderStatsSvc<T: Api>(pub Arc<T>);
+                    impl<
+                        T: Api,
+                    > tonic::server::UnaryService<super::PushProviderStatsRequest>
+                    for PushProviderStatsSvc<T> {
+                        type Response = super::PushProviderStatsReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PushProviderStatsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Api>::push_provider_stats(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PushProviderStatsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -18,6 +18,7 @@ pub(crate) mod chat;
 pub(crate) mod consume;
 pub(crate) mod dashboard;
 pub(crate) mod deadletter;
+pub(crate) mod devices;
 pub(crate) mod errors;
 pub(crate) mod gates;
 pub(crate) mod observe;
@@ -76,6 +77,16 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/bans", post(bans::add).get(bans::list))
         .route("/v1/bans/{id}", axum::routing::delete(bans::remove))
         .route("/v1/tokens/revoke", post(tokens::revoke))
+        .route(
+            "/v1/devices/{appcode}/{uid}/{device}",
+            get(devices::get).put(devices::put).delete(devices::remove),
+        )
+        .route(
+            "/v1/devices/{appcode}/{uid}/{device}/tokens",
+            post(devices::register),
+        )
+        .route("/v1/devices/{appcode}/{uid}", get(devices::list))
+        .route("/v1/push-providers/stats", get(devices::provider_stats))
         .fallback(errors::unknown_route)
         .method_not_allowed_fallback(errors::unknown_route)
         // Read by the body extractor, which turns an excess into the JSON 413.

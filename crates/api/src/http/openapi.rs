@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{bans, consume, deadletter, gates, observe, presence, push, tokens};
+use super::{bans, consume, deadletter, devices, gates, observe, presence, push, tokens};
 use crate::model::{ErrorBody, ErrorDetail};
 
 /// Declares the two ways to pass the API key.
@@ -33,7 +33,7 @@ impl Modify for SecuritySchemes {
 #[openapi(
     info(
         title = "longlink business API",
-        description = "Push, presence and c2s consumption for business app-servers (docs/api.md). Errors are `{\"error\": {\"code\", \"message\"}}`."
+        description = "Push, presence, c2s consumption and devices' push tokens for business app-servers (docs/api.md). Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
         super::healthz,
@@ -60,6 +60,12 @@ impl Modify for SecuritySchemes {
         bans::remove,
         bans::list,
         tokens::revoke,
+        devices::put,
+        devices::register,
+        devices::list,
+        devices::get,
+        devices::remove,
+        devices::provider_stats,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes),
@@ -72,6 +78,7 @@ impl Modify for SecuritySchemes {
         (name = "bans", description = "Black/white lists of uids, devices, IPs and appcodes (effective at once)"),
         (name = "gates", description = "Dispatch (where a client should connect) and, for operator keys, the gates and their drain"),
         (name = "tokens", description = "Revoking a user's login tokens"),
+        (name = "devices", description = "Devices' push tokens for offline notifications (APNs, FCM, vendor channels) and the push providers' statistics"),
     )
 )]
 struct ApiDoc;

@@ -6,10 +6,12 @@
 //! pushes are refused as overloaded). Routes: (129, 5) → `orders`, (129, 1) and (130, 2) →
 //! `mixed`, everything else → `c2s.<appcode>.<msgtype>`. The node serves 129–131, so `kall` is
 //! the operator key. Gates: [`FakeGates`], `gate-1` and `gate-2` until a test changes them.
+//! Push tokens: [`MemoryNotifications`] (providers `apns`, `fcm`, `vendor`; appcode 131's
+//! registry is down).
 
 #![allow(dead_code)] // each test binary uses a part of the fixture
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,10 @@ use longlink_bus::{
     Unrouted,
 };
 use longlink_presence::{MemoryPresence, Presence, SessionEntry};
+use longlink_rpc::notify::{
+    DeviceClass, DeviceRecord, Notifications, NotifyCandidate, NotifyError, ProviderClassStats,
+    ProviderStats, PushToken,
+};
 use longlink_rpc::push::{
     DeliveryCounters, PushAccepted, PushRefusal, PushRequest, PushService, PushStats, PushTargets,
     RecipientOutcome, RecipientState,
@@ -294,6 +300,216 @@ impl GateDirectory for FakeGates {
     }
 }
 
+/// A `Notifications` keeping devices in memory, as the API's collaborator: it knows the
+/// providers `apns`, `fcm` and `vendor` (others are an invalid argument, as the real notifier
+/// answers for an unconfigured provider), its registry for appcode 131 is "down"
+/// (unavailable), and its statistics are canned.
+#[derive(Default)]
+pub(crate) struct MemoryNotifications {
+    devices: Mutex<BTreeMap<(u32, String, String), DeviceRecord>>,
+    clock: AtomicU64,
+}
+
+impl MemoryNotifications {
+    pub(crate) const PROVIDERS: [&'static str; 3] = ["apns", "fcm", "vendor"];
+
+    fn check(appcode: u32, tokens: &[PushToken]) -> Result<(), NotifyError> {
+        if appcode == 131 {
+            return Err(NotifyError::Unavailable("registry is down".into()));
+        }
+        match tokens
+            .iter()
+            .find(|t| !Self::PROVIDERS.contains(&t.provider.as_str()))
+        {
+            Some(t) => Err(NotifyError::InvalidArgument(format!(
+                "push provider {:?} is not configured",
+                t.provider
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        1_763_900_000_000 + self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// The stored record of a device, as a test checks it directly.
+    pub(crate) fn record(&self, appcode: u32, uid: &str, device: &str) -> Option<DeviceRecord> {
+        self.devices
+            .lock()
+            .unwrap()
+            .get(&(appcode, uid.to_owned(), device.to_owned()))
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl Notifications for MemoryNotifications {
+    fn wants(&self, appcode: u32, uid: &str) -> bool {
+        self.devices
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|(a, u, _)| *a == appcode && u == uid)
+    }
+
+    fn offer(&self, _candidate: NotifyCandidate) {}
+
+    async fn register(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device: &str,
+        class: DeviceClass,
+        token: PushToken,
+    ) -> Result<DeviceRecord, NotifyError> {
+        Self::check(appcode, std::slice::from_ref(&token))?;
+        let updated_ms = self.now();
+        let mut devices = self.devices.lock().unwrap();
+        let record = devices
+            .entry((appcode, uid.to_owned(), device.to_owned()))
+            .or_insert_with(|| DeviceRecord {
+                appcode,
+                uid: uid.to_owned(),
+                device: device.to_owned(),
+                class: DeviceClass::default(),
+                tokens: Vec::new(),
+                updated_ms,
+            });
+        record.class = class;
+        record.updated_ms = updated_ms;
+        record.tokens.retain(|t| t.provider != token.provider);
+        record.tokens.push(token);
+        Ok(record.clone())
+    }
+
+    async fn put_device(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device: &str,
+        class: DeviceClass,
+        tokens: Vec<PushToken>,
+    ) -> Result<DeviceRecord, NotifyError> {
+        Self::check(appcode, &tokens)?;
+        let record = DeviceRecord {
+            appcode,
+            uid: uid.to_owned(),
+            device: device.to_owned(),
+            class,
+            tokens,
+            updated_ms: self.now(),
+        };
+        let key = (appcode, uid.to_owned(), device.to_owned());
+        let mut devices = self.devices.lock().unwrap();
+        if record.tokens.is_empty() {
+            devices.remove(&key);
+        } else {
+            devices.insert(key, record.clone());
+        }
+        Ok(record)
+    }
+
+    async fn devices(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device: Option<&str>,
+    ) -> Result<Vec<DeviceRecord>, NotifyError> {
+        Self::check(appcode, &[])?;
+        Ok(self
+            .devices
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.appcode == appcode && r.uid == uid)
+            .filter(|r| device.is_none_or(|d| r.device == d))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device: &str,
+        provider: Option<&str>,
+    ) -> Result<u32, NotifyError> {
+        Self::check(appcode, &[])?;
+        let key = (appcode, uid.to_owned(), device.to_owned());
+        let mut devices = self.devices.lock().unwrap();
+        let Some(record) = devices.get_mut(&key) else {
+            return Ok(0);
+        };
+        let before = record.tokens.len();
+        record
+            .tokens
+            .retain(|t| provider.is_some_and(|p| t.provider != p));
+        let removed = (before - record.tokens.len()) as u32;
+        if record.tokens.is_empty() {
+            devices.remove(&key);
+        }
+        Ok(removed)
+    }
+
+    async fn receipts(
+        &self,
+        _appcode: u32,
+        _uid: &str,
+        _device: &str,
+        _ids: &[u64],
+    ) -> Result<u32, NotifyError> {
+        Ok(0)
+    }
+
+    async fn provider_stats(&self) -> Vec<ProviderStats> {
+        // Out of order on purpose: the API answers by name and class.
+        vec![
+            ProviderStats {
+                provider: "vendor".into(),
+                kind: "http".into(),
+                breaker: "open".into(),
+                classes: vec![ProviderClassStats {
+                    provider: "vendor".into(),
+                    class: "android/xiaomi/*".into(),
+                    sent: 10,
+                    accepted: 4,
+                    receipts: 2,
+                    receipt_rate: 0.2,
+                    p50_ms: 900,
+                    p99_ms: 4000,
+                    errors: vec![("rate_limited".into(), 1), ("unavailable".into(), 5)],
+                    estimate: 0.25,
+                }],
+            },
+            ProviderStats {
+                provider: "apns".into(),
+                kind: "apns".into(),
+                breaker: "closed".into(),
+                classes: vec![
+                    ProviderClassStats {
+                        provider: "apns".into(),
+                        class: "ios/apple/2.3".into(),
+                        sent: 100,
+                        accepted: 99,
+                        receipts: 95,
+                        receipt_rate: 0.95,
+                        p50_ms: 120,
+                        p99_ms: 800,
+                        errors: vec![("dead_token".into(), 1)],
+                        estimate: 0.94,
+                    },
+                    ProviderClassStats {
+                        provider: "apns".into(),
+                        class: "ios/apple/*".into(),
+                        ..ProviderClassStats::default()
+                    },
+                ],
+            },
+        ]
+    }
+}
+
 /// A running API.
 pub(crate) struct Fixture {
     pub(crate) http: SocketAddr,
@@ -303,6 +519,7 @@ pub(crate) struct Fixture {
     pub(crate) queue: Arc<SqliteQueue>,
     pub(crate) watched: Arc<WatchedQueue>,
     pub(crate) gates: Arc<FakeGates>,
+    pub(crate) notifications: Arc<MemoryNotifications>,
     pub(crate) client: reqwest::Client,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -347,6 +564,7 @@ impl Fixture {
         .unwrap()
         .with_node_appcodes([129, 130, 131]);
         let gates = Arc::new(FakeGates::two());
+        let notifications = Arc::new(MemoryNotifications::default());
         let ctx = ApiContext {
             push: push.clone(),
             presence: presence.clone(),
@@ -359,6 +577,7 @@ impl Fixture {
             gates: gates.clone(),
             bans: Arc::new(longlink_guard::Guard::in_memory(Default::default())),
             tokens: Arc::new(longlink_api::NoRevocations),
+            notifications: notifications.clone(),
             limits: ApiLimits {
                 max_body_bytes: MAX_BODY,
                 ..ApiLimits::default()
@@ -386,6 +605,7 @@ impl Fixture {
             queue,
             watched,
             gates,
+            notifications,
             client: reqwest::Client::new(),
             shutdown,
             server: Some(server),
