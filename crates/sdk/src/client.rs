@@ -17,8 +17,8 @@ use crate::handshake::random_log_id;
 use crate::handshake::{Dial, connect_and_login, decode};
 use crate::shared::Shared;
 use crate::{
-    ClientConfig, ClientError, Content, Conversation, Event, HistoryDirection, Message, PullPage,
-    ReconnectPolicy, SendReceipt, UserRef,
+    ClientConfig, ClientError, Content, Conversation, Event, HistoryDirection, Message,
+    NotificationAck, PullPage, PushTokenInfo, ReconnectPolicy, SendReceipt, UserRef,
 };
 
 /// Capacity of the queue of commands from [`Client`] handles to the driver task.
@@ -52,6 +52,8 @@ struct Inner {
     uid: String,
     login: wire::LoginResponse,
     keepalive: Option<Duration>,
+    /// The device class sent with push tokens (platform, vendor, app version).
+    device_class: (String, String, String),
 }
 
 impl std::fmt::Debug for Client {
@@ -110,6 +112,11 @@ impl Client {
                 uid: login.uid.clone(),
                 login: login.clone(),
                 keepalive,
+                device_class: (
+                    config.platform.clone(),
+                    config.vendor.clone(),
+                    config.app_version.clone(),
+                ),
             }),
         };
         let driver = Driver::new(
@@ -387,6 +394,135 @@ impl Client {
         let frame = self.request_frame(Cmd::MsgAck, &body).await?;
         let resp: wire::MsgAckResponse = decode(&frame)?;
         Ok(resp.acked)
+    }
+
+    /// Registers this device's offline push token for `provider` ("apns", "fcm" or a vendor
+    /// channel the server configures), replacing the device's previous token of that provider,
+    /// with the device class of [`ClientConfig::platform`], [`ClientConfig::vendor`] and
+    /// [`ClientConfig::app_version`]. Call it at every app start and whenever the provider
+    /// hands out a new token; a device may hold tokens of several providers, and the server
+    /// picks the one that delivers best for it. Returns the device's tokens now.
+    ///
+    /// The token belongs to this session's (appcode, uid, device_id); [`Client::logout`]
+    /// removes it (a [`Client::close`] does not: the device still wants notifications).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `INVALID_ARGUMENT` for a provider the server does not
+    /// configure or an empty or too long field, `STORE_UNAVAILABLE` when the server's
+    /// registry failed (retry later); [`ClientError::Timeout`], [`ClientError::Closed`].
+    pub async fn register_push_token(
+        &self,
+        provider: &str,
+        token: &str,
+    ) -> Result<Vec<PushTokenInfo>, ClientError> {
+        let (platform, vendor, app_version) = self.inner.device_class.clone();
+        self.push_token_request(wire::PushTokenRequest {
+            op: wire::PushTokenOp::Register as i32,
+            provider: provider.to_owned(),
+            token: token.to_owned(),
+            platform,
+            vendor,
+            app_version,
+        })
+        .await
+    }
+
+    /// Removes this device's push token of `provider`, or every push token of this device
+    /// (`None`): the device then gets no offline notifications. Returns the device's tokens
+    /// left. Removing a token the device does not have is not an error.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`STORE_UNAVAILABLE`), [`ClientError::Timeout`],
+    /// [`ClientError::Closed`].
+    pub async fn remove_push_token(
+        &self,
+        provider: Option<&str>,
+    ) -> Result<Vec<PushTokenInfo>, ClientError> {
+        self.push_token_request(wire::PushTokenRequest {
+            op: wire::PushTokenOp::Remove as i32,
+            provider: provider.unwrap_or_default().to_owned(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// This device's push tokens, as the server holds them.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`STORE_UNAVAILABLE`), [`ClientError::Timeout`],
+    /// [`ClientError::Closed`].
+    pub async fn push_tokens(&self) -> Result<Vec<PushTokenInfo>, ClientError> {
+        self.push_token_request(wire::PushTokenRequest {
+            op: wire::PushTokenOp::List as i32,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn push_token_request(
+        &self,
+        body: wire::PushTokenRequest,
+    ) -> Result<Vec<PushTokenInfo>, ClientError> {
+        let frame = self.request_frame(Cmd::PushToken, &body).await?;
+        let resp: wire::PushTokenResponse = decode(&frame)?;
+        Ok(resp.tokens.into_iter().map(PushTokenInfo::from).collect())
+    }
+
+    /// Reports that the offline push notification `id` reached this device: call it from the
+    /// app's notification handler with the payload's `ll_nid` (a decimal string), and for
+    /// notifications found when the app starts. The server learns from these receipts which
+    /// push provider really delivers to this kind of device.
+    ///
+    /// When connected, it sends one NOTIFICATION_ACK with this id and every receipt still
+    /// pending, and answers [`NotificationAck::Sent`]. Otherwise — not connected, or the
+    /// attempt failed for a reason that may pass (timeout, dropped link, a transient
+    /// refusal) — the receipt waits in the client and goes out in one NOTIFICATION_ACK right
+    /// after the next successful LOGIN or RESUME (or with the next call): the answer is
+    /// [`NotificationAck::Pending`]. At most
+    /// [`longlink_proto::MAX_NOTIFICATION_ACK_IDS`] (256) receipts wait; beyond that the
+    /// oldest are dropped. Id 0 is never a notification's and is ignored. Repeating an id
+    /// is harmless (the server counts each receipt once).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the client has ended (the receipt is lost);
+    /// [`ClientError::Server`] for a refusal retrying cannot fix (the receipts sent are
+    /// dropped); [`ClientError::Protocol`] for an answer that does not decode.
+    pub async fn ack_notification(&self, id: u64) -> Result<NotificationAck, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let shared = &self.inner.shared;
+        shared.queue_notification_acks(&[id]);
+        if !shared.is_connected() {
+            return Ok(NotificationAck::Pending);
+        }
+        let ids = shared.take_notification_acks();
+        if ids.is_empty() {
+            // Id 0, or a concurrent call took this receipt into its own request.
+            return Ok(NotificationAck::Pending);
+        }
+        let body = wire::NotificationAck { ids };
+        let answer = self
+            .request_frame(Cmd::NotificationAck, &body)
+            .await
+            .and_then(|frame| decode::<wire::NotificationAckResponse>(&frame));
+        match answer {
+            Ok(resp) => Ok(NotificationAck::Sent {
+                matched: resp.matched,
+            }),
+            Err(ClientError::Closed) => Err(ClientError::Closed),
+            Err(err) if err.is_retryable() => {
+                tracing::debug!(%err, "notification receipts kept for later");
+                shared.queue_notification_acks(&body.ids);
+                Ok(NotificationAck::Pending)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// How many notification receipts wait to be sent ([`Client::ack_notification`]).
+    pub fn pending_notification_acks(&self) -> usize {
+        self.inner.shared.pending_notification_acks()
     }
 
     /// Sends a KEEPALIVE now and returns the server's clock (unix ms). The driver also sends

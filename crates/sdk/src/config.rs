@@ -65,6 +65,17 @@ pub struct ClientConfig {
     /// offered (opt in: it costs CPU on both ends and pays off for large messages and pull
     /// pages on slow links). A RESUMEd connection is never compressed.
     pub compression: Vec<longlink_proto::Compression>,
+    /// This device's platform for offline push notifications ("ios", "android", "linux"…),
+    /// sent with [`crate::Client::register_push_token`]: the server measures each push
+    /// provider's delivery per device class (platform, vendor, app version) and picks the best
+    /// one for it. Default [`std::env::consts::OS`]; "" = unknown.
+    pub platform: String,
+    /// The device maker's push ecosystem ("apple", "google", "huawei", "xiaomi"…), part of the
+    /// device class like [`ClientConfig::platform`]. Default "" (unknown).
+    pub vendor: String,
+    /// The app's version, part of the device class like [`ClientConfig::platform`] (a release
+    /// that breaks its notification handler shows up as its own class). Default "" (unknown).
+    pub app_version: String,
 }
 
 impl ClientConfig {
@@ -103,6 +114,9 @@ impl ClientConfig {
             max_body_bytes: longlink_proto::DEFAULT_MAX_BODY_BYTES,
             tls: None,
             compression: Vec::new(),
+            platform: std::env::consts::OS.to_owned(),
+            vendor: String::new(),
+            app_version: String::new(),
         }
     }
 

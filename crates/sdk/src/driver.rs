@@ -113,8 +113,18 @@ struct AppRequest {
 enum Job {
     App(AppRequest),
     Keepalive,
-    CatchUp { cursor: u64 },
-    Fill { peer: UserRef, cursor: u64 },
+    CatchUp {
+        cursor: u64,
+    },
+    Fill {
+        peer: UserRef,
+        cursor: u64,
+    },
+    /// Notification receipts that waited for a connection: back to the pending set when
+    /// the attempt fails for a reason that may pass.
+    NotificationAck {
+        ids: Vec<u64>,
+    },
 }
 
 #[derive(Debug)]
@@ -420,6 +430,7 @@ impl Driver {
         }
         self.continue_catch_up();
         self.send_waiting();
+        self.send_notification_acks();
         self.collect_acks();
         let shutdown = self.shutdown.clone();
         loop {
@@ -568,6 +579,48 @@ impl Driver {
             Job::Fill { peer, cursor } => {
                 let page = result.and_then(|frame| decode::<wire::HistoryPullResponse>(&frame));
                 self.on_fill_page(peer, cursor, page);
+            }
+            Job::NotificationAck { ids } => {
+                let answer =
+                    result.and_then(|frame| decode::<wire::NotificationAckResponse>(&frame));
+                self.on_notification_acked(ids, answer);
+            }
+        }
+    }
+
+    /// Sends the notification receipts that waited (for this connection, or while an
+    /// earlier attempt failed) in one NOTIFICATION_ACK.
+    fn send_notification_acks(&mut self) {
+        let ids = self.shared.take_notification_acks();
+        if ids.is_empty() {
+            return;
+        }
+        tracing::debug!(count = ids.len(), "sending pending notification receipts");
+        let body = wire::NotificationAck { ids: ids.clone() };
+        self.send_internal(Cmd::NotificationAck, &body, Job::NotificationAck { ids });
+    }
+
+    /// A refusal that may pass keeps the receipts for the next connection; one that cannot
+    /// (INVALID_ARGUMENT) drops them, or they would be refused at every login.
+    fn on_notification_acked(
+        &mut self,
+        ids: Vec<u64>,
+        answer: Result<wire::NotificationAckResponse, ClientError>,
+    ) {
+        match answer {
+            Ok(answer) => {
+                tracing::debug!(
+                    sent = ids.len(),
+                    matched = answer.matched,
+                    "notification receipts taken"
+                );
+            }
+            Err(err) if err.is_retryable() => {
+                tracing::debug!(%err, "notification receipts kept for the next connection");
+                self.shared.queue_notification_acks(&ids);
+            }
+            Err(err) => {
+                tracing::warn!(%err, count = ids.len(), "the server refused notification receipts; dropped");
             }
         }
     }
@@ -938,6 +991,9 @@ impl Driver {
                 Job::Fill { peer, cursor } => {
                     self.on_fill_page(peer, cursor, Err(ClientError::Timeout));
                 }
+                Job::NotificationAck { ids } => {
+                    self.on_notification_acked(ids, Err(ClientError::Timeout));
+                }
             }
         }
     }
@@ -1094,15 +1150,20 @@ impl Driver {
         self.catch_up = None;
         let mut requeued = VecDeque::new();
         for pending in in_flight {
-            if let Job::App(request) = pending.job {
-                if request.reply.is_closed() {
-                    continue;
+            match pending.job {
+                Job::App(request) => {
+                    if request.reply.is_closed() {
+                        continue;
+                    }
+                    if request.resend {
+                        requeued.push_back(request);
+                    } else {
+                        let _ = request.reply.send(Err(ClientError::Disconnected));
+                    }
                 }
-                if request.resend {
-                    requeued.push_back(request);
-                } else {
-                    let _ = request.reply.send(Err(ClientError::Disconnected));
-                }
+                // Sent again right after the next LOGIN / RESUME.
+                Job::NotificationAck { ids } => self.shared.queue_notification_acks(&ids),
+                Job::Keepalive | Job::CatchUp { .. } | Job::Fill { .. } => {}
             }
         }
         requeued.extend(std::mem::take(&mut self.waiting));

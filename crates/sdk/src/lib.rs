@@ -8,7 +8,8 @@
 //! automatic keepalive with a liveness check. It depends on `longlink-proto` only. Main
 //! types: [`ClientConfig`] and [`ReconnectPolicy`], [`Client`] (a cheap, cloneable handle;
 //! a driver task owns the socket), [`Incoming`] (the event stream), [`Event`], [`Message`],
-//! [`Content`], [`UserRef`], [`SendReceipt`] and [`ClientError`].
+//! [`Content`], [`UserRef`], [`SendReceipt`], [`PushTokenInfo`], [`NotificationAck`] and
+//! [`ClientError`].
 //!
 //! Modules: `config` ([`ClientConfig`], [`ReconnectPolicy`]), `client` ([`Client`],
 //! [`Incoming`], send retries), `handshake` (TCP connect + RESUME or LOGIN), `driver` (the task that
@@ -138,8 +139,8 @@ pub use config::{ClientConfig, Jitter, ReconnectPolicy};
 pub use error::ClientError;
 pub use tls::{TlsConfig, TlsRoots};
 pub use types::{
-    Content, Conversation, Event, Message, ParseUserRefError, PullPage, Receipt, SendReceipt,
-    UserRef,
+    Content, Conversation, Event, Message, NotificationAck, ParseUserRefError, PullPage,
+    PushTokenInfo, Receipt, SendReceipt, UserRef,
 };
 
 pub use longlink_proto;

@@ -2,6 +2,7 @@
 //! [`crate::Incoming`] share. Locks are held for a map or vector operation only, never across
 //! an `.await`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -24,6 +25,9 @@ pub(crate) struct Shared {
     connected: AtomicBool,
     /// The token for the next (re)login.
     token: Mutex<String>,
+    /// Notification receipts not yet taken by the server, oldest first, each once, at most
+    /// [`longlink_proto::MAX_NOTIFICATION_ACK_IDS`]: one NOTIFICATION_ACK carries them all.
+    notification_acks: Mutex<VecDeque<u64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -42,6 +46,7 @@ impl Shared {
             session_id: AtomicU64::new(session_id),
             connected: AtomicBool::new(true),
             token: Mutex::new(token),
+            notification_acks: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -77,6 +82,32 @@ impl Shared {
 
     pub(crate) fn take_acks(&self) -> Vec<u64> {
         std::mem::take(&mut *lock(&self.acks))
+    }
+
+    /// Keeps notification receipts for the next NOTIFICATION_ACK. Beyond the bound the oldest
+    /// are dropped: a receipt that old no longer counts as a delivery for the server either
+    /// (its receipt timeout is minutes), and an app offline for long must not grow memory.
+    pub(crate) fn queue_notification_acks(&self, ids: &[u64]) {
+        let mut pending = lock(&self.notification_acks);
+        for &id in ids {
+            if id == 0 || pending.contains(&id) {
+                continue;
+            }
+            if pending.len() >= longlink_proto::MAX_NOTIFICATION_ACK_IDS {
+                let dropped = pending.pop_front();
+                tracing::debug!(?dropped, "notification receipts full: dropping the oldest");
+            }
+            pending.push_back(id);
+        }
+    }
+
+    /// Takes every pending notification receipt (at most one NOTIFICATION_ACK's worth).
+    pub(crate) fn take_notification_acks(&self) -> Vec<u64> {
+        lock(&self.notification_acks).drain(..).collect()
+    }
+
+    pub(crate) fn pending_notification_acks(&self) -> usize {
+        lock(&self.notification_acks).len()
     }
 
     pub(crate) fn token(&self) -> String {

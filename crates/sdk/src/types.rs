@@ -275,6 +275,44 @@ pub struct SendReceipt {
     pub client_msg_id: String,
 }
 
+/// One offline push token of this device, as the server holds it after a PUSH_TOKEN request
+/// ([`crate::Client::register_push_token`], [`crate::Client::remove_push_token`],
+/// [`crate::Client::push_tokens`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PushTokenInfo {
+    /// The provider: "apns", "fcm" or the name of a vendor channel the server configures.
+    pub provider: String,
+    /// The provider's device token.
+    pub token: String,
+}
+
+impl From<longlink_proto::wire::PushTokenInfo> for PushTokenInfo {
+    fn from(info: longlink_proto::wire::PushTokenInfo) -> Self {
+        Self {
+            provider: info.provider,
+            token: info.token,
+        }
+    }
+}
+
+/// What [`crate::Client::ack_notification`] did with a notification receipt.
+///
+/// Non-exhaustive: keep a wildcard arm when matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotificationAck {
+    /// The server has the receipt (with any receipts that were pending): `matched` of the ids
+    /// sent were this device's notifications not acknowledged before.
+    Sent {
+        /// How many of the ids sent the server counted.
+        matched: u32,
+    },
+    /// The receipt waits in the client (not connected, or the attempt failed for a reason
+    /// that may pass, or another call is sending it right now); the client sends it right
+    /// after its next successful LOGIN or RESUME.
+    Pending,
+}
+
 /// One page of an offline pull or a history query.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PullPage {
