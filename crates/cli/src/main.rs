@@ -89,6 +89,16 @@ enum Command {
     Unban(api_cmd::UnbanArgs),
     /// Lists the active black/white list entries.
     Bans(api_cmd::BansArgs),
+    /// Devices' push tokens for offline notifications, through the API:
+    /// `device register --appcode N --uid U --device D --provider apns --token T`,
+    /// `device list`, `device remove`. Needs a key covering the appcode.
+    #[command(subcommand)]
+    Device(api_cmd::DeviceCommand),
+    /// The push providers (APNs, FCM, vendor channels) through the API: `push-providers
+    /// stats` shows per provider and device class the sent, accepted and receipted
+    /// notifications, the receipt rate, latency to receipt and errors by kind.
+    #[command(subcommand)]
+    PushProviders(api_cmd::PushProvidersCommand),
     /// TLS certificates: `cert dev` writes a development CA and a server certificate.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -147,6 +157,8 @@ fn main() -> ExitCode {
             Command::Ban(args) => api_cmd::ban(args).await,
             Command::Unban(args) => api_cmd::unban(args).await,
             Command::Bans(args) => api_cmd::bans(args).await,
+            Command::Device(command) => api_cmd::device(command).await,
+            Command::PushProviders(command) => api_cmd::push_providers(command).await,
             Command::Bench(command) => bench_cmd::run(command).await,
             Command::Cert(command) => cert::run(command),
         }

@@ -1,7 +1,8 @@
 //! The business-server API from the command line: `longlink push`, `push stats`, `presence`,
 //! `consume` (docs/api.md), and the operator's views of a node: `trace` and `top`
 //! (the observability routes), `gate list|drain` and `dispatch` (the gate routes), `ban`,
-//! `unban` and `bans` (the black/white lists). Plain HTTP/JSON through reqwest: the CLI never links the server's
+//! `unban` and `bans` (the black/white lists), `device register|list|remove` and
+//! `push-providers stats` (devices' push tokens and the push providers). Plain HTTP/JSON through reqwest: the CLI never links the server's
 //! API crate, so it talks to a remote node exactly as a business server would.
 //!
 //! Errors are one line on stderr, `error: <status> <code>: <message>`, with an exit code by
@@ -11,9 +12,11 @@
 
 mod bans;
 mod consume;
+mod device;
 mod gates;
 mod presence;
 mod push;
+mod push_providers;
 mod tokens;
 mod top;
 mod trace;
@@ -27,9 +30,11 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use bans::{BanArgs, BansArgs, UnbanArgs, ban, bans, unban};
 pub(crate) use consume::{ConsumeArgs, consume};
+pub(crate) use device::{DeviceCommand, device};
 pub(crate) use gates::{DispatchArgs, GateCommand, dispatch, gate};
 pub(crate) use presence::{PresenceArgs, presence};
 pub(crate) use push::{PushCommand, push};
+pub(crate) use push_providers::{PushProvidersCommand, push_providers};
 pub(crate) use tokens::{TokensCommand, tokens};
 pub(crate) use top::{TopArgs, top};
 pub(crate) use trace::{TraceArgs, trace};
@@ -241,13 +246,22 @@ impl Api {
 
     /// `DELETE` of `segments`; the answer's JSON as `T`.
     pub(crate) async fn delete<T: DeserializeOwned>(&self, segments: &[&str]) -> anyhow::Result<T> {
-        self.send(
-            Method::DELETE,
-            self.url(segments),
-            None::<&()>,
-            Duration::ZERO,
-        )
-        .await
+        self.delete_with(segments, &[]).await
+    }
+
+    /// `DELETE` of `segments` with `query`; the answer's JSON as `T`.
+    pub(crate) async fn delete_with<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        self.send(Method::DELETE, url, None::<&()>, Duration::ZERO)
+            .await
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(
