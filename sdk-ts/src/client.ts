@@ -1,7 +1,7 @@
 // The Client: one session over a sequence of connections. It logs in, keeps the link alive,
 // reconnects (RESUME within the hold, else LOGIN with prior_epoch), hands every message to the
 // app once and acknowledges it, and retries unanswered requests after a reconnect.
-import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import {
   C2cRequestSchema,
   C2cResponseSchema,
@@ -25,8 +25,13 @@ import {
   MarkReadResponseSchema,
   MsgAckSchema,
   MsgSchema,
+  NotificationAckResponseSchema,
+  NotificationAckSchema,
   OfflinePullRequestSchema,
   OfflinePullResponseSchema,
+  PushTokenOp,
+  PushTokenRequestSchema,
+  PushTokenResponseSchema,
   ReceiptKind,
   ReceiptSchema,
   ResumeRequestSchema,
@@ -46,6 +51,8 @@ import type {
   Kicked,
   Message,
   Page,
+  PushDeviceClass,
+  PushTokenInfo,
   Receipt,
   SendReceipt,
   State,
@@ -693,6 +700,49 @@ export class Client {
     );
     const r = await this.request(Cmd.MARK_READ, body, MarkReadResponseSchema, this.timeoutMs);
     return { readUpto: r.readUpto, unread: r.unread };
+  }
+
+  /**
+   * Registers this device's offline push token for `provider` ("apns", "fcm" or a vendor
+   * channel the server configures), replacing its previous token of that provider, with the
+   * device class the server measures provider delivery by. Resolves with the device's tokens.
+   * An unknown provider rejects with INVALID_ARGUMENT. `logout()` removes the tokens.
+   */
+  async registerPushToken(provider: string, token: string, deviceClass: PushDeviceClass = {}): Promise<PushTokenInfo[]> {
+    return this.pushTokenRequest({
+      op: PushTokenOp.REGISTER,
+      provider,
+      token,
+      platform: deviceClass.platform ?? "web",
+      vendor: deviceClass.vendor ?? "",
+      appVersion: deviceClass.appVersion ?? "",
+    });
+  }
+
+  /** Removes this device's push token of `provider`, or all of them (no provider). Resolves with the tokens left. */
+  async removePushToken(provider?: string): Promise<PushTokenInfo[]> {
+    return this.pushTokenRequest({ op: PushTokenOp.REMOVE, provider: provider ?? "" });
+  }
+
+  /** This device's push tokens. */
+  async pushTokens(): Promise<PushTokenInfo[]> {
+    return this.pushTokenRequest({ op: PushTokenOp.LIST });
+  }
+
+  private async pushTokenRequest(fields: MessageInitShape<typeof PushTokenRequestSchema>): Promise<PushTokenInfo[]> {
+    const body = toBinary(PushTokenRequestSchema, create(PushTokenRequestSchema, fields));
+    const r = await this.request(Cmd.PUSH_TOKEN, body, PushTokenResponseSchema, this.timeoutMs);
+    return r.tokens.map((t) => ({ provider: t.provider, token: t.token }));
+  }
+
+  /**
+   * Reports that these offline push notifications (their payload's `ll_nid`) reached this
+   * device; resolves with how many the server matched. At most 256 ids per call.
+   */
+  async ackNotifications(ids: bigint[]): Promise<number> {
+    const body = toBinary(NotificationAckSchema, create(NotificationAckSchema, { ids: ids.filter((id) => id !== 0n) }));
+    const r = await this.request(Cmd.NOTIFICATION_ACK, body, NotificationAckResponseSchema, this.timeoutMs);
+    return r.matched;
   }
 
   /** Acknowledges messages by hand (with autoAck: false). Only ack messages whose `to` is you. */

@@ -31,6 +31,8 @@ export const Cmd = {
   RECEIPT: 22,
   CONVERSATIONS: 23,
   MARK_READ: 24,
+  PUSH_TOKEN: 25,
+  NOTIFICATION_ACK: 26,
   ERROR: 255,
 } as const;
 

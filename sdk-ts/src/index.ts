@@ -10,6 +10,8 @@ export type {
   Kicked,
   Message,
   Page,
+  PushDeviceClass,
+  PushTokenInfo,
   Receipt,
   SendReceipt,
   State,

@@ -108,3 +108,18 @@ export interface ClientOptions {
    */
   maxBodyBytes?: number;
 }
+
+/** One offline push token of this device (registerPushToken, pushTokens). */
+export interface PushTokenInfo {
+  /** "apns", "fcm" or a vendor channel's name. */
+  provider: string;
+  token: string;
+}
+
+/** The device class sent with a push token; the server picks the provider that delivers best per class. */
+export interface PushDeviceClass {
+  /** Default "web". */
+  platform?: string;
+  vendor?: string;
+  appVersion?: string;
+}

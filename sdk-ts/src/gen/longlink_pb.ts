@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file longlink.proto.
  */
 export const file_longlink: GenFile = /*@__PURE__*/
-  fileDesc("Cg5sb25nbGluay5wcm90bxILbG9uZ2xpbmsudjEiVgoFRXJyb3ISJAoEY29kZRgBIAEoDjIWLmxvbmdsaW5rLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIicKB1VzZXJSZWYSDwoHYXBwY29kZRgBIAEoDRILCgN1aWQYAiABKAkisQEKDExvZ2luUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIPCgdhcHBjb2RlGAIgASgNEhEKCWRldmljZV9pZBgDIAEoCRIWCg5yZXN1bWVfY2FwYWJsZRgEIAEoCBITCgtjb21wcmVzc2lvbhgFIAMoCRIWCg5jbGllbnRfdmVyc2lvbhgGIAEoCRIUCgxkZXZpY2VfY2xhc3MYByABKAkSEwoLcHJpb3JfZXBvY2gYCCABKAQi+QEKDUxvZ2luUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoBBIUCgxyZXN1bWVfdG9rZW4YAiABKAkSFgoOc2VydmVyX3RpbWVfbXMYAyABKAQSHwoXa2VlcGFsaXZlX2ludGVydmFsX3NlY3MYBCABKA0SEwoLY29tcHJlc3Npb24YBSABKAkSCwoDdWlkGAYgASgJEg0KBWVwb2NoGAcgASgEEhEKCWhvbGRfc2VjcxgIIAEoDRIYChByZWNvbm5lY3RfbWluX21zGAkgASgNEhgKEHJlY29ubmVjdF9tYXhfbXMYCiABKA0SDQoFZ2F0ZXMYCyADKAkiDwoNTG9nb3V0UmVxdWVzdCIQCg5Mb2dvdXRSZXNwb25zZSIqChBLZWVwYWxpdmVSZXF1ZXN0EhYKDmNsaWVudF90aW1lX21zGAEgASgEIisKEUtlZXBhbGl2ZVJlc3BvbnNlEhYKDnNlcnZlcl90aW1lX21zGAEgASgEImQKDVJlc3VtZVJlcXVlc3QSFAoMcmVzdW1lX3Rva2VuGAEgASgJEhIKCmxhc3RfbXNnaWQYAiABKAQSFAoMYWNrZWRfbXNnaWRzGAMgAygEEhMKC2NvbXByZXNzaW9uGAQgAygJIu0BCg5SZXN1bWVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgEEhAKCGdhcF9mcmVlGAIgASgIEiIKCG1lc3NhZ2VzGAMgAygLMhAubG9uZ2xpbmsudjEuTXNnEhQKDHJlc3VtZV90b2tlbhgEIAEoCRINCgVlcG9jaBgFIAEoBBIfChdrZWVwYWxpdmVfaW50ZXJ2YWxfc2VjcxgGIAEoDRIRCglob2xkX3NlY3MYByABKA0SFgoOc2VydmVyX3RpbWVfbXMYCCABKAQSCwoDdWlkGAkgASgJEhMKC2NvbXByZXNzaW9uGAogASgJIoABCgRLaWNrEicKBnJlYXNvbhgBIAEoDjIXLmxvbmdsaW5rLnYxLktpY2tSZWFzb24SDwoHbWVzc2FnZRgCIAEoCRIUCgxyZWNvbm5lY3RfdG8YAyABKAkSEgoKYmFja29mZl9tcxgEIAEoDRIUCgxieV9kZXZpY2VfaWQYBSABKAkiRQoKQzJzUmVxdWVzdBIPCgdtc2d0eXBlGAEgASgNEg8KB3BheWxvYWQYAiABKAwSFQoNY2xpZW50X21zZ19pZBgDIAEoCSIcCgtDMnNSZXNwb25zZRINCgV0b3BpYxgBIAEoCSKXAQoKQzJjUmVxdWVzdBIgCgJ0bxgBIAEoCzIULmxvbmdsaW5rLnYxLlVzZXJSZWYSFQoNY2xpZW50X21zZ19pZBgCIAEoCRIuCgxjb250ZW50X3R5cGUYAyABKA4yGC5sb25nbGluay52MS5Db250ZW50VHlwZRIPCgdtc2d0eXBlGAQgASgNEg8KB2NvbnRlbnQYBSABKAwiRAoLQzJjUmVzcG9uc2USDQoFbXNnaWQYASABKAQSEwoLc2VuZGRhdGVfbXMYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIsgCCgNNc2cSDQoFbXNnaWQYASABKAQSIgoEZnJvbRgCIAEoCzIULmxvbmdsaW5rLnYxLlVzZXJSZWYSIAoCdG8YAyABKAsyFC5sb25nbGluay52MS5Vc2VyUmVmEg8KB21zZ3R5cGUYBCABKA0SLgoMY29udGVudF90eXBlGAUgASgOMhgubG9uZ2xpbmsudjEuQ29udGVudFR5cGUSDwoHY29udGVudBgGIAEoDBITCgtzZW5kZGF0ZV9tcxgHIAEoBBIVCg1jbGllbnRfbXNnX2lkGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEg4KBmxvZ19pZBgKIAEoBBIiCgRraW5kGAsgASgOMhQubG9uZ2xpbmsudjEuTXNnS2luZBISCgpwcmV2X21zZ2lkGAwgASgEEhEKCWRlbGl2ZXJlZBgNIAEoCCIYCgZNc2dBY2sSDgoGbXNnaWRzGAEgAygEIh8KDk1zZ0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNIjcKEk9mZmxpbmVQdWxsUmVxdWVzdBIOCgZjdXJzb3IYASABKAQSEQoJcGFnZV9zaXplGAIgASgNIlwKE09mZmxpbmVQdWxsUmVzcG9uc2USIgoIbWVzc2FnZXMYASADKAsyEC5sb25nbGluay52MS5Nc2cSEwoLbmV4dF9jdXJzb3IYAiABKAQSDAoEbW9yZRgDIAEoCCKNAQoSSGlzdG9yeVB1bGxSZXF1ZXN0EiIKBHdpdGgYASABKAsyFC5sb25nbGluay52MS5Vc2VyUmVmEg4KBmN1cnNvchgCIAEoBBIwCglkaXJlY3Rpb24YAyABKA4yHS5sb25nbGluay52MS5IaXN0b3J5RGlyZWN0aW9uEhEKCXBhZ2Vfc2l6ZRgEIAEoDSJcChNIaXN0b3J5UHVsbFJlc3BvbnNlEiIKCG1lc3NhZ2VzGAEgAygLMhAubG9uZ2xpbmsudjEuTXNnEhMKC25leHRfY3Vyc29yGAIgASgEEgwKBG1vcmUYAyABKAgiiQEKB1JlY2VpcHQSJgoEa2luZBgBIAEoDjIYLmxvbmdsaW5rLnYxLlJlY2VpcHRLaW5kEiAKAmJ5GAIgASgLMhQubG9uZ2xpbmsudjEuVXNlclJlZhIRCglieV9kZXZpY2UYAyABKAkSDgoGbXNnaWRzGAQgAygEEhEKCXJlYWRfdXB0bxgFIAEoBCI7ChRDb252ZXJzYXRpb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDRIUCgxiZWZvcmVfbXNnaWQYAiABKAQijQEKDENvbnZlcnNhdGlvbhIiCgR3aXRoGAEgASgLMhQubG9uZ2xpbmsudjEuVXNlclJlZhIeCgRsYXN0GAIgASgLMhAubG9uZ2xpbmsudjEuTXNnEg4KBnVucmVhZBgDIAEoDRIRCglyZWFkX3VwdG8YBCABKAQSFgoOcGVlcl9yZWFkX3VwdG8YBSABKAQiVwoVQ29udmVyc2F0aW9uc1Jlc3BvbnNlEjAKDWNvbnZlcnNhdGlvbnMYASADKAsyGS5sb25nbGluay52MS5Db252ZXJzYXRpb24SDAoEbW9yZRgCIAEoCCJECg9NYXJrUmVhZFJlcXVlc3QSIgoEd2l0aBgBIAEoCzIULmxvbmdsaW5rLnYxLlVzZXJSZWYSDQoFbXNnaWQYAiABKAQiNQoQTWFya1JlYWRSZXNwb25zZRIRCglyZWFkX3VwdG8YASABKAQSDgoGdW5yZWFkGAIgASgNKpcECglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEg0KCUJBRF9NQUdJQxABEhcKE1VOU1VQUE9SVEVEX1ZFUlNJT04QAhISCg5CT0RZX1RPT19MQVJHRRADEgwKCEJBRF9CT0RZEAQSDwoLVU5LTk9XTl9DTUQQBRISCg5CQURfRlJBTUVfVFlQRRAGEg0KCUJBRF9GTEFHUxAHEhEKDU5PVF9MT0dHRURfSU4QChIVChFBTFJFQURZX0xPR0dFRF9JThALEg0KCUJBRF9UT0tFThAMEhMKD1VOS05PV05fQVBQQ09ERRANEhQKEEFQUENPREVfTUlTTUFUQ0gQDhIRCg1MT0dJTl9USU1FT1VUEA8SEAoMSURMRV9USU1FT1VUEBASEwoPUkVTVU1FX1JFSkVDVEVEEBESFAoQU0VTU0lPTl9SRVBMQUNFRBASEgoKBkJBTk5FRBATEhQKEElOVkFMSURfQVJHVU1FTlQQFBINCglOT1RfRk9VTkQQFRIcChhVTktOT1dOX1JFQ0VJVkVSX0FQUENPREUQFhIQCgxSQVRFX0xJTUlURUQQFxIVChFTVE9SRV9VTkFWQUlMQUJMRRAeEhMKD0JVU19VTkFWQUlMQUJMRRAfEg4KCk9WRVJMT0FERUQQIBIRCg1TSFVUVElOR19ET1dOECESDAoISU5URVJOQUwQKCqLAQoKS2lja1JlYXNvbhIbChdLSUNLX1JFQVNPTl9VTlNQRUNJRklFRBAAEgwKCFJFUExBQ0VEEAESDgoKTE9HR0VEX09VVBACEgsKB0JMT0NLRUQQAxITCg9TRVJWRVJfU0hVVERPV04QBBIRCg1TTE9XX0NPTlNVTUVSEAUSDQoJUkVDT05ORUNUEAYqWQoLQ29udGVudFR5cGUSHAoYQ09OVEVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASCAoEVEVYVBABEggKBFJJQ0gQAhIKCgZUWVBJTkcQAxIMCghCVVNJTkVTUxAEKjUKB01zZ0tpbmQSGAoUTVNHX0tJTkRfVU5TUEVDSUZJRUQQABIHCgNDMkMQARIHCgNTMkMQAiooChBIaXN0b3J5RGlyZWN0aW9uEgkKBU9MREVSEAASCQoFTkVXRVIQASpECgtSZWNlaXB0S2luZBIcChhSRUNFSVBUX0tJTkRfVU5TUEVDSUZJRUQQABINCglERUxJVkVSRUQQARIICgRSRUFEEAJiBnByb3RvMw");
+  fileDesc("Cg5sb25nbGluay5wcm90bxILbG9uZ2xpbmsudjEiVgoFRXJyb3ISJAoEY29kZRgBIAEoDjIWLmxvbmdsaW5rLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIicKB1VzZXJSZWYSDwoHYXBwY29kZRgBIAEoDRILCgN1aWQYAiABKAkisQEKDExvZ2luUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIPCgdhcHBjb2RlGAIgASgNEhEKCWRldmljZV9pZBgDIAEoCRIWCg5yZXN1bWVfY2FwYWJsZRgEIAEoCBITCgtjb21wcmVzc2lvbhgFIAMoCRIWCg5jbGllbnRfdmVyc2lvbhgGIAEoCRIUCgxkZXZpY2VfY2xhc3MYByABKAkSEwoLcHJpb3JfZXBvY2gYCCABKAQi+QEKDUxvZ2luUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoBBIUCgxyZXN1bWVfdG9rZW4YAiABKAkSFgoOc2VydmVyX3RpbWVfbXMYAyABKAQSHwoXa2VlcGFsaXZlX2ludGVydmFsX3NlY3MYBCABKA0SEwoLY29tcHJlc3Npb24YBSABKAkSCwoDdWlkGAYgASgJEg0KBWVwb2NoGAcgASgEEhEKCWhvbGRfc2VjcxgIIAEoDRIYChByZWNvbm5lY3RfbWluX21zGAkgASgNEhgKEHJlY29ubmVjdF9tYXhfbXMYCiABKA0SDQoFZ2F0ZXMYCyADKAkiDwoNTG9nb3V0UmVxdWVzdCIQCg5Mb2dvdXRSZXNwb25zZSIqChBLZWVwYWxpdmVSZXF1ZXN0EhYKDmNsaWVudF90aW1lX21zGAEgASgEIisKEUtlZXBhbGl2ZVJlc3BvbnNlEhYKDnNlcnZlcl90aW1lX21zGAEgASgEImQKDVJlc3VtZVJlcXVlc3QSFAoMcmVzdW1lX3Rva2VuGAEgASgJEhIKCmxhc3RfbXNnaWQYAiABKAQSFAoMYWNrZWRfbXNnaWRzGAMgAygEEhMKC2NvbXByZXNzaW9uGAQgAygJIu0BCg5SZXN1bWVSZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgEEhAKCGdhcF9mcmVlGAIgASgIEiIKCG1lc3NhZ2VzGAMgAygLMhAubG9uZ2xpbmsudjEuTXNnEhQKDHJlc3VtZV90b2tlbhgEIAEoCRINCgVlcG9jaBgFIAEoBBIfChdrZWVwYWxpdmVfaW50ZXJ2YWxfc2VjcxgGIAEoDRIRCglob2xkX3NlY3MYByABKA0SFgoOc2VydmVyX3RpbWVfbXMYCCABKAQSCwoDdWlkGAkgASgJEhMKC2NvbXByZXNzaW9uGAogASgJIoABCgRLaWNrEicKBnJlYXNvbhgBIAEoDjIXLmxvbmdsaW5rLnYxLktpY2tSZWFzb24SDwoHbWVzc2FnZRgCIAEoCRIUCgxyZWNvbm5lY3RfdG8YAyABKAkSEgoKYmFja29mZl9tcxgEIAEoDRIUCgxieV9kZXZpY2VfaWQYBSABKAkiRQoKQzJzUmVxdWVzdBIPCgdtc2d0eXBlGAEgASgNEg8KB3BheWxvYWQYAiABKAwSFQoNY2xpZW50X21zZ19pZBgDIAEoCSIcCgtDMnNSZXNwb25zZRINCgV0b3BpYxgBIAEoCSKXAQoKQzJjUmVxdWVzdBIgCgJ0bxgBIAEoCzIULmxvbmdsaW5rLnYxLlVzZXJSZWYSFQoNY2xpZW50X21zZ19pZBgCIAEoCRIuCgxjb250ZW50X3R5cGUYAyABKA4yGC5sb25nbGluay52MS5Db250ZW50VHlwZRIPCgdtc2d0eXBlGAQgASgNEg8KB2NvbnRlbnQYBSABKAwiRAoLQzJjUmVzcG9uc2USDQoFbXNnaWQYASABKAQSEwoLc2VuZGRhdGVfbXMYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIsgCCgNNc2cSDQoFbXNnaWQYASABKAQSIgoEZnJvbRgCIAEoCzIULmxvbmdsaW5rLnYxLlVzZXJSZWYSIAoCdG8YAyABKAsyFC5sb25nbGluay52MS5Vc2VyUmVmEg8KB21zZ3R5cGUYBCABKA0SLgoMY29udGVudF90eXBlGAUgASgOMhgubG9uZ2xpbmsudjEuQ29udGVudFR5cGUSDwoHY29udGVudBgGIAEoDBITCgtzZW5kZGF0ZV9tcxgHIAEoBBIVCg1jbGllbnRfbXNnX2lkGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEg4KBmxvZ19pZBgKIAEoBBIiCgRraW5kGAsgASgOMhQubG9uZ2xpbmsudjEuTXNnS2luZBISCgpwcmV2X21zZ2lkGAwgASgEEhEKCWRlbGl2ZXJlZBgNIAEoCCIYCgZNc2dBY2sSDgoGbXNnaWRzGAEgAygEIh8KDk1zZ0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNIjcKEk9mZmxpbmVQdWxsUmVxdWVzdBIOCgZjdXJzb3IYASABKAQSEQoJcGFnZV9zaXplGAIgASgNIlwKE09mZmxpbmVQdWxsUmVzcG9uc2USIgoIbWVzc2FnZXMYASADKAsyEC5sb25nbGluay52MS5Nc2cSEwoLbmV4dF9jdXJzb3IYAiABKAQSDAoEbW9yZRgDIAEoCCKNAQoSSGlzdG9yeVB1bGxSZXF1ZXN0EiIKBHdpdGgYASABKAsyFC5sb25nbGluay52MS5Vc2VyUmVmEg4KBmN1cnNvchgCIAEoBBIwCglkaXJlY3Rpb24YAyABKA4yHS5sb25nbGluay52MS5IaXN0b3J5RGlyZWN0aW9uEhEKCXBhZ2Vfc2l6ZRgEIAEoDSJcChNIaXN0b3J5UHVsbFJlc3BvbnNlEiIKCG1lc3NhZ2VzGAEgAygLMhAubG9uZ2xpbmsudjEuTXNnEhMKC25leHRfY3Vyc29yGAIgASgEEgwKBG1vcmUYAyABKAgiiQEKB1JlY2VpcHQSJgoEa2luZBgBIAEoDjIYLmxvbmdsaW5rLnYxLlJlY2VpcHRLaW5kEiAKAmJ5GAIgASgLMhQubG9uZ2xpbmsudjEuVXNlclJlZhIRCglieV9kZXZpY2UYAyABKAkSDgoGbXNnaWRzGAQgAygEEhEKCXJlYWRfdXB0bxgFIAEoBCI7ChRDb252ZXJzYXRpb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDRIUCgxiZWZvcmVfbXNnaWQYAiABKAQijQEKDENvbnZlcnNhdGlvbhIiCgR3aXRoGAEgASgLMhQubG9uZ2xpbmsudjEuVXNlclJlZhIeCgRsYXN0GAIgASgLMhAubG9uZ2xpbmsudjEuTXNnEg4KBnVucmVhZBgDIAEoDRIRCglyZWFkX3VwdG8YBCABKAQSFgoOcGVlcl9yZWFkX3VwdG8YBSABKAQiVwoVQ29udmVyc2F0aW9uc1Jlc3BvbnNlEjAKDWNvbnZlcnNhdGlvbnMYASADKAsyGS5sb25nbGluay52MS5Db252ZXJzYXRpb24SDAoEbW9yZRgCIAEoCCJECg9NYXJrUmVhZFJlcXVlc3QSIgoEd2l0aBgBIAEoCzIULmxvbmdsaW5rLnYxLlVzZXJSZWYSDQoFbXNnaWQYAiABKAQiNQoQTWFya1JlYWRSZXNwb25zZRIRCglyZWFkX3VwdG8YASABKAQSDgoGdW5yZWFkGAIgASgNIpABChBQdXNoVG9rZW5SZXF1ZXN0EiQKAm9wGAEgASgOMhgubG9uZ2xpbmsudjEuUHVzaFRva2VuT3ASEAoIcHJvdmlkZXIYAiABKAkSDQoFdG9rZW4YAyABKAkSEAoIcGxhdGZvcm0YBCABKAkSDgoGdmVuZG9yGAUgASgJEhMKC2FwcF92ZXJzaW9uGAYgASgJIjAKDVB1c2hUb2tlbkluZm8SEAoIcHJvdmlkZXIYASABKAkSDQoFdG9rZW4YAiABKAkiPwoRUHVzaFRva2VuUmVzcG9uc2USKgoGdG9rZW5zGAEgAygLMhoubG9uZ2xpbmsudjEuUHVzaFRva2VuSW5mbyIeCg9Ob3RpZmljYXRpb25BY2sSCwoDaWRzGAEgAygEIioKF05vdGlmaWNhdGlvbkFja1Jlc3BvbnNlEg8KB21hdGNoZWQYASABKA0qlwQKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASDQoJQkFEX01BR0lDEAESFwoTVU5TVVBQT1JURURfVkVSU0lPThACEhIKDkJPRFlfVE9PX0xBUkdFEAMSDAoIQkFEX0JPRFkQBBIPCgtVTktOT1dOX0NNRBAFEhIKDkJBRF9GUkFNRV9UWVBFEAYSDQoJQkFEX0ZMQUdTEAcSEQoNTk9UX0xPR0dFRF9JThAKEhUKEUFMUkVBRFlfTE9HR0VEX0lOEAsSDQoJQkFEX1RPS0VOEAwSEwoPVU5LTk9XTl9BUFBDT0RFEA0SFAoQQVBQQ09ERV9NSVNNQVRDSBAOEhEKDUxPR0lOX1RJTUVPVVQQDxIQCgxJRExFX1RJTUVPVVQQEBITCg9SRVNVTUVfUkVKRUNURUQQERIUChBTRVNTSU9OX1JFUExBQ0VEEBISCgoGQkFOTkVEEBMSFAoQSU5WQUxJRF9BUkdVTUVOVBAUEg0KCU5PVF9GT1VORBAVEhwKGFVOS05PV05fUkVDRUlWRVJfQVBQQ09ERRAWEhAKDFJBVEVfTElNSVRFRBAXEhUKEVNUT1JFX1VOQVZBSUxBQkxFEB4SEwoPQlVTX1VOQVZBSUxBQkxFEB8SDgoKT1ZFUkxPQURFRBAgEhEKDVNIVVRUSU5HX0RPV04QIRIMCghJTlRFUk5BTBAoKosBCgpLaWNrUmVhc29uEhsKF0tJQ0tfUkVBU09OX1VOU1BFQ0lGSUVEEAASDAoIUkVQTEFDRUQQARIOCgpMT0dHRURfT1VUEAISCwoHQkxPQ0tFRBADEhMKD1NFUlZFUl9TSFVURE9XThAEEhEKDVNMT1dfQ09OU1VNRVIQBRINCglSRUNPTk5FQ1QQBipZCgtDb250ZW50VHlwZRIcChhDT05URU5UX1RZUEVfVU5TUEVDSUZJRUQQABIICgRURVhUEAESCAoEUklDSBACEgoKBlRZUElORxADEgwKCEJVU0lORVNTEAQqNQoHTXNnS2luZBIYChRNU0dfS0lORF9VTlNQRUNJRklFRBAAEgcKA0MyQxABEgcKA1MyQxACKigKEEhpc3RvcnlEaXJlY3Rpb24SCQoFT0xERVIQABIJCgVORVdFUhABKkQKC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEg0KCURFTElWRVJFRBABEggKBFJFQUQQAioxCgtQdXNoVG9rZW5PcBIMCghSRUdJU1RFUhAAEgoKBlJFTU9WRRABEggKBExJU1QQAmIGcHJvdG8z");
 
 /**
  * Body of an ERROR frame (cmd 255).
@@ -1038,6 +1038,149 @@ export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*
   messageDesc(file_longlink, 27);
 
 /**
+ * PUSH_TOKEN (cmd 25), type 0: this device's offline push tokens (APNs, FCM, a vendor channel).
+ * Tokens are scoped to the session's (appcode, uid, device_id); a LOGOUT removes them. An
+ * unknown provider or a bad field is answered with ERROR INVALID_ARGUMENT.
+ *
+ * @generated from message longlink.v1.PushTokenRequest
+ */
+export type PushTokenRequest = Message<"longlink.v1.PushTokenRequest"> & {
+  /**
+   * @generated from field: longlink.v1.PushTokenOp op = 1;
+   */
+  op: PushTokenOp;
+
+  /**
+   * "apns", "fcm" or a configured vendor channel's name
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * the provider's device token (REGISTER)
+   *
+   * @generated from field: string token = 3;
+   */
+  token: string;
+
+  /**
+   * device class: "ios", "android"… ("" = unknown)
+   *
+   * @generated from field: string platform = 4;
+   */
+  platform: string;
+
+  /**
+   * device class: "apple", "huawei", "xiaomi"… ("" = unknown)
+   *
+   * @generated from field: string vendor = 5;
+   */
+  vendor: string;
+
+  /**
+   * device class: the app's version ("" = unknown)
+   *
+   * @generated from field: string app_version = 6;
+   */
+  appVersion: string;
+};
+
+/**
+ * Describes the message longlink.v1.PushTokenRequest.
+ * Use `create(PushTokenRequestSchema)` to create a new message.
+ */
+export const PushTokenRequestSchema: GenMessage<PushTokenRequest> = /*@__PURE__*/
+  messageDesc(file_longlink, 28);
+
+/**
+ * One push token of a device.
+ *
+ * @generated from message longlink.v1.PushTokenInfo
+ */
+export type PushTokenInfo = Message<"longlink.v1.PushTokenInfo"> & {
+  /**
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string token = 2;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message longlink.v1.PushTokenInfo.
+ * Use `create(PushTokenInfoSchema)` to create a new message.
+ */
+export const PushTokenInfoSchema: GenMessage<PushTokenInfo> = /*@__PURE__*/
+  messageDesc(file_longlink, 29);
+
+/**
+ * PUSH_TOKEN (cmd 25), type 1: the device's tokens after the change.
+ *
+ * @generated from message longlink.v1.PushTokenResponse
+ */
+export type PushTokenResponse = Message<"longlink.v1.PushTokenResponse"> & {
+  /**
+   * @generated from field: repeated longlink.v1.PushTokenInfo tokens = 1;
+   */
+  tokens: PushTokenInfo[];
+};
+
+/**
+ * Describes the message longlink.v1.PushTokenResponse.
+ * Use `create(PushTokenResponseSchema)` to create a new message.
+ */
+export const PushTokenResponseSchema: GenMessage<PushTokenResponse> = /*@__PURE__*/
+  messageDesc(file_longlink, 30);
+
+/**
+ * NOTIFICATION_ACK (cmd 26), type 0: the device received these offline push notifications (the
+ * `ll_nid` of their payload). The receipts measure each provider's real delivery, which drives
+ * the choice of provider per device. Ids that are not this device's are ignored.
+ *
+ * @generated from message longlink.v1.NotificationAck
+ */
+export type NotificationAck = Message<"longlink.v1.NotificationAck"> & {
+  /**
+   * at most 256
+   *
+   * @generated from field: repeated uint64 ids = 1;
+   */
+  ids: bigint[];
+};
+
+/**
+ * Describes the message longlink.v1.NotificationAck.
+ * Use `create(NotificationAckSchema)` to create a new message.
+ */
+export const NotificationAckSchema: GenMessage<NotificationAck> = /*@__PURE__*/
+  messageDesc(file_longlink, 31);
+
+/**
+ * NOTIFICATION_ACK (cmd 26), type 1.
+ *
+ * @generated from message longlink.v1.NotificationAckResponse
+ */
+export type NotificationAckResponse = Message<"longlink.v1.NotificationAckResponse"> & {
+  /**
+   * how many ids were this device's notifications, not yet acknowledged
+   *
+   * @generated from field: uint32 matched = 1;
+   */
+  matched: number;
+};
+
+/**
+ * Describes the message longlink.v1.NotificationAckResponse.
+ * Use `create(NotificationAckResponseSchema)` to create a new message.
+ */
+export const NotificationAckResponseSchema: GenMessage<NotificationAckResponse> = /*@__PURE__*/
+  messageDesc(file_longlink, 32);
+
+/**
  * Status codes carried by ERROR frames (cmd 255). 0 is never sent.
  *
  * @generated from enum longlink.v1.ErrorCode
@@ -1430,4 +1573,38 @@ export enum ReceiptKind {
  */
 export const ReceiptKindSchema: GenEnum<ReceiptKind> = /*@__PURE__*/
   enumDesc(file_longlink, 5);
+
+/**
+ * What a PUSH_TOKEN request does.
+ *
+ * @generated from enum longlink.v1.PushTokenOp
+ */
+export enum PushTokenOp {
+  /**
+   * add (or refresh) the token `provider`/`token` for this device
+   *
+   * @generated from enum value: REGISTER = 0;
+   */
+  REGISTER = 0,
+
+  /**
+   * remove this device's token of `provider`; an empty provider removes all of them
+   *
+   * @generated from enum value: REMOVE = 1;
+   */
+  REMOVE = 1,
+
+  /**
+   * change nothing: answer with this device's tokens
+   *
+   * @generated from enum value: LIST = 2;
+   */
+  LIST = 2,
+}
+
+/**
+ * Describes the enum longlink.v1.PushTokenOp.
+ */
+export const PushTokenOpSchema: GenEnum<PushTokenOp> = /*@__PURE__*/
+  enumDesc(file_longlink, 6);
 
