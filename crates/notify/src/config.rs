@@ -7,6 +7,10 @@
 
 use serde::Deserialize;
 
+use crate::provider::apns::ApnsConfig;
+use crate::provider::fcm::FcmConfig;
+use crate::provider::http::HttpProviderConfig;
+
 /// `[push]`: when to notify, how to send, how to choose a provider, and the rules per appcode.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +54,12 @@ pub struct NotifyConfig {
     pub max_in_flight_per_provider: usize,
     /// Rules per appcode; an appcode without a rule gets [`RuleConfig::default`].
     pub rules: Vec<RuleConfig>,
+    /// `[push.apns]`: Apple's push service (off unless `enabled`).
+    pub apns: ApnsConfig,
+    /// `[push.fcm]`: Firebase Cloud Messaging (off unless `enabled`).
+    pub fcm: FcmConfig,
+    /// `[[push.http]]`: vendor channels and SMS gateways, one entry each.
+    pub http: Vec<HttpProviderConfig>,
 }
 
 impl Default for NotifyConfig {
@@ -69,6 +79,9 @@ impl Default for NotifyConfig {
             max_in_flight: 1024,
             max_in_flight_per_provider: 256,
             rules: Vec::new(),
+            apns: ApnsConfig::default(),
+            fcm: FcmConfig::default(),
+            http: Vec::new(),
         }
     }
 }
