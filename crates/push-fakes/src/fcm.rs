@@ -209,10 +209,7 @@ impl FcmState {
             return Reply::fcm_error(401, "UNAUTHENTICATED", "");
         }
         let body = req.json();
-        if !body["message"]["token"]
-            .as_str()
-            .is_some_and(|t| !t.is_empty())
-        {
+        if body["message"]["token"].as_str().is_none_or(str::is_empty) {
             return Reply::fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
         }
         let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
