@@ -44,6 +44,13 @@ pub(crate) struct MigrateArgs {
 pub(crate) enum ConfigCommand {
     /// Prints the commented default configuration.
     Default,
+    /// Prints the configuration the server would run with (file, defaults and `LONGLINK_*`
+    /// overrides), secrets redacted.
+    Show {
+        /// Config file (TOML); the embedded defaults when absent.
+        #[arg(long, env = "LONGLINK_CONFIG")]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 /// Loads the config from `path` (or defaults) with `LONGLINK_*` env overrides; a bad config
@@ -106,6 +113,12 @@ pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 pub(crate) fn config(command: ConfigCommand) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Default => print!("{DEFAULT_CONFIG}"),
+        ConfigCommand::Show { config } => {
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            let shown = Config::show(config.as_deref(), &env)
+                .map_err(|err| CliExit(EXIT_CONFIG, err.to_string()))?;
+            print!("{shown}");
+        }
     }
     Ok(())
 }

@@ -11,8 +11,8 @@ use serde::Deserialize;
 /// The commented default configuration (`longlink config default`).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
-const SECTIONS: [&str; 8] = [
-    "gate", "api", "store", "logic", "bus", "trace", "guard", "cluster",
+const SECTIONS: [&str; 9] = [
+    "gate", "api", "store", "logic", "bus", "trace", "guard", "cluster", "push",
 ];
 
 /// A configuration problem, naming the field. The CLI exits with code 64 on it.
@@ -458,8 +458,8 @@ pub enum MultiLoginPolicy {
     Allow,
 }
 
-/// A whole node configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// A whole node configuration (not `Eq`: `[push] discount` is a float).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)] // each section is documented in default.toml
 pub struct Config {
@@ -471,6 +471,8 @@ pub struct Config {
     pub trace: TraceSection,
     pub guard: GuardSection,
     pub cluster: ClusterSection,
+    /// `[push]`: offline push notifications (the notifier's own config type).
+    pub push: longlink_notify::NotifyConfig,
     pub apps: Vec<AppSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
@@ -513,20 +515,35 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the field.
     pub fn from_toml(text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| ConfigError::Invalid(one_line(&err.to_string())))?;
-        if text != DEFAULT_CONFIG {
-            let defaults: toml::Table = DEFAULT_CONFIG
-                .parse()
-                .map_err(|err: toml::de::Error| ConfigError::Invalid(err.to_string()))?;
-            merge_missing(&mut table, &defaults);
-        }
-        apply_env(&mut table, env)?;
+        let table = effective_table(text, env)?;
         toml::Value::Table(table)
             .try_into()
             .map_err(|err: toml::de::Error| ConfigError::Invalid(one_line(&err.to_string())))
             .and_then(Config::validated)
+    }
+
+    /// The configuration `path` (or the defaults) and `env` make, as TOML, with every secret
+    /// replaced by `"<redacted>"` (`longlink config show`): token secrets, API keys, the
+    /// resume secret, webhook secrets and the push providers' header values. Provider
+    /// credentials are files, and only their paths are shown.
+    ///
+    /// # Errors
+    /// [`ConfigError`] as [`Config::load`]: the shown config is one the server would accept.
+    pub fn show(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<String, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => DEFAULT_CONFIG.to_owned(),
+        };
+        Config::from_toml(&text, env)?;
+        let mut table = effective_table(&text, env)?;
+        redact(&mut table, false);
+        toml::to_string_pretty(&table).map_err(|err| ConfigError::Invalid(err.to_string()))
     }
 
     fn validated(self) -> Result<Config, ConfigError> {
@@ -603,6 +620,7 @@ impl Config {
             );
         }
         self.cluster.validate()?;
+        self.push.validate().map_err(ConfigError::Invalid)?;
         if self.gate.plain_listen.is_some() && !self.gate_tls_enabled() {
             return bad(
                 "gate.plain_listen",
@@ -846,6 +864,54 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `text` with a default for every missing field, then `env` applied.
+fn effective_table(text: &str, env: &BTreeMap<String, String>) -> Result<toml::Table, ConfigError> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| ConfigError::Invalid(one_line(&err.to_string())))?;
+    if text != DEFAULT_CONFIG {
+        let defaults: toml::Table = DEFAULT_CONFIG
+            .parse()
+            .map_err(|err: toml::de::Error| ConfigError::Invalid(err.to_string()))?;
+        merge_missing(&mut table, &defaults);
+    }
+    apply_env(&mut table, env)?;
+    Ok(table)
+}
+
+/// Fields whose values are secrets wherever they appear.
+const SECRET_FIELDS: [&str; 6] = [
+    "secret",
+    "resume_secret",
+    "key",
+    "password",
+    "private_key",
+    "token",
+];
+
+/// Replaces secret values (by field name; every value of a `headers` table) in place.
+fn redact(table: &mut toml::Table, in_headers: bool) {
+    for (name, value) in table.iter_mut() {
+        let secret = in_headers || SECRET_FIELDS.contains(&name.as_str());
+        match value {
+            toml::Value::Table(inner) => redact(inner, name == "headers"),
+            toml::Value::Array(items) => {
+                for item in items {
+                    match item {
+                        toml::Value::Table(inner) => redact(inner, false),
+                        other if secret => *other = toml::Value::String("<redacted>".into()),
+                        _ => {}
+                    }
+                }
+            }
+            toml::Value::String(text) if secret && !text.is_empty() => {
+                *text = "<redacted>".to_owned();
+            }
+            _ => {}
+        }
+    }
+}
+
 fn merge_missing(table: &mut toml::Table, defaults: &toml::Table) {
     for (key, default) in defaults {
         match (table.get_mut(key), default) {
@@ -1073,5 +1139,41 @@ mod tests {
         assert!(tls.gate_tls_enabled());
         assert!(tls.gate.plain_listen.is_some());
         assert_eq!(tls.gate.ws_listen, None);
+    }
+}
+
+#[cfg(test)]
+mod show_tests {
+    use super::*;
+
+    #[test]
+    fn show_redacts_every_secret_and_keeps_the_rest() {
+        let text = format!(
+            "{}\n[[push.http]]\nname = \"vendor\"\n\
+             url = \"https://push.example/send\"\nheaders = {{ authorization = \"Bearer s3cr3t-vendor\" }}\n",
+            DEFAULT_CONFIG.replace("grace_ms = 3000", "grace_ms = 1234")
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("longlink.toml");
+        std::fs::write(&path, text).expect("write");
+        let env = BTreeMap::from([(
+            "LONGLINK_LOGIC_RESUME_SECRET".to_owned(),
+            "\"resume-s3cr3t-from-env\"".to_owned(),
+        )]);
+        let shown = Config::show(Some(&path), &env).expect("valid config");
+        let config = Config::load(Some(&path), &env).expect("valid config");
+        for app in &config.apps {
+            assert!(!shown.contains(&app.secret), "app secret shown: {shown}");
+        }
+        for key in &config.api_keys {
+            assert!(!shown.contains(&key.key), "api key shown");
+        }
+        assert!(!shown.contains("resume-s3cr3t-from-env"));
+        assert!(!shown.contains("s3cr3t-vendor"));
+        assert!(shown.contains("<redacted>"));
+        // The rest is the effective config: file values, defaults and env alike.
+        assert!(shown.contains("grace_ms = 1234"), "{shown}");
+        assert!(shown.contains("https://push.example/send"));
+        assert!(shown.contains("gate_id = \"gate-1\""));
     }
 }

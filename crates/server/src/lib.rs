@@ -171,6 +171,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let mut registry = longlink_metrics::Registry::default();
     let (memory_ledger, ledger) = parts::ledger(config, &mut registry);
     let gates = parts::make_gates(&bound, &ledger, &mut registry, &guard);
+    let shutdown = CancellationToken::new();
+    let notifier = parts::notifier(config, store.clone(), &mut registry, &shutdown)?;
     let logic = Arc::new(
         Logic::new(
             parts::logic_config(config),
@@ -184,7 +186,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             &mut registry,
         )
         // Token revocations survive a restart (issue 8): <data_dir>/tokens.sqlite.
-        .with_revocations(revocations),
+        .with_revocations(revocations)
+        .with_notifications(notifier.clone()),
     );
     let node_stats = Arc::new(observe::NodeStats::new(
         gates.clone(),
@@ -197,7 +200,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         &mut registry,
     ));
 
-    let shutdown = CancellationToken::new();
     tokio::spawn(enforce_access_lists(
         guard.subscribe(),
         gates.clone(),
@@ -225,7 +227,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             gates: directory.clone(),
             bans: guard.clone(),
             tokens: Arc::new(LogicTokens(logic.clone())),
-            notifications: Arc::new(longlink_rpc::notify::NoNotifications),
+            notifications: notifier.clone(),
             limits: parts::api_limits(config),
             chat: chat_settings(config, ws_addr, gate_tls.is_some()),
         },
@@ -262,6 +264,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         presence,
         cluster: None,
         closers: vec![
+            // First: its last sends read the store.
+            Closer::new("push", async move {
+                notifier.close().await;
+                Ok(())
+            }),
             Closer::new("bus", async move {
                 bus_close.close().await.map_err(anyhow::Error::from)
             }),

@@ -311,3 +311,38 @@ pub(crate) fn spawn_gates(
     }
     Ok(tasks)
 }
+
+/// Starts offline push notifications (`[push]`): the configured providers (key files read
+/// now, so a bad credential stops the start with its file named) and the notifier over
+/// `<data_dir>/notify.sqlite`. Its tasks stop with `shutdown`; close it before the store.
+pub(crate) fn notifier(
+    config: &Config,
+    store: Arc<dyn longlink_store::MessageStore>,
+    registry: &mut longlink_metrics::Registry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<longlink_notify::Notifier>> {
+    let push = &config.push;
+    let providers = if push.enabled {
+        longlink_notify::provider::build_providers(&push.apns, &push.fcm, &push.http)
+            .map_err(|err| anyhow::anyhow!("push providers: {err}"))?
+    } else {
+        Vec::new()
+    };
+    let entries = providers
+        .into_iter()
+        .map(|built| longlink_notify::ProviderEntry {
+            provider: built.provider,
+            rate_per_sec: built.rate_per_sec,
+            burst: built.burst,
+        })
+        .collect();
+    longlink_notify::Notifier::start(
+        push.clone(),
+        entries,
+        store,
+        &config.store.data_dir,
+        registry,
+        shutdown.clone(),
+    )
+    .map_err(|err| anyhow::anyhow!("{err}"))
+}
