@@ -288,7 +288,9 @@ mod tests {
         assert_eq!(Class::of(Cmd::OfflinePull as u16), Class::Pull);
         assert_eq!(Class::of(Cmd::HistoryPull as u16), Class::Pull);
         assert_eq!(Class::of(Cmd::MsgAck as u16), Class::Ack);
+        assert_eq!(Class::of(Cmd::NotificationAck as u16), Class::Ack);
         assert_eq!(Class::of(Cmd::Keepalive as u16), Class::Other);
+        assert_eq!(Class::of(Cmd::PushToken as u16), Class::Other);
         assert_eq!(Class::of(4242), Class::Other);
     }
 
