@@ -4,9 +4,10 @@
 //! still chat — receipts for notifications that are not the device's match nothing, and a
 //! client that knows neither command (every client before issue 12) is unaffected.
 //!
-//! These hold on a server without `[push]` providers (it refuses every registration). The
-//! tests with a configured provider (register, list, remove, a logout removes the device's
-//! tokens) come with the server's `[push]` wiring.
+//! The first tests hold on a server without `[push]` providers (it refuses every
+//! registration); those in `with_a_provider` configure one `[[push.http]]` vendor channel
+//! (never called: no message goes to an offline user there) for register, list, remove and
+//! "a logout removes the device's tokens".
 
 use longlink_proto::{Cmd, ErrorCode, Frame, MAX_NOTIFICATION_ACK_IDS, wire};
 use longlink_sdk::{ClientError, NotificationAck};
@@ -185,4 +186,95 @@ async fn a_client_that_knows_neither_command_is_unaffected() {
     assert!(is_response(&answer, Cmd::OfflinePull), "{answer:?}");
     still_open(&mut bob, 4).await;
     server.assert_others_unaffected().await;
+}
+
+mod with_a_provider {
+    use longlink_proto::ErrorCode;
+    use longlink_sdk::PushTokenInfo;
+    use longlink_testkit::TestServer;
+
+    /// A server with one vendor channel named "vendor" (its URL is never called here).
+    async fn server() -> TestServer {
+        TestServer::start_with(|config| {
+            config.push.enabled = true;
+            config.push.http.push(Default::default());
+            if let Some(vendor) = config.push.http.last_mut() {
+                vendor.name = "vendor".to_owned();
+                vendor.url = "http://127.0.0.1:9/push".to_owned();
+            }
+        })
+        .await
+    }
+
+    fn info(provider: &str, token: &str) -> PushTokenInfo {
+        PushTokenInfo {
+            provider: provider.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_registers_replaces_lists_and_removes_its_token() {
+        let server = server().await;
+        let (phone, _phone_in) = server.client(129, "alice", "phone").await;
+        let tokens = phone
+            .register_push_token("vendor", "tok-1")
+            .await
+            .expect("registered");
+        assert_eq!(tokens, vec![info("vendor", "tok-1")]);
+        // The provider rotated the token: one token per provider, the newest.
+        let tokens = phone
+            .register_push_token("vendor", "tok-2")
+            .await
+            .expect("replaced");
+        assert_eq!(tokens, vec![info("vendor", "tok-2")]);
+        assert_eq!(phone.push_tokens().await.expect("listed"), tokens);
+        // Still refused: a provider this server does not configure.
+        let err = phone
+            .register_push_token("apns", "a")
+            .await
+            .expect_err("apns is not configured");
+        assert_eq!(err.server_code(), Some(ErrorCode::InvalidArgument), "{err}");
+
+        // Scoped to the device: the user's other device, and another user, see none of it.
+        let (tablet, _tablet_in) = server.client(129, "alice", "tablet").await;
+        assert_eq!(tablet.push_tokens().await.expect("listed"), Vec::new());
+        let (bob, _bob_in) = server.client(129, "bob", "phone").await;
+        assert_eq!(bob.push_tokens().await.expect("listed"), Vec::new());
+        assert_eq!(
+            bob.remove_push_token(None).await.expect("nothing"),
+            Vec::new()
+        );
+        assert_eq!(phone.push_tokens().await.expect("listed"), tokens);
+
+        assert_eq!(
+            phone
+                .remove_push_token(Some("vendor"))
+                .await
+                .expect("removed"),
+            Vec::new()
+        );
+        assert_eq!(phone.push_tokens().await.expect("listed"), Vec::new());
+    }
+
+    #[tokio::test]
+    async fn a_logout_removes_the_device_tokens_and_a_dropped_link_does_not() {
+        let server = server().await;
+        let (phone, _phone_in) = server.client(129, "carol", "phone").await;
+        phone
+            .register_push_token("vendor", "tok-c")
+            .await
+            .expect("registered");
+        // A dropped link (the app went to the background): the token stays.
+        phone.close().await;
+        let (phone, _phone_in) = server.client(129, "carol", "phone").await;
+        assert_eq!(
+            phone.push_tokens().await.expect("listed"),
+            vec![info("vendor", "tok-c")]
+        );
+        // A logout: the device must not be notified of the next user's messages.
+        phone.logout().await.expect("logged out");
+        let (phone, _phone_in) = server.client(129, "carol", "phone").await;
+        assert_eq!(phone.push_tokens().await.expect("listed"), Vec::new());
+    }
 }
