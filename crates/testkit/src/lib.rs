@@ -552,6 +552,16 @@ impl ApiClient {
         Self::finish(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
+    /// `PUT path` with `body` as JSON.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        Self::finish(self.request(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::finish(self.request(reqwest::Method::DELETE, path)).await
+    }
+
     /// `POST path` with raw bytes and a content type.
     pub async fn post_raw(
         &self,
