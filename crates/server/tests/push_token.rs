@@ -278,3 +278,174 @@ mod with_a_provider {
         assert_eq!(phone.push_tokens().await.expect("listed"), Vec::new());
     }
 }
+
+/// The whole client surface through a real notification: the SDK registers its token, the
+/// device is unreachable when a message comes, the vendor channel gets the notification, the
+/// app reports its receipt while still offline, and the SDK delivers that receipt by itself
+/// after it reconnects — the server counts it for the provider.
+mod a_receipt_made_offline {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use longlink_push_fakes::FakeHttp;
+    use longlink_sdk::{Content, NotificationAck, ReconnectPolicy, UserRef};
+    use longlink_testkit::{TestServer, wait_until};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// A TCP forwarder to the gate that can be closed (links cut, new connections dropped at
+    /// once) and opened again: a phone without network, then with.
+    struct Link {
+        addr: SocketAddr,
+        open: Arc<AtomicBool>,
+        cut: Arc<std::sync::Mutex<CancellationToken>>,
+        stop: CancellationToken,
+    }
+
+    impl Link {
+        async fn start(target: SocketAddr) -> Link {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let open = Arc::new(AtomicBool::new(true));
+            let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+            let stop = CancellationToken::new();
+            let (is_open, links, done) = (open.clone(), cut.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        () = done.cancelled() => return,
+                        accepted = listener.accept() => accepted,
+                    };
+                    let Ok((client, _)) = accepted else { return };
+                    if !is_open.load(Ordering::Acquire) {
+                        continue; // dropped: the client sees the connection end at once
+                    }
+                    let cut = links.lock().expect("lock").clone();
+                    tokio::spawn(forward(client, target, cut));
+                }
+            });
+            Link {
+                addr,
+                open,
+                cut,
+                stop,
+            }
+        }
+
+        fn close(&self) {
+            self.open.store(false, Ordering::Release);
+            let old = std::mem::replace(
+                &mut *self.cut.lock().expect("lock"),
+                CancellationToken::new(),
+            );
+            old.cancel();
+        }
+
+        fn reopen(&self) {
+            self.open.store(true, Ordering::Release);
+        }
+    }
+
+    impl Drop for Link {
+        fn drop(&mut self) {
+            self.stop.cancel();
+            self.close();
+        }
+    }
+
+    async fn forward(mut client: TcpStream, target: SocketAddr, cut: CancellationToken) {
+        let Ok(mut server) = TcpStream::connect(target).await else {
+            return;
+        };
+        tokio::select! {
+            () = cut.cancelled() => {}
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn is_sent_after_the_reconnect_and_counts_for_the_provider() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = FakeHttp::start().await.expect("fake vendor");
+        let ca = fake.write_ca(dir.path(), "vendor-ca.pem").expect("ca file");
+        let server = TestServer::start_with(|config| {
+            config.push.grace_ms = 200;
+            config.push.http.push(Default::default());
+            if let Some(vendor) = config.push.http.last_mut() {
+                vendor.name = "vendor".to_owned();
+                vendor.url = format!("{}/push", fake.url());
+                vendor.body = r#"{"token": "{{token}}", "data": "{{data_json}}"}"#.to_owned();
+                vendor.ca_file = ca.display().to_string();
+            }
+        })
+        .await;
+        let link = Link::start(server.gate_addr()).await;
+        let mut config = server.client_config(129, "bob", "phone");
+        config.addr = link.addr.to_string();
+        config.platform = "android".to_owned();
+        config.vendor = "xiaomi".to_owned();
+        config.reconnect = Some(ReconnectPolicy {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..ReconnectPolicy::default()
+        });
+        let (bob, _bob_in) = longlink_sdk::Client::connect(config)
+            .await
+            .expect("bob connects");
+        bob.register_push_token("vendor", "tok-bob")
+            .await
+            .expect("registered");
+
+        // The phone loses its network; a message comes.
+        link.close();
+        wait_until(WAIT, || async { !bob.is_connected() })
+            .await
+            .expect("bob notices the drop");
+        let (alice, _alice_in) = server.client(129, "alice", "phone").await;
+        alice
+            .c2c(UserRef::new(129, "bob"), Content::text("are you there?"))
+            .await
+            .expect("stored");
+        fake.wait_count(1, WAIT)
+            .await
+            .unwrap_or_else(|got| panic!("expected a notification, got {got} requests"));
+        let request = &fake.requests()[0];
+        assert_eq!(request.json()["token"], "tok-bob");
+        let nid: u64 = request.json()["data"]["ll_nid"]
+            .as_str()
+            .and_then(|nid| nid.parse().ok())
+            .expect("ll_nid in the payload");
+
+        // The notification handler runs while the app is still offline: the receipt waits.
+        assert!(!bob.is_connected());
+        let outcome = bob.ack_notification(nid).await.expect("kept");
+        assert_eq!(outcome, NotificationAck::Pending);
+        assert_eq!(bob.pending_notification_acks(), 1);
+
+        // The network is back: the SDK reconnects and sends the receipt by itself.
+        link.reopen();
+        let api = server.api();
+        wait_until(WAIT, || async {
+            let (status, stats) = api.get("/v1/push-providers/stats").await;
+            status == 200 && stats["providers"][0]["classes"][0]["receipts"] == 1
+        })
+        .await
+        .expect("the server counted the receipt");
+        assert_eq!(bob.pending_notification_acks(), 0);
+        // Counted for the device class the SDK registered with (config platform and vendor).
+        let (_, stats) = api.get("/v1/push-providers/stats").await;
+        assert_eq!(
+            stats["providers"][0]["classes"][0]["class"],
+            "android/xiaomi/*"
+        );
+        // Repeating it is harmless: nothing more matches.
+        assert_eq!(
+            bob.ack_notification(nid).await.expect("answered"),
+            NotificationAck::Sent { matched: 0 }
+        );
+    }
+}
