@@ -100,6 +100,18 @@
 //!   Typing indicators (msgid 0) bypass ordering and de-duplication and are never
 //!   acknowledged. Across conversations there is no order.
 //!
+//! # Offline push notifications
+//!
+//! When no session of this device can take a message, the server may notify the device
+//! through APNs, FCM or a vendor channel (docs/push.md). [`Client::register_push_token`]
+//! gives the server this device's token of a provider (with the device class from
+//! [`ClientConfig::platform`], [`ClientConfig::vendor`], [`ClientConfig::app_version`]),
+//! [`Client::remove_push_token`] and [`Client::push_tokens`] manage them; [`Client::logout`]
+//! removes them on the server. The app's notification handler calls
+//! [`Client::ack_notification`] with the payload's `ll_nid`: those receipts are how the
+//! server learns which provider really reaches this kind of device, so a receipt made while
+//! offline is kept (up to 256) and sent right after the next LOGIN or RESUME.
+//!
 //! ```no_run
 //! use longlink_sdk::{Client, ClientConfig, Content, Event, UserRef};
 //!
