@@ -106,7 +106,10 @@ impl NotifyConfig {
         for (name, value) in [
             ("queue", self.queue),
             ("max_in_flight", self.max_in_flight),
-            ("max_in_flight_per_provider", self.max_in_flight_per_provider),
+            (
+                "max_in_flight_per_provider",
+                self.max_in_flight_per_provider,
+            ),
         ] {
             if value == 0 {
                 return Err(format!("push.{name} must be at least 1"));

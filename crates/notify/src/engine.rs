@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use longlink_metrics::Registry;
 use longlink_rpc::notify::{
-    DeviceClass, DeviceRecord, NotifyCandidate, NotifyError, Notifications, ProviderStats,
+    DeviceClass, DeviceRecord, Notifications, NotifyCandidate, NotifyError, ProviderStats,
     PushToken,
 };
 use longlink_store::{DeliveryState, MessageStore, UserKey};
@@ -214,7 +214,8 @@ impl Notifier {
         let mut names = Vec::new();
         for entry in providers {
             let name = entry.provider.name().to_owned();
-            let rate = NonZeroU32::new(entry.rate_per_sec).unwrap_or(NonZeroU32::MIN.saturating_add(999));
+            let rate =
+                NonZeroU32::new(entry.rate_per_sec).unwrap_or(NonZeroU32::MIN.saturating_add(999));
             let burst = NonZeroU32::new(entry.burst).unwrap_or(rate);
             let slot = Slot {
                 provider: entry.provider,
@@ -524,9 +525,9 @@ async fn process_due(inner: &Arc<Inner>, rows: Vec<DueRow>) {
     // Rows come sorted by device: split them into one group per device.
     let mut group: Vec<DueRow> = Vec::new();
     for row in rows {
-        let same = group
-            .last()
-            .is_some_and(|g| g.appcode == row.appcode && g.uid == row.uid && g.device == row.device);
+        let same = group.last().is_some_and(|g| {
+            g.appcode == row.appcode && g.uid == row.uid && g.device == row.device
+        });
         if !same && !group.is_empty() {
             process_device(inner, std::mem::take(&mut group)).await;
         }
@@ -551,7 +552,9 @@ async fn process_device(inner: &Arc<Inner>, rows: Vec<DueRow>) {
     for row in rows {
         let state = tokio::time::timeout(
             STORE_TIMEOUT,
-            inner.store.delivery_state(&owner, &device, row.message.msgid),
+            inner
+                .store
+                .delivery_state(&owner, &device, row.message.msgid),
         )
         .await;
         match state {
@@ -663,8 +666,11 @@ async fn process_device(inner: &Arc<Inner>, rows: Vec<DueRow>) {
         .collect();
     let rule = inner.rule(appcode);
     let badge = if rule.badge {
-        match tokio::time::timeout(STORE_TIMEOUT, inner.store.pull_offline(&owner, &device, 0, 100))
-            .await
+        match tokio::time::timeout(
+            STORE_TIMEOUT,
+            inner.store.pull_offline(&owner, &device, 0, 100),
+        )
+        .await
         {
             Ok(Ok(page)) => Some(u32::try_from(page.messages.len()).unwrap_or(99).min(99)),
             _ => None,
@@ -844,11 +850,11 @@ async fn attempt(
         .sent(provider, class);
     let mut retry = 0;
     loop {
-        let result = match tokio::time::timeout(SEND_TIMEOUT, slot.provider.send(notification)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Transport("no answer within 30 s".to_owned())),
-        };
+        let result =
+            match tokio::time::timeout(SEND_TIMEOUT, slot.provider.send(notification)).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError::Transport("no answer within 30 s".to_owned())),
+            };
         let error = match result {
             Ok(()) => {
                 slot.breaker
@@ -1130,7 +1136,11 @@ impl Notifications for Notifier {
             let latency = if receipt.late {
                 None
             } else {
-                let mut selector = self.inner.selector.lock().unwrap_or_else(|e| e.into_inner());
+                let mut selector = self
+                    .inner
+                    .selector
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 match selector.receipt(receipt.id, now) {
                     Some(outcome) => outcome.latency_ms,
                     None => {
@@ -1153,7 +1163,11 @@ impl Notifications for Notifier {
     async fn provider_stats(&self) -> Vec<ProviderStats> {
         let now = Instant::now();
         let stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let selector = self.inner.selector.lock().unwrap_or_else(|e| e.into_inner());
+        let selector = self
+            .inner
+            .selector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.inner
             .names
             .iter()

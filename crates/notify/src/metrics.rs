@@ -64,11 +64,15 @@ impl NotifyMetrics {
 
     /// A device receipted a notification of `provider`.
     pub fn receipted(&self, provider: &str) {
-        self.receipted.get_or_create(&label("provider", provider)).inc();
+        self.receipted
+            .get_or_create(&label("provider", provider))
+            .inc();
     }
 
     /// `count` notifications were not sent, for `reason`.
     pub fn skipped(&self, reason: &str, count: u64) {
-        self.skipped.get_or_create(&label("reason", reason)).inc_by(count);
+        self.skipped
+            .get_or_create(&label("reason", reason))
+            .inc_by(count);
     }
 }

@@ -256,7 +256,10 @@ pub fn due(conn: &Connection, now_ms: u64, limit: usize) -> rusqlite::Result<Vec
          ORDER BY appcode, uid, device, msgid",
     )?;
     let rows = stmt.query_map(
-        params![bits_from_u64(now_ms), i64::try_from(limit).unwrap_or(i64::MAX)],
+        params![
+            bits_from_u64(now_ms),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
         |row| {
             Ok(DueRow {
                 appcode: row.get(0)?,
@@ -534,9 +537,8 @@ pub fn prune(conn: &Connection, cutoff_ms: u64) -> rusqlite::Result<usize> {
 /// # Errors
 /// Any SQLite error.
 pub fn max_id(conn: &Connection) -> rusqlite::Result<u64> {
-    let id: Option<i64> = conn.query_row("SELECT MAX(id) FROM notifications", [], |row| {
-        row.get(0)
-    })?;
+    let id: Option<i64> =
+        conn.query_row("SELECT MAX(id) FROM notifications", [], |row| row.get(0))?;
     Ok(id.map_or(0, u64_from_bits))
 }
 

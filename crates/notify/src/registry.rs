@@ -75,7 +75,11 @@ impl DeviceCache {
         let mut map: HashMap<u32, HashMap<String, Vec<String>>> = HashMap::new();
         let mut count = 0;
         let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+            Ok((
+                row.get::<_, u32>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
         })?;
         for row in rows {
             let (appcode, uid, device) = row?;
@@ -142,7 +146,7 @@ pub fn validate_class(class: &DeviceClass) -> Result<(), NotifyError> {
 /// # Errors
 /// [`NotifyError::InvalidArgument`] for an unknown provider or an empty or oversized token.
 pub fn validate_token(token: &PushToken, providers: &[String]) -> Result<(), NotifyError> {
-    if !providers.iter().any(|p| *p == token.provider) {
+    if !providers.contains(&token.provider) {
         return Err(NotifyError::InvalidArgument(format!(
             "push provider {:?} is not configured",
             token.provider
@@ -274,9 +278,8 @@ pub fn apply(
     let mut moved_from = Vec::new();
     match change {
         Change::Register(token) => {
-            moved_from.extend(
-                put_token(&tx, appcode, uid, device, &token, now_ms).map_err(unavailable)?,
-            );
+            moved_from
+                .extend(put_token(&tx, appcode, uid, device, &token, now_ms).map_err(unavailable)?);
         }
         Change::Put(tokens) => {
             tx.execute(

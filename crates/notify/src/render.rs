@@ -223,7 +223,13 @@ mod tests {
 
     #[test]
     fn one_message_shows_sender_and_preview() {
-        let r = render(&RuleConfig::default(), 7, "bob", &[msg(5, "alice", "hi")], Some(3));
+        let r = render(
+            &RuleConfig::default(),
+            7,
+            "bob",
+            &[msg(5, "alice", "hi")],
+            Some(3),
+        );
         assert_eq!(r.title, "alice");
         assert_eq!(r.body, "hi");
         assert_eq!(r.badge, Some(3));
@@ -233,7 +239,11 @@ mod tests {
 
     #[test]
     fn a_burst_says_how_many_and_privacy_hides_content() {
-        let messages = [msg(1, "alice", "a"), msg(2, "carol", "b"), msg(3, "alice", "c")];
+        let messages = [
+            msg(1, "alice", "a"),
+            msg(2, "carol", "b"),
+            msg(3, "alice", "c"),
+        ];
         let r = render(&RuleConfig::default(), 7, "bob", &messages, None);
         assert_eq!(r.body, "3 new messages");
         assert_eq!(r.title, "New messages");
@@ -269,7 +279,10 @@ mod tests {
     #[test]
     fn previews_strip_markup_and_truncate() {
         assert_eq!(
-            preview(ContentType::Rich as i32, b"<font size=3>hello</font> <shake />"),
+            preview(
+                ContentType::Rich as i32,
+                b"<font size=3>hello</font> <shake />"
+            ),
             "hello"
         );
         assert_eq!(preview(ContentType::Business as i32, b"\x00\x01"), "");

@@ -9,8 +9,11 @@
 //! first multiplies its counts by `discount`), so a provider that stops delivering loses its
 //! history within tens of notifications, not thousands.
 //!
-//! A device's own counts are added to its class's: a device whose vendor channel is blocked
-//! (a battery saver, a removed app) moves to another provider even if its class does fine.
+//! For one device, the class's evidence is the prior (its mean, worth at most
+//! `PRIOR_STRENGTH` = 20 observations) and the device's own counts are added to it: a device
+//! whose vendor channel is blocked (a battery saver, a removed app) moves to another provider
+//! within a few notifications even if its class does fine, while a class-wide outage moves
+//! every device of the class.
 //! Close calls go to the provider with the lower median receipt latency.
 //!
 //! The clock is a parameter of every call (`now_ms`): the engine passes the wall clock, a
@@ -23,6 +26,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Beta, Distribution};
 
+/// Most observations the class's evidence counts for in a device's ranking (see
+/// [`Selector::rank`]).
+const PRIOR_STRENGTH: f64 = 20.0;
 /// Two sampled rates closer than this are a close call, decided by latency.
 const CLOSE_CALL: f64 = 0.02;
 /// Devices whose own counts are kept; past it the map is cleared (class counts remain, and
@@ -56,6 +62,8 @@ impl Counts {
 #[derive(Debug)]
 struct ClassArm {
     counts: Counts,
+    /// Observations of the pair so far: a device's own counts fade by the same clock.
+    observations: u64,
     latency: Option<Histogram<u64>>,
 }
 
@@ -63,6 +71,7 @@ impl ClassArm {
     fn new() -> Self {
         Self {
             counts: Counts::default(),
+            observations: 0,
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_MS, 2).ok(),
         }
     }
@@ -72,6 +81,32 @@ impl ClassArm {
             .as_ref()
             .filter(|h| !h.is_empty())
             .map(|h| h.value_at_quantile(0.5))
+    }
+}
+
+/// A device's own counts for one provider, and the class pair's observation count when they
+/// were last brought up to date.
+///
+/// A device's successes fade by its class's observations, not only its own: a device sees
+/// a small share of its class's notifications, so its own old successes would otherwise
+/// outlive the class's evidence by that factor and keep a provider that stopped delivering
+/// for everyone in place. Its failures fade only with its own observations: failures where
+/// the class succeeds are the device-specific signal (a blocked channel, a battery saver),
+/// and must outlast the class's traffic in between.
+#[derive(Debug, Clone, Default)]
+struct DeviceCounts {
+    counts: Counts,
+    at: u64,
+}
+
+impl DeviceCounts {
+    /// The counts as of class observation `now`.
+    fn current(&self, discount: f64, now: u64) -> Counts {
+        let fade = discount.powf(now.saturating_sub(self.at) as f64);
+        Counts {
+            successes: self.counts.successes * fade,
+            failures: self.counts.failures,
+        }
     }
 }
 
@@ -104,7 +139,7 @@ pub struct Selector {
     discount: f64,
     rng: StdRng,
     classes: HashMap<(String, String), ClassArm>,
-    devices: HashMap<(String, String), Counts>,
+    devices: HashMap<(String, String), DeviceCounts>,
     pending: HashMap<u64, Pending>,
     /// (sent_ms, id) of `pending`, oldest first, for expiry.
     pending_order: BTreeSet<(u64, u64)>,
@@ -135,19 +170,30 @@ impl Selector {
     }
 
     /// Ranks `providers` for a notification to `device` of `class`, best first: each gets a
-    /// rate sampled from Beta(1 + successes, 1 + failures) of its class and device counts;
-    /// close calls go to the lower median latency.
+    /// rate sampled from Beta(1 + successes, 1 + failures), where the counts are the class's
+    /// (scaled to at most `PRIOR_STRENGTH` observations) plus the device's own; close calls
+    /// go to the lower median latency.
     pub fn rank(&mut self, class: &str, device: &str, providers: &[String]) -> Vec<String> {
         let mut scored: Vec<(f64, Option<u64>, &String)> = providers
             .iter()
             .map(|provider| {
                 let key = (class.to_owned(), provider.clone());
                 let class_arm = self.classes.get(&key);
-                let device_counts = self.devices.get(&(device.to_owned(), provider.clone()));
-                let successes = class_arm.map_or(0.0, |arm| arm.counts.successes)
-                    + device_counts.map_or(0.0, |c| c.successes);
-                let failures = class_arm.map_or(0.0, |arm| arm.counts.failures)
-                    + device_counts.map_or(0.0, |c| c.failures);
+                let device_counts = self
+                    .devices
+                    .get(&(device.to_owned(), provider.clone()))
+                    .map(|d| d.current(self.discount, class_arm.map_or(0, |arm| arm.observations)))
+                    .unwrap_or_default();
+                // The class's evidence is the device's prior, worth at most
+                // PRIOR_STRENGTH observations, so a device's own evidence can outweigh it.
+                let (class_successes, class_failures) = class_arm.map_or((0.0, 0.0), |arm| {
+                    let seen = arm.counts.successes + arm.counts.failures;
+                    let mean = (1.0 + arm.counts.successes) / (2.0 + seen);
+                    let weight = seen.min(PRIOR_STRENGTH);
+                    (mean * weight, (1.0 - mean) * weight)
+                });
+                let successes = class_successes + device_counts.successes;
+                let failures = class_failures + device_counts.failures;
                 let sample = Beta::new(1.0 + successes, 1.0 + failures)
                     .map_or(0.5, |beta| beta.sample(&mut self.rng));
                 (sample, class_arm.and_then(ClassArm::p50), provider)
@@ -172,18 +218,30 @@ impl Selector {
     /// delivery (`success`) or a loss (a provider error, an expired notification).
     pub fn observe(&mut self, class: &str, device: &str, provider: &str, success: bool) {
         let discount = self.discount;
-        self.classes
+        let arm = self
+            .classes
             .entry((class.to_owned(), provider.to_owned()))
-            .or_insert_with(ClassArm::new)
-            .counts
-            .observe(discount, success);
+            .or_insert_with(ClassArm::new);
+        arm.counts.observe(discount, success);
+        arm.observations += 1;
+        let now = arm.observations;
         if self.devices.len() >= MAX_DEVICES {
             self.devices.clear();
         }
-        self.devices
+        let device = self
+            .devices
             .entry((device.to_owned(), provider.to_owned()))
-            .or_default()
-            .observe(discount, success);
+            .or_default();
+        // Bring the device's successes to the class clock (this observation's discount
+        // included), discount its failures by its own observation, then add the new one.
+        device.counts = device.current(discount, now);
+        device.counts.failures *= discount;
+        device.at = now;
+        if success {
+            device.counts.successes += 1.0;
+        } else {
+            device.counts.failures += 1.0;
+        }
     }
 
     /// `provider` accepted notification `id` at `now_ms`: it awaits the device's receipt.
@@ -271,7 +329,13 @@ impl Selector {
 
 /// The class string of a device: "{platform}/{vendor}/{app_version}", an empty part as "*".
 pub fn class_string(platform: &str, vendor: &str, app_version: &str) -> String {
-    let part = |s: &str| if s.is_empty() { "*".to_owned() } else { s.to_owned() };
+    let part = |s: &str| {
+        if s.is_empty() {
+            "*".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     format!("{}/{}/{}", part(platform), part(vendor), part(app_version))
 }
 
