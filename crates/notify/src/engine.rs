@@ -746,6 +746,7 @@ async fn send(inner: Arc<Inner>, job: Job, _permit: OwnedSemaphorePermit) {
             collapse_id: job.rendered.collapse_id.clone(),
             ttl: job.rendered.ttl,
             high_priority: job.rendered.high_priority,
+            sound: job.rendered.sound.clone(),
             data,
         };
         match attempt(&inner, slot, provider, &notification, &job).await {

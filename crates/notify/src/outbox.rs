@@ -244,16 +244,23 @@ pub struct DueRow {
     pub message: Pending,
 }
 
-/// Up to `limit` pending rows due at `now_ms`, by device then msgid.
+/// The pending rows of the devices with a row due at `now_ms` (at most `limit` devices, by
+/// due time; at most `8 × limit` rows), by device then msgid. A device's rows that are not
+/// due yet come along, so a burst collapses into one notification when its first message is
+/// due rather than one per grace period; rows postponed for a re-check wait for their time.
 ///
 /// # Errors
 /// Any SQLite error.
 pub fn due(conn: &Connection, now_ms: u64, limit: usize) -> rusqlite::Result<Vec<DueRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT appcode, uid, device, msgid, rechecked, sender, msgtype, content_type, preview
-         FROM (SELECT * FROM outbox WHERE state = 'pending' AND due_ms <= ?1
-               ORDER BY due_ms LIMIT ?2)
-         ORDER BY appcode, uid, device, msgid",
+         FROM outbox
+         WHERE state = 'pending' AND (due_ms <= ?1 OR rechecked = 0)
+           AND (appcode, uid, device) IN
+               (SELECT appcode, uid, device FROM outbox WHERE state = 'pending' AND due_ms <= ?1
+                ORDER BY due_ms LIMIT ?2)
+         ORDER BY appcode, uid, device, msgid
+         LIMIT ?2 * 8",
     )?;
     let rows = stmt.query_map(
         params![

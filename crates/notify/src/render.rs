@@ -44,6 +44,8 @@ pub struct Rendered {
     pub ttl: Duration,
     /// Wake the device now.
     pub high_priority: bool,
+    /// Sound ("" = silent).
+    pub sound: String,
     /// Data for the app, without `ll_nid` (the engine adds it once the id is known).
     pub data: Vec<(String, String)>,
 }
@@ -198,6 +200,7 @@ pub fn render(
         collapse_id,
         ttl: Duration::from_secs(rule.ttl_secs),
         high_priority: rule.high_priority,
+        sound: rule.sound.clone(),
         data: vec![
             ("ll_appcode".to_owned(), appcode_text.clone()),
             ("ll_uid".to_owned(), uid.to_owned()),

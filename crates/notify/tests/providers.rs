@@ -39,6 +39,7 @@ fn notification() -> Notification {
         collapse_id: "ll-app-bob".into(),
         ttl: Duration::from_secs(3600),
         high_priority: true,
+        sound: "default".into(),
         data: vec![
             ("ll_nid".into(), "421".into()),
             ("ll_appcode".into(), "app".into()),
@@ -140,11 +141,12 @@ async fn apns_sends_over_http2_with_headers_jwt_and_payload() {
 }
 
 #[tokio::test]
-async fn apns_normal_priority_no_ttl_no_badge_long_collapse_id() {
+async fn apns_normal_priority_no_ttl_no_badge_silent_long_collapse_id() {
     let t = apns().await;
     let n = Notification {
         title: String::new(),
         badge: None,
+        sound: String::new(),
         ttl: Duration::ZERO,
         high_priority: false,
         collapse_id: "é".repeat(40), // 80 bytes: cut to 64 at a character boundary
@@ -160,7 +162,6 @@ async fn apns_normal_priority_no_ttl_no_badge_long_collapse_id() {
         r.json(),
         json!({"aps": {
             "alert": {"body": "3 new messages"},
-            "sound": "default",
             "thread-id": "é".repeat(40),
             "mutable-content": 1,
         }})
@@ -425,11 +426,11 @@ async fn fcm_exchanges_an_oauth_token_caches_it_and_sends_the_v1_body() {
                 "collapse_key": "ll-app-bob",
                 "priority": "HIGH",
                 "ttl": "3600s",
-                "notification": {"tag": "ll-app-bob", "notification_count": 3},
+                "notification": {"tag": "ll-app-bob", "notification_count": 3, "sound": "default"},
             },
             "apns": {
                 "headers": {"apns-collapse-id": "ll-app-bob"},
-                "payload": {"aps": {"badge": 3}},
+                "payload": {"aps": {"badge": 3, "sound": "default"}},
             },
         }})
     );

@@ -234,7 +234,9 @@ impl ApnsProvider {
         if let Some(badge) = n.badge {
             aps.insert("badge".into(), badge.into());
         }
-        aps.insert("sound".into(), "default".into());
+        if !n.sound.is_empty() {
+            aps.insert("sound".into(), n.sound.clone().into());
+        }
         if !n.collapse_id.is_empty() {
             aps.insert("thread-id".into(), n.collapse_id.clone().into());
         }

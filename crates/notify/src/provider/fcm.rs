@@ -296,6 +296,10 @@ impl FcmProvider {
             );
         }
         let mut aps = serde_json::Map::new();
+        if !n.sound.is_empty() {
+            android_notification.insert("sound".into(), n.sound.clone().into());
+            aps.insert("sound".into(), n.sound.clone().into());
+        }
         if let Some(badge) = n.badge {
             android_notification.insert("notification_count".into(), badge.into());
             aps.insert("badge".into(), badge.into());

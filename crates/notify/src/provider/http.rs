@@ -3,7 +3,7 @@
 //! Each entry names a URL, a method, headers and a JSON body template; placeholders are
 //! filled per notification:
 //!
-//! `{{token}}` `{{title}}` `{{body}}` `{{badge}}` `{{collapse_id}}` `{{id}}` `{{ttl_secs}}`
+//! `{{token}}` `{{title}}` `{{body}}` `{{badge}}` `{{collapse_id}}` `{{id}}` `{{ttl_secs}}` `{{sound}}`
 //! `{{data_json}}`
 //!
 //! The body template is parsed as JSON once, at start, and placeholders are substituted
@@ -117,6 +117,7 @@ enum Var {
     CollapseId,
     Id,
     TtlSecs,
+    Sound,
     DataJson,
 }
 
@@ -130,6 +131,7 @@ impl Var {
             "collapse_id" => Var::CollapseId,
             "id" => Var::Id,
             "ttl_secs" => Var::TtlSecs,
+            "sound" => Var::Sound,
             "data_json" => Var::DataJson,
             _ => return None,
         })
@@ -145,6 +147,7 @@ impl Var {
             Var::CollapseId => n.collapse_id.clone(),
             Var::Id => n.id.to_string(),
             Var::TtlSecs => n.ttl.as_secs().to_string(),
+            Var::Sound => n.sound.clone(),
             Var::DataJson => data_json(n).to_string(),
         }
     }
@@ -334,6 +337,7 @@ impl HttpProvider {
             collapse_id: "collapse".into(),
             ttl: Duration::from_secs(60),
             high_priority: true,
+            sound: "default".into(),
             data: Vec::new(),
         };
         let _ = provider

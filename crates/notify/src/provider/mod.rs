@@ -37,6 +37,8 @@ pub struct Notification {
     pub ttl: Duration,
     /// High priority (wake the device now) or normal.
     pub high_priority: bool,
+    /// Sound to play ("default", or a sound file the app bundles; "" = silent).
+    pub sound: String,
     /// Extra key/value data for the app (appcode, uid, msgid of the newest message, count…).
     pub data: Vec<(String, String)>,
 }
