@@ -517,3 +517,65 @@ async fn a_persisted_s2c_push_notifies_and_an_online_only_one_never_does() {
     assert_eq!(field(&requests[0], "body"), "your order shipped");
     assert_eq!(field(&requests[0], "title"), "order-service");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_session_whose_link_is_gone_is_notified_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeHttp::start().await.expect("fake vendor");
+    let provider = vendor(&fake, dir.path());
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.push.grace_ms = 300;
+        // The hold outlasts the test: bob's session stays in presence without a link.
+        c.gate.hold_secs = 600;
+        c.push.http = vec![provider];
+    })
+    .await;
+    let api = server.api();
+    register(&api, "bob", "phone", &[("vendor", "tok-bob")]).await;
+    // bob's app logs in able to RESUME, then its link dies (no LOGOUT): the gate holds it.
+    let mut raw = RawClient::connect(server.gate_addr())
+        .await
+        .expect("connect");
+    raw.send(Frame::request(
+        Cmd::Login,
+        1,
+        0,
+        &wire::LoginRequest {
+            token: server.token(129, "bob"),
+            appcode: 129,
+            device_id: "phone".to_owned(),
+            resume_capable: true,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("login");
+    let login: wire::LoginResponse = raw
+        .recv()
+        .await
+        .expect("answer")
+        .decode_body()
+        .expect("body");
+    assert!(!login.resume_token.is_empty(), "the server offers RESUME");
+    drop(raw);
+    // Once the gate saw the link go (no connection left), a push finds the session held.
+    wait_until(WAIT, || async {
+        metric(&api, "longlink_gate_connections", &[("gate", "gate-1")]).await == 0.0
+    })
+    .await
+    .expect("the gate notices the dead link");
+    let (_, presence) = api.get("/v1/presence/129/bob").await;
+    assert!(
+        presence.to_string().contains("phone"),
+        "held, still present: {presence}"
+    );
+
+    let (alice, _alice_in) = server.client(129, "alice", "phone").await;
+    let sent = alice
+        .c2c(UserRef::new(129, "bob"), Content::text("still there?"))
+        .await
+        .expect("c2c");
+    let requests = wait_requests(&fake, 1).await;
+    assert_eq!(data(&requests[0], "ll_msgid"), sent.msgid.to_string());
+    assert_eq!(field(&requests[0], "token"), "tok-bob");
+}
