@@ -21,15 +21,16 @@ fn vendor(
     dir: &std::path::Path,
 ) -> longlink_notify::provider::http::HttpProviderConfig {
     let ca = fake.write_ca(dir, "vendor-ca.pem").expect("ca file");
-    let mut config = longlink_notify::provider::http::HttpProviderConfig::default();
-    config.name = "vendor".to_owned();
-    config.url = format!("{}/push", fake.url());
-    config.body = r#"{"token": "{{token}}", "title": "{{title}}", "body": "{{body}}",
-        "id": "{{id}}", "badge": "{{badge}}", "collapse": "{{collapse_id}}",
-        "data": "{{data_json}}"}"#
-        .to_owned();
-    config.ca_file = ca.display().to_string();
-    config
+    longlink_notify::provider::http::HttpProviderConfig {
+        name: "vendor".to_owned(),
+        url: format!("{}/push", fake.url()),
+        body: r#"{"token": "{{token}}", "title": "{{title}}", "body": "{{body}}",
+            "id": "{{id}}", "badge": "{{badge}}", "collapse": "{{collapse_id}}",
+            "data": "{{data_json}}"}"#
+            .to_owned(),
+        ca_file: ca.display().to_string(),
+        ..Default::default()
+    }
 }
 
 /// Registers `device` of 129:`uid` with `tokens` through the API.
