@@ -1,5 +1,6 @@
-//! The few business-API calls the s2c scenarios make (docs/api.md): `POST /v1/push`,
-//! `GET /v1/push/{id}`, `GET /v1/presence/{appcode}`, over one pooled reqwest client.
+//! The few business-API calls the scenarios make (docs/api.md): `POST /v1/push`,
+//! `GET /v1/push/{id}`, `GET /v1/presence/{appcode}`, `PUT /v1/devices/…` (`bench notify`),
+//! over one pooled reqwest client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -168,6 +169,39 @@ impl Api {
     /// is stored).
     pub(crate) async fn push_outcome(&self, push_id: u64) -> anyhow::Result<PushOutcome> {
         self.get(&format!("/v1/push/{push_id}")).await
+    }
+
+    /// `PUT /v1/devices/{appcode}/{uid}/{device}`: registers `device` with one push token of
+    /// `provider` (replacing its registration).
+    pub(crate) async fn put_device(
+        &self,
+        appcode: u32,
+        uid: &str,
+        device: &str,
+        provider: &str,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        let path = format!("/v1/devices/{appcode}/{uid}/{device}");
+        let body = serde_json::json!({
+            "platform": "android",
+            "vendor": "bench",
+            "app_version": "1",
+            "tokens": [{"provider": provider, "token": token}],
+        });
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("PUT {}{path}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(anyhow!("PUT {path}: {status}: {text}"));
+        }
+        Ok(())
     }
 
     /// `GET /v1/presence/{appcode}`: (online users, sessions).

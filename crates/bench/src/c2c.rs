@@ -59,7 +59,9 @@ use crate::peers::{self, PeersOption};
 use crate::plot;
 use crate::procfs;
 use crate::report::{Machine, RunStamp, by_thread, per, progress_bar, thousands, verdict};
-use crate::server::{ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides};
+use crate::server::{
+    ConfigOverride, ServerIdentity, ServerTarget, Target, dev_secret, transport_overrides,
+};
 
 /// DESIGN.md target: end-to-end p99 and p99.9 at 10k msg/s, durable, zero loss.
 const TARGET_RATE: u32 = 10_000;
@@ -181,56 +183,14 @@ pub struct C2cArgs {
 /// # Errors
 /// Bad arguments, a server that does not start or answer, failed logins, the deadline, loss.
 pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
-    if args.rate == 0 || args.duration_secs == 0 {
-        bail!("--rate and --duration-secs must be at least 1");
-    }
-    if args.senders == 0 || args.receivers == 0 {
-        bail!("--senders and --receivers must be at least 1");
-    }
-    if args.content_bytes < 8 {
-        bail!("--content-bytes must be at least 8 (the message number)");
-    }
-    if args.ack_batch == 0 {
-        bail!("--ack-batch must be at least 1");
-    }
-    let total = u64::from(args.rate) * args.duration_secs;
-    if total > MAX_MESSAGES {
-        bail!("--rate × --duration-secs = {total} messages, more than {MAX_MESSAGES} per run");
-    }
+    let total = check(&args)?;
     if let Some(plot) = &args.plot {
         plot::check_path(plot)?;
     }
     // Checked first: a missing broker is said before the longlink run, not after it.
     let chosen = args.peers.resolve()?;
-    let deadline_secs = args
-        .deadline_secs
-        .unwrap_or(args.duration_secs + args.drain_secs + 120);
-    let deadline = Instant::now() + Duration::from_secs(deadline_secs);
-    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
-    let target = args
-        .target
-        .resolve_with(
-            &exe,
-            args.sender_appcode,
-            &args.server_log,
-            &[
-                transport_overrides(args.transport)?,
-                crate::server::unthrottled_logins(),
-            ]
-            .concat(),
-            deadline,
-            || {
-                args.sender_secret
-                    .clone()
-                    .map_or_else(|| dev_secret(129), Ok)
-            },
-        )
-        .await?;
-    let outcome = tokio::time::timeout_at(deadline, measure(&args, &target, total)).await;
-    let report = target
-        .end_run(outcome, |_| true, deadline_secs, "connections")
-        .await?;
-    let mut report = report;
+    let (mut report, deadline_secs) =
+        run_longlink(&args, total, &[], async |_: &Target, _: &[String]| Ok(())).await?;
     // The peers, with the same schedule, once longlink's server is stopped.
     let r = &report.json.results;
     let longlink = peers::c2c::Longlink {
@@ -266,6 +226,130 @@ pub async fn run(args: C2cArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Checks the arguments; returns the number of messages scheduled.
+fn check(args: &C2cArgs) -> anyhow::Result<u64> {
+    if args.rate == 0 || args.duration_secs == 0 {
+        bail!("--rate and --duration-secs must be at least 1");
+    }
+    if args.senders == 0 || args.receivers == 0 {
+        bail!("--senders and --receivers must be at least 1");
+    }
+    if args.content_bytes < 8 {
+        bail!("--content-bytes must be at least 8 (the message number)");
+    }
+    if args.ack_batch == 0 {
+        bail!("--ack-batch must be at least 1");
+    }
+    let total = u64::from(args.rate) * args.duration_secs;
+    if total > MAX_MESSAGES {
+        bail!("--rate × --duration-secs = {total} messages, more than {MAX_MESSAGES} per run");
+    }
+    Ok(total)
+}
+
+/// The workload against longlink alone: starts (or finds) the server — a spawned one with
+/// `overrides` besides the transport's and the unthrottled logins — runs `prepare` with the
+/// receivers' uids once they are known (before anyone logs in), measures, stops the server.
+/// Returns the report and the deadline used, in seconds.
+async fn run_longlink(
+    args: &C2cArgs,
+    total: u64,
+    overrides: &[ConfigOverride],
+    prepare: impl AsyncFnOnce(&Target, &[String]) -> anyhow::Result<()>,
+) -> anyhow::Result<(Report, u64)> {
+    let deadline_secs = args
+        .deadline_secs
+        .unwrap_or(args.duration_secs + args.drain_secs + 120);
+    let deadline = Instant::now() + Duration::from_secs(deadline_secs);
+    let exe = std::env::current_exe().context("cannot find the longlink executable")?;
+    let target = args
+        .target
+        .resolve_with(
+            &exe,
+            args.sender_appcode,
+            &args.server_log,
+            &[
+                transport_overrides(args.transport)?,
+                crate::server::unthrottled_logins(),
+                overrides.to_vec(),
+            ]
+            .concat(),
+            deadline,
+            || {
+                args.sender_secret
+                    .clone()
+                    .map_or_else(|| dev_secret(129), Ok)
+            },
+        )
+        .await?;
+    let outcome = tokio::time::timeout_at(deadline, measure(args, &target, total, prepare)).await;
+    let report = target
+        .end_run(outcome, |_| true, deadline_secs, "connections")
+        .await?;
+    Ok((report, deadline_secs))
+}
+
+/// One run's headline figures, for a scenario that runs the c2c workload as a part of its own
+/// (`bench notify`: c2c with and without notifications).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Figures {
+    pub(crate) messages_scheduled: u64,
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) received: u64,
+    pub(crate) lost: u64,
+    pub(crate) errors: u64,
+    /// ACKs per second, t0 → the last ACK.
+    pub(crate) ack_rate: f64,
+    /// Deliveries per second, t0 → the last delivery.
+    pub(crate) delivery_rate: f64,
+    pub(crate) measured_secs: f64,
+    pub(crate) server_cpu_secs: f64,
+    pub(crate) messages_per_server_cpu_sec: f64,
+    pub(crate) server_cpu_us_per_message: f64,
+    pub(crate) client_cpu_secs: f64,
+    pub(crate) ack_latency_ms: Latency,
+    pub(crate) e2e_latency_ms: Latency,
+    pub(crate) server_threads_cpu_secs: BTreeMap<String, f64>,
+    pub(crate) notes: Vec<String>,
+}
+
+/// Runs the c2c workload of `args` against a server the bench spawns with `overrides`;
+/// `prepare` runs with the receivers' uids before anyone logs in. Prints nothing but the
+/// run's header and progress; returns its figures.
+///
+/// # Errors
+/// Bad arguments, a server that does not start, `prepare`'s, failed logins, the deadline.
+pub(crate) async fn measure_spawned(
+    args: &C2cArgs,
+    overrides: &[ConfigOverride],
+    prepare: impl AsyncFnOnce(&Target, &[String]) -> anyhow::Result<()>,
+) -> anyhow::Result<Figures> {
+    let total = check(args)?;
+    let (report, _) = run_longlink(args, total, overrides, prepare).await?;
+    let j = report.json;
+    let r = j.results;
+    Ok(Figures {
+        messages_scheduled: total,
+        sent: r.sent,
+        acked: r.acked,
+        received: r.received,
+        lost: r.lost,
+        errors: r.errors,
+        ack_rate: r.ack_rate,
+        delivery_rate: r.delivery_rate,
+        measured_secs: r.measured_secs,
+        server_cpu_secs: r.server_cpu_secs,
+        messages_per_server_cpu_sec: r.messages_per_server_cpu_sec,
+        server_cpu_us_per_message: r.server_cpu_us_per_message,
+        client_cpu_secs: r.client_cpu_secs,
+        ack_latency_ms: r.ack_latency_ms,
+        e2e_latency_ms: r.e2e_latency_ms,
+        server_threads_cpu_secs: r.server_threads_cpu_secs,
+        notes: j.notes,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1205,7 +1289,12 @@ struct Running {
 impl Running {
     /// Logs every connection in (receivers first, so they are online before the first
     /// message), then starts their tasks; message 0 is due [`START_LEAD`] later.
-    async fn start(args: &C2cArgs, setup: &Setup, total: u64) -> anyhow::Result<Running> {
+    async fn start(
+        args: &C2cArgs,
+        setup: &Setup,
+        total: u64,
+        receiver_uids: Arc<Vec<String>>,
+    ) -> anyhow::Result<Running> {
         let login_timeout = Duration::from_secs(args.login_timeout_secs);
         let endpoint = setup.endpoint;
         let receiver_sessions = login_all(
@@ -1226,11 +1315,6 @@ impl Running {
             login_timeout,
         )
         .await?;
-        let receiver_uids: Arc<Vec<String>> = Arc::new(
-            (0..args.receivers)
-                .map(|j| format!("{}r{j}", setup.prefix))
-                .collect(),
-        );
         let shared = Arc::new(Shared::new(
             Instant::now() + START_LEAD,
             u64::from(args.rate),
@@ -1374,9 +1458,20 @@ impl Running {
     }
 }
 
-async fn measure(args: &C2cArgs, target: &Target, total: u64) -> anyhow::Result<Report> {
+async fn measure(
+    args: &C2cArgs,
+    target: &Target,
+    total: u64,
+    prepare: impl AsyncFnOnce(&Target, &[String]) -> anyhow::Result<()>,
+) -> anyhow::Result<Report> {
     let setup = setup(args, target, total).await?;
-    let running = Running::start(args, &setup, total).await?;
+    let receiver_uids: Arc<Vec<String>> = Arc::new(
+        (0..args.receivers)
+            .map(|j| format!("{}r{j}", setup.prefix))
+            .collect(),
+    );
+    prepare(target, &receiver_uids).await?;
+    let running = Running::start(args, &setup, total, receiver_uids).await?;
     // The measured interval runs from t0 to the end of the drain. Both processes are idle
     // until t0: what is read now is what they had used at t0. The load generator is this
     // process.

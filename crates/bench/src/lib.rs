@@ -17,6 +17,8 @@
 //! [`reconnect`] (N clients lose their links at once and come back by RESUME or LOGIN;
 //! `storm_client` is its client side), [`offline`] (U offline users with M stored messages each
 //! drain their inboxes by OFFLINE_PULL: pull throughput, page latency, exactly-once check),
+//! [`notify`] (offline push notifications through the outbox to a local provider endpoint:
+//! notifications per server CPU-second, and their overhead on c2c),
 //! [`fanout`] (the receiving clients of those two, in worker processes), [`workers`] (client
 //! worker processes: what idle's workers and fanout's share), [`s2c`] (what push and broadcast
 //! share), `api` (the HTTP API calls they make), `latency` (histogram summaries), `plot`
@@ -35,6 +37,7 @@ mod http;
 pub mod idle;
 mod latency;
 pub mod link;
+pub mod notify;
 mod num;
 pub mod offline;
 pub mod peers;
@@ -70,6 +73,10 @@ pub fn scenarios() -> &'static [(&'static str, &'static str)] {
         (
             "offline",
             "U offline users with M stored messages each log in and drain their inboxes by OFFLINE_PULL (pages of 50); messages pulled per second and per server CPU-second, page latency, LOST/DUPLICATE check",
+        ),
+        (
+            "notify",
+            "U offline users with a registered device each get one push; notifications per server CPU-second through the outbox to a local HTTPS provider endpoint, and c2c with notifications off vs on (overhead per server CPU-second)",
         ),
         (
             "reconnect-storm",

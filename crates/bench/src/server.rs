@@ -435,8 +435,13 @@ fn set(config: &mut toml::Table, section: &str, field: &str, value: String) -> a
     Ok(())
 }
 
-/// Replaces `[section] field`, which must exist in the default configuration: a renamed
-/// setting then fails the run instead of being silently ignored by the server.
+/// Settings the default configuration shows only in comments, which an override may add: the
+/// `[[push.http]]` providers (`bench notify` configures one).
+const ADDABLE: &[(&str, &str)] = &[("push", "http")];
+
+/// Replaces `[section] field`, which must exist in the default configuration (or be one of
+/// [`ADDABLE`]): a renamed setting then fails the run instead of being silently ignored by the
+/// server.
 fn set_value(
     config: &mut toml::Table,
     section: &str,
@@ -446,7 +451,7 @@ fn set_value(
     let Some(toml::Value::Table(table)) = config.get_mut(section) else {
         bail!("the default configuration has no [{section}]");
     };
-    if !table.contains_key(field) {
+    if !table.contains_key(field) && !ADDABLE.contains(&(section, field)) {
         bail!("the default configuration has no [{section}] {field}");
     }
     table.insert(field.to_owned(), value);

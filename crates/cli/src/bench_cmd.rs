@@ -6,6 +6,7 @@ use longlink_bench::broadcast::BroadcastArgs;
 use longlink_bench::c2c::C2cArgs;
 use longlink_bench::fanout::FanoutWorkerArgs;
 use longlink_bench::idle::{IdleArgs, IdleWorkerArgs};
+use longlink_bench::notify::NotifyArgs;
 use longlink_bench::offline::{OfflineArgs, OfflineWorkerArgs};
 use longlink_bench::peers::worker::PeerWorkerArgs;
 use longlink_bench::push::PushArgs;
@@ -34,6 +35,10 @@ pub(crate) enum BenchCommand {
     /// OFFLINE_PULL in pages of 50: messages pulled per second and per server CPU-second, page
     /// latency, time to drain, and a check that every message came exactly once, in order.
     Offline(OfflineArgs),
+    /// U offline users with a registered device each get one persisted push: notifications
+    /// per second and per server CPU-second through the outbox to a local HTTPS provider
+    /// endpoint; then c2c with notifications off and on, the overhead per server CPU-second.
+    Notify(NotifyArgs),
     /// One worker process of `bench idle` (started by it; not for direct use).
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
@@ -65,6 +70,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Broadcast(args) => longlink_bench::broadcast::run(args).await,
         BenchCommand::ReconnectStorm(args) => longlink_bench::reconnect::run(args).await,
         BenchCommand::Offline(args) => longlink_bench::offline::run(args).await,
+        BenchCommand::Notify(args) => longlink_bench::notify::run(args).await,
         BenchCommand::IdleWorker(args) => longlink_bench::idle::run_worker(args).await,
         BenchCommand::FanoutWorker(args) => longlink_bench::fanout::run_worker(args).await,
         BenchCommand::ReconnectStormWorker(args) => {

@@ -1,4 +1,4 @@
-//! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast, offline) runs small against its own spawned server,
+//! `longlink bench` keeps working: each scenario (idle, c2c, push, broadcast, offline, notify) runs small against its own spawned server,
 //! exits 0 and writes the JSON it documents; idle and c2c also over WebSocket (`--transport ws`); idle, push, broadcast
 //! and c2c also with their peers in the same run (`--peers mosquitto,nats`: throwaway mosquitto and nats-server brokers,
 //! installed by scripts/test); idle also as a sweep over N (`--connections 20,40`: a `sweep` array and a plot).
@@ -495,4 +495,66 @@ async fn offline_scenario_pulls_every_stored_message_exactly_once() {
     assert_eq!(verify["clients"], 20, "{verify}");
     assert_eq!(verify["left_after_ack"], 0, "{verify}");
     assert_eq!(verify["failed"], 0, "{verify}");
+}
+
+#[tokio::test]
+async fn notify_scenario_notifies_every_offline_device_and_compares_c2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = bench(
+        &[
+            "notify",
+            "--users",
+            "200",
+            "--c2c-rounds",
+            "1",
+            "--c2c-rate",
+            "200",
+            "--c2c-duration-secs",
+            "2",
+            "--c2c-senders",
+            "4",
+            "--c2c-receivers",
+            "4",
+        ],
+        &dir.path().join("notify.json"),
+    )
+    .await;
+    assert_eq!(report["scenario"], "notify");
+    let inputs = &report["inputs"];
+    assert_eq!(inputs["users"], 200, "{inputs}");
+    assert_eq!(inputs["grace_ms"], 0, "{inputs}");
+    let t = &report["results"]["throughput"];
+    assert_eq!(t["notifications_expected"], 200, "{t}");
+    assert_eq!(t["notifications_counted"], 200, "{t}");
+    assert_eq!(t["missing"], 0, "{t}");
+    assert_eq!(t["push_targets"], 200, "{t}");
+    assert_eq!(t["server_metrics"]["sent"], 200.0, "{t}");
+    assert_eq!(t["server_metrics"]["outbox_pending"], 0.0, "{t}");
+    for figure in [
+        "notifications_per_sec",
+        "notifications_per_server_cpu_sec",
+        "drain_secs",
+        "server_cpu_secs",
+        "baseline_server_cpu_secs",
+        "notifications_per_notify_cpu_sec",
+    ] {
+        assert!(t[figure].is_number(), "{figure}: {t}");
+    }
+    let c2c = &report["results"]["c2c"];
+    assert_eq!(c2c["runs"].as_array().map(Vec::len), Some(2), "{c2c}");
+    for mode in ["off", "on"] {
+        assert_eq!(c2c[mode]["runs"], 1, "{c2c}");
+        assert_eq!(c2c[mode]["lost"], 0, "{c2c}");
+        assert!(
+            c2c[mode]["messages_per_server_cpu_sec"].is_number(),
+            "{c2c}"
+        );
+    }
+    assert!(c2c["overhead_per_cpu"].is_number(), "{c2c}");
+    // The receivers were online: nothing to notify during c2c.
+    for run in c2c["runs"].as_array().into_iter().flatten() {
+        assert_eq!(run["notifications_sent"], 0, "{run}");
+        assert_eq!(run["acked"], 400, "{run}");
+    }
+    assert_eq!(report["verdict"]["every_notification_arrived"], true);
 }
