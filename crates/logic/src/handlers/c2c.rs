@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use longlink_proto::{Cmd, ContentType, ErrorCode, Frame, wire};
-use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, user_label};
 use longlink_rpc::notify::NotifyCandidate;
+use longlink_rpc::trace::{MessageKind, Stage, Subject, TraceEvent, user_label};
 use longlink_rpc::{PushError, Refusal, SessionInfo};
 use longlink_store::{NewMessage, StoredMessage, UserKey};
 
