@@ -500,14 +500,7 @@ impl Config {
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-            None => DEFAULT_CONFIG.to_owned(),
-        };
-        Config::from_toml(&text, env)
+        Config::from_toml(&config_text(path)?, env)
     }
 
     /// Parses `text`, overlays a default for every missing field, then applies `env`.
@@ -533,13 +526,7 @@ impl Config {
         path: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<String, ConfigError> {
-        let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-            None => DEFAULT_CONFIG.to_owned(),
-        };
+        let text = config_text(path)?;
         Config::from_toml(&text, env)?;
         let mut table = effective_table(&text, env)?;
         redact(&mut table, false);
@@ -862,6 +849,17 @@ impl Config {
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The text of the config file `path`, or the embedded defaults.
+fn config_text(path: Option<&Path>) -> Result<String, ConfigError> {
+    match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+        None => Ok(DEFAULT_CONFIG.to_owned()),
+    }
 }
 
 /// `text` with a default for every missing field, then `env` applied.

@@ -33,6 +33,23 @@ fn vendor(
     }
 }
 
+/// A node with the `vendor` provider on a fresh fake endpoint (`adjust` changes the rest of
+/// the config), and bob's phone registered with the token `tok-bob`.
+async fn vendor_node(
+    adjust: impl FnOnce(&mut Config),
+) -> (tempfile::TempDir, FakeHttp, TestServer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeHttp::start().await.expect("fake vendor");
+    let provider = vendor(&fake, dir.path());
+    let server = TestServer::start_with(|c: &mut Config| {
+        c.push.http = vec![provider];
+        adjust(c);
+    })
+    .await;
+    register(&server.api(), "bob", "phone", &[("vendor", "tok-bob")]).await;
+    (dir, fake, server)
+}
+
 /// Registers `device` of 129:`uid` with `tokens` through the API.
 async fn register(api: &ApiClient, uid: &str, device: &str, tokens: &[(&str, &str)]) {
     let tokens: Vec<_> = tokens
@@ -114,16 +131,11 @@ fn data(request: &Recorded, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_device_gets_one_notification_and_its_receipt_counts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeHttp::start().await.expect("fake vendor");
-    let provider = vendor(&fake, dir.path());
-    let server = TestServer::start_with(|c: &mut Config| {
+    let (_dir, fake, server) = vendor_node(|c| {
         c.push.grace_ms = 300;
-        c.push.http = vec![provider];
     })
     .await;
     let api = server.api();
-    register(&api, "bob", "phone", &[("vendor", "tok-bob")]).await;
 
     let (alice, _alice_in) = server.client(129, "alice", "phone").await;
     let sent = alice
@@ -191,16 +203,11 @@ async fn an_offline_device_gets_one_notification_and_its_receipt_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_reconnects_within_the_grace_is_not_notified() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeHttp::start().await.expect("fake vendor");
-    let provider = vendor(&fake, dir.path());
-    let server = TestServer::start_with(|c: &mut Config| {
+    let (_dir, fake, server) = vendor_node(|c| {
         c.push.grace_ms = 4000;
-        c.push.http = vec![provider];
     })
     .await;
     let api = server.api();
-    register(&api, "bob", "phone", &[("vendor", "tok-bob")]).await;
     let (alice, _alice_in) = server.client(129, "alice", "phone").await;
     let sent = alice
         .c2c(UserRef::new(129, "bob"), Content::text("are you there"))
@@ -236,16 +243,11 @@ async fn a_device_that_reconnects_within_the_grace_is_not_notified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_collapses_into_one_notification() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeHttp::start().await.expect("fake vendor");
-    let provider = vendor(&fake, dir.path());
-    let server = TestServer::start_with(|c: &mut Config| {
+    let (_dir, fake, server) = vendor_node(|c| {
         c.push.grace_ms = 2000;
-        c.push.http = vec![provider];
     })
     .await;
     let api = server.api();
-    register(&api, "bob", "phone", &[("vendor", "tok-bob")]).await;
     let (alice, _alice_in) = server.client(129, "alice", "phone").await;
     let mut last = 0;
     for i in 0..5 {
@@ -435,16 +437,11 @@ async fn a_failing_provider_trips_its_breaker_and_the_next_provider_delivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_outbox_loses_nothing_and_sends_nothing_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeHttp::start().await.expect("fake vendor");
-    let provider = vendor(&fake, dir.path());
-    let mut server = TestServer::start_with(|c: &mut Config| {
+    let (_dir, fake, mut server) = vendor_node(|c| {
         c.push.grace_ms = 5000;
         c.push.collapse_secs = 0;
-        c.push.http = vec![provider];
     })
     .await;
-    register(&server.api(), "bob", "phone", &[("vendor", "tok-bob")]).await;
     let (alice, _alice_in) = server.client(129, "alice", "phone").await;
     let first = alice
         .c2c(
@@ -486,16 +483,11 @@ async fn a_restart_mid_outbox_loses_nothing_and_sends_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_s2c_push_notifies_and_an_online_only_one_never_does() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeHttp::start().await.expect("fake vendor");
-    let provider = vendor(&fake, dir.path());
-    let server = TestServer::start_with(|c: &mut Config| {
+    let (_dir, fake, server) = vendor_node(|c| {
         c.push.grace_ms = 300;
-        c.push.http = vec![provider];
     })
     .await;
     let api = server.api();
-    register(&api, "bob", "phone", &[("vendor", "tok-bob")]).await;
     let (status, body) = api
         .post(
             "/v1/push",
@@ -521,18 +513,13 @@ async fn a_persisted_s2c_push_notifies_and_an_online_only_one_never_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_session_whose_link_is_gone_is_notified_after_the_grace() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = FakeHttp::start().await.expect("fake vendor");
-    let provider = vendor(&fake, dir.path());
-    let server = TestServer::start_with(|c: &mut Config| {
+    let (_dir, fake, server) = vendor_node(|c| {
         c.push.grace_ms = 300;
         // The hold outlasts the test: bob's session stays in presence without a link.
         c.gate.hold_secs = 600;
-        c.push.http = vec![provider];
     })
     .await;
     let api = server.api();
-    register(&api, "bob", "phone", &[("vendor", "tok-bob")]).await;
     // bob's app logs in able to RESUME, then its link dies (no LOGOUT): the gate holds it.
     let mut raw = RawClient::connect(server.gate_addr())
         .await
