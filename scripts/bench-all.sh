@@ -45,4 +45,5 @@ run c2c c2c --rate 10000 --duration-secs 10 "${peers[@]}"
 run c2c-1k c2c --rate 1000 --duration-secs 15 --peers none
 run offline offline
 run reconnect-storm reconnect-storm --clients 10000
+run notify notify
 echo "results in $out"
