@@ -58,6 +58,10 @@ const DUE_BATCH: usize = 1000;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long one store call of the scheduler may take.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Send results recorded per transaction.
+const FINISH_BATCH: usize = 256;
+/// Store reads of the scheduler in flight at once (delivery states, badges).
+const STORE_CONCURRENCY: usize = 32;
 /// How long one provider request may take (the providers have their own, shorter timeouts).
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest backoff, and the longest Retry-After honoured.
@@ -166,6 +170,8 @@ struct Inner {
     in_flight: Arc<Semaphore>,
     classes: Mutex<HashSet<String>>,
     stop: CancellationToken,
+    /// How sends ended, to the finisher (which records them in batches).
+    ends: mpsc::Sender<(u64, String, bool)>,
 }
 
 /// The notification service: device registry, durable outbox, provider selection and
@@ -174,6 +180,8 @@ pub struct Notifier {
     inner: Arc<Inner>,
     offers: mpsc::Sender<NotifyCandidate>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The finisher outlives the other tasks: it records the sends still in flight at close.
+    finisher: Mutex<Option<(JoinHandle<()>, CancellationToken)>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -247,6 +255,7 @@ impl Notifier {
         let metrics = NotifyMetrics::new(registry);
         let stop = shutdown.child_token();
         let (offers, rx) = mpsc::channel(config.queue);
+        let (ends, ends_rx) = mpsc::channel(config.max_in_flight.max(FINISH_BATCH));
         let inner = Arc::new(Inner {
             default_rule: RuleConfig::default(),
             selector: Mutex::new(Selector::new(config.discount, config.seed)),
@@ -262,6 +271,7 @@ impl Notifier {
             wake: Notify::new(),
             classes: Mutex::new(HashSet::new()),
             stop,
+            ends,
         });
         info!(
             providers = ?inner.names,
@@ -273,10 +283,17 @@ impl Notifier {
             tokio::spawn(schedule(Arc::clone(&inner))),
             tokio::spawn(sweep(Arc::clone(&inner))),
         ];
+        let finish_stop = CancellationToken::new();
+        let finisher = tokio::spawn(finisher(
+            Arc::clone(&inner.db),
+            ends_rx,
+            finish_stop.clone(),
+        ));
         Ok(Arc::new(Notifier {
             inner,
             offers,
             tasks: Mutex::new(tasks),
+            finisher: Mutex::new(Some((finisher, finish_stop))),
         }))
     }
 
@@ -301,6 +318,17 @@ impl Notifier {
             .is_err()
         {
             warn!("push notifications still in flight at close");
+        }
+        let finisher = self
+            .finisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((task, stop)) = finisher {
+            stop.cancel();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!("push notification results not all recorded within 10 s");
+            }
         }
     }
 
@@ -521,207 +549,317 @@ async fn next_wait(inner: &Arc<Inner>) -> Duration {
     }
 }
 
+/// One device's due rows, split by where each message stands for that device.
+struct Checked {
+    appcode: u32,
+    uid: String,
+    device: String,
+    acked: Vec<DueRow>,
+    recheck: Vec<DueRow>,
+    notify: Vec<DueRow>,
+}
+
+/// A device that gets a notification in this pass.
+struct Planned {
+    checked: Checked,
+    class: String,
+    device_key: String,
+    ranked: Vec<(String, String)>,
+}
+
+/// Handles one pass of due rows in phases, so that a pass costs a few transactions, not a
+/// few per device: the store's answers (concurrently), one transaction for skips, re-checks
+/// and the devices' registrations, the decisions in memory, the badges (concurrently), then
+/// one transaction that marks every notification of the pass sent before any is handed to a
+/// send task (the at-most-once step).
 async fn process_due(inner: &Arc<Inner>, rows: Vec<DueRow>) {
-    // Rows come sorted by device: split them into one group per device.
-    let mut group: Vec<DueRow> = Vec::new();
+    use futures::StreamExt as _;
+
+    // Rows come sorted by device: one group per device.
+    let mut groups: Vec<Vec<DueRow>> = Vec::new();
     for row in rows {
-        let same = group.last().is_some_and(|g| {
-            g.appcode == row.appcode && g.uid == row.uid && g.device == row.device
-        });
-        if !same && !group.is_empty() {
-            process_device(inner, std::mem::take(&mut group)).await;
-        }
-        group.push(row);
-        if inner.stop.is_cancelled() {
-            return;
+        match groups.last_mut() {
+            Some(group)
+                if group.first().is_some_and(|g| {
+                    g.appcode == row.appcode && g.uid == row.uid && g.device == row.device
+                }) =>
+            {
+                group.push(row);
+            }
+            _ => groups.push(vec![row]),
         }
     }
-    if !group.is_empty() {
-        process_device(inner, group).await;
+    // 1. Where each message stands for its device.
+    let checked: Vec<Checked> = futures::stream::iter(groups)
+        .map(|group| check_device(inner, group))
+        .buffer_unordered(STORE_CONCURRENCY)
+        .collect()
+        .await;
+    if inner.stop.is_cancelled() {
+        return;
+    }
+
+    // 2. Skips and re-checks, and what the devices to notify need: their last notification
+    //    and their registration.
+    let now = now_ms();
+    let recheck_at = now.saturating_add(inner.config.grace_ms.max(1));
+    let acked: Vec<outbox::RowKey> = checked
+        .iter()
+        .flat_map(|c| outbox::keys(&c.acked))
+        .collect();
+    let recheck: Vec<outbox::RowKey> = checked
+        .iter()
+        .flat_map(|c| outbox::keys(&c.recheck))
+        .collect();
+    let lookups: Vec<(u32, String, String)> = checked
+        .iter()
+        .filter(|c| !c.notify.is_empty())
+        .map(|c| (c.appcode, c.uid.clone(), c.device.clone()))
+        .collect();
+    let acked_count = acked.len() as u64;
+    let found = inner
+        .db
+        .call_sql(move |conn, _| {
+            let tx = conn.transaction()?;
+            outbox::skip(&tx, &acked)?;
+            outbox::postpone(&tx, &recheck, recheck_at, true)?;
+            let mut found = Vec::with_capacity(lookups.len());
+            for (appcode, uid, device) in &lookups {
+                let last = outbox::last_sent(&tx, *appcode, uid, device)?;
+                let record = registry::device(&tx, *appcode, uid, device)?;
+                found.push((last, record));
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+        .await;
+    if acked_count > 0 {
+        inner.metrics.skipped("acked", acked_count);
+    }
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(error = %e, "push outbox update failed");
+            return;
+        }
+    };
+
+    // 3. Per device: wait (spacing), nothing to send through (no provider), or notify.
+    let collapse_ms = inner.config.collapse_secs.saturating_mul(1000);
+    let mut spaced: Vec<(outbox::RowKey, u64)> = Vec::new();
+    let mut unsendable: Vec<outbox::RowKey> = Vec::new();
+    let mut planned: Vec<Planned> = Vec::new();
+    let to_notify = checked.into_iter().filter(|c| !c.notify.is_empty());
+    for (checked, (last, record)) in to_notify.zip(found) {
+        if let Some(last) = last
+            && collapse_ms > 0
+            && now < last.saturating_add(collapse_ms)
+        {
+            let at = last.saturating_add(collapse_ms);
+            spaced.extend(outbox::keys(&checked.notify).into_iter().map(|k| (k, at)));
+            continue;
+        }
+        let tokens: Vec<PushToken> = record
+            .as_ref()
+            .map(|r| {
+                r.tokens
+                    .iter()
+                    .filter(|t| inner.slots.contains_key(&t.provider))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if tokens.is_empty() {
+            unsendable.extend(outbox::keys(&checked.notify));
+            continue;
+        }
+        let class = inner.class_of(&record.map(|r| r.class).unwrap_or_default());
+        let device_key = device_key(checked.appcode, &checked.uid, &checked.device);
+        let names: Vec<String> = tokens.iter().map(|t| t.provider.clone()).collect();
+        let ranked_names = inner
+            .selector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rank(&class, &device_key, &names);
+        let ranked = ranked_names
+            .into_iter()
+            .filter_map(|name| {
+                tokens
+                    .iter()
+                    .find(|t| t.provider == name)
+                    .map(|t| (name, t.token.clone()))
+            })
+            .collect();
+        planned.push(Planned {
+            checked,
+            class,
+            device_key,
+            ranked,
+        });
+    }
+    if !unsendable.is_empty() {
+        inner
+            .metrics
+            .skipped("no_provider", unsendable.len() as u64);
+    }
+
+    // 4. Badges (the device's unread count), then the notifications.
+    let devices: Vec<(u32, String, String)> = planned
+        .iter()
+        .map(|p| {
+            (
+                p.checked.appcode,
+                p.checked.uid.clone(),
+                p.checked.device.clone(),
+            )
+        })
+        .collect();
+    let badges: Vec<Option<u32>> = futures::stream::iter(devices)
+        .map(|(appcode, uid, device)| badge_of(Arc::clone(inner), appcode, uid, device))
+        .buffered(STORE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut jobs = Vec::with_capacity(planned.len());
+    let mut marks = Vec::with_capacity(planned.len());
+    for (plan, badge) in planned.into_iter().zip(badges) {
+        let Planned {
+            checked,
+            class,
+            device_key,
+            ranked,
+        } = plan;
+        let rule = inner.rule(checked.appcode);
+        let keys = outbox::keys(&checked.notify);
+        let messages: Vec<Pending> = checked.notify.into_iter().map(|r| r.message).collect();
+        let rendered = render::render(rule, checked.appcode, &checked.uid, &messages, badge);
+        let id = inner.next_id();
+        let provider = ranked
+            .first()
+            .map(|(p, _): &(String, String)| p.clone())
+            .unwrap_or_default();
+        marks.push((
+            NotificationRow {
+                id,
+                appcode: checked.appcode,
+                uid: checked.uid.clone(),
+                device: checked.device.clone(),
+                provider,
+                class: class.clone(),
+                sent_ms: now,
+            },
+            keys,
+        ));
+        jobs.push(Job {
+            id,
+            appcode: checked.appcode,
+            uid: checked.uid,
+            device: checked.device,
+            class,
+            device_key,
+            ranked,
+            rendered,
+        });
+    }
+
+    // 5. One transaction: spacing, no provider, and every notification marked sent.
+    let marked = inner
+        .db
+        .call_sql(move |conn, _| {
+            let tx = conn.transaction()?;
+            for (key, at) in &spaced {
+                outbox::postpone(&tx, std::slice::from_ref(key), *at, false)?;
+            }
+            outbox::skip(&tx, &unsendable)?;
+            let mut marked = Vec::with_capacity(marks.len());
+            for (row, keys) in &marks {
+                marked.push(outbox::mark_sent(&tx, row, keys)? > 0);
+            }
+            tx.commit()?;
+            Ok(marked)
+        })
+        .await;
+    let marked = match marked {
+        Ok(marked) => marked,
+        Err(e) => {
+            warn!(error = %e, "push outbox update failed");
+            return;
+        }
+    };
+
+    // 6. Hand them to send tasks (bounded: the scheduler may wait here, the message path
+    //    never does).
+    for (job, marked) in jobs.into_iter().zip(marked) {
+        if !marked {
+            continue;
+        }
+        let permit = tokio::select! {
+            () = inner.stop.cancelled() => return,
+            permit = Arc::clone(&inner.in_flight).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        tokio::spawn(send(Arc::clone(inner), job, permit));
     }
 }
 
-/// One device's due rows → skip, postpone, or one notification.
-async fn process_device(inner: &Arc<Inner>, rows: Vec<DueRow>) {
-    let Some(first) = rows.first() else { return };
-    let (appcode, uid, device) = (first.appcode, first.uid.clone(), first.device.clone());
+/// Asks the store where each of a device's due messages stands for that device.
+async fn check_device(inner: &Arc<Inner>, rows: Vec<DueRow>) -> Checked {
+    let (appcode, uid, device) = rows
+        .first()
+        .map(|r| (r.appcode, r.uid.clone(), r.device.clone()))
+        .unwrap_or_default();
     let owner = UserKey::new(appcode, uid.clone());
-    let mut acked = Vec::new();
-    let mut recheck = Vec::new();
-    let mut notify = Vec::new();
+    let mut checked = Checked {
+        appcode,
+        uid,
+        device,
+        acked: Vec::new(),
+        recheck: Vec::new(),
+        notify: Vec::new(),
+    };
     for row in rows {
         let state = tokio::time::timeout(
             STORE_TIMEOUT,
             inner
                 .store
-                .delivery_state(&owner, &device, row.message.msgid),
+                .delivery_state(&owner, &checked.device, row.message.msgid),
         )
         .await;
         match state {
-            Ok(Ok(Some(DeliveryState::Acked))) => acked.push(row),
-            Ok(Ok(Some(DeliveryState::Pushed))) if !row.rechecked => recheck.push(row),
+            Ok(Ok(Some(DeliveryState::Acked))) => checked.acked.push(row),
+            Ok(Ok(Some(DeliveryState::Pushed))) if !row.rechecked => checked.recheck.push(row),
             // Stored, not in the inbox, or the store did not answer: notify (a redundant
             // notification is better than a missed one).
-            Ok(Ok(_)) => notify.push(row),
+            Ok(Ok(_)) => checked.notify.push(row),
             Ok(Err(e)) => {
                 debug!(error = %e, "delivery state unknown; notifying");
-                notify.push(row);
+                checked.notify.push(row);
             }
             Err(_) => {
                 debug!("delivery state timed out; notifying");
-                notify.push(row);
+                checked.notify.push(row);
             }
         }
     }
-    let now = now_ms();
-    let recheck_at = now.saturating_add(inner.config.grace_ms.max(1));
-    let acked_keys = outbox::keys(&acked);
-    let recheck_keys = outbox::keys(&recheck);
-    let any_to_notify = !notify.is_empty();
-    let (d_uid, d_device) = (uid.clone(), device.clone());
-    let planned = inner
-        .db
-        .call_sql(move |conn, _| {
-            if !acked_keys.is_empty() {
-                outbox::skip(conn, &acked_keys)?;
-            }
-            if !recheck_keys.is_empty() {
-                outbox::postpone(conn, &recheck_keys, recheck_at, true)?;
-            }
-            if !any_to_notify {
-                return Ok(None);
-            }
-            let last = outbox::last_sent(conn, appcode, &d_uid, &d_device)?;
-            let record = registry::device(conn, appcode, &d_uid, &d_device)?;
-            Ok(Some((last, record)))
-        })
-        .await;
-    if !acked.is_empty() {
-        inner.metrics.skipped("acked", acked.len() as u64);
+    checked
+}
+
+/// The badge of a device under its appcode's rule: its unacked messages, at most 99.
+async fn badge_of(inner: Arc<Inner>, appcode: u32, uid: String, device: String) -> Option<u32> {
+    if !inner.rule(appcode).badge {
+        return None;
     }
-    let (last, record) = match planned {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(e) => {
-            warn!(error = %e, "push outbox update failed");
-            return;
-        }
-    };
-    let keys = outbox::keys(&notify);
-    // Spacing: a device notified moments ago waits, and what arrives meanwhile joins.
-    let collapse_ms = inner.config.collapse_secs.saturating_mul(1000);
-    if let Some(last) = last
-        && collapse_ms > 0
-        && now < last.saturating_add(collapse_ms)
+    let owner = UserKey::new(appcode, uid);
+    match tokio::time::timeout(
+        STORE_TIMEOUT,
+        inner.store.pull_offline(&owner, &device, 0, 100),
+    )
+    .await
     {
-        let at = last.saturating_add(collapse_ms);
-        let result = inner
-            .db
-            .call(move |conn, _| {
-                outbox::postpone(conn, &keys, at, false).map_err(registry::unavailable)
-            })
-            .await;
-        if let Err(e) = result {
-            warn!(error = %e, "push outbox update failed");
-        }
-        return;
+        Ok(Ok(page)) => Some(u32::try_from(page.messages.len()).unwrap_or(99).min(99)),
+        _ => None,
     }
-    let tokens: Vec<PushToken> = record
-        .as_ref()
-        .map(|r| {
-            r.tokens
-                .iter()
-                .filter(|t| inner.slots.contains_key(&t.provider))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if tokens.is_empty() {
-        inner.metrics.skipped("no_provider", keys.len() as u64);
-        let result = inner
-            .db
-            .call(move |conn, _| outbox::skip(conn, &keys).map_err(registry::unavailable))
-            .await;
-        if let Err(e) = result {
-            warn!(error = %e, "push outbox update failed");
-        }
-        return;
-    }
-    let class = inner.class_of(&record.map(|r| r.class).unwrap_or_default());
-    let key = device_key(appcode, &uid, &device);
-    let names: Vec<String> = tokens.iter().map(|t| t.provider.clone()).collect();
-    let ranked_names = inner
-        .selector
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .rank(&class, &key, &names);
-    let ranked: Vec<(String, String)> = ranked_names
-        .into_iter()
-        .filter_map(|name| {
-            tokens
-                .iter()
-                .find(|t| t.provider == name)
-                .map(|t| (name, t.token.clone()))
-        })
-        .collect();
-    let rule = inner.rule(appcode);
-    let badge = if rule.badge {
-        match tokio::time::timeout(
-            STORE_TIMEOUT,
-            inner.store.pull_offline(&owner, &device, 0, 100),
-        )
-        .await
-        {
-            Ok(Ok(page)) => Some(u32::try_from(page.messages.len()).unwrap_or(99).min(99)),
-            _ => None,
-        }
-    } else {
-        None
-    };
-    let messages: Vec<Pending> = notify.into_iter().map(|r| r.message).collect();
-    let rendered = render::render(rule, appcode, &uid, &messages, badge);
-    let id = inner.next_id();
-    let first_provider = ranked.first().map(|(p, _)| p.clone()).unwrap_or_default();
-    let row = NotificationRow {
-        id,
-        appcode,
-        uid: uid.clone(),
-        device: device.clone(),
-        provider: first_provider,
-        class: class.clone(),
-        sent_ms: now,
-    };
-    let marked = inner
-        .db
-        .call(move |conn, _| outbox::mark_sent(conn, &row, &keys).map_err(registry::unavailable))
-        .await;
-    match marked {
-        Ok(0) => return,
-        Ok(_) => {}
-        Err(e) => {
-            warn!(error = %e, "push outbox update failed");
-            return;
-        }
-    }
-    let job = Job {
-        id,
-        appcode,
-        uid,
-        device,
-        class,
-        device_key: key,
-        ranked,
-        rendered,
-    };
-    // Bounded: wait for a slot (the scheduler may wait here, the message path never does).
-    let permit = tokio::select! {
-        () = inner.stop.cancelled() => return,
-        permit = Arc::clone(&inner.in_flight).acquire_owned() => match permit {
-            Ok(permit) => permit,
-            Err(_) => return,
-        },
-    };
-    tokio::spawn(send(Arc::clone(inner), job, permit));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -788,15 +926,51 @@ async fn send(inner: Arc<Inner>, job: Job, _permit: OwnedSemaphorePermit) {
             .unwrap_or_else(|e| e.into_inner())
             .sent(job.id, &job.class, &job.device_key, &provider, now_ms());
     }
-    let id = job.id;
-    let result = inner
-        .db
-        .call(move |conn, _| {
-            outbox::finish(conn, id, &provider, accepted).map_err(registry::unavailable)
-        })
+    // Recorded in batches by the finisher; waiting for room keeps the record (the channel
+    // holds as many as there are sends in flight).
+    if inner.ends.send((job.id, provider, accepted)).await.is_err() {
+        warn!(
+            id = job.id,
+            "push notification state not recorded: the notifier is closed"
+        );
+    }
+}
+
+/// Records how sends ended, many per transaction, until `stop` (then what is queued).
+async fn finisher(
+    db: Arc<Db>,
+    mut ends: mpsc::Receiver<(u64, String, bool)>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    loop {
+        let got = tokio::select! {
+            got = ends.recv_many(&mut batch, FINISH_BATCH) => got,
+            () = stop.cancelled() => 0,
+        };
+        if got == 0 {
+            while batch.len() < FINISH_BATCH * 64 {
+                match ends.try_recv() {
+                    Ok(end) => batch.push(end),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                record_ends(&db, std::mem::take(&mut batch)).await;
+            }
+            return;
+        }
+        record_ends(&db, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn record_ends(db: &Arc<Db>, ends: Vec<(u64, String, bool)>) {
+    let count = ends.len();
+    let result = db
+        .call_sql(move |conn, _| outbox::finish_many(conn, &ends))
         .await;
     if let Err(e) = result {
-        warn!(error = %e, "push notification state not recorded");
+        warn!(error = %e, count, "push notification states not recorded");
     }
 }
 

@@ -245,27 +245,35 @@ pub struct DueRow {
 }
 
 /// The pending rows of the devices with a row due at `now_ms` (at most `limit` devices, by
-/// due time; at most `8 × limit` rows), by device then msgid. A device's rows that are not
+/// due time; at most [`MAX_ROWS_PER_DEVICE`] × `limit` rows), by device then msgid. A device's rows that are not
 /// due yet come along, so a burst collapses into one notification when its first message is
 /// due rather than one per grace period; rows postponed for a re-check wait for their time.
 ///
 /// # Errors
 /// Any SQLite error.
 pub fn due(conn: &Connection, now_ms: u64, limit: usize) -> rusqlite::Result<Vec<DueRow>> {
+    // The devices with the earliest due rows (on outbox_due), then each one's pending rows
+    // through the primary key's prefix (CROSS JOIN keeps that order of the loops; a row-value
+    // IN over the devices made SQLite scan every row of the appcode).
     let mut stmt = conn.prepare_cached(
-        "SELECT appcode, uid, device, msgid, rechecked, sender, msgtype, content_type, preview
-         FROM outbox
-         WHERE state = 'pending' AND (due_ms <= ?1 OR rechecked = 0)
-           AND (appcode, uid, device) IN
-               (SELECT appcode, uid, device FROM outbox WHERE state = 'pending' AND due_ms <= ?1
-                ORDER BY due_ms LIMIT ?2)
-         ORDER BY appcode, uid, device, msgid
-         LIMIT ?2 * 8",
+        "WITH d AS (SELECT DISTINCT appcode, uid, device FROM
+             (SELECT appcode, uid, device FROM outbox WHERE state = 'pending' AND due_ms <= ?1
+              ORDER BY due_ms LIMIT ?2))
+         SELECT o.appcode, o.uid, o.device, o.msgid, o.rechecked, o.sender, o.msgtype,
+                o.content_type, o.preview
+         FROM d CROSS JOIN outbox o
+           ON o.appcode = d.appcode AND o.uid = d.uid AND o.device = d.device
+         WHERE o.state = 'pending' AND (o.due_ms <= ?1 OR o.rechecked = 0)
+         ORDER BY o.appcode, o.uid, o.device, o.msgid
+         LIMIT ?3",
     )?;
     let rows = stmt.query_map(
         params![
             bits_from_u64(now_ms),
-            i64::try_from(limit).unwrap_or(i64::MAX)
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            i64::try_from(limit)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(MAX_ROWS_PER_DEVICE)
         ],
         |row| {
             Ok(DueRow {
@@ -286,22 +294,25 @@ pub fn due(conn: &Connection, now_ms: u64, limit: usize) -> rusqlite::Result<Vec
     rows.collect()
 }
 
+/// Rows taken per due device on average, at most (the rest go into the next pass).
+const MAX_ROWS_PER_DEVICE: i64 = 8;
+
 /// The key of one outbox row.
 pub type RowKey = (u32, String, String, u64);
 
-/// Moves rows to `due_ms`, marking them rechecked when `recheck`.
+/// Moves rows to `due_ms`, marking them rechecked when `recheck`. Run it inside the
+/// caller's transaction.
 ///
 /// # Errors
 /// Any SQLite error.
 pub fn postpone(
-    conn: &mut Connection,
+    conn: &Connection,
     rows: &[RowKey],
     due_ms: u64,
     recheck: bool,
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = conn.prepare_cached(
             "UPDATE outbox SET due_ms = ?5, rechecked = rechecked OR ?6
              WHERE appcode = ?1 AND uid = ?2 AND device = ?3 AND msgid = ?4 AND state = 'pending'",
         )?;
@@ -316,17 +327,17 @@ pub fn postpone(
             ])?;
         }
     }
-    tx.commit()
+    Ok(())
 }
 
-/// Marks rows skipped (acked meanwhile, no provider).
+/// Marks rows skipped (acked meanwhile, no provider). Run it inside the caller's
+/// transaction.
 ///
 /// # Errors
 /// Any SQLite error.
-pub fn skip(conn: &mut Connection, rows: &[RowKey]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+pub fn skip(conn: &Connection, rows: &[RowKey]) -> rusqlite::Result<()> {
     {
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = conn.prepare_cached(
             "UPDATE outbox SET state = 'skipped'
              WHERE appcode = ?1 AND uid = ?2 AND device = ?3 AND msgid = ?4 AND state = 'pending'",
         )?;
@@ -334,7 +345,7 @@ pub fn skip(conn: &mut Connection, rows: &[RowKey]) -> rusqlite::Result<()> {
             stmt.execute(params![appcode, uid, device, bits_from_u64(*msgid)])?;
         }
     }
-    tx.commit()
+    Ok(())
 }
 
 /// A notification about to be sent.
@@ -357,20 +368,20 @@ pub struct NotificationRow {
 }
 
 /// The at-most-once step: marks `rows` sent as notification `n.id` and writes the
-/// notification row (state `sending`), in one transaction. Returns how many rows it marked
-/// (0 = another pass got them first: do not send).
+/// notification row (state `sending`). Run it inside the caller's transaction, committed
+/// before the notification is handed to a provider. Returns how many rows it marked (0 =
+/// another pass got them first: do not send).
 ///
 /// # Errors
-/// Any SQLite error (then nothing changed).
+/// Any SQLite error (the caller's transaction then commits nothing).
 pub fn mark_sent(
-    conn: &mut Connection,
+    conn: &Connection,
     n: &NotificationRow,
     rows: &[RowKey],
 ) -> rusqlite::Result<usize> {
-    let tx = conn.transaction()?;
     let mut marked = 0;
     {
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = conn.prepare_cached(
             "UPDATE outbox SET state = 'sent', notif_id = ?5
              WHERE appcode = ?1 AND uid = ?2 AND device = ?3 AND msgid = ?4 AND state = 'pending'",
         )?;
@@ -387,7 +398,7 @@ pub fn mark_sent(
     if marked == 0 {
         return Ok(0);
     }
-    tx.execute(
+    conn.execute(
         "INSERT INTO notifications (id, appcode, uid, device, provider, class, sent_ms, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'sending')",
         params![
@@ -400,7 +411,6 @@ pub fn mark_sent(
             bits_from_u64(n.sent_ms)
         ],
     )?;
-    tx.commit()?;
     Ok(marked)
 }
 
@@ -418,6 +428,18 @@ pub fn finish(conn: &Connection, id: u64, provider: &str, accepted: bool) -> rus
         ],
     )?;
     Ok(())
+}
+
+/// [`finish`] for many sends, in one transaction.
+///
+/// # Errors
+/// Any SQLite error (then nothing changed).
+pub fn finish_many(conn: &mut Connection, ends: &[(u64, String, bool)]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for (id, provider, accepted) in ends {
+        finish(&tx, *id, provider, *accepted)?;
+    }
+    tx.commit()
 }
 
 /// When the device was last notified (unix ms), if ever.
