@@ -10,29 +10,41 @@ mod common;
 use common::run;
 use longlink_testkit::TestServer;
 
+/// `longlink device <sub> --appcode 129 --uid alice --api <api>`, then `extra`.
+async fn device_cmd(sub: &str, api: &str, extra: &[&str]) -> common::Run {
+    let mut args = vec![
+        "device",
+        sub,
+        "--appcode",
+        "129",
+        "--uid",
+        "alice",
+        "--api",
+        api,
+    ];
+    args.extend_from_slice(extra);
+    run(&args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_provider_registration_is_a_one_line_error() {
     let server = TestServer::start().await;
     let api = format!("http://{}", server.api_addr());
 
-    let out = run(&[
-        "device",
+    let out = device_cmd(
         "register",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--device",
-        "phone",
-        "--provider",
-        "apns",
-        "--token",
-        "80f5c3",
-        "--platform",
-        "ios",
-        "--api",
         &api,
-    ])
+        &[
+            "--device",
+            "phone",
+            "--provider",
+            "apns",
+            "--token",
+            "80f5c3",
+            "--platform",
+            "ios",
+        ],
+    )
     .await;
     assert_eq!(out.code, 64, "{}", out.stderr);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
@@ -45,86 +57,37 @@ async fn without_a_provider_registration_is_a_one_line_error() {
 
     // A class flag left out makes register read the device first: a 404 there is "none yet",
     // not the command's failure; the refusal is still the provider's.
-    let out = run(&[
-        "device",
+    let out = device_cmd(
         "register",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--device",
-        "phone",
-        "--provider",
-        "vendor",
-        "--token",
-        "v-1",
-        "--api",
         &api,
-    ])
+        &[
+            "--device",
+            "phone",
+            "--provider",
+            "vendor",
+            "--token",
+            "v-1",
+        ],
+    )
     .await;
     assert_eq!(out.code, 64, "{}", out.stderr);
     assert!(out.stderr.contains("vendor"), "{}", out.stderr);
 
     // A key that does not cover the appcode.
-    let out = run(&[
-        "device",
-        "list",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--api",
-        &api,
-        "--api-key",
-        "nope",
-    ])
-    .await;
+    let out = device_cmd("list", &api, &["--api-key", "nope"]).await;
     assert_eq!(out.code, 77, "{}", out.stderr);
     assert_eq!(
         out.stderr.trim(),
         "error: 401 unauthenticated: unknown API key"
     );
 
-    let out = run(&[
-        "device",
-        "list",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--api",
-        &api,
-    ])
-    .await;
+    let out = device_cmd("list", &api, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "129:alice has no device with push tokens\n");
-    let out = run(&[
-        "device",
-        "list",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--api",
-        &api,
-        "--json",
-    ])
-    .await;
+    let out = device_cmd("list", &api, &["--json"]).await;
     let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(list["devices"], serde_json::json!([]));
-    let out = run(&[
-        "device",
-        "list",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--device",
-        "phone",
-        "--api",
-        &api,
-    ])
-    .await;
+    let out = device_cmd("list", &api, &["--device", "phone"]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr.starts_with("error: 404 not_found: "),
@@ -132,21 +95,7 @@ async fn without_a_provider_registration_is_a_one_line_error() {
         out.stderr
     );
 
-    let out = run(&[
-        "device",
-        "remove",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--device",
-        "phone",
-        "--provider",
-        "apns",
-        "--api",
-        &api,
-    ])
-    .await;
+    let out = device_cmd("remove", &api, &["--device", "phone", "--provider", "apns"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "removed 0 tokens of 129:alice/phone\n");
 
@@ -242,17 +191,7 @@ async fn a_token_is_registered_listed_and_removed() {
         serde_json::json!([{"provider": "vendor", "token": "v-2"}])
     );
 
-    let out = run(&[
-        "device",
-        "list",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--api",
-        &api,
-    ])
-    .await;
+    let out = device_cmd("list", &api, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "a header and one token: {}", out.stdout);
@@ -294,16 +233,6 @@ async fn a_token_is_registered_listed_and_removed() {
     let out = run(&args).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "removed 1 token of 129:alice/phone\n");
-    let out = run(&[
-        "device",
-        "list",
-        "--appcode",
-        "129",
-        "--uid",
-        "alice",
-        "--api",
-        &api,
-    ])
-    .await;
+    let out = device_cmd("list", &api, &[]).await;
     assert_eq!(out.stdout, "129:alice has no device with push tokens\n");
 }
