@@ -22,7 +22,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use longlink_bus::Leased;
 use longlink_bus::routes::valid_topic;
 use longlink_rpc::notify::{
-    DeviceClass, DeviceRecord, MAX_FIELD_BYTES, MAX_TOKENS_PER_DEVICE, ProviderStats, PushToken,
+    DeviceClass, DeviceRecord, MAX_FIELD_BYTES, ProviderStats, PushToken, check_registration,
 };
 use longlink_rpc::push::{DeliveryCounters, MAX_PUSH_TARGETS, PushRequest, PushStats, PushTargets};
 use tokio::sync::{broadcast, mpsc};
@@ -787,11 +787,7 @@ pub(crate) async fn dispatch(
         if query.uid.is_none() {
             return Err(ApiError::invalid_argument("device needs a uid"));
         }
-        if device.is_empty() || device.len() > MAX_UID_BYTES {
-            return Err(ApiError::invalid_argument(format!(
-                "a device must be 1..={MAX_UID_BYTES} bytes"
-            )));
-        }
+        check_device(device)?;
     }
     let holding = match &query.uid {
         None => Vec::new(),
@@ -922,19 +918,6 @@ fn check_device(device: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A free-text field of a registration: at most `MAX_FIELD_BYTES`, non-empty if `required`.
-fn check_field(name: &str, value: &str, required: bool) -> Result<(), ApiError> {
-    if required && value.is_empty() {
-        return Err(ApiError::invalid_argument(format!("{name} is required")));
-    }
-    if value.len() > MAX_FIELD_BYTES {
-        return Err(ApiError::invalid_argument(format!(
-            "{name} must be at most {MAX_FIELD_BYTES} bytes"
-        )));
-    }
-    Ok(())
-}
-
 /// The key covers the appcode, and uid and device are well-formed: the checks of every
 /// device call.
 fn check_device_call(
@@ -946,17 +929,6 @@ fn check_device_call(
     scope.check_appcode(appcode)?;
     check_uid(uid)?;
     device.map_or(Ok(()), check_device)
-}
-
-fn check_class(class: &DeviceClass) -> Result<(), ApiError> {
-    check_field("platform", &class.platform, false)?;
-    check_field("vendor", &class.vendor, false)?;
-    check_field("app_version", &class.app_version, false)
-}
-
-fn check_token(token: &PushToken) -> Result<(), ApiError> {
-    check_field("provider", &token.provider, true)?;
-    check_field("token", &token.token, true)
 }
 
 /// A device's identity in an API call.
@@ -982,23 +954,7 @@ pub(crate) async fn put_device(
     tokens: Vec<PushToken>,
 ) -> Result<DeviceRecord, ApiError> {
     check_device_call(scope, key.appcode, &key.uid, Some(&key.device))?;
-    check_class(&class)?;
-    if tokens.len() > MAX_TOKENS_PER_DEVICE {
-        return Err(ApiError::invalid_argument(format!(
-            "a device holds at most {MAX_TOKENS_PER_DEVICE} tokens (one per provider), got {}",
-            tokens.len()
-        )));
-    }
-    let mut providers = std::collections::BTreeSet::new();
-    for token in &tokens {
-        check_token(token)?;
-        if !providers.insert(token.provider.as_str()) {
-            return Err(ApiError::invalid_argument(format!(
-                "two tokens of provider {:?}: a device holds one per provider",
-                token.provider
-            )));
-        }
-    }
+    check_registration(&class, &tokens)?;
     let record = shared
         .ctx
         .notifications
@@ -1024,8 +980,7 @@ pub(crate) async fn register_token(
     token: PushToken,
 ) -> Result<DeviceRecord, ApiError> {
     check_device_call(scope, key.appcode, &key.uid, Some(&key.device))?;
-    check_class(&class)?;
-    check_token(&token)?;
+    check_registration(&class, std::slice::from_ref(&token))?;
     let provider = token.provider.clone();
     let record = shared
         .ctx
@@ -1083,8 +1038,12 @@ pub(crate) async fn remove_device(
     provider: Option<&str>,
 ) -> Result<u32, ApiError> {
     check_device_call(scope, key.appcode, &key.uid, Some(&key.device))?;
-    if let Some(provider) = provider {
-        check_field("provider", provider, true)?;
+    if let Some(provider) = provider
+        && (provider.is_empty() || provider.len() > MAX_FIELD_BYTES)
+    {
+        return Err(ApiError::invalid_argument(format!(
+            "provider must be 1 to {MAX_FIELD_BYTES} bytes"
+        )));
     }
     let removed = shared
         .ctx

@@ -31,7 +31,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use longlink_metrics::Registry;
 use longlink_rpc::notify::{
     DeviceClass, DeviceRecord, Notifications, NotifyCandidate, NotifyError, ProviderStats,
-    PushToken,
+    PushToken, check_registration,
 };
 use longlink_store::{DeliveryState, MessageStore, UserKey};
 use rand::Rng;
@@ -1166,8 +1166,8 @@ impl Notifications for Notifier {
         token: PushToken,
     ) -> Result<DeviceRecord, NotifyError> {
         registry::validate_ids(uid, device)?;
-        registry::validate_class(&class)?;
-        registry::validate_token(&token, &self.inner.names)?;
+        check_registration(&class, std::slice::from_ref(&token))?;
+        registry::check_providers(std::slice::from_ref(&token), &self.inner.names)?;
         let (uid, device) = (uid.to_owned(), device.to_owned());
         let now = now_ms();
         self.inner
@@ -1197,23 +1197,8 @@ impl Notifications for Notifier {
         tokens: Vec<PushToken>,
     ) -> Result<DeviceRecord, NotifyError> {
         registry::validate_ids(uid, device)?;
-        registry::validate_class(&class)?;
-        if tokens.len() > longlink_rpc::notify::MAX_TOKENS_PER_DEVICE {
-            return Err(NotifyError::InvalidArgument(format!(
-                "a device holds at most {} tokens",
-                longlink_rpc::notify::MAX_TOKENS_PER_DEVICE
-            )));
-        }
-        let mut seen = HashSet::new();
-        for token in &tokens {
-            registry::validate_token(token, &self.inner.names)?;
-            if !seen.insert(token.provider.as_str()) {
-                return Err(NotifyError::InvalidArgument(format!(
-                    "two tokens for provider {:?}",
-                    token.provider
-                )));
-            }
-        }
+        check_registration(&class, &tokens)?;
+        registry::check_providers(&tokens, &self.inner.names)?;
         let (uid_owned, device_owned) = (uid.to_owned(), device.to_owned());
         let now = now_ms();
         let record_class = class.clone();

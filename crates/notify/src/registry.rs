@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use longlink_rpc::notify::{
-    DeviceClass, DeviceRecord, MAX_FIELD_BYTES, MAX_TOKENS_PER_DEVICE, NotifyError, PushToken,
+    DeviceClass, DeviceRecord, MAX_TOKENS_PER_DEVICE, NotifyError, PushToken,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -122,42 +122,19 @@ pub fn validate_ids(uid: &str, device: &str) -> Result<(), NotifyError> {
     Ok(())
 }
 
-/// Checks a device class.
+/// Checks that each token names a configured provider (the fields themselves:
+/// [`longlink_rpc::notify::check_registration`]).
 ///
 /// # Errors
-/// [`NotifyError::InvalidArgument`] for a field longer than [`MAX_FIELD_BYTES`].
-pub fn validate_class(class: &DeviceClass) -> Result<(), NotifyError> {
-    for (name, value) in [
-        ("platform", &class.platform),
-        ("vendor", &class.vendor),
-        ("app_version", &class.app_version),
-    ] {
-        if value.len() > MAX_FIELD_BYTES {
-            return Err(NotifyError::InvalidArgument(format!(
-                "{name} is longer than {MAX_FIELD_BYTES} bytes"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a token against the configured providers.
-///
-/// # Errors
-/// [`NotifyError::InvalidArgument`] for an unknown provider or an empty or oversized token.
-pub fn validate_token(token: &PushToken, providers: &[String]) -> Result<(), NotifyError> {
-    if !providers.contains(&token.provider) {
-        return Err(NotifyError::InvalidArgument(format!(
+/// [`NotifyError::InvalidArgument`] for an unknown provider.
+pub fn check_providers(tokens: &[PushToken], providers: &[String]) -> Result<(), NotifyError> {
+    match tokens.iter().find(|t| !providers.contains(&t.provider)) {
+        Some(token) => Err(NotifyError::InvalidArgument(format!(
             "push provider {:?} is not configured",
             token.provider
-        )));
+        ))),
+        None => Ok(()),
     }
-    if token.token.is_empty() || token.token.len() > MAX_FIELD_BYTES {
-        return Err(NotifyError::InvalidArgument(format!(
-            "token must be 1 to {MAX_FIELD_BYTES} bytes"
-        )));
-    }
-    Ok(())
 }
 
 fn upsert_device(

@@ -133,6 +133,46 @@ pub struct ProviderStats {
     pub classes: Vec<ProviderClassStats>,
 }
 
+/// Checks the fields of a device registration that every implementation refuses alike:
+/// class fields and tokens of at most [`MAX_FIELD_BYTES`], a non-empty provider and token,
+/// at most [`MAX_TOKENS_PER_DEVICE`] tokens and one per provider. (Whether a provider is
+/// configured is the service's to say.)
+///
+/// # Errors
+/// [`NotifyError::InvalidArgument`] naming the bad field.
+pub fn check_registration(class: &DeviceClass, tokens: &[PushToken]) -> Result<(), NotifyError> {
+    let bad = |message: String| Err(NotifyError::InvalidArgument(message));
+    for (name, value) in [
+        ("platform", &class.platform),
+        ("vendor", &class.vendor),
+        ("app_version", &class.app_version),
+    ] {
+        if value.len() > MAX_FIELD_BYTES {
+            return bad(format!("{name} must be at most {MAX_FIELD_BYTES} bytes"));
+        }
+    }
+    if tokens.len() > MAX_TOKENS_PER_DEVICE {
+        return bad(format!(
+            "a device holds at most {MAX_TOKENS_PER_DEVICE} tokens (one per provider), got {}",
+            tokens.len()
+        ));
+    }
+    for (at, token) in tokens.iter().enumerate() {
+        for (name, value) in [("provider", &token.provider), ("token", &token.token)] {
+            if value.is_empty() || value.len() > MAX_FIELD_BYTES {
+                return bad(format!("{name} must be 1 to {MAX_FIELD_BYTES} bytes"));
+            }
+        }
+        if tokens[..at].iter().any(|t| t.provider == token.provider) {
+            return bad(format!(
+                "two tokens of provider {:?}: a device holds one per provider",
+                token.provider
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The notification service, as logic and the API see it.
 #[async_trait]
 pub trait Notifications: Send + Sync + 'static {

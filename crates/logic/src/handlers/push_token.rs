@@ -54,7 +54,6 @@ pub(crate) async fn push_token(
         .await
         .map_err(notify_refusal)?
         .into_iter()
-        .filter(|record| record.device == *device)
         .flat_map(|record| record.tokens)
         .collect();
     Ok(response(frame, tokens))
